@@ -1,0 +1,18 @@
+//! cafs: a writable filesystem over a content-addressed block store.
+//!
+//! This crate is the library behind `cafsd` and `fsctl`. It owns the formats and the storage backends that
+//! everything else stands on:
+//! - [`locator`]: Keep-compatible block names (`md5hex+size[+hints]`) and the MD5 hashing behind them;
+//! - [`manifest`]: the Arvados manifest codec (parse, normalize, portable data hash);
+//! - [`store`]: the block store trait and its local-directory implementation;
+//! - [`catalog`]: named, versioned collections (refs and history) and their SQLite implementation;
+//! - [`transfer`]: moving a directory tree on disk into a collection and back.
+
+pub mod catalog;
+pub mod locator;
+pub mod manifest;
+pub mod store;
+pub mod transfer;
+
+pub use locator::Locator;
+pub use manifest::{Manifest, Pdh};

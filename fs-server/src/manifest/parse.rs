@@ -1,0 +1,343 @@
+//! The strict manifest parser.
+//!
+//! Grammar (one stream per line, tokens separated by exactly one space, every line ending in `\n`):
+//! `STREAM LOCATOR… POS:LEN:NAME…` where STREAM is `.` or `./path`, at least one locator and one file token,
+//! and POS:LEN addresses the concatenation of the stream's blocks. A file name may contain `/` (the file lives in
+//! a subdirectory of the stream); a name whose last component is `.` with length 0 marks a directory. The same
+//! file may appear in several tokens or streams: its pieces are concatenated in order.
+
+use std::fmt;
+
+use super::escape::{UnescapeError, unescape_into};
+use super::tree::{Dir, Segment, TreeError, valid_name};
+use super::{BlockId, Manifest};
+use crate::locator::{Locator, LocatorError, parse_decimal};
+
+/// Deepest directory nesting accepted. Deeper paths cannot be used through Linux anyway (a path is at most
+/// 4096 bytes, so at most 2048 components), and the bound keeps every tree walk's stack small.
+pub const MAX_DEPTH: usize = 1024;
+
+/// What is wrong with a manifest, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// 1-based token number within the line; 0 when the problem is the line as a whole.
+    pub token: usize,
+    /// The offending token (or line), lossily decoded and cut to 80 characters.
+    pub text: String,
+    pub kind: ParseErrorKind,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.token == 0 {
+            write!(f, "manifest line {}: {} (line {:?})", self.line, self.kind, self.text)
+        } else {
+            write!(f, "manifest line {}, token {} {:?}: {}", self.line, self.token, self.text, self.kind)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseErrorKind {
+    #[error("manifest text must end with a newline")]
+    MissingFinalNewline,
+    #[error("empty line")]
+    EmptyLine,
+    #[error("empty token: tokens are separated by exactly one space")]
+    EmptyToken,
+    #[error("raw control byte 0x{0:02x}: separators are single spaces, and names write control bytes as \\ooo")]
+    ControlByte(u8),
+    #[error("stream name must be '.' or start with './'")]
+    BadStreamName,
+    #[error("bad escape: a backslash must be followed by three octal digits (\\000 to \\377)")]
+    BadEscape,
+    #[error("bad path component: {0}")]
+    BadPathComponent(&'static str),
+    #[error("path nests deeper than {MAX_DEPTH} directories")]
+    PathTooDeep,
+    #[error("stream has no block locator")]
+    NoLocator,
+    #[error("stream has no file token")]
+    NoFileToken,
+    #[error("bad locator: {0}")]
+    BadLocator(LocatorError),
+    #[error("bad file token: expected POS:LEN:NAME with decimal POS and LEN (locators come before file tokens)")]
+    BadFileToken,
+    #[error("range {pos}:{len} lies beyond the stream's {stream_len} bytes of data")]
+    OutOfRange { pos: u64, len: u64, stream_len: u64 },
+    #[error("a directory marker ('.') must have length 0")]
+    DirMarkerWithData,
+    #[error("{0}")]
+    Conflict(TreeError),
+}
+
+struct StreamBlock {
+    start: u64,
+    size: u64,
+    id: BlockId,
+}
+
+/// Per-parse scratch space, reused across lines so that a large manifest does not allocate per token.
+struct Parser<'a> {
+    line_no: usize,
+    token_no: usize,
+    token: &'a [u8],
+    blocks: Vec<StreamBlock>,
+    stream_path: Vec<u8>,
+    name: Vec<u8>,
+}
+
+impl<'a> Parser<'a> {
+    fn err(&self, kind: ParseErrorKind) -> ParseError {
+        ParseError { line: self.line_no, token: self.token_no, text: show(self.token), kind }
+    }
+
+    fn unescape_err(&self, e: UnescapeError) -> ParseError {
+        self.err(match e {
+            UnescapeError::BadEscape => ParseErrorKind::BadEscape,
+            UnescapeError::ControlByte(b) => ParseErrorKind::ControlByte(b),
+        })
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.chars().count() > 80 { s.chars().take(77).chain("...".chars()).collect() } else { s.into_owned() }
+}
+
+fn component_error(c: &[u8]) -> Option<ParseErrorKind> {
+    if valid_name(c) {
+        return None;
+    }
+    Some(ParseErrorKind::BadPathComponent(match c {
+        b"" => "empty component (leading, trailing or doubled '/')",
+        b"." => "'.' component",
+        b".." => "'..' component",
+        _ => "NUL byte in a name",
+    }))
+}
+
+/// Walks (creating as needed) the directories named by `components` below `dir`.
+fn walk<'d, 'c>(
+    mut dir: &'d mut Dir,
+    components: impl Iterator<Item = &'c [u8]>,
+) -> Result<&'d mut Dir, ParseErrorKind> {
+    for c in components {
+        dir = dir.subdir(c).map_err(ParseErrorKind::Conflict)?;
+    }
+    Ok(dir)
+}
+
+pub(super) fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
+    let mut m = Manifest::new();
+    if text.is_empty() {
+        return Ok(m);
+    }
+    let mut p = Parser {
+        line_no: 0,
+        token_no: 0,
+        token: b"",
+        blocks: Vec::new(),
+        stream_path: Vec::new(),
+        name: Vec::new(),
+    };
+    if text.last() != Some(&b'\n') {
+        let last_line = text.rsplit(|&b| b == b'\n').next().unwrap_or(text);
+        p.line_no = memchr::memchr_iter(b'\n', text).count() + 1;
+        p.token = last_line;
+        return Err(p.err(ParseErrorKind::MissingFinalNewline));
+    }
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', text) {
+        p.line_no += 1;
+        let line = &text[start..end];
+        start = end + 1;
+        parse_line(&mut m, &mut p, line)?;
+    }
+    Ok(m)
+}
+
+fn parse_line<'a>(m: &mut Manifest, p: &mut Parser<'a>, line: &'a [u8]) -> Result<(), ParseError> {
+    p.token_no = 0;
+    p.token = line;
+    if line.is_empty() {
+        return Err(p.err(ParseErrorKind::EmptyLine));
+    }
+    // A raw control byte (a tab, a CR) is never valid: name it before it is misread as part of a token.
+    if let Some(i) = line.iter().position(|&b| b < b' ') {
+        let token_start = memchr::memrchr(b' ', &line[..i]).map_or(0, |s| s + 1);
+        let token_end = memchr::memchr(b' ', &line[i..]).map_or(line.len(), |e| i + e);
+        p.token_no = 1 + memchr::memchr_iter(b' ', &line[..i]).count();
+        p.token = &line[token_start..token_end];
+        return Err(p.err(ParseErrorKind::ControlByte(line[i])));
+    }
+    let mut tokens = line.split(|&b| b == b' ');
+
+    // Stream name.
+    let tok = tokens.next().expect("split yields at least one token");
+    let stream_tok = tok;
+    p.token_no = 1;
+    p.token = tok;
+    if tok.is_empty() {
+        return Err(p.err(ParseErrorKind::EmptyToken));
+    }
+    if tok != b"." && !tok.starts_with(b"./") {
+        return Err(p.err(ParseErrorKind::BadStreamName));
+    }
+    p.stream_path.clear();
+    unescape_into(&mut p.stream_path, tok).map_err(|e| p.unescape_err(e))?;
+    let stream_depth = p.stream_path.split(|&b| b == b'/').count() - 1;
+    if stream_depth > MAX_DEPTH {
+        return Err(p.err(ParseErrorKind::PathTooDeep));
+    }
+    if let Some(kind) = p.stream_path.split(|&b| b == b'/').skip(1).find_map(component_error) {
+        return Err(p.err(kind));
+    }
+
+    // Locators, then file tokens.
+    p.blocks.clear();
+    let mut stream_len = 0u64;
+    let mut first_file = None;
+    for tok in tokens.by_ref() {
+        p.token_no += 1;
+        p.token = tok;
+        if tok.is_empty() {
+            return Err(p.err(ParseErrorKind::EmptyToken));
+        }
+        if memchr::memchr(b':', tok).is_some() {
+            first_file = Some(tok);
+            break;
+        }
+        let loc = Locator::parse_bytes(tok).map_err(|e| p.err(ParseErrorKind::BadLocator(e)))?;
+        let size = loc.size();
+        let id = m.add_block(loc);
+        p.blocks.push(StreamBlock { start: stream_len, size, id });
+        // Each block is at most 64 MiB, so overflow needs ~2^38 locators on one line: not reachable, but cheap.
+        stream_len = stream_len.checked_add(size).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
+    }
+    if p.blocks.is_empty() {
+        if first_file.is_none() {
+            p.token_no = 0;
+            p.token = line;
+        }
+        return Err(p.err(ParseErrorKind::NoLocator));
+    }
+    let Some(first_file) = first_file else {
+        p.token_no = 0;
+        p.token = line;
+        return Err(p.err(ParseErrorKind::NoFileToken));
+    };
+
+    let stream_dir = walk(&mut m.root, p.stream_path.split(|&b| b == b'/').skip(1)).map_err(|k| ParseError {
+        line: p.line_no,
+        token: 1,
+        text: show(stream_tok),
+        kind: k,
+    })?;
+    let mut cursor = 0usize;
+    p.token = first_file;
+    parse_file_token(p, stream_dir, stream_depth, stream_len, &mut cursor, first_file)?;
+    for tok in tokens {
+        p.token_no += 1;
+        p.token = tok;
+        parse_file_token(p, stream_dir, stream_depth, stream_len, &mut cursor, tok)?;
+    }
+    Ok(())
+}
+
+fn parse_file_token(
+    p: &mut Parser<'_>,
+    stream_dir: &mut Dir,
+    stream_depth: usize,
+    stream_len: u64,
+    cursor: &mut usize,
+    tok: &[u8],
+) -> Result<(), ParseError> {
+    if tok.is_empty() {
+        return Err(p.err(ParseErrorKind::EmptyToken));
+    }
+    let c1 = memchr::memchr(b':', tok).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
+    let c2 = memchr::memchr(b':', &tok[c1 + 1..]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))? + c1 + 1;
+    let pos = parse_decimal(&tok[..c1]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
+    let len = parse_decimal(&tok[c1 + 1..c2]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
+    let raw_name = &tok[c2 + 1..];
+    if raw_name.is_empty() {
+        return Err(p.err(ParseErrorKind::BadPathComponent("empty file name")));
+    }
+    match pos.checked_add(len) {
+        Some(end) if end <= stream_len => {}
+        _ => return Err(p.err(ParseErrorKind::OutOfRange { pos, len, stream_len })),
+    }
+    p.name.clear();
+    unescape_into(&mut p.name, raw_name).map_err(|e| p.unescape_err(e))?;
+
+    let name = std::mem::take(&mut p.name);
+    let result = place(p, stream_dir, stream_depth, pos, len, cursor, &name);
+    p.name = name;
+    result
+}
+
+fn place(
+    p: &Parser<'_>,
+    stream_dir: &mut Dir,
+    stream_depth: usize,
+    pos: u64,
+    len: u64,
+    cursor: &mut usize,
+    name: &[u8],
+) -> Result<(), ParseError> {
+    // `a/b/name`: the file lives in subdirectories of the stream. A last component of `.` marks a directory.
+    let (dirs, last) = match memchr::memrchr(b'/', name) {
+        Some(i) => (Some(&name[..i]), &name[i + 1..]),
+        None => (None, name),
+    };
+    let components = || dirs.into_iter().flat_map(|d| d.split(|&b| b == b'/'));
+    let is_marker = last == b".";
+    if is_marker && len != 0 {
+        return Err(p.err(ParseErrorKind::DirMarkerWithData));
+    }
+    if stream_depth + components().count() + usize::from(!is_marker) > MAX_DEPTH {
+        return Err(p.err(ParseErrorKind::PathTooDeep));
+    }
+    if let Some(kind) = components().find_map(component_error) {
+        return Err(p.err(kind));
+    }
+    if !is_marker && let Some(kind) = component_error(last) {
+        return Err(p.err(kind));
+    }
+    let dir = walk(stream_dir, components()).map_err(|k| p.err(k))?;
+    if is_marker {
+        return Ok(());
+    }
+    let file = dir.file(last).map_err(|e| p.err(ParseErrorKind::Conflict(e)))?;
+
+    // Map [pos, pos+len) of the stream onto its blocks. File tokens usually advance through the stream in order,
+    // so try the block where the previous token ended before searching.
+    let blocks = &p.blocks;
+    let mut i = if *cursor < blocks.len() && blocks[*cursor].start <= pos && pos < blocks[*cursor].start + blocks[*cursor].size
+    {
+        *cursor
+    } else {
+        blocks.partition_point(|b| b.start + b.size <= pos)
+    };
+    let (mut at, mut left) = (pos, len);
+    while left > 0 {
+        let b = &blocks[i];
+        if b.size == 0 {
+            i += 1;
+            continue;
+        }
+        let off = at - b.start;
+        let take = (b.size - off).min(left);
+        file.push(Segment { block: b.id, offset: off, len: take });
+        at += take;
+        left -= take;
+        if left > 0 {
+            i += 1;
+        }
+    }
+    *cursor = i;
+    Ok(())
+}
