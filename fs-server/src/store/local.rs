@@ -1,0 +1,294 @@
+//! The local-directory block store: the embedded default, one file per block.
+//!
+//! Layout under the root: `blocks/<first 3 hex digits>/<md5>+<size>` (4096 fan-out directories keep any one
+//! directory small), and `tmp/` for blocks being written. A put writes a temporary file, fsyncs it, renames it
+//! into place and fsyncs the directory, so a block file is either absent or complete, and concurrent puts of the
+//! same block (from tasks or processes) simply race to rename identical bytes. Every read is verified against the
+//! locator; a file whose size is wrong counts as absent, so a put repairs a truncated block.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::{Block, BlockStore, StoreError, check_range, verify};
+use crate::locator::Locator;
+
+#[derive(Debug, Clone)]
+pub struct LocalDirStoreOptions {
+    /// How many blocking file operations may run at once.
+    pub max_concurrency: usize,
+    /// Temporary files older than this, left by a crashed writer, are removed when the store opens.
+    pub stale_tmp_age: Duration,
+}
+
+impl Default for LocalDirStoreOptions {
+    fn default() -> Self {
+        Self { max_concurrency: 8, stale_tmp_age: Duration::from_secs(3600) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalDirStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    limit: Semaphore,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl LocalDirStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open_with(root, LocalDirStoreOptions::default())
+    }
+
+    pub fn open_with(root: impl Into<PathBuf>, opts: LocalDirStoreOptions) -> Result<Self, StoreError> {
+        let root = root.into();
+        for dir in [root.join("blocks"), root.join("tmp")] {
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", dir.display(), e))?;
+        }
+        remove_stale_tmp(&root.join("tmp"), opts.stale_tmp_age);
+        let limit = Semaphore::new(opts.max_concurrency.max(1));
+        Ok(Self { inner: Arc::new(Inner { root, limit }) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Where the block `locator` is (or would be) stored.
+    pub fn block_path(&self, locator: &Locator) -> PathBuf {
+        self.inner.block_path(locator)
+    }
+
+    /// Runs blocking file work on the blocking pool, at most `max_concurrency` at a time.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _permit = self.inner.limit.acquire().await.map_err(|_| StoreError::Unavailable("store closed".into()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("blocking task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn block_path(&self, locator: &Locator) -> PathBuf {
+        let name = locator.stripped_string();
+        self.root.join("blocks").join(&name[..3]).join(name)
+    }
+
+    fn stored_size(&self, locator: &Locator) -> Result<Option<u64>, StoreError> {
+        match fs::metadata(self.block_path(locator)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("stat", locator, e)),
+        }
+    }
+
+    fn put(&self, block: &Block) -> Result<(), StoreError> {
+        let loc = block.locator();
+        if self.stored_size(loc)? == Some(loc.size()) {
+            return Ok(());
+        }
+        let final_path = self.block_path(loc);
+        let fan_dir = final_path.parent().expect("block paths have a fan-out directory");
+        if !fan_dir.exists() {
+            fs::create_dir_all(fan_dir).map_err(|e| StoreError::io("create", fan_dir.display(), e))?;
+            // The new fan-out directory's own entry must be durable too.
+            sync_dir(&self.root.join("blocks")).map_err(|e| StoreError::io("fsync", "blocks directory", e))?;
+        }
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}.{}",
+            loc.stripped_string(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(block.data())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &final_path)?;
+            sync_dir(fan_dir)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::io("write", loc, e));
+        }
+        Ok(())
+    }
+
+    fn get(&self, locator: &Locator) -> Result<Bytes, StoreError> {
+        let data = match fs::read(self.block_path(locator)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(locator.clone())),
+            Err(e) => return Err(StoreError::io("read", locator, e)),
+        };
+        verify(locator, &data)?;
+        Ok(Bytes::from(data))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+fn remove_stale_tmp(tmp: &Path, age: Duration) {
+    let Ok(entries) = fs::read_dir(tmp) else { return };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age);
+        if old {
+            tracing::info!(path = %entry.path().display(), "removing stale temporary block file");
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[async_trait]
+impl BlockStore for LocalDirStore {
+    async fn put(&self, block: &Block) -> Result<(), StoreError> {
+        let block = block.clone();
+        self.run(move |inner| inner.put(&block)).await
+    }
+
+    async fn get(&self, locator: &Locator) -> Result<Bytes, StoreError> {
+        let locator = locator.clone();
+        self.run(move |inner| inner.get(&locator)).await
+    }
+
+    async fn get_range(&self, locator: &Locator, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        check_range(locator, offset, len)?;
+        // Reading the whole block is what lets a local read be verified; the block cache above asks for whole
+        // blocks anyway.
+        let data = self.get(locator).await?;
+        Ok(data.slice(offset as usize..(offset + len) as usize))
+    }
+
+    async fn exists(&self, locator: &Locator) -> Result<bool, StoreError> {
+        let locator = locator.clone();
+        self.run(move |inner| Ok(inner.stored_size(&locator)? == Some(locator.size()))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, LocalDirStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::open(dir.path().join("store")).unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn put_get_exists() {
+        let (_d, s) = store();
+        let b = Block::new(&b"hello"[..]).unwrap();
+        assert!(!s.exists(b.locator()).await.unwrap());
+        assert!(matches!(s.get(b.locator()).await, Err(StoreError::NotFound(_))));
+        s.put(&b).await.unwrap();
+        assert!(s.exists(b.locator()).await.unwrap());
+        assert_eq!(s.get(b.locator()).await.unwrap(), &b"hello"[..]);
+        assert_eq!(s.get_range(b.locator(), 1, 3).await.unwrap(), &b"ell"[..]);
+        assert!(matches!(s.get_range(b.locator(), 3, 3).await, Err(StoreError::BadRange { .. })));
+        // The file is where the layout says, named by the stripped locator.
+        let p = s.block_path(b.locator());
+        assert!(p.ends_with("blocks/5d4/5d41402abc4b2a76b9719d911017c592+5"), "{}", p.display());
+        // A second put is a no-op; hints do not change where a block lives.
+        s.put(&b).await.unwrap();
+        let signed = Locator::parse(&format!("{}+Kabc", b.locator())).unwrap();
+        assert_eq!(s.get(&signed).await.unwrap(), &b"hello"[..]);
+        let empty = Block::new(Bytes::new()).unwrap();
+        s.put(&empty).await.unwrap();
+        assert_eq!(s.get(empty.locator()).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn corruption_is_detected_never_served() {
+        let (_d, s) = store();
+        let b = Block::new(vec![7u8; 100_000]).unwrap();
+        s.put(&b).await.unwrap();
+        let p = s.block_path(b.locator());
+
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[50_000] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        let e = s.get(b.locator()).await.unwrap_err();
+        assert!(matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("MD5")), "{e}");
+        assert!(matches!(s.get_range(b.locator(), 0, 10).await, Err(StoreError::Corrupt { .. })));
+
+        fs::write(&p, &bytes[..99_999]).unwrap();
+        let e = s.get(b.locator()).await.unwrap_err();
+        assert!(matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("99999 bytes")), "{e}");
+        // A truncated file does not count as stored, so putting the block again repairs it.
+        assert!(!s.exists(b.locator()).await.unwrap());
+        s.put(&b).await.unwrap();
+        assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_puts_of_one_block_are_safe() {
+        let (_d, s) = store();
+        let b = Block::new(vec![42u8; 3 << 20]).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (s, b) = (s.clone(), b.clone());
+            tasks.spawn(async move { s.put(&b).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0, "no temporary files left behind");
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_directory_sees_the_blocks() {
+        let (d, s) = store();
+        let b = Block::new(&b"shared"[..]).unwrap();
+        s.put(&b).await.unwrap();
+        let again = LocalDirStore::open(d.path().join("store")).unwrap();
+        assert_eq!(again.get(b.locator()).await.unwrap(), &b"shared"[..]);
+    }
+
+    #[tokio::test]
+    async fn stale_temporary_files_are_removed_on_open() {
+        let (d, s) = store();
+        let stale = s.root().join("tmp/leftover");
+        fs::write(&stale, b"partial").unwrap();
+        let opts = LocalDirStoreOptions { stale_tmp_age: Duration::ZERO, ..Default::default() };
+        std::thread::sleep(Duration::from_millis(10));
+        LocalDirStore::open_with(d.path().join("store"), opts).unwrap();
+        assert!(!stale.exists());
+    }
+
+    #[tokio::test]
+    async fn write_errors_reach_the_caller_and_leave_nothing() {
+        let (_d, s) = store();
+        let b = Block::new(&b"x"[..]).unwrap();
+        // A file where the fan-out directory should be: the put cannot create it.
+        let fan = s.block_path(b.locator()).parent().unwrap().to_path_buf();
+        fs::write(&fan, b"in the way").unwrap();
+        let e = s.put(&b).await.unwrap_err();
+        assert!(matches!(e, StoreError::Io { .. }), "{e}");
+        assert!(!e.is_transient());
+        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+    }
+}
