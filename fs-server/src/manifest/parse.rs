@@ -326,6 +326,10 @@ fn place(
     while left > 0 {
         let b = &blocks[i];
         if b.size == 0 {
+            // Strictly inside the range (the range started in an earlier block): kept, as the SDK does.
+            if b.start > pos {
+                file.push_empty_block(b.id);
+            }
             i += 1;
             continue;
         }
