@@ -86,6 +86,7 @@ impl Writer<'_> {
         self.out.extend_from_slice(path);
 
         let mut stream_len = 0u64;
+        let mut listed_any = false;
         for (_, f) in files() {
             for seg in f.segments() {
                 let c = self.canon[seg.block.index()] as usize;
@@ -94,13 +95,14 @@ impl Writer<'_> {
                     self.offset[c] = stream_len;
                     let loc = &self.m.blocks[c];
                     stream_len += loc.size();
+                    listed_any = true;
                     self.out.push(b' ');
                     loc.write_to(&mut self.out, !self.strip);
                 }
             }
         }
-        // Segments are never empty, so a stream without bytes is one of empty files only.
-        if stream_len == 0 {
+        // A stream of empty files still needs one locator.
+        if !listed_any {
             self.out.push(b' ');
             self.out.extend_from_slice(EMPTY_BLOCK);
         }
