@@ -20,7 +20,11 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
-    let files: usize = std::env::args().skip(1).find(|a| !a.starts_with('-')).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let files: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let per_dir = 1000;
     let dirs = files.div_ceil(per_dir);
 
@@ -65,7 +69,11 @@ fn main() {
             text.push('\n');
         }
     }
-    println!("input: {files} files in {dirs} directories, {} blocks, {:.1} MiB of text", blocks.len(), text.len() as f64 / 1048576.0);
+    println!(
+        "input: {files} files in {dirs} directories, {} blocks, {:.1} MiB of text",
+        blocks.len(),
+        text.len() as f64 / 1048576.0
+    );
 
     let t0 = Instant::now();
     let m = Manifest::parse(text.as_bytes()).expect("generated manifest parses");
@@ -78,8 +86,15 @@ fn main() {
     let t_pdh = t2.elapsed();
     let total = t0.elapsed();
     println!("parse:                 {:>8.3} s", t_parse.as_secs_f64());
-    println!("normalize + write:     {:>8.3} s  ({:.1} MiB normalized)", t_write.as_secs_f64(), normalized.len() as f64 / 1048576.0);
-    println!("pdh (strip+write+md5): {:>8.3} s  {pdh}", t_pdh.as_secs_f64());
+    println!(
+        "normalize + write:     {:>8.3} s  ({:.1} MiB normalized)",
+        t_write.as_secs_f64(),
+        normalized.len() as f64 / 1048576.0
+    );
+    println!(
+        "pdh (strip+write+md5): {:>8.3} s  {pdh}",
+        t_pdh.as_secs_f64()
+    );
     println!("total:                 {:>8.3} s", total.as_secs_f64());
     println!("peak RSS:              {:>8.0} MiB", peak_rss_mib());
     assert_eq!(m.files().len(), files);

@@ -27,7 +27,11 @@ pub enum CatalogError {
     #[error("invalid ref name {name:?}: {why}")]
     InvalidRef { name: String, why: &'static str },
     #[error("commit conflict on ref {name:?}: expected {}, but the ref is at {}", show_version(*.expected), show_version(*.current))]
-    Conflict { name: String, expected: Option<u64>, current: Option<u64> },
+    Conflict {
+        name: String,
+        expected: Option<u64>,
+        current: Option<u64>,
+    },
     #[error("invalid manifest: {0}")]
     BadManifest(#[from] ParseError),
     #[error("catalog data is corrupt: {0}")]
@@ -51,9 +55,15 @@ impl RefName {
             Some("empty")
         } else if name.len() > 255 {
             Some("longer than 255 bytes")
-        } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')) {
+        } else if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
+        {
             Some("only letters, digits, '.', '_', '-' and '/' are allowed")
-        } else if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        } else if name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             Some("empty, '.' or '..' path component")
         } else {
             None
@@ -93,7 +103,11 @@ pub struct CollectionRecord {
 impl CollectionRecord {
     pub fn new(manifest: &Manifest, sidecar: Vec<u8>) -> Self {
         let text = manifest.to_stripped_text();
-        Self { pdh: Pdh::of_text(text.as_bytes()), manifest: text, sidecar }
+        Self {
+            pdh: Pdh::of_text(text.as_bytes()),
+            manifest: text,
+            sidecar,
+        }
     }
 
     /// Parses (strictly), normalizes and strips `text`.
@@ -105,9 +119,15 @@ impl CollectionRecord {
     pub fn from_stored(pdh: Pdh, manifest: String, sidecar: Vec<u8>) -> Result<Self, CatalogError> {
         let actual = Pdh::of_text(manifest.as_bytes());
         if actual != pdh {
-            return Err(CatalogError::Corrupt(format!("collection {pdh}: stored manifest text hashes to {actual}")));
+            return Err(CatalogError::Corrupt(format!(
+                "collection {pdh}: stored manifest text hashes to {actual}"
+            )));
         }
-        Ok(Self { pdh, manifest, sidecar })
+        Ok(Self {
+            pdh,
+            manifest,
+            sidecar,
+        })
     }
 
     pub fn pdh(&self) -> Pdh {
@@ -129,7 +149,12 @@ impl CollectionRecord {
 
 impl fmt::Debug for CollectionRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CollectionRecord({}, {} bytes of sidecar)", self.pdh, self.sidecar.len())
+        write!(
+            f,
+            "CollectionRecord({}, {} bytes of sidecar)",
+            self.pdh,
+            self.sidecar.len()
+        )
     }
 }
 
@@ -189,8 +214,22 @@ mod tests {
         for ok in ["a", "job-42", "proj/run_1.out", &"x".repeat(255)] {
             assert!(RefName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/a", "a/", "a//b", "a/./b", "..", "a b", "a:b", "é", &"x".repeat(256)] {
-            assert!(matches!(RefName::new(bad), Err(CatalogError::InvalidRef { .. })), "{bad}");
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a/./b",
+            "..",
+            "a b",
+            "a:b",
+            "é",
+            &"x".repeat(256),
+        ] {
+            assert!(
+                matches!(RefName::new(bad), Err(CatalogError::InvalidRef { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -201,13 +240,23 @@ mod tests {
             b"{}".to_vec(),
         )
         .unwrap();
-        assert_eq!(r.manifest_text(), ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n");
+        assert_eq!(
+            r.manifest_text(),
+            ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n"
+        );
         assert_eq!(r.pdh(), Pdh::of_text(r.manifest_text().as_bytes()));
         assert!(CollectionRecord::from_stored(r.pdh(), r.manifest_text().into(), vec![]).is_ok());
         assert!(matches!(
-            CollectionRecord::from_stored(r.pdh(), ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:fox\n".into(), vec![]),
+            CollectionRecord::from_stored(
+                r.pdh(),
+                ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:fox\n".into(),
+                vec![]
+            ),
             Err(CatalogError::Corrupt(_))
         ));
-        assert!(matches!(CollectionRecord::from_text(". x 0:1:a\n", vec![]), Err(CatalogError::BadManifest(_))));
+        assert!(matches!(
+            CollectionRecord::from_text(". x 0:1:a\n", vec![]),
+            Err(CatalogError::BadManifest(_))
+        ));
     }
 }

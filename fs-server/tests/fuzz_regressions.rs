@@ -11,15 +11,18 @@ fn fuzz_inputs_replay_cleanly() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut count = 0;
     for dir in ["seeds", "regressions"] {
-        let Ok(entries) = fs::read_dir(root.join(dir)) else { continue };
+        let Ok(entries) = fs::read_dir(root.join(dir)) else {
+            continue;
+        };
         for entry in entries {
             let path = entry.unwrap().path();
             let data = fs::read(&path).unwrap();
             count += 1;
             if let Ok(m) = Manifest::parse(&data) {
                 let text = m.to_text();
-                let again = Manifest::parse(text.as_bytes())
-                    .unwrap_or_else(|e| panic!("{}: normalized text does not parse: {e}", path.display()));
+                let again = Manifest::parse(text.as_bytes()).unwrap_or_else(|e| {
+                    panic!("{}: normalized text does not parse: {e}", path.display())
+                });
                 assert_eq!(again.to_text(), text, "{}", path.display());
                 assert_eq!(again.pdh(), m.pdh(), "{}", path.display());
                 // The stripped text (what the PDH names and the catalog stores) is a fixed point too.

@@ -35,12 +35,22 @@ pub fn record(content: &str) -> CollectionRecord {
     m.root_mut()
         .file(b"data.txt")
         .expect("valid name")
-        .push(Segment { block: id, offset: 0, len: content.len() as u64 });
+        .push(Segment {
+            block: id,
+            offset: 0,
+            len: content.len() as u64,
+        });
     CollectionRecord::new(&m, format!("{{\"content\":{content:?}}}").into_bytes())
 }
 
 fn commit(name: &RefName, expected: Option<u64>, rec: &CollectionRecord, msg: &str) -> Commit {
-    Commit { name: name.clone(), expected, record: rec.clone(), committer: "conformance".into(), message: msg.into() }
+    Commit {
+        name: name.clone(),
+        expected,
+        record: rec.clone(),
+        committer: "conformance".into(),
+        message: msg.into(),
+    }
 }
 
 fn r(name: &str) -> RefName {
@@ -51,14 +61,25 @@ async fn empty_catalog((c, _): Pair) {
     assert!(c.head(&r("nothing")).await.unwrap().is_none());
     assert!(c.list_refs().await.unwrap().is_empty());
     assert!(c.history(&r("nothing")).await.unwrap().is_empty());
-    assert!(c.get_collection(&record("x").pdh()).await.unwrap().is_none());
+    assert!(
+        c.get_collection(&record("x").pdh())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn collections_round_trip((a, b): Pair) {
     let rec = record("hello");
     a.put_collection(&rec).await.unwrap();
-    a.put_collection(&rec).await.expect("a second put of the same collection is a no-op");
-    let back = b.get_collection(&rec.pdh()).await.unwrap().expect("stored collection is visible to other handles");
+    a.put_collection(&rec)
+        .await
+        .expect("a second put of the same collection is a no-op");
+    let back = b
+        .get_collection(&rec.pdh())
+        .await
+        .unwrap()
+        .expect("stored collection is visible to other handles");
     assert_eq!(back, rec);
     assert_eq!(back.manifest_text(), rec.manifest_text());
     assert_eq!(back.sidecar(), rec.sidecar());
@@ -66,7 +87,14 @@ async fn collections_round_trip((a, b): Pair) {
     let mut m = Manifest::new();
     let id = m.add_block(Locator::of(&[0u8; 10_000]));
     for i in 0..10_000u64 {
-        m.root_mut().file(format!("f{i:05}").as_bytes()).unwrap().push(Segment { block: id, offset: i, len: 1 });
+        m.root_mut()
+            .file(format!("f{i:05}").as_bytes())
+            .unwrap()
+            .push(Segment {
+                block: id,
+                offset: i,
+                len: 1,
+            });
     }
     let big = CollectionRecord::new(&m, vec![0xff; 100_000]);
     a.put_collection(&big).await.unwrap();
@@ -79,11 +107,25 @@ async fn history_and_heads((a, b): Pair) {
     let main = r("proj/main");
     let v1 = a.commit(&commit(&main, None, &r1, "first")).await.unwrap();
     assert_eq!((v1.version, v1.pdh, v1.parent), (1, r1.pdh(), None));
-    assert!(v1.committed_at >= before && v1.committed_at <= SystemTime::now() + Duration::from_secs(1));
-    let v2 = b.commit(&commit(&main, Some(1), &r2, "second")).await.unwrap();
-    assert_eq!((v2.version, v2.pdh, v2.parent), (2, r2.pdh(), Some(r1.pdh())));
-    let v3 = a.commit(&commit(&main, Some(2), &r1, "back to one")).await.unwrap();
-    assert_eq!((v3.version, v3.pdh, v3.parent), (3, r1.pdh(), Some(r2.pdh())));
+    assert!(
+        v1.committed_at >= before && v1.committed_at <= SystemTime::now() + Duration::from_secs(1)
+    );
+    let v2 = b
+        .commit(&commit(&main, Some(1), &r2, "second"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (v2.version, v2.pdh, v2.parent),
+        (2, r2.pdh(), Some(r1.pdh()))
+    );
+    let v3 = a
+        .commit(&commit(&main, Some(2), &r1, "back to one"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (v3.version, v3.pdh, v3.parent),
+        (3, r1.pdh(), Some(r2.pdh()))
+    );
     let other = r("other");
     a.commit(&commit(&other, None, &r3, "o")).await.unwrap();
 
@@ -92,12 +134,23 @@ async fn history_and_heads((a, b): Pair) {
     assert_eq!(history, vec![v1.clone(), v2.clone(), v3.clone()]);
     assert_eq!(history[1].message, "second");
     assert_eq!(history[1].committer, "conformance");
-    let heads: Vec<(String, u64)> =
-        b.list_refs().await.unwrap().into_iter().map(|v| (v.name.to_string(), v.version)).collect();
-    assert_eq!(heads, [("other".to_string(), 1), ("proj/main".to_string(), 3)]);
+    let heads: Vec<(String, u64)> = b
+        .list_refs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.name.to_string(), v.version))
+        .collect();
+    assert_eq!(
+        heads,
+        [("other".to_string(), 1), ("proj/main".to_string(), 3)]
+    );
     // Committed collections are retrievable.
     for rec in [&r1, &r2, &r3] {
-        assert_eq!(b.get_collection(&rec.pdh()).await.unwrap().as_ref(), Some(rec));
+        assert_eq!(
+            b.get_collection(&rec.pdh()).await.unwrap().as_ref(),
+            Some(rec)
+        );
     }
 }
 
@@ -105,11 +158,17 @@ async fn stale_commits_conflict_and_change_nothing((a, b): Pair) {
     let name = r("contested");
     let (r1, r2, loser) = (record("base"), record("winner"), record("loser"));
     a.commit(&commit(&name, None, &r1, "base")).await.unwrap();
-    a.commit(&commit(&name, Some(1), &r2, "winner")).await.unwrap();
+    a.commit(&commit(&name, Some(1), &r2, "winner"))
+        .await
+        .unwrap();
     let cases = [(None, Some(2)), (Some(1), Some(2)), (Some(3), Some(2))];
     for (expected, current) in cases {
         match b.commit(&commit(&name, expected, &loser, "loser")).await {
-            Err(CatalogError::Conflict { name: n, expected: e, current: c }) => {
+            Err(CatalogError::Conflict {
+                name: n,
+                expected: e,
+                current: c,
+            }) => {
                 assert_eq!((n.as_str(), e, c), ("contested", expected, current));
             }
             other => panic!("stale commit (expected {expected:?}) must conflict, got {other:?}"),
@@ -122,12 +181,21 @@ async fn stale_commits_conflict_and_change_nothing((a, b): Pair) {
     assert_eq!(a.history(&name).await.unwrap().len(), 2);
     assert_eq!(a.head(&name).await.unwrap().unwrap().pdh, r2.pdh());
     assert!(a.head(&r("absent")).await.unwrap().is_none());
-    assert!(a.get_collection(&loser.pdh()).await.unwrap().is_none(), "a refused commit stores nothing");
+    assert!(
+        a.get_collection(&loser.pdh()).await.unwrap().is_none(),
+        "a refused commit stores nothing"
+    );
 }
 
 async fn invalid_input_is_refused((a, _): Pair) {
-    assert!(matches!(RefName::new("../etc"), Err(CatalogError::InvalidRef { .. })));
-    assert!(matches!(CollectionRecord::from_text("garbage", vec![]), Err(CatalogError::BadManifest(_))));
+    assert!(matches!(
+        RefName::new("../etc"),
+        Err(CatalogError::InvalidRef { .. })
+    ));
+    assert!(matches!(
+        CollectionRecord::from_text("garbage", vec![]),
+        Err(CatalogError::BadManifest(_))
+    ));
     assert!(a.list_refs().await.unwrap().is_empty());
 }
 
@@ -157,12 +225,26 @@ async fn concurrent_commits_lose_nothing((a, b): Pair) {
     let (la, _) = ta.await.unwrap();
     let (lb, _) = tb.await.unwrap();
     let history = a.history(&name).await.unwrap();
-    assert_eq!(history.len(), 2 * per_writer, "every landed commit is in the history");
+    assert_eq!(
+        history.len(),
+        2 * per_writer,
+        "every landed commit is in the history"
+    );
     let mut landed: Vec<Version> = la.into_iter().chain(lb).collect();
     landed.sort_by_key(|v| v.version);
-    assert_eq!(landed, history, "history is exactly the commits that were acknowledged");
+    assert_eq!(
+        landed, history,
+        "history is exactly the commits that were acknowledged"
+    );
     for (i, v) in history.iter().enumerate() {
         assert_eq!(v.version, i as u64 + 1);
-        assert_eq!(v.parent, if i == 0 { None } else { Some(history[i - 1].pdh) });
+        assert_eq!(
+            v.parent,
+            if i == 0 {
+                None
+            } else {
+                Some(history[i - 1].pdh)
+            }
+        );
     }
 }

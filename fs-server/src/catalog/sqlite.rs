@@ -47,7 +47,8 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> CatalogError {
 }
 
 fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 fn from_micros(us: i64) -> SystemTime {
@@ -66,11 +67,17 @@ impl SqliteCatalog {
             std::fs::create_dir_all(parent).map_err(backend)?;
         }
         let conn = Connection::open(&path).map_err(backend)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(backend)?;
         if version > SCHEMA_VERSION {
             return Err(CatalogError::Corrupt(format!(
                 "{} has schema version {version}, newer than this cafs understands ({SCHEMA_VERSION})",
@@ -78,8 +85,12 @@ impl SqliteCatalog {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(backend)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(backend)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(backend)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -104,17 +115,27 @@ impl SqliteCatalog {
 
 const VERSION_COLUMNS: &str = "name, version, pdh, parent, committed_at, committer, message";
 
-fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, String, Option<String>, i64, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-}
-
+/// A version row as SQLite returns it, before validation.
 type RawVersion = (String, i64, String, Option<String>, i64, String, String);
+
+fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawVersion> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
 
 fn to_version(raw: RawVersion) -> Result<Version, CatalogError> {
     let (name, version, pdh, parent, at, committer, message) = raw;
     Ok(Version {
         name: RefName::new(name).map_err(|e| CatalogError::Corrupt(e.to_string()))?,
-        version: u64::try_from(version).map_err(|_| CatalogError::Corrupt(format!("negative version {version}")))?,
+        version: u64::try_from(version)
+            .map_err(|_| CatalogError::Corrupt(format!("negative version {version}")))?,
         pdh: parse_pdh(&pdh)?,
         parent: parent.as_deref().map(parse_pdh).transpose()?,
         committed_at: from_micros(at),
@@ -125,7 +146,9 @@ fn to_version(raw: RawVersion) -> Result<Version, CatalogError> {
 
 fn head_of(conn: &Connection, name: &str) -> Result<Option<Version>, CatalogError> {
     conn.query_row(
-        &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE name = ?1 ORDER BY version DESC LIMIT 1"),
+        &format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
+        ),
         params![name],
         row_to_version,
     )
@@ -162,7 +185,8 @@ impl Catalog for SqliteCatalog {
                 )
                 .optional()
                 .map_err(backend)?;
-            row.map(|(text, sidecar)| CollectionRecord::from_stored(pdh, text, sidecar)).transpose()
+            row.map(|(text, sidecar)| CollectionRecord::from_stored(pdh, text, sidecar))
+                .transpose()
         })
         .await
     }
@@ -170,7 +194,9 @@ impl Catalog for SqliteCatalog {
     async fn commit(&self, commit: &Commit) -> Result<Version, CatalogError> {
         let commit = commit.clone();
         self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let head = head_of(&tx, commit.name.as_str())?;
             let current = head.as_ref().map(|h| h.version);
             if current != commit.expected {
@@ -192,7 +218,9 @@ impl Catalog for SqliteCatalog {
                 message: commit.message.clone(),
             };
             tx.execute(
-                &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!(
+                    "INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ),
                 params![
                     version.name.as_str(),
                     i64::try_from(version.version).map_err(backend)?,
@@ -206,7 +234,10 @@ impl Catalog for SqliteCatalog {
             .map_err(backend)?;
             tx.commit().map_err(backend)?;
             // Report the time as stored (microsecond precision), so that head() returns an equal Version.
-            Ok(Version { committed_at: from_micros(micros(version.committed_at)), ..version })
+            Ok(Version {
+                committed_at: from_micros(micros(version.committed_at)),
+                ..version
+            })
         })
         .await
     }
@@ -234,9 +265,13 @@ impl Catalog for SqliteCatalog {
         let name = name.clone();
         self.run(move |conn| {
             let mut stmt = conn
-                .prepare(&format!("SELECT {VERSION_COLUMNS} FROM versions WHERE name = ?1 ORDER BY version"))
+                .prepare(&format!(
+                    "SELECT {VERSION_COLUMNS} FROM versions WHERE name = ?1 ORDER BY version"
+                ))
                 .map_err(backend)?;
-            let rows = stmt.query_map(params![name.as_str()], row_to_version).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![name.as_str()], row_to_version)
+                .map_err(backend)?;
             rows.map(|r| to_version(r.map_err(backend)?)).collect()
         })
         .await
@@ -269,10 +304,16 @@ mod tests {
     async fn tampered_manifest_text_is_reported_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let cat = SqliteCatalog::open(dir.path().join("c.sqlite")).unwrap();
-        let rec = CollectionRecord::from_text(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n", vec![]).unwrap();
+        let rec =
+            CollectionRecord::from_text(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n", vec![])
+                .unwrap();
         cat.put_collection(&rec).await.unwrap();
         let raw = Connection::open(dir.path().join("c.sqlite")).unwrap();
-        raw.execute("UPDATE collections SET manifest = replace(manifest, 'foo', 'bar')", []).unwrap();
+        raw.execute(
+            "UPDATE collections SET manifest = replace(manifest, 'foo', 'bar')",
+            [],
+        )
+        .unwrap();
         let e = cat.get_collection(&rec.pdh()).await.unwrap_err();
         assert!(matches!(e, CatalogError::Corrupt(_)), "{e}");
     }
@@ -281,11 +322,21 @@ mod tests {
     async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/c.sqlite");
-        let rec = CollectionRecord::from_text(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n", vec![1, 2]).unwrap();
+        let rec = CollectionRecord::from_text(
+            ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n",
+            vec![1, 2],
+        )
+        .unwrap();
         let name = RefName::new("r").unwrap();
         {
             let cat = SqliteCatalog::open(&path).unwrap();
-            let commit = Commit { name: name.clone(), expected: None, record: rec.clone(), committer: "t".into(), message: "m".into() };
+            let commit = Commit {
+                name: name.clone(),
+                expected: None,
+                record: rec.clone(),
+                committer: "t".into(),
+                message: "m".into(),
+            };
             cat.commit(&commit).await.unwrap();
         }
         let cat = SqliteCatalog::open(&path).unwrap();
@@ -297,7 +348,13 @@ mod tests {
     async fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite");
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(SqliteCatalog::open(&path), Err(CatalogError::Corrupt(_))));
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            SqliteCatalog::open(&path),
+            Err(CatalogError::Corrupt(_))
+        ));
     }
 }

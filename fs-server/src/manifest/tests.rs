@@ -24,7 +24,11 @@ fn build(files: &[(&str, &[u8])], empty_dirs: &[&str]) -> Manifest {
         for c in dirs.split('/').filter(|c| !c.is_empty()) {
             dir = dir.subdir(c.as_bytes()).unwrap();
         }
-        dir.file(name.as_bytes()).unwrap().push(Segment { block: id, offset: 0, len: data.len() as u64 });
+        dir.file(name.as_bytes()).unwrap().push(Segment {
+            block: id,
+            offset: 0,
+            len: data.len() as u64,
+        });
     }
     for d in empty_dirs {
         let mut dir = m.root_mut();
@@ -84,12 +88,30 @@ fn multi_block_file_and_packed_files() {
     let a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let text = format!(". {a}+10 bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+10 0:15:big 15:2:s1 17:3:s2\n");
     let m = parse(&text);
-    let Some(EntryRef::File(big)) = m.find(b"big") else { panic!() };
+    let Some(EntryRef::File(big)) = m.find(b"big") else {
+        panic!()
+    };
     assert_eq!(big.segments().len(), 2);
     assert_eq!(big.size(), 15);
-    assert_eq!(big.segments()[1], Segment { block: BlockId::new(1), offset: 0, len: 5 });
-    let Some(EntryRef::File(s2)) = m.find(b"s2") else { panic!() };
-    assert_eq!(s2.segments(), &[Segment { block: BlockId::new(1), offset: 7, len: 3 }]);
+    assert_eq!(
+        big.segments()[1],
+        Segment {
+            block: BlockId::new(1),
+            offset: 0,
+            len: 5
+        }
+    );
+    let Some(EntryRef::File(s2)) = m.find(b"s2") else {
+        panic!()
+    };
+    assert_eq!(
+        s2.segments(),
+        &[Segment {
+            block: BlockId::new(1),
+            offset: 7,
+            len: 3
+        }]
+    );
     assert_eq!(m.to_text(), text);
 }
 
@@ -101,7 +123,9 @@ fn pieces_across_tokens_and_streams_are_concatenated_and_normalized() {
                 ./d cccccccccccccccccccccccccccccccc+1 0:1:z\n\
                 . bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+3 0:3:x 1:1:d/y\n";
     let m = parse(text);
-    let Some(EntryRef::File(x)) = m.find(b"x") else { panic!() };
+    let Some(EntryRef::File(x)) = m.find(b"x") else {
+        panic!()
+    };
     assert_eq!(x.size(), 7);
     assert_eq!(x.segments().len(), 2);
     assert_eq!(
@@ -154,7 +178,10 @@ fn signed_locators_are_kept_but_not_hashed() {
     );
     let m = parse(&two);
     assert_eq!(m.to_text(), two);
-    assert_eq!(m.to_stripped_text(), ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:a 0:3:b\n");
+    assert_eq!(
+        m.to_stripped_text(),
+        ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:a 0:3:b\n"
+    );
 }
 
 #[test]
@@ -162,7 +189,13 @@ fn pdh_parse_and_display() {
     let p = Pdh::parse("3e799a37d292ec16cf8a1395a8e31a1a+153").unwrap();
     assert_eq!(p.to_string(), "3e799a37d292ec16cf8a1395a8e31a1a+153");
     assert_eq!(p.text_len(), 153);
-    for bad in ["", "3e799a37d292ec16cf8a1395a8e31a1a", "3e799a37d292ec16cf8a1395a8e31a1a+", "3E799A37D292EC16CF8A1395A8E31A1A+1", "3e799a37d292ec16cf8a1395a8e31a1a+1+A"] {
+    for bad in [
+        "",
+        "3e799a37d292ec16cf8a1395a8e31a1a",
+        "3e799a37d292ec16cf8a1395a8e31a1a+",
+        "3E799A37D292EC16CF8A1395A8E31A1A+1",
+        "3e799a37d292ec16cf8a1395a8e31a1a+1+A",
+    ] {
         assert!(Pdh::parse(bad).is_err(), "{bad}");
     }
 }
@@ -180,15 +213,60 @@ fn every_refusal_names_line_and_token() {
         (format!(". {l} 0:3:a\tb\n"), 1, 3, K::ControlByte(b'\t')),
         (format!("x {l} 0:3:a\n"), 1, 1, K::BadStreamName),
         (format!("/ {l} 0:3:a\n"), 1, 1, K::BadStreamName),
-        (format!("./ {l} 0:3:a\n"), 1, 1, K::BadPathComponent("empty component (leading, trailing or doubled '/')")),
-        (format!("./a//b {l} 0:3:a\n"), 1, 1, K::BadPathComponent("empty component (leading, trailing or doubled '/')")),
-        (format!("./a/.. {l} 0:3:a\n"), 1, 1, K::BadPathComponent("'..' component")),
-        (format!("./. {l} 0:3:a\n"), 1, 1, K::BadPathComponent("'.' component")),
-        (format!(". {l} 0:3:a/../b\n"), 1, 3, K::BadPathComponent("'..' component")),
-        (format!(". {l} 0:3:..\n"), 1, 3, K::BadPathComponent("'..' component")),
-        (format!(". {l} 0:3:a/\n"), 1, 3, K::BadPathComponent("empty component (leading, trailing or doubled '/')")),
-        (format!(". {l} 0:3:\n"), 1, 3, K::BadPathComponent("empty file name")),
-        (format!(". {l} 0:3:a\\000b\n"), 1, 3, K::BadPathComponent("NUL byte in a name")),
+        (
+            format!("./ {l} 0:3:a\n"),
+            1,
+            1,
+            K::BadPathComponent("empty component (leading, trailing or doubled '/')"),
+        ),
+        (
+            format!("./a//b {l} 0:3:a\n"),
+            1,
+            1,
+            K::BadPathComponent("empty component (leading, trailing or doubled '/')"),
+        ),
+        (
+            format!("./a/.. {l} 0:3:a\n"),
+            1,
+            1,
+            K::BadPathComponent("'..' component"),
+        ),
+        (
+            format!("./. {l} 0:3:a\n"),
+            1,
+            1,
+            K::BadPathComponent("'.' component"),
+        ),
+        (
+            format!(". {l} 0:3:a/../b\n"),
+            1,
+            3,
+            K::BadPathComponent("'..' component"),
+        ),
+        (
+            format!(". {l} 0:3:..\n"),
+            1,
+            3,
+            K::BadPathComponent("'..' component"),
+        ),
+        (
+            format!(". {l} 0:3:a/\n"),
+            1,
+            3,
+            K::BadPathComponent("empty component (leading, trailing or doubled '/')"),
+        ),
+        (
+            format!(". {l} 0:3:\n"),
+            1,
+            3,
+            K::BadPathComponent("empty file name"),
+        ),
+        (
+            format!(". {l} 0:3:a\\000b\n"),
+            1,
+            3,
+            K::BadPathComponent("NUL byte in a name"),
+        ),
         (format!(". {l} 0:3:a\\9\n"), 1, 3, K::BadEscape),
         (format!(". {l} 0:3:a\\\n"), 1, 3, K::BadEscape),
         (format!(".\\x {l} 0:3:a\n"), 1, 1, K::BadStreamName),
@@ -196,25 +274,81 @@ fn every_refusal_names_line_and_token() {
         (". 0:3:a\n".to_string(), 1, 2, K::NoLocator),
         (".\n".to_string(), 1, 0, K::NoLocator),
         (format!(". {l}\n"), 1, 0, K::NoFileToken),
-        (format!(". {l} 0:4:a\n"), 1, 3, K::OutOfRange { pos: 0, len: 4, stream_len: 3 }),
-        (format!(". {l} 3:1:a\n"), 1, 3, K::OutOfRange { pos: 3, len: 1, stream_len: 3 }),
-        (format!(". {l} 18446744073709551615:1:a\n"), 1, 3, K::OutOfRange { pos: u64::MAX, len: 1, stream_len: 3 }),
+        (
+            format!(". {l} 0:4:a\n"),
+            1,
+            3,
+            K::OutOfRange {
+                pos: 0,
+                len: 4,
+                stream_len: 3,
+            },
+        ),
+        (
+            format!(". {l} 3:1:a\n"),
+            1,
+            3,
+            K::OutOfRange {
+                pos: 3,
+                len: 1,
+                stream_len: 3,
+            },
+        ),
+        (
+            format!(". {l} 18446744073709551615:1:a\n"),
+            1,
+            3,
+            K::OutOfRange {
+                pos: u64::MAX,
+                len: 1,
+                stream_len: 3,
+            },
+        ),
         (format!(". {l} 0:3:a {l}\n"), 1, 4, K::BadFileToken),
         (format!(". {l} 0:x:a\n"), 1, 3, K::BadFileToken),
         (format!(". {l} -1:3:a\n"), 1, 3, K::BadFileToken),
         (format!(". {l} 0:3\n"), 1, 3, K::BadFileToken),
         (format!(". {l} 00:3:a\n"), 1, 3, K::BadFileToken),
         (format!(". {l} 0:3:d/.\n"), 1, 3, K::DirMarkerWithData),
-        (". acbd18db4cc2f85cedef654fccc4a4d+3 0:3:a\n".to_string(), 1, 2, K::BadLocator(crate::locator::LocatorError::BadHash)),
-        (format!(". {l}+Abad 0:3:a\n"), 1, 2, K::BadLocator(crate::locator::LocatorError::BadSignature("+Abad".into()))),
-        (format!(". {l} 0:3:a\n. {l} 0:3:a/b\n"), 2, 3, K::Conflict(TreeError::NotADirectory("a".into()))),
-        (format!(". {l} 0:3:a/b\n. {l} 0:3:a\n"), 2, 3, K::Conflict(TreeError::IsADirectory("a".into()))),
-        (format!(". {l} 0:3:a\n./a {l} 0:3:b\n"), 2, 1, K::Conflict(TreeError::NotADirectory("a".into()))),
+        (
+            ". acbd18db4cc2f85cedef654fccc4a4d+3 0:3:a\n".to_string(),
+            1,
+            2,
+            K::BadLocator(crate::locator::LocatorError::BadHash),
+        ),
+        (
+            format!(". {l}+Abad 0:3:a\n"),
+            1,
+            2,
+            K::BadLocator(crate::locator::LocatorError::BadSignature("+Abad".into())),
+        ),
+        (
+            format!(". {l} 0:3:a\n. {l} 0:3:a/b\n"),
+            2,
+            3,
+            K::Conflict(TreeError::NotADirectory("a".into())),
+        ),
+        (
+            format!(". {l} 0:3:a/b\n. {l} 0:3:a\n"),
+            2,
+            3,
+            K::Conflict(TreeError::IsADirectory("a".into())),
+        ),
+        (
+            format!(". {l} 0:3:a\n./a {l} 0:3:b\n"),
+            2,
+            1,
+            K::Conflict(TreeError::NotADirectory("a".into())),
+        ),
         (format!("./ok {l} 0:3:a\r\n"), 1, 3, K::ControlByte(b'\r')),
     ];
     for (text, line, token, kind) in cases {
         let e = err(&text);
-        assert_eq!((e.line, e.token, &e.kind), (line, token, &kind), "{text:?} gave {e}");
+        assert_eq!(
+            (e.line, e.token, &e.kind),
+            (line, token, &kind),
+            "{text:?} gave {e}"
+        );
         let shown = e.to_string();
         assert!(shown.contains(&format!("line {line}")), "{shown}");
         if token > 0 {
@@ -225,9 +359,15 @@ fn every_refusal_names_line_and_token() {
 
 #[test]
 fn depth_is_bounded() {
-    let deep = format!(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:{}f\n", "d/".repeat(MAX_DEPTH));
+    let deep = format!(
+        ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:{}f\n",
+        "d/".repeat(MAX_DEPTH)
+    );
     assert_eq!(err(&deep).kind, ParseErrorKind::PathTooDeep);
-    let ok = format!(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:{}f\n", "d/".repeat(MAX_DEPTH - 1));
+    let ok = format!(
+        ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:{}f\n",
+        "d/".repeat(MAX_DEPTH - 1)
+    );
     let m = parse(&ok);
     let path = format!("{}f", "d/".repeat(MAX_DEPTH - 1));
     assert!(matches!(m.find(path.as_bytes()), Some(EntryRef::File(f)) if f.size() == 3));
@@ -241,7 +381,13 @@ fn long_error_tokens_are_cut() {
     assert!(e.text.len() <= 80, "{}", e.text);
 }
 
-fn add(dir: &mut Dir, path: &[Vec<u8>], pieces: &[(usize, u64, u64)], as_dir: bool, ids: &[BlockId]) {
+fn add(
+    dir: &mut Dir,
+    path: &[Vec<u8>],
+    pieces: &[(usize, u64, u64)],
+    as_dir: bool,
+    ids: &[BlockId],
+) {
     if let [name, rest @ ..] = path
         && !rest.is_empty()
     {
@@ -255,7 +401,11 @@ fn add(dir: &mut Dir, path: &[Vec<u8>], pieces: &[(usize, u64, u64)], as_dir: bo
         let _ = dir.subdir(last);
     } else if let Ok(f) = dir.file(last) {
         for &(b, off, len) in pieces {
-            f.push(Segment { block: ids[b], offset: off, len: len.min(8 - off) });
+            f.push(Segment {
+                block: ids[b],
+                offset: off,
+                len: len.min(8 - off),
+            });
         }
     }
 }
@@ -263,7 +413,17 @@ fn add(dir: &mut Dir, path: &[Vec<u8>], pieces: &[(usize, u64, u64)], as_dir: bo
 /// A random tree: names from a small alphabet with awkward bytes, files of a few random pieces of a few blocks.
 fn arb_manifest() -> impl Strategy<Value = Manifest> {
     let name = proptest::collection::vec(
-        prop_oneof![Just(b'a'), Just(b'b'), Just(b' '), Just(b':'), Just(b'\\'), Just(b'\n'), Just(0xc3), Just(0xa9), Just(b'.')],
+        prop_oneof![
+            Just(b'a'),
+            Just(b'b'),
+            Just(b' '),
+            Just(b':'),
+            Just(b'\\'),
+            Just(b'\n'),
+            Just(0xc3),
+            Just(0xa9),
+            Just(b'.')
+        ],
         1..4,
     );
     let path = proptest::collection::vec(name, 1..4);
@@ -271,13 +431,18 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
     let file = (path, proptest::collection::vec(piece, 0..4), any::<bool>());
     proptest::collection::vec(file, 0..12).prop_map(|files| {
         let mut m = Manifest::new();
-        let ids: Vec<BlockId> = (0..4u8).map(|i| m.add_block(Locator::of(&[i; 8]))).collect();
+        let ids: Vec<BlockId> = (0..4u8)
+            .map(|i| m.add_block(Locator::of(&[i; 8])))
+            .collect();
         for (path, pieces, as_dir) in files {
             add(m.root_mut(), &path, &pieces, as_dir, &ids);
         }
         m
     })
 }
+
+/// A file's bytes as (locator, offset, length) ranges, adjacent ranges merged.
+type Ranges = Vec<(String, u64, u64)>;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
@@ -289,7 +454,7 @@ proptest! {
         prop_assert_eq!(back.to_text(), text.clone());
         prop_assert_eq!(back.pdh(), m.pdh());
         // Same files, same bytes (as block ranges), same sizes.
-        let describe = |m: &Manifest| -> Vec<(Vec<u8>, Vec<(String, u64, u64)>)> {
+        let describe = |m: &Manifest| -> Vec<(Vec<u8>, Ranges)> {
             m.files().into_iter().map(|(p, f)| {
                 let mut ranges = Vec::new();
                 for s in f.segments() {
@@ -334,7 +499,14 @@ fn a_stream_whose_only_block_is_empty_lists_it_once() {
     let m = parse(text);
     let mut only_empty = Manifest::new();
     let id = only_empty.add_block(Locator::empty());
-    only_empty.root_mut().file(b"g").unwrap().push_empty_block(id);
-    assert_eq!(only_empty.to_text(), ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:g\n");
+    only_empty
+        .root_mut()
+        .file(b"g")
+        .unwrap()
+        .push_empty_block(id);
+    assert_eq!(
+        only_empty.to_text(),
+        ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:g\n"
+    );
     assert_eq!(parse(&m.to_text()).to_text(), m.to_text());
 }

@@ -70,7 +70,11 @@ impl File {
     /// for an empty block that lies inside a file's range, which lists the block in the normalized stream, and
     /// cafs must write the same text (and PDH) for the same manifest.
     pub(crate) fn push_empty_block(&mut self, block: BlockId) {
-        self.segments.push(Segment { block, offset: 0, len: 0 });
+        self.segments.push(Segment {
+            block,
+            offset: 0,
+            len: 0,
+        });
     }
 }
 
@@ -160,7 +164,9 @@ impl Dir {
         let entry = if self.entries.contains_key(name) {
             self.entries.get_mut(name).expect("checked above")
         } else {
-            self.entries.entry(name.into()).or_insert_with(|| Entry::File(File::new()))
+            self.entries
+                .entry(name.into())
+                .or_insert_with(|| Entry::File(File::new()))
         };
         match entry {
             Entry::File(f) => Ok(f),

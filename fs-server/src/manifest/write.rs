@@ -46,7 +46,15 @@ pub(super) fn write(m: &Manifest, strip: bool) -> String {
     } else {
         (0..n as u32).collect()
     };
-    let mut w = Writer { m, strip, out: Vec::new(), canon, offset: vec![0; n], stamp: vec![0; n], generation: 0 };
+    let mut w = Writer {
+        m,
+        strip,
+        out: Vec::new(),
+        canon,
+        offset: vec![0; n],
+        stamp: vec![0; n],
+        generation: 0,
+    };
 
     // Depth-first without recursion: directory depth is bounded by the parser, but trees built by other means
     // need not be, and a stack frame per level is a needless risk.
@@ -55,7 +63,8 @@ pub(super) fn write(m: &Manifest, strip: bool) -> String {
         if dir.is_empty() {
             if !is_root {
                 w.out.extend_from_slice(&path);
-                w.out.extend_from_slice(b" d41d8cd98f00b204e9800998ecf8427e+0 0:0:\\056\n");
+                w.out
+                    .extend_from_slice(b" d41d8cd98f00b204e9800998ecf8427e+0 0:0:\\056\n");
             }
             continue;
         }
@@ -149,7 +158,10 @@ impl Writer<'_> {
     /// module doc). Empty for the usual stream, which has no empty pieces.
     fn unreadable_empty_pieces(&self, files: &[&super::File]) -> HashSet<(usize, usize)> {
         let mut skip = HashSet::new();
-        if !files.iter().any(|f| f.segments().iter().any(|s| s.len == 0)) {
+        if !files
+            .iter()
+            .any(|f| f.segments().iter().any(|s| s.len == 0))
+        {
             return skip;
         }
         // Dropping a piece can move others, so repeat until nothing more is dropped; each round drops at least
@@ -172,7 +184,8 @@ impl Writer<'_> {
             let mut dropped = Vec::new();
             for (fi, f) in files.iter().enumerate() {
                 // Empty pieces of the current range, with their stream positions.
-                let (mut span, mut empties): (Option<(u64, u64)>, Vec<(usize, u64)>) = (None, Vec::new());
+                let mut span: Option<(u64, u64)> = None;
+                let mut empties: Vec<(usize, u64)> = Vec::new();
                 let mut close = |span: Option<(u64, u64)>, empties: &mut Vec<(usize, u64)>| {
                     for (si, at) in empties.drain(..) {
                         if !matches!(span, Some((s, e)) if s < at && at < e) {

@@ -1,7 +1,7 @@
 //! The local-directory block store: the embedded default, one file per block.
 //!
-//! Layout under the root: `blocks/<first 3 hex digits>/<md5>+<size>` (4096 fan-out directories keep any one
-//! directory small), and `tmp/` for blocks being written. A put writes a temporary file, fsyncs it, renames it
+//! Layout under the root: `<first 3 hex digits>/<md5>+<size>` (4096 fan-out directories keep any one directory
+//! small), and `.tmp/` for blocks being written (same filesystem, so the final rename is atomic). A put writes a temporary file, fsyncs it, renames it
 //! into place and fsyncs the directory, so a block file is either absent or complete, and concurrent puts of the
 //! same block (from tasks or processes) simply race to rename identical bytes. Every read is verified against the
 //! locator; a file whose size is wrong counts as absent, so a put repairs a truncated block.
@@ -30,7 +30,10 @@ pub struct LocalDirStoreOptions {
 
 impl Default for LocalDirStoreOptions {
     fn default() -> Self {
-        Self { max_concurrency: 8, stale_tmp_age: Duration::from_secs(3600) }
+        Self {
+            max_concurrency: 8,
+            stale_tmp_age: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -47,20 +50,28 @@ struct Inner {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Where blocks are written before they are renamed into place.
+const TMP_DIR: &str = ".tmp";
+
 impl LocalDirStore {
     /// Opens (creating if needed) a store rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         Self::open_with(root, LocalDirStoreOptions::default())
     }
 
-    pub fn open_with(root: impl Into<PathBuf>, opts: LocalDirStoreOptions) -> Result<Self, StoreError> {
+    pub fn open_with(
+        root: impl Into<PathBuf>,
+        opts: LocalDirStoreOptions,
+    ) -> Result<Self, StoreError> {
         let root = root.into();
-        for dir in [root.join("blocks"), root.join("tmp")] {
+        for dir in [root.clone(), root.join(TMP_DIR)] {
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", dir.display(), e))?;
         }
-        remove_stale_tmp(&root.join("tmp"), opts.stale_tmp_age);
+        remove_stale_tmp(&root.join(TMP_DIR), opts.stale_tmp_age);
         let limit = Semaphore::new(opts.max_concurrency.max(1));
-        Ok(Self { inner: Arc::new(Inner { root, limit }) })
+        Ok(Self {
+            inner: Arc::new(Inner { root, limit }),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -77,7 +88,12 @@ impl LocalDirStore {
         &self,
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let _permit = self.inner.limit.acquire().await.map_err(|_| StoreError::Unavailable("store closed".into()))?;
+        let _permit = self
+            .inner
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("store closed".into()))?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
@@ -88,7 +104,7 @@ impl LocalDirStore {
 impl Inner {
     fn block_path(&self, locator: &Locator) -> PathBuf {
         let name = locator.stripped_string();
-        self.root.join("blocks").join(&name[..3]).join(name)
+        self.root.join(&name[..3]).join(name)
     }
 
     fn stored_size(&self, locator: &Locator) -> Result<Option<u64>, StoreError> {
@@ -105,20 +121,26 @@ impl Inner {
             return Ok(());
         }
         let final_path = self.block_path(loc);
-        let fan_dir = final_path.parent().expect("block paths have a fan-out directory");
+        let fan_dir = final_path
+            .parent()
+            .expect("block paths have a fan-out directory");
         if !fan_dir.exists() {
-            fs::create_dir_all(fan_dir).map_err(|e| StoreError::io("create", fan_dir.display(), e))?;
+            fs::create_dir_all(fan_dir)
+                .map_err(|e| StoreError::io("create", fan_dir.display(), e))?;
             // The new fan-out directory's own entry must be durable too.
-            sync_dir(&self.root.join("blocks")).map_err(|e| StoreError::io("fsync", "blocks directory", e))?;
+            sync_dir(&self.root).map_err(|e| StoreError::io("fsync", "block store root", e))?;
         }
-        let tmp = self.root.join("tmp").join(format!(
+        let tmp = self.root.join(TMP_DIR).join(format!(
             "{}.{}.{}",
             loc.stripped_string(),
             std::process::id(),
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let written = (|| {
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
             f.write_all(block.data())?;
             f.sync_all()?;
             fs::rename(&tmp, &final_path)?;
@@ -134,7 +156,9 @@ impl Inner {
     fn get(&self, locator: &Locator) -> Result<Bytes, StoreError> {
         let data = match fs::read(self.block_path(locator)) {
             Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(locator.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(locator.clone()));
+            }
             Err(e) => return Err(StoreError::io("read", locator, e)),
         };
         verify(locator, &data)?;
@@ -147,7 +171,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn remove_stale_tmp(tmp: &Path, age: Duration) {
-    let Ok(entries) = fs::read_dir(tmp) else { return };
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
     let now = SystemTime::now();
     for entry in entries.flatten() {
         let old = entry
@@ -173,7 +199,12 @@ impl BlockStore for LocalDirStore {
         self.run(move |inner| inner.get(&locator)).await
     }
 
-    async fn get_range(&self, locator: &Locator, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+    async fn get_range(
+        &self,
+        locator: &Locator,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StoreError> {
         check_range(locator, offset, len)?;
         // Reading the whole block is what lets a local read be verified; the block cache above asks for whole
         // blocks anyway.
@@ -183,7 +214,8 @@ impl BlockStore for LocalDirStore {
 
     async fn exists(&self, locator: &Locator) -> Result<bool, StoreError> {
         let locator = locator.clone();
-        self.run(move |inner| Ok(inner.stored_size(&locator)? == Some(locator.size()))).await
+        self.run(move |inner| Ok(inner.stored_size(&locator)? == Some(locator.size())))
+            .await
     }
 }
 
@@ -202,15 +234,21 @@ mod tests {
         let (_d, s) = store();
         let b = Block::new(&b"hello"[..]).unwrap();
         assert!(!s.exists(b.locator()).await.unwrap());
-        assert!(matches!(s.get(b.locator()).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.get(b.locator()).await,
+            Err(StoreError::NotFound(_))
+        ));
         s.put(&b).await.unwrap();
         assert!(s.exists(b.locator()).await.unwrap());
         assert_eq!(s.get(b.locator()).await.unwrap(), &b"hello"[..]);
         assert_eq!(s.get_range(b.locator(), 1, 3).await.unwrap(), &b"ell"[..]);
-        assert!(matches!(s.get_range(b.locator(), 3, 3).await, Err(StoreError::BadRange { .. })));
+        assert!(matches!(
+            s.get_range(b.locator(), 3, 3).await,
+            Err(StoreError::BadRange { .. })
+        ));
         // The file is where the layout says, named by the stripped locator.
         let p = s.block_path(b.locator());
-        assert!(p.ends_with("blocks/5d4/5d41402abc4b2a76b9719d911017c592+5"), "{}", p.display());
+        assert_eq!(p, s.root().join("5d4/5d41402abc4b2a76b9719d911017c592+5"));
         // A second put is a no-op; hints do not change where a block lives.
         s.put(&b).await.unwrap();
         let signed = Locator::parse(&format!("{}+Kabc", b.locator())).unwrap();
@@ -231,12 +269,21 @@ mod tests {
         bytes[50_000] ^= 1;
         fs::write(&p, &bytes).unwrap();
         let e = s.get(b.locator()).await.unwrap_err();
-        assert!(matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("MD5")), "{e}");
-        assert!(matches!(s.get_range(b.locator(), 0, 10).await, Err(StoreError::Corrupt { .. })));
+        assert!(
+            matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("MD5")),
+            "{e}"
+        );
+        assert!(matches!(
+            s.get_range(b.locator(), 0, 10).await,
+            Err(StoreError::Corrupt { .. })
+        ));
 
         fs::write(&p, &bytes[..99_999]).unwrap();
         let e = s.get(b.locator()).await.unwrap_err();
-        assert!(matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("99999 bytes")), "{e}");
+        assert!(
+            matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("99999 bytes")),
+            "{e}"
+        );
         // A truncated file does not count as stored, so putting the block again repairs it.
         assert!(!s.exists(b.locator()).await.unwrap());
         s.put(&b).await.unwrap();
@@ -256,7 +303,11 @@ mod tests {
             r.unwrap().unwrap();
         }
         assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
-        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0, "no temporary files left behind");
+        assert_eq!(
+            fs::read_dir(s.root().join(TMP_DIR)).unwrap().count(),
+            0,
+            "no temporary files left behind"
+        );
     }
 
     #[tokio::test]
@@ -271,9 +322,12 @@ mod tests {
     #[tokio::test]
     async fn stale_temporary_files_are_removed_on_open() {
         let (d, s) = store();
-        let stale = s.root().join("tmp/leftover");
+        let stale = s.root().join(TMP_DIR).join("leftover");
         fs::write(&stale, b"partial").unwrap();
-        let opts = LocalDirStoreOptions { stale_tmp_age: Duration::ZERO, ..Default::default() };
+        let opts = LocalDirStoreOptions {
+            stale_tmp_age: Duration::ZERO,
+            ..Default::default()
+        };
         std::thread::sleep(Duration::from_millis(10));
         LocalDirStore::open_with(d.path().join("store"), opts).unwrap();
         assert!(!stale.exists());
@@ -289,6 +343,6 @@ mod tests {
         let e = s.put(&b).await.unwrap_err();
         assert!(matches!(e, StoreError::Io { .. }), "{e}");
         assert!(!e.is_transient());
-        assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(s.root().join(TMP_DIR)).unwrap().count(), 0);
     }
 }

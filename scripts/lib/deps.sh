@@ -1,0 +1,30 @@
+# Sourced by the scripts: installs what a fresh machine of this kind lacks (Debian packages, Rust components).
+# Everything is skipped when already present. Needs root (or sudo) only when something is missing.
+
+cafs_log() { printf '==> %s\n' "$*" >&2; }
+
+cafs_apt_install() {
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+  cafs_log "installing Debian packages: $*"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@"
+}
+
+cafs_install_deps() {
+  local pkgs=()
+  command -v cc >/dev/null 2>&1 || pkgs+=(build-essential)
+  command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+  # OpenSSL provides the assembly MD5 that names blocks.
+  pkg-config --exists openssl 2>/dev/null || pkgs+=(libssl-dev)
+  # The Arvados SDK oracle runs in a virtualenv.
+  command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
+  if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: this project needs the machine's Rust toolchain (rustup)" >&2
+    return 1
+  fi
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+}
