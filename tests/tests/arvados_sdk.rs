@@ -2,7 +2,6 @@
 //! trees the SDK writes are read by cafs with identical bytes; collections cafs writes are read by the SDK with
 //! identical bytes; both agree on the normalized text and the PDH, for fixed and for random manifests.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,30 +10,7 @@ use cafs::Manifest;
 use cafs::locator::Locator;
 use cafs::store::LocalDirStore;
 use cafs::transfer::{ImportOptions, export, import_dir};
-use cafs_tests::sdk;
-
-fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if e.file_type().unwrap().is_dir() {
-                out.insert(rel, None);
-                stack.push(e.path());
-            } else {
-                out.insert(rel, Some(fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    out
-}
+use cafs_tests::{sdk, snapshot};
 
 /// Names with every kind of byte the manifest escapes, raw UTF-8, packed small files, an empty file, an empty
 /// directory, and a file of more than 64 MiB (so it spans two blocks).

@@ -1,7 +1,6 @@
 //! The public library API end to end: a directory tree on disk → blocks + manifest + catalog entry → the same
 //! bytes, sizes and tree back.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,30 +9,7 @@ use cafs::Manifest;
 use cafs::catalog::{Catalog, CollectionRecord, Commit, RefName, SqliteCatalog};
 use cafs::store::{BlockStore, LocalDirStore};
 use cafs::transfer::{ImportOptions, TransferError, export, import_dir};
-
-/// Every entry below `root`: path → Some(bytes) for files, None for directories.
-fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if e.file_type().unwrap().is_dir() {
-                out.insert(rel, None);
-                stack.push(e.path());
-            } else {
-                out.insert(rel, Some(fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    out
-}
+use cafs_tests::snapshot;
 
 fn make_tree(root: &Path) {
     fs::create_dir_all(root.join("a b/c:d/deep")).unwrap();
