@@ -379,10 +379,9 @@ fn place(
     while left > 0 {
         let b = &blocks[i];
         if b.size == 0 {
-            // Strictly inside the range (the range started in an earlier block): kept, as the SDK does.
-            if b.start > pos {
-                file.push_empty_block(b.id);
-            }
+            // An empty block carries no bytes. (The SDK keeps an empty piece for one strictly inside a range,
+            // which lists it in the normalized stream; cafs does not, so that a file is exactly its byte ranges
+            // and write → parse → write is a fixed point in signed and stripped form. See README.)
             i += 1;
             continue;
         }

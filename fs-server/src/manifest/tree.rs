@@ -51,7 +51,7 @@ impl File {
     }
 
     /// Appends a segment, merging it into the last one when it continues it in the same block; empty segments
-    /// carry no bytes and are dropped (but see [`File::push_empty_block`]).
+    /// carry no bytes and are dropped.
     pub fn push(&mut self, seg: Segment) {
         if seg.len == 0 {
             return;
@@ -64,17 +64,6 @@ impl File {
             return;
         }
         self.segments.push(seg);
-    }
-
-    /// Appends an empty piece of an empty block. Only the parser does this: the Arvados SDK keeps such a piece
-    /// for an empty block that lies inside a file's range, which lists the block in the normalized stream, and
-    /// cafs must write the same text (and PDH) for the same manifest.
-    pub(crate) fn push_empty_block(&mut self, block: BlockId) {
-        self.segments.push(Segment {
-            block,
-            offset: 0,
-            len: 0,
-        });
     }
 }
 

@@ -8,14 +8,8 @@
 //!
 //! Blocks are deduplicated by the text that is written: with hints when writing signed text, by `md5+size` when
 //! writing stripped text (so the PDH does not depend on signatures).
-//!
-//! Empty pieces of empty blocks (which the parser keeps where the SDK does, see `File::push_empty_block`) are
-//! written only where parsing the output will find them again — strictly inside a written range. Where stripping
-//! merges two signed copies of a block, a piece can lose that place; it is then left out, so that writing,
-//! parsing and writing again always gives the same text (the SDK is not idempotent there; cafs must be, since
-//! it re-hashes stored text).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::escape::escape_into;
 use super::{Dir, Entry, Manifest};
@@ -96,19 +90,14 @@ impl Writer<'_> {
         if files().next().is_none() {
             return;
         }
-        let skip = self.unreadable_empty_pieces(&files().map(|(_, f)| f).collect::<Vec<_>>());
-        let skipped = |fi: usize, si: usize| !skip.is_empty() && skip.contains(&(fi, si));
         self.generation += 1;
         let generation = self.generation;
         self.out.extend_from_slice(path);
 
         let mut stream_len = 0u64;
         let mut listed_any = false;
-        for (fi, (_, f)) in files().enumerate() {
-            for (si, seg) in f.segments().iter().enumerate() {
-                if skipped(fi, si) {
-                    continue;
-                }
+        for (_, f) in files() {
+            for seg in f.segments() {
                 let c = self.canon[seg.block.index()] as usize;
                 if self.stamp[c] != generation {
                     self.stamp[c] = generation;
@@ -129,14 +118,11 @@ impl Writer<'_> {
 
         let mut num = itoa::Buffer::new();
         let mut escaped = Vec::new();
-        for (fi, (name, f)) in files().enumerate() {
+        for (name, f) in files() {
             escaped.clear();
             escape_into(&mut escaped, name);
             let mut span: Option<(u64, u64)> = None;
-            for (si, seg) in f.segments().iter().enumerate() {
-                if skipped(fi, si) {
-                    continue;
-                }
+            for seg in f.segments() {
                 let start = self.offset[self.canon[seg.block.index()] as usize] + seg.offset;
                 match &mut span {
                     Some((_, end)) if *end == start => *end += seg.len,
@@ -152,70 +138,6 @@ impl Writer<'_> {
             self.file_token(&mut num, s, e - s, &escaped);
         }
         self.out.push(b'\n');
-    }
-
-    /// The (file, segment) indexes of empty pieces that would not be read back from this stream's text (see the
-    /// module doc). Empty for the usual stream, which has no empty pieces.
-    fn unreadable_empty_pieces(&self, files: &[&super::File]) -> HashSet<(usize, usize)> {
-        let mut skip = HashSet::new();
-        if !files
-            .iter()
-            .any(|f| f.segments().iter().any(|s| s.len == 0))
-        {
-            return skip;
-        }
-        // Dropping a piece can move others, so repeat until nothing more is dropped; each round drops at least
-        // one piece or ends.
-        loop {
-            let mut offset: HashMap<u32, u64> = HashMap::new();
-            let mut stream_len = 0;
-            for (fi, f) in files.iter().enumerate() {
-                for (si, s) in f.segments().iter().enumerate() {
-                    if !skip.contains(&(fi, si)) {
-                        let c = self.canon[s.block.index()];
-                        offset.entry(c).or_insert_with(|| {
-                            let o = stream_len;
-                            stream_len += self.m.blocks[c as usize].size();
-                            o
-                        });
-                    }
-                }
-            }
-            let mut dropped = Vec::new();
-            for (fi, f) in files.iter().enumerate() {
-                // Empty pieces of the current range, with their stream positions.
-                let mut span: Option<(u64, u64)> = None;
-                let mut empties: Vec<(usize, u64)> = Vec::new();
-                let mut close = |span: Option<(u64, u64)>, empties: &mut Vec<(usize, u64)>| {
-                    for (si, at) in empties.drain(..) {
-                        if !matches!(span, Some((s, e)) if s < at && at < e) {
-                            dropped.push((fi, si));
-                        }
-                    }
-                };
-                for (si, s) in f.segments().iter().enumerate() {
-                    if skip.contains(&(fi, si)) {
-                        continue;
-                    }
-                    let start = offset[&self.canon[s.block.index()]] + s.offset;
-                    match &mut span {
-                        Some((_, end)) if *end == start => *end += s.len,
-                        _ => {
-                            close(span, &mut empties);
-                            span = Some((start, start + s.len));
-                        }
-                    }
-                    if s.len == 0 {
-                        empties.push((si, start));
-                    }
-                }
-                close(span, &mut empties);
-            }
-            if dropped.is_empty() {
-                return skip;
-            }
-            skip.extend(dropped);
-        }
     }
 
     fn file_token(&mut self, num: &mut itoa::Buffer, pos: u64, len: u64, name: &[u8]) {
