@@ -20,11 +20,8 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
-    let files: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
+    let files: usize =
+        std::env::args().skip(1).find(|a| !a.starts_with('-')).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let per_dir = 1000;
     let dirs = files.div_ceil(per_dir);
 
@@ -91,10 +88,7 @@ fn main() {
         t_write.as_secs_f64(),
         normalized.len() as f64 / 1048576.0
     );
-    println!(
-        "pdh (strip+write+md5): {:>8.3} s  {pdh}",
-        t_pdh.as_secs_f64()
-    );
+    println!("pdh (strip+write+md5): {:>8.3} s  {pdh}", t_pdh.as_secs_f64());
     println!("total:                 {:>8.3} s", total.as_secs_f64());
     println!("peak RSS:              {:>8.0} MiB", peak_rss_mib());
     assert_eq!(m.files().len(), files);

@@ -6,9 +6,7 @@
 use std::time::{Duration, Instant};
 
 fn main() {
-    let block: Vec<u8> = (0..64u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
-        .collect();
+    let block: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
     let mut hashed = 0u64;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {

@@ -1,5 +1,8 @@
-//! The catalog: committed collections (manifest text + sidecar metadata, by PDH), and named **refs** with their
-//! full version history.
+//! The catalog: committed collections (manifest text, by PDH), sidecar metadata (by its own hash), and named
+//! **refs** with their full version history.
+//!
+//! The PDH names the manifest only, so two versions can share a collection and differ in their sidecar (a chmod,
+//! a touch): a sidecar belongs to a version, not to a collection, and each version records which one it has.
 //!
 //! A ref moves only by [`Catalog::commit`], a compare-and-swap on the ref's version number: the committer says
 //! which version its tree was based on, and if another commit got there first it gets
@@ -20,20 +23,18 @@ use async_trait::async_trait;
 
 pub use sqlite::SqliteCatalog;
 
-use crate::manifest::{Manifest, ParseError, Pdh};
+use crate::manifest::{MAX_DEPTH, Manifest, ParseError, Pdh};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("invalid ref name {name:?}: {why}")]
     InvalidRef { name: String, why: &'static str },
     #[error("commit conflict on ref {name:?}: expected {}, but the ref is at {}", show_version(*.expected), show_version(*.current))]
-    Conflict {
-        name: String,
-        expected: Option<u64>,
-        current: Option<u64>,
-    },
+    Conflict { name: String, expected: Option<u64>, current: Option<u64> },
     #[error("invalid manifest: {0}")]
     BadManifest(#[from] ParseError),
+    #[error("tree cannot be committed: {0}")]
+    Unrepresentable(String),
     #[error("catalog data is corrupt: {0}")]
     Corrupt(String),
     #[error("catalog backend: {0}")]
@@ -55,15 +56,9 @@ impl RefName {
             Some("empty")
         } else if name.len() > 255 {
             Some("longer than 255 bytes")
-        } else if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'))
-        {
+        } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')) {
             Some("only letters, digits, '.', '_', '-' and '/' are allowed")
-        } else if name
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-        {
+        } else if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
             Some("empty, '.' or '..' path component")
         } else {
             None
@@ -91,43 +86,39 @@ impl fmt::Debug for RefName {
     }
 }
 
-/// A committed collection: stripped normalized manifest text, its PDH, and the sidecar metadata (modes, mtimes,
-/// symlinks, properties) that the manifest cannot carry. The constructors guarantee that the PDH names the text.
+/// A committed collection: stripped normalized manifest text and its PDH. The constructors guarantee that the
+/// PDH names the text, and that the text parses back (so a committed collection can always be read).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CollectionRecord {
     pdh: Pdh,
     manifest: String,
-    sidecar: Vec<u8>,
 }
 
 impl CollectionRecord {
-    pub fn new(manifest: &Manifest, sidecar: Vec<u8>) -> Self {
-        let text = manifest.to_stripped_text();
-        Self {
-            pdh: Pdh::of_text(text.as_bytes()),
-            manifest: text,
-            sidecar,
+    /// Refuses trees the parser would refuse to read back (nested deeper than [`MAX_DEPTH`]).
+    pub fn new(manifest: &Manifest) -> Result<Self, CatalogError> {
+        let depth = manifest.depth();
+        if depth > MAX_DEPTH {
+            return Err(CatalogError::Unrepresentable(format!(
+                "directories nest {depth} deep, more than the {MAX_DEPTH} a manifest may hold"
+            )));
         }
+        let text = manifest.to_stripped_text();
+        Ok(Self { pdh: Pdh::of_text(text.as_bytes()), manifest: text })
     }
 
     /// Parses (strictly), normalizes and strips `text`.
-    pub fn from_text(text: &str, sidecar: Vec<u8>) -> Result<Self, CatalogError> {
-        Ok(Self::new(&Manifest::parse(text.as_bytes())?, sidecar))
+    pub fn from_text(text: &str) -> Result<Self, CatalogError> {
+        Self::new(&Manifest::parse(text.as_bytes())?)
     }
 
     /// Rebuilds a record read back from storage, checking that the text still hashes to its PDH.
-    pub fn from_stored(pdh: Pdh, manifest: String, sidecar: Vec<u8>) -> Result<Self, CatalogError> {
+    pub fn from_stored(pdh: Pdh, manifest: String) -> Result<Self, CatalogError> {
         let actual = Pdh::of_text(manifest.as_bytes());
         if actual != pdh {
-            return Err(CatalogError::Corrupt(format!(
-                "collection {pdh}: stored manifest text hashes to {actual}"
-            )));
+            return Err(CatalogError::Corrupt(format!("collection {pdh}: stored manifest text hashes to {actual}")));
         }
-        Ok(Self {
-            pdh,
-            manifest,
-            sidecar,
-        })
+        Ok(Self { pdh, manifest })
     }
 
     pub fn pdh(&self) -> Pdh {
@@ -138,10 +129,6 @@ impl CollectionRecord {
         &self.manifest
     }
 
-    pub fn sidecar(&self) -> &[u8] {
-        &self.sidecar
-    }
-
     pub fn manifest(&self) -> Result<Manifest, CatalogError> {
         Ok(Manifest::parse(self.manifest.as_bytes())?)
     }
@@ -149,12 +136,7 @@ impl CollectionRecord {
 
 impl fmt::Debug for CollectionRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "CollectionRecord({}, {} bytes of sidecar)",
-            self.pdh,
-            self.sidecar.len()
-        )
+        write!(f, "CollectionRecord({})", self.pdh)
     }
 }
 
@@ -165,6 +147,8 @@ pub struct Commit {
     /// The version the new tree was based on; `None` when the ref must not exist yet.
     pub expected: Option<u64>,
     pub record: CollectionRecord,
+    /// What the manifest cannot say (modes, mtimes, symlinks, properties), opaque to the catalog.
+    pub sidecar: Vec<u8>,
     pub committer: String,
     pub message: String,
 }
@@ -176,6 +160,9 @@ pub struct Version {
     /// 1 for the first commit, then +1 per commit.
     pub version: u64,
     pub pdh: Pdh,
+    /// The hash of this version's sidecar (`md5+length` of its bytes, formed like a PDH); see
+    /// [`Catalog::get_sidecar`].
+    pub sidecar: Pdh,
     /// The PDH of the previous version, if any.
     pub parent: Option<Pdh>,
     /// Set by the catalog when the commit lands.
@@ -191,7 +178,11 @@ pub trait Catalog: Send + Sync + fmt::Debug {
 
     async fn get_collection(&self, pdh: &Pdh) -> Result<Option<CollectionRecord>, CatalogError>;
 
-    /// Atomically stores the collection and moves the ref to it, if the ref is still at `commit.expected`.
+    /// A sidecar by its hash ([`Version::sidecar`]), checked against it.
+    async fn get_sidecar(&self, id: &Pdh) -> Result<Option<Vec<u8>>, CatalogError>;
+
+    /// Atomically stores the collection and the sidecar and moves the ref to them, if the ref is still at
+    /// `commit.expected`.
     /// Durable when it returns `Ok`.
     async fn commit(&self, commit: &Commit) -> Result<Version, CatalogError>;
 
@@ -214,22 +205,8 @@ mod tests {
         for ok in ["a", "job-42", "proj/run_1.out", &"x".repeat(255)] {
             assert!(RefName::new(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "/a",
-            "a/",
-            "a//b",
-            "a/./b",
-            "..",
-            "a b",
-            "a:b",
-            "é",
-            &"x".repeat(256),
-        ] {
-            assert!(
-                matches!(RefName::new(bad), Err(CatalogError::InvalidRef { .. })),
-                "{bad}"
-            );
+        for bad in ["", "/a", "a/", "a//b", "a/./b", "..", "a b", "a:b", "é", &"x".repeat(256)] {
+            assert!(matches!(RefName::new(bad), Err(CatalogError::InvalidRef { .. })), "{bad}");
         }
     }
 
@@ -237,26 +214,32 @@ mod tests {
     fn records_are_stripped_and_checked() {
         let r = CollectionRecord::from_text(
             ". acbd18db4cc2f85cedef654fccc4a4d8+3+A0123456789abcdef0123456789abcdef01234567@5f5e1000 0:3:foo\n",
-            b"{}".to_vec(),
         )
         .unwrap();
-        assert_eq!(
-            r.manifest_text(),
-            ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n"
-        );
+        assert_eq!(r.manifest_text(), ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n");
         assert_eq!(r.pdh(), Pdh::of_text(r.manifest_text().as_bytes()));
-        assert!(CollectionRecord::from_stored(r.pdh(), r.manifest_text().into(), vec![]).is_ok());
+        assert!(CollectionRecord::from_stored(r.pdh(), r.manifest_text().into()).is_ok());
         assert!(matches!(
-            CollectionRecord::from_stored(
-                r.pdh(),
-                ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:fox\n".into(),
-                vec![]
-            ),
+            CollectionRecord::from_stored(r.pdh(), ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:fox\n".into()),
             Err(CatalogError::Corrupt(_))
         ));
-        assert!(matches!(
-            CollectionRecord::from_text(". x 0:1:a\n", vec![]),
-            Err(CatalogError::BadManifest(_))
-        ));
+        assert!(matches!(CollectionRecord::from_text(". x 0:1:a\n"), Err(CatalogError::BadManifest(_))));
+    }
+
+    #[test]
+    fn trees_too_deep_to_read_back_are_refused() {
+        fn build(depth: usize) -> Manifest {
+            let mut m = Manifest::new();
+            let mut d = m.root_mut();
+            for _ in 0..depth {
+                d = d.subdir(b"d").unwrap();
+            }
+            d.file(b"f").unwrap();
+            m
+        }
+        let ok = CollectionRecord::new(&build(MAX_DEPTH)).unwrap();
+        assert!(ok.manifest().is_ok(), "what is accepted reads back");
+        let e = CollectionRecord::new(&build(MAX_DEPTH + 1)).unwrap_err();
+        assert!(matches!(e, CatalogError::Unrepresentable(_)), "{e}");
     }
 }

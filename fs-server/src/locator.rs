@@ -14,9 +14,8 @@ use openssl::hash::{Hasher, MessageDigest};
 pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
 
 /// MD5 of the empty string: the locator of the empty block.
-pub const EMPTY_MD5: [u8; 16] = [
-    0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04, 0xe9, 0x80, 0x09, 0x98, 0xec, 0xf8, 0x42, 0x7e,
-];
+pub const EMPTY_MD5: [u8; 16] =
+    [0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0x00, 0xb2, 0x04, 0xe9, 0x80, 0x09, 0x98, 0xec, 0xf8, 0x42, 0x7e];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LocatorError {
@@ -44,20 +43,12 @@ pub struct Locator {
 impl Locator {
     /// The locator of `data`, without hints.
     pub fn of(data: &[u8]) -> Self {
-        Self {
-            md5: md5(data),
-            size: data.len() as u64,
-            hints: None,
-        }
+        Self { md5: md5(data), size: data.len() as u64, hints: None }
     }
 
     /// A locator from its parts, without hints.
     pub fn from_parts(md5: [u8; 16], size: u64) -> Self {
-        Self {
-            md5,
-            size,
-            hints: None,
-        }
+        Self { md5, size, hints: None }
     }
 
     /// The empty block's locator, `d41d8cd98f00b204e9800998ecf8427e+0`.
@@ -116,21 +107,13 @@ impl Locator {
         }
         let hints = &rest[size_end..];
         if hints.is_empty() {
-            return Ok(Self {
-                md5,
-                size,
-                hints: None,
-            });
+            return Ok(Self { md5, size, hints: None });
         }
         for hint in hints[1..].split(|&b| b == b'+') {
             validate_hint(hint)?;
         }
         let hints = std::str::from_utf8(hints).map_err(|_| LocatorError::BadHint(lossy(hints)))?;
-        Ok(Self {
-            md5,
-            size,
-            hints: Some(hints.into()),
-        })
+        Ok(Self { md5, size, hints: Some(hints.into()) })
     }
 
     /// Appends the text form to `out`, with or without hints.
@@ -175,9 +158,7 @@ impl std::str::FromStr for Locator {
 
 fn validate_hint(hint: &[u8]) -> Result<(), LocatorError> {
     let ok = matches!(hint.first(), Some(b'A'..=b'Z'))
-        && hint[1..]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'@' | b'_' | b'-'));
+        && hint[1..].iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'@' | b'_' | b'-'));
     if !ok {
         return Err(LocatorError::BadHint(format!("+{}", lossy(hint))));
     }
@@ -256,16 +237,11 @@ impl Md5 {
     }
 
     pub fn update(&mut self, data: &[u8]) {
-        self.0
-            .update(data)
-            .expect("MD5 update cannot fail on an initialized context");
+        self.0.update(data).expect("MD5 update cannot fail on an initialized context");
     }
 
     pub fn finish(mut self) -> [u8; 16] {
-        let digest = self
-            .0
-            .finish()
-            .expect("MD5 finish cannot fail on an initialized context");
+        let digest = self.0.finish().expect("MD5 finish cannot fail on an initialized context");
         let mut out = [0u8; 16];
         out.copy_from_slice(&digest);
         out
@@ -284,14 +260,8 @@ mod tests {
 
     #[test]
     fn known_hashes() {
-        assert_eq!(
-            Locator::of(b"").to_string(),
-            "d41d8cd98f00b204e9800998ecf8427e+0"
-        );
-        assert_eq!(
-            Locator::of(b"foo").to_string(),
-            "acbd18db4cc2f85cedef654fccc4a4d8+3"
-        );
+        assert_eq!(Locator::of(b"").to_string(), "d41d8cd98f00b204e9800998ecf8427e+0");
+        assert_eq!(Locator::of(b"foo").to_string(), "acbd18db4cc2f85cedef654fccc4a4d8+3");
         assert_eq!(Locator::of(b""), Locator::empty());
         let mut h = Md5::new();
         h.update(b"fo");
@@ -309,10 +279,7 @@ mod tests {
         ] {
             let l = Locator::parse(s).unwrap();
             assert_eq!(l.to_string(), s);
-            assert_eq!(
-                l.stripped().to_string(),
-                &s[..s[33..].find('+').map_or(s.len(), |i| i + 33)]
-            );
+            assert_eq!(l.stripped().to_string(), &s[..s[33..].find('+').map_or(s.len(), |i| i + 33)]);
         }
     }
 
@@ -326,36 +293,16 @@ mod tests {
             ("acbd18db4cc2f85cedef654fccc4a4d8+", LocatorError::BadSize),
             ("acbd18db4cc2f85cedef654fccc4a4d8+03", LocatorError::BadSize),
             ("acbd18db4cc2f85cedef654fccc4a4d8+3x", LocatorError::BadSize),
-            (
-                "acbd18db4cc2f85cedef654fccc4a4d8+99999999999999999999999",
-                LocatorError::BadSize,
-            ),
-            (
-                "acbd18db4cc2f85cedef654fccc4a4d8+67108865",
-                LocatorError::TooLarge(67108865),
-            ),
-            (
-                "acbd18db4cc2f85cedef654fccc4a4d8+3+",
-                LocatorError::BadHint("+".into()),
-            ),
-            (
-                "acbd18db4cc2f85cedef654fccc4a4d8+3+a",
-                LocatorError::BadHint("+a".into()),
-            ),
-            (
-                "acbd18db4cc2f85cedef654fccc4a4d8+3+Ax@y",
-                LocatorError::BadSignature("+Ax@y".into()),
-            ),
+            ("acbd18db4cc2f85cedef654fccc4a4d8+99999999999999999999999", LocatorError::BadSize),
+            ("acbd18db4cc2f85cedef654fccc4a4d8+67108865", LocatorError::TooLarge(67108865)),
+            ("acbd18db4cc2f85cedef654fccc4a4d8+3+", LocatorError::BadHint("+".into())),
+            ("acbd18db4cc2f85cedef654fccc4a4d8+3+a", LocatorError::BadHint("+a".into())),
+            ("acbd18db4cc2f85cedef654fccc4a4d8+3+Ax@y", LocatorError::BadSignature("+Ax@y".into())),
         ];
         for (s, want) in bad {
             assert_eq!(Locator::parse(s), Err(want), "{s:?}");
         }
-        assert_eq!(
-            Locator::parse("acbd18db4cc2f85cedef654fccc4a4d8+67108864")
-                .unwrap()
-                .size(),
-            MAX_BLOCK_SIZE
-        );
+        assert_eq!(Locator::parse("acbd18db4cc2f85cedef654fccc4a4d8+67108864").unwrap().size(), MAX_BLOCK_SIZE);
     }
 
     #[test]

@@ -91,10 +91,7 @@ impl Manifest {
     /// The entry at a `/`-separated path relative to the root (`""` is the root itself).
     pub fn find(&self, path: &[u8]) -> Option<EntryRef<'_>> {
         let mut dir = &self.root;
-        let mut parts = path
-            .split(|&b| b == b'/')
-            .filter(|p| !p.is_empty())
-            .peekable();
+        let mut parts = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).peekable();
         if parts.peek().is_none() {
             return Some(EntryRef::Dir(dir));
         }
@@ -107,6 +104,21 @@ impl Manifest {
             }
         }
         None
+    }
+
+    /// How deeply directories nest: 0 for a flat collection, 1 when the root has a subdirectory, and so on.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack: Vec<(&Dir, usize)> = vec![(&self.root, 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            deepest = deepest.max(depth);
+            for (_, entry) in dir.iter() {
+                if let Entry::Dir(d) = entry {
+                    stack.push((d, depth + 1));
+                }
+            }
+        }
+        deepest
     }
 
     /// Every file with its path (`a/b/c`), depth-first in name order.
@@ -155,10 +167,7 @@ impl Pdh {
     pub fn of_text(text: &[u8]) -> Self {
         let mut h = Md5::new();
         h.update(text);
-        Self {
-            md5: h.finish(),
-            len: text.len() as u64,
-        }
+        Self { md5: h.finish(), len: text.len() as u64 }
     }
 
     /// The PDH of the empty collection (`d41d8cd98f00b204e9800998ecf8427e+0`).
@@ -174,8 +183,7 @@ impl Pdh {
         }
         let mut md5 = [0u8; 16];
         for (i, pair) in b[..32].chunks_exact(2).enumerate() {
-            md5[i] =
-                (hex_value(pair[0]).ok_or_else(err)? << 4) | hex_value(pair[1]).ok_or_else(err)?;
+            md5[i] = (hex_value(pair[0]).ok_or_else(err)? << 4) | hex_value(pair[1]).ok_or_else(err)?;
         }
         let len = parse_decimal(&b[33..]).ok_or_else(err)?;
         Ok(Self { md5, len })

@@ -26,11 +26,7 @@ pub enum StoreError {
     #[error("block of {0} bytes exceeds the 64 MiB limit")]
     TooLarge(u64),
     #[error("range {offset}+{len} lies beyond block {locator}")]
-    BadRange {
-        locator: Locator,
-        offset: u64,
-        len: u64,
-    },
+    BadRange { locator: Locator, offset: u64, len: u64 },
     #[error("{op} {what}: {source}")]
     Io {
         op: &'static str,
@@ -51,22 +47,14 @@ impl StoreError {
             StoreError::Unavailable(_) => true,
             StoreError::Io { source, .. } => matches!(
                 source.kind(),
-                K::Interrupted
-                    | K::TimedOut
-                    | K::WouldBlock
-                    | K::ConnectionReset
-                    | K::ConnectionAborted
+                K::Interrupted | K::TimedOut | K::WouldBlock | K::ConnectionReset | K::ConnectionAborted
             ),
             _ => false,
         }
     }
 
     pub(crate) fn io(op: &'static str, what: impl fmt::Display, source: std::io::Error) -> Self {
-        StoreError::Io {
-            op,
-            what: what.to_string(),
-            source,
-        }
+        StoreError::Io { op, what: what.to_string(), source }
     }
 }
 
@@ -84,10 +72,7 @@ impl Block {
         if data.len() as u64 > MAX_BLOCK_SIZE {
             return Err(StoreError::TooLarge(data.len() as u64));
         }
-        Ok(Self {
-            locator: Locator::of(&data),
-            data,
-        })
+        Ok(Self { locator: Locator::of(&data), data })
     }
 
     /// Checks `data` against `locator` (size and MD5); hints are kept.
@@ -121,18 +106,11 @@ pub fn verify(locator: &Locator, data: &[u8]) -> Result<(), StoreError> {
     if data.len() as u64 != locator.size() {
         return Err(StoreError::Corrupt {
             locator: locator.clone(),
-            reason: format!(
-                "{} bytes where the locator says {}",
-                data.len(),
-                locator.size()
-            ),
+            reason: format!("{} bytes where the locator says {}", data.len(), locator.size()),
         });
     }
     if !locator.matches(data) {
-        return Err(StoreError::Corrupt {
-            locator: locator.clone(),
-            reason: "MD5 does not match".into(),
-        });
+        return Err(StoreError::Corrupt { locator: locator.clone(), reason: "MD5 does not match".into() });
     }
     Ok(())
 }
@@ -141,11 +119,7 @@ pub fn verify(locator: &Locator, data: &[u8]) -> Result<(), StoreError> {
 pub fn check_range(locator: &Locator, offset: u64, len: u64) -> Result<(), StoreError> {
     match offset.checked_add(len) {
         Some(end) if end <= locator.size() => Ok(()),
-        _ => Err(StoreError::BadRange {
-            locator: locator.clone(),
-            offset,
-            len,
-        }),
+        _ => Err(StoreError::BadRange { locator: locator.clone(), offset, len }),
     }
 }
 
@@ -164,12 +138,7 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
     /// `len` bytes at `offset` within the block. Stores that can verify the range (the local store reads and
     /// checks the whole block) do; a remote store returns the range as stored, and the caller checks it against
     /// the per-range checksums cafs recorded at upload, or uses [`BlockStore::get`] when it has none.
-    async fn get_range(
-        &self,
-        locator: &Locator,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes, StoreError>;
+    async fn get_range(&self, locator: &Locator, offset: u64, len: u64) -> Result<Bytes, StoreError>;
 
     /// Whether the block is stored (with the right size).
     async fn exists(&self, locator: &Locator) -> Result<bool, StoreError>;
@@ -182,19 +151,10 @@ mod tests {
     #[test]
     fn blocks_are_named_by_their_bytes() {
         let b = Block::new(&b"foo"[..]).unwrap();
-        assert_eq!(
-            b.locator().to_string(),
-            "acbd18db4cc2f85cedef654fccc4a4d8+3"
-        );
+        assert_eq!(b.locator().to_string(), "acbd18db4cc2f85cedef654fccc4a4d8+3");
         assert!(Block::verified(b.locator().clone(), &b"foo"[..]).is_ok());
-        assert!(matches!(
-            Block::verified(b.locator().clone(), &b"fox"[..]),
-            Err(StoreError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            Block::verified(b.locator().clone(), &b"fo"[..]),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(Block::verified(b.locator().clone(), &b"fox"[..]), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(Block::verified(b.locator().clone(), &b"fo"[..]), Err(StoreError::Corrupt { .. })));
         let big = vec![0u8; (MAX_BLOCK_SIZE + 1) as usize];
         assert!(matches!(Block::new(big), Err(StoreError::TooLarge(n)) if n == MAX_BLOCK_SIZE + 1));
     }

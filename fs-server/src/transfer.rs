@@ -36,10 +36,7 @@ pub enum TransferError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
-    move |source| TransferError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TransferError::Io { path: path.to_path_buf(), source }
 }
 
 #[derive(Debug, Clone)]
@@ -52,10 +49,7 @@ pub struct ImportOptions {
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        Self {
-            block_size: MAX_BLOCK_SIZE as usize,
-            max_in_flight: 2,
-        }
+        Self { block_size: MAX_BLOCK_SIZE as usize, max_in_flight: 2 }
     }
 }
 
@@ -86,21 +80,13 @@ impl Importer {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.opts.block_size))
-            .freeze();
+        let data = std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.opts.block_size)).freeze();
         let block = tokio::task::spawn_blocking(move || Block::new(data))
             .await
             .map_err(|e| StoreError::Unavailable(format!("hashing task failed: {e}")))??;
         let id = self.manifest.add_block(block.locator().clone());
         for (file, offset, len) in std::mem::take(&mut self.pending) {
-            self.push_segment(
-                file,
-                Segment {
-                    block: id,
-                    offset,
-                    len,
-                },
-            )?;
+            self.push_segment(file, Segment { block: id, offset, len })?;
         }
         while self.uploads.len() >= self.opts.max_in_flight {
             self.join_one().await?;
@@ -120,27 +106,18 @@ impl Importer {
     fn push_segment(&mut self, file: usize, seg: Segment) -> Result<(), TransferError> {
         let path = &self.files[file];
         let (name, dirs) = path.split_last().expect("file paths are non-empty");
-        dir_at(self.manifest.root_mut(), dirs)?
-            .file(name)?
-            .push(seg);
+        dir_at(self.manifest.root_mut(), dirs)?.file(name)?.push(seg);
         Ok(())
     }
 
-    async fn add_file(
-        &mut self,
-        fs_path: &Path,
-        tree_path: TreePath,
-        expected_len: u64,
-    ) -> Result<(), TransferError> {
+    async fn add_file(&mut self, fs_path: &Path, tree_path: TreePath, expected_len: u64) -> Result<(), TransferError> {
         let index = self.files.len();
         {
             let (name, dirs) = tree_path.split_last().expect("file paths are non-empty");
             dir_at(self.manifest.root_mut(), dirs)?.file(name)?;
         }
         self.files.push(tree_path);
-        let mut file = tokio::fs::File::open(fs_path)
-            .await
-            .map_err(io_err(fs_path))?;
+        let mut file = tokio::fs::File::open(fs_path).await.map_err(io_err(fs_path))?;
         let mut total = 0u64;
         loop {
             if self.buf.len() == self.opts.block_size {
@@ -148,9 +125,7 @@ impl Importer {
             }
             let room = self.opts.block_size - self.buf.len();
             let start = self.buf.len();
-            let n = read_some(&mut file, &mut self.buf, room)
-                .await
-                .map_err(io_err(fs_path))?;
+            let n = read_some(&mut file, &mut self.buf, room).await.map_err(io_err(fs_path))?;
             if n == 0 {
                 break;
             }
@@ -158,19 +133,13 @@ impl Importer {
             total += n as u64;
         }
         if total != expected_len {
-            return Err(TransferError::Changed {
-                path: fs_path.to_path_buf(),
-            });
+            return Err(TransferError::Changed { path: fs_path.to_path_buf() });
         }
         Ok(())
     }
 }
 
-async fn read_some(
-    file: &mut tokio::fs::File,
-    buf: &mut BytesMut,
-    max: usize,
-) -> std::io::Result<usize> {
+async fn read_some(file: &mut tokio::fs::File, buf: &mut BytesMut, max: usize) -> std::io::Result<usize> {
     use tokio::io::AsyncReadExt;
     let before = buf.len();
     let mut limited = file.take(max as u64);
@@ -190,10 +159,7 @@ pub async fn import_dir(
     store: Arc<dyn BlockStore>,
     opts: ImportOptions,
 ) -> Result<Manifest, TransferError> {
-    assert!(
-        opts.block_size > 0 && opts.block_size as u64 <= MAX_BLOCK_SIZE,
-        "block size must be 1..=64 MiB"
-    );
+    assert!(opts.block_size > 0 && opts.block_size as u64 <= MAX_BLOCK_SIZE, "block size must be 1..=64 MiB");
     let mut imp = Importer {
         manifest: Manifest::new(),
         store,
@@ -218,9 +184,7 @@ pub async fn import_dir(
         let mut subdirs = Vec::new();
         for e in entries {
             let path = e.path();
-            let meta = tokio::fs::symlink_metadata(&path)
-                .await
-                .map_err(io_err(&path))?;
+            let meta = tokio::fs::symlink_metadata(&path).await.map_err(io_err(&path))?;
             let mut tree_path = tree_dir.clone();
             tree_path.push(e.file_name().as_bytes().into());
             let ft = meta.file_type();
@@ -229,11 +193,7 @@ pub async fn import_dir(
             } else if ft.is_file() {
                 imp.add_file(&path, tree_path, meta.len()).await?;
             } else {
-                let what = if ft.is_symlink() {
-                    "a symbolic link"
-                } else {
-                    "a special file"
-                };
+                let what = if ft.is_symlink() { "a symbolic link" } else { "a special file" };
                 return Err(TransferError::Unsupported { path, what });
             }
         }
@@ -247,14 +207,8 @@ pub async fn import_dir(
 }
 
 /// Writes the collection's files below `dest` (created if needed), fetching each block once.
-pub async fn export(
-    manifest: &Manifest,
-    store: &dyn BlockStore,
-    dest: &Path,
-) -> Result<(), TransferError> {
-    tokio::fs::create_dir_all(dest)
-        .await
-        .map_err(io_err(dest))?;
+pub async fn export(manifest: &Manifest, store: &dyn BlockStore, dest: &Path) -> Result<(), TransferError> {
+    tokio::fs::create_dir_all(dest).await.map_err(io_err(dest))?;
     let mut cached: Option<(BlockId, Bytes)> = None;
     let mut stack: Vec<(PathBuf, &Dir)> = vec![(dest.to_path_buf(), manifest.root())];
     while let Some((dir_path, dir)) = stack.pop() {
@@ -276,8 +230,7 @@ pub async fn export(
                                 data
                             }
                         };
-                        pieces
-                            .push(data.slice(seg.offset as usize..(seg.offset + seg.len) as usize));
+                        pieces.push(data.slice(seg.offset as usize..(seg.offset + seg.len) as usize));
                     }
                     let p = path.clone();
                     tokio::task::spawn_blocking(move || -> std::io::Result<()> {

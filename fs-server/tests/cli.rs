@@ -12,17 +12,8 @@ fn cafsd() -> Command {
 fn cafsd_check_creates_and_reports_the_embedded_state() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let out = cafsd()
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--check")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cafsd().arg("--state-dir").arg(&state).arg("--check").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 refs"));
     assert!(state.join("blocks").is_dir());
     assert!(state.join("catalog.sqlite").is_file());
@@ -31,30 +22,15 @@ fn cafsd_check_creates_and_reports_the_embedded_state() {
 #[test]
 fn cafsd_refuses_what_it_cannot_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = cafsd()
-        .arg("--state-dir")
-        .arg(tmp.path())
-        .arg("--config")
-        .arg("/nonexistent.toml")
-        .output()
-        .unwrap();
+    let out = cafsd().arg("--state-dir").arg(tmp.path()).arg("--config").arg("/nonexistent.toml").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
     // A state directory that cannot be created is a clear failure.
     let blocker = tmp.path().join("file");
     std::fs::write(&blocker, b"").unwrap();
-    let out = cafsd()
-        .arg("--state-dir")
-        .arg(blocker.join("sub"))
-        .arg("--check")
-        .output()
-        .unwrap();
+    let out = cafsd().arg("--state-dir").arg(blocker.join("sub")).arg("--check").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("block store"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("block store"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = cafsd().arg("--no-such-flag").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
@@ -73,21 +49,12 @@ fn cafsd_exits_cleanly_on_sigterm() {
     // Wait until it has opened its state (the catalog file appears), bounded.
     let start = Instant::now();
     while !tmp.path().join("catalog.sqlite").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "cafsd did not start"
-        );
+        assert!(start.elapsed() < Duration::from_secs(30), "cafsd did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -107,37 +74,13 @@ fn fsctl_and_usage_errors() {
     let fsctl = env!("CARGO_BIN_EXE_fsctl");
     let out = Command::new(fsctl).arg("--help").output().unwrap();
     assert!(out.status.success());
-    for verb in [
-        "mount", "umount", "commit", "flush", "status", "ls", "log", "run",
-    ] {
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains(verb),
-            "--help lists {verb}"
-        );
+    for verb in ["mount", "umount", "commit", "flush", "status", "ls", "log", "run"] {
+        assert!(String::from_utf8_lossy(&out.stdout).contains(verb), "--help lists {verb}");
     }
-    assert_eq!(
-        Command::new(fsctl)
-            .arg("frobnicate")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(2)
-    );
-    assert_eq!(
-        Command::new(fsctl)
-            .args(["run"])
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(2)
-    );
+    assert_eq!(Command::new(fsctl).arg("frobnicate").output().unwrap().status.code(), Some(2));
+    assert_eq!(Command::new(fsctl).args(["run"]).output().unwrap().status.code(), Some(2));
     // Not served yet: an operation fails (1) and says why.
-    let out = Command::new(fsctl)
-        .args(["commit", "/nowhere"])
-        .output()
-        .unwrap();
+    let out = Command::new(fsctl).args(["commit", "/nowhere"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(!out.stderr.is_empty());
 }

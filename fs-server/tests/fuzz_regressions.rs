@@ -20,9 +20,8 @@ fn fuzz_inputs_replay_cleanly() {
             count += 1;
             if let Ok(m) = Manifest::parse(&data) {
                 let text = m.to_text();
-                let again = Manifest::parse(text.as_bytes()).unwrap_or_else(|e| {
-                    panic!("{}: normalized text does not parse: {e}", path.display())
-                });
+                let again = Manifest::parse(text.as_bytes())
+                    .unwrap_or_else(|e| panic!("{}: normalized text does not parse: {e}", path.display()));
                 assert_eq!(again.to_text(), text, "{}", path.display());
                 assert_eq!(again.pdh(), m.pdh(), "{}", path.display());
                 // The stripped text (what the PDH names and the catalog stores) is a fixed point too.

@@ -10,11 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "cafs-mount",
-    version,
-    about = "Mount a cafs collection (privileged helper)"
-)]
+#[command(name = "cafs-mount", version, about = "Mount a cafs collection (privileged helper)")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -39,12 +35,7 @@ struct Once {
     /// Where to mount
     mountpoint: PathBuf,
     /// A named ref (writable)
-    #[arg(
-        long = "ref",
-        id = "ref_name",
-        conflicts_with = "pdh",
-        required_unless_present = "pdh"
-    )]
+    #[arg(long = "ref", id = "ref_name", conflicts_with = "pdh", required_unless_present = "pdh")]
     ref_name: Option<String>,
     /// A portable data hash (read-only)
     #[arg(long)]
@@ -58,11 +49,7 @@ struct Once {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let what = if cli.serve.is_some() {
-        "serve"
-    } else {
-        "mount"
-    };
+    let what = if cli.serve.is_some() { "serve" } else { "mount" };
     eprintln!("cafs-mount {what}: not available yet (the privilege split arrives with issue 4)");
     ExitCode::FAILURE
 }

@@ -24,12 +24,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let e = e.unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
             if e.file_type().unwrap().is_dir() {
                 out.insert(rel, None);
                 stack.push(e.path());

@@ -26,17 +26,13 @@ pub fn python() -> PathBuf {
             let venv = super::target_dir().join(format!("arvados-sdk-{SDK_VERSION}"));
             fs::create_dir_all(super::target_dir()).expect("create target dir");
             // Test binaries run in parallel: one of them installs, the others wait on the lock.
-            let lock = File::create(super::target_dir().join("arvados-sdk.lock"))
-                .expect("create lock file");
+            let lock = File::create(super::target_dir().join("arvados-sdk.lock")).expect("create lock file");
             lock.lock().expect("lock the SDK install");
             let py = venv.join("bin/python");
             let ready = venv.join(".installed");
             if !ready.exists() {
                 let _ = fs::remove_dir_all(&venv);
-                run(
-                    Command::new("python3").args(["-m", "venv"]).arg(&venv),
-                    "create the SDK virtualenv",
-                );
+                run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "create the SDK virtualenv");
                 run(
                     Command::new(venv.join("bin/pip"))
                         .args(["install", "--quiet", "--disable-pip-version-check"])
@@ -51,15 +47,8 @@ pub fn python() -> PathBuf {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Vec<u8> {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "failed to {what} ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot {what}: {e}"));
+    assert!(out.status.success(), "failed to {what} ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 
@@ -72,34 +61,20 @@ pub struct SdkCollection {
 
 fn oracle(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/oracle.py");
-    run(
-        Command::new(python()).arg(script).args(args),
-        "run the Arvados SDK oracle",
-    )
+    run(Command::new(python()).arg(script).args(args), "run the Arvados SDK oracle")
 }
 
 /// The SDK stores every file under `src` as a collection whose blocks go to `keep_dir`.
 pub fn write_tree(keep_dir: &Path, src: &Path) -> SdkCollection {
     fs::create_dir_all(keep_dir).unwrap();
-    serde_json::from_slice(&oracle(&[
-        "write".as_ref(),
-        keep_dir.as_os_str(),
-        src.as_os_str(),
-    ]))
-    .unwrap()
+    serde_json::from_slice(&oracle(&["write".as_ref(), keep_dir.as_os_str(), src.as_os_str()])).unwrap()
 }
 
 /// The SDK reads the collection `manifest` (blocks from `keep_dir`) and writes its tree under `out`.
 pub fn read_tree(keep_dir: &Path, manifest: &str, out: &Path) -> SdkCollection {
     let mf = out.with_extension("manifest");
     fs::write(&mf, manifest).unwrap();
-    serde_json::from_slice(&oracle(&[
-        "read".as_ref(),
-        keep_dir.as_os_str(),
-        mf.as_os_str(),
-        out.as_os_str(),
-    ]))
-    .unwrap()
+    serde_json::from_slice(&oracle(&["read".as_ref(), keep_dir.as_os_str(), mf.as_os_str(), out.as_os_str()])).unwrap()
 }
 
 /// The SDK's normalized text and PDH of each manifest (no blocks needed).
@@ -119,15 +94,11 @@ pub async fn import_sdk_blocks(keep_dir: &Path, store: &LocalDirStore) {
         }
         let data = fs::read(entry.path()).unwrap();
         let md5: [u8; 16] = (0..16)
-            .map(|i| {
-                u8::from_str_radix(&name[2 * i..2 * i + 2], 16)
-                    .expect("SDK block files are named by MD5")
-            })
+            .map(|i| u8::from_str_radix(&name[2 * i..2 * i + 2], 16).expect("SDK block files are named by MD5"))
             .collect::<Vec<_>>()
             .try_into()
             .unwrap();
-        let block = Block::verified(Locator::from_parts(md5, data.len() as u64), data)
-            .expect("SDK block verifies");
+        let block = Block::verified(Locator::from_parts(md5, data.len() as u64), data).expect("SDK block verifies");
         store.put(&block).await.unwrap();
     }
 }

@@ -26,15 +26,9 @@ fn awkward_tree(root: &Path) {
     fs::write(root.join("del\u{7f}"), b"del").unwrap();
     fs::write(root.join("dir with spaces/colon:dir/inner file"), b"inner").unwrap();
     for i in 0..50 {
-        fs::write(
-            root.join(format!("dir with spaces/small {i:02}")),
-            format!("small {i}\n"),
-        )
-        .unwrap();
+        fs::write(root.join(format!("dir with spaces/small {i:02}")), format!("small {i}\n")).unwrap();
     }
-    let big: Vec<u8> = (0..(70u32 << 20))
-        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-        .collect();
+    let big: Vec<u8> = (0..(70u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
     fs::write(root.join("big.bin"), big).unwrap();
 }
 
@@ -57,13 +51,8 @@ async fn worked_example_agrees_with_the_sdk() {
 
     let store = Arc::new(LocalDirStore::open(tmp.path().join("store")).unwrap());
     // One block per file here, as the SDK does for separately written files.
-    let by_cafs = import_dir(&src.join("a b"), store.clone(), ImportOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        by_cafs.to_text(),
-        ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:c.txt\n"
-    );
+    let by_cafs = import_dir(&src.join("a b"), store.clone(), ImportOptions::default()).await.unwrap();
+    assert_eq!(by_cafs.to_text(), ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:c.txt\n");
     let parsed = Manifest::parse(by_sdk.manifest.as_bytes()).unwrap();
     assert_eq!(parsed.to_text(), by_sdk.manifest);
     assert_eq!(parsed.pdh().to_string(), by_sdk.pdh);
@@ -79,16 +68,9 @@ async fn what_the_sdk_writes_cafs_reads_identically() {
     let by_sdk = sdk::write_tree(&keep, &src);
 
     let m = Manifest::parse(by_sdk.manifest.as_bytes()).unwrap();
-    assert_eq!(
-        m.to_text(),
-        by_sdk.manifest,
-        "cafs normalizes the SDK's text to itself"
-    );
+    assert_eq!(m.to_text(), by_sdk.manifest, "cafs normalizes the SDK's text to itself");
     assert_eq!(m.pdh().to_string(), by_sdk.pdh);
-    assert!(
-        m.blocks().iter().any(|l| l.size() == 64 << 20),
-        "the big file fills a 64 MiB block"
-    );
+    assert!(m.blocks().iter().any(|l| l.size() == 64 << 20), "the big file fills a 64 MiB block");
 
     let store = LocalDirStore::open(tmp.path().join("store")).unwrap();
     sdk::import_sdk_blocks(&keep, &store).await;
@@ -103,28 +85,15 @@ async fn what_cafs_writes_the_sdk_reads_identically() {
     let src = tmp.path().join("src");
     awkward_tree(&src);
     let store = Arc::new(LocalDirStore::open(tmp.path().join("store")).unwrap());
-    let m = import_dir(&src, store.clone(), ImportOptions::default())
-        .await
-        .unwrap();
-    assert!(
-        m.blocks().len() >= 2,
-        "70 MiB of data needs at least two 64 MiB blocks"
-    );
+    let m = import_dir(&src, store.clone(), ImportOptions::default()).await.unwrap();
+    assert!(m.blocks().len() >= 2, "70 MiB of data needs at least two 64 MiB blocks");
 
     let keep = tmp.path().join("keep");
     sdk::export_blocks_for_sdk(&store, &m, &keep);
     let out = tmp.path().join("out");
     let by_sdk = sdk::read_tree(&keep, &m.to_text(), &out);
-    assert_eq!(
-        snapshot(&out),
-        snapshot(&src),
-        "the SDK reads back every byte and every directory"
-    );
-    assert_eq!(
-        by_sdk.manifest,
-        m.to_text(),
-        "the SDK's normalized text of cafs's manifest is cafs's text"
-    );
+    assert_eq!(snapshot(&out), snapshot(&src), "the SDK reads back every byte and every directory");
+    assert_eq!(by_sdk.manifest, m.to_text(), "the SDK's normalized text of cafs's manifest is cafs's text");
     assert_eq!(by_sdk.pdh, m.pdh().to_string());
 }
 
@@ -209,35 +178,21 @@ fn random_manifest(rng: &mut Rng) -> (String, bool) {
             text.push(' ');
             text.push_str(&loc.to_string());
             if rng.below(4) == 0 {
-                text.push_str(&format!(
-                    "+A{:040x}@{:08x}",
-                    rng.next() as u128 * 7919,
-                    rng.next() as u32
-                ));
+                text.push_str(&format!("+A{:040x}@{:08x}", rng.next() as u128 * 7919, rng.next() as u32));
             }
             stream_len += size;
             sizes.push(size);
         }
         for _ in 0..1 + rng.below(5) {
             let pos = rng.below(stream_len + 1);
-            let len = if rng.below(5) == 0 {
-                0
-            } else {
-                rng.below(stream_len - pos + 1)
-            };
+            let len = if rng.below(5) == 0 { 0 } else { rng.below(stream_len - pos + 1) };
             let name = match rng.below(10) {
                 0 => "sub/\\056".to_string(),
                 1 => format!("inner/{}", rng.pick(&files)),
                 _ => rng.pick(&files).to_string(),
             };
-            let (pos, len) = if name.ends_with("\\056") {
-                (0, 0)
-            } else {
-                (pos, len)
-            };
-            if len > 0
-                && (!sdk_finds_first_block(&sizes, pos) || empty_block_inside(&sizes, pos, len))
-            {
+            let (pos, len) = if name.ends_with("\\056") { (0, 0) } else { (pos, len) };
+            if len > 0 && (!sdk_finds_first_block(&sizes, pos) || empty_block_inside(&sizes, pos, len)) {
                 comparable = false;
             }
             text.push_str(&format!(" {pos}:{len}:{name}"));
@@ -254,30 +209,15 @@ fn normalization_agrees_with_the_sdk_on_random_manifests() {
     let (inputs, skipped): (Vec<String>, Vec<String>) = {
         let all: Vec<(String, bool)> = (0..400).map(|_| random_manifest(&mut rng)).collect();
         let (ok, bad): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, comparable)| *comparable);
-        (
-            ok.into_iter().map(|(t, _)| t).collect(),
-            bad.into_iter().map(|(t, _)| t).collect(),
-        )
+        (ok.into_iter().map(|(t, _)| t).collect(), bad.into_iter().map(|(t, _)| t).collect())
     };
-    assert!(
-        inputs.len() >= 300,
-        "only {} of 400 random manifests are comparable",
-        inputs.len()
-    );
+    assert!(inputs.len() >= 300, "only {} of 400 random manifests are comparable", inputs.len());
     let by_sdk = sdk::normalize(tmp.path(), &inputs);
     assert_eq!(by_sdk.len(), inputs.len());
     for (input, sdk) in inputs.iter().zip(&by_sdk) {
         let m = Manifest::parse(input.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{input}"));
-        assert_eq!(
-            m.to_text(),
-            sdk.manifest,
-            "normalized text differs for input:\n{input}"
-        );
-        assert_eq!(
-            m.pdh().to_string(),
-            sdk.pdh,
-            "PDH differs for input:\n{input}"
-        );
+        assert_eq!(m.to_text(), sdk.manifest, "normalized text differs for input:\n{input}");
+        assert_eq!(m.pdh().to_string(), sdk.pdh, "PDH differs for input:\n{input}");
     }
     // Every input the SDK cannot read faithfully still parses in cafs, and keeps its bytes.
     for input in &skipped {
@@ -295,10 +235,7 @@ fn cafs_keeps_the_piece_the_sdk_drops_after_an_empty_block() {
         .to_string();
     assert!(!sdk_finds_first_block(&[12, 0, 5], 12));
     let by_sdk = &sdk::normalize(tmp.path(), std::slice::from_ref(&input))[0];
-    assert_eq!(
-        by_sdk.manifest, ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:f\n",
-        "the SDK drops the byte"
-    );
+    assert_eq!(by_sdk.manifest, ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:f\n", "the SDK drops the byte");
     let m = Manifest::parse(input.as_bytes()).unwrap();
     assert_eq!(m.to_text(), ". 36ae4edfa3b3bbab48577364764809ff+5 0:1:f\n");
 }
@@ -314,10 +251,7 @@ fn an_empty_block_inside_a_range_is_listed_by_the_sdk_not_by_cafs() {
         .to_string();
     assert!(empty_block_inside(&[3, 0, 3], 0, 6));
     let by_sdk = &sdk::normalize(tmp.path(), std::slice::from_ref(&input))[0];
-    assert_eq!(
-        by_sdk.manifest, input,
-        "the SDK keeps the empty block in the stream"
-    );
+    assert_eq!(by_sdk.manifest, input, "the SDK keeps the empty block in the stream");
     let m = Manifest::parse(input.as_bytes()).unwrap();
     assert_eq!(
         m.to_text(),

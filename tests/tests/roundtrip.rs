@@ -22,16 +22,10 @@ fn make_tree(root: &Path) {
     fs::write(root.join("é ü"), "unicode".as_bytes()).unwrap();
     fs::write(root.join("odd\u{1}byte"), b"control").unwrap();
     // Larger than several blocks at the small block size used below, and not a multiple of it.
-    let big: Vec<u8> = (0..1_000_003u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let big: Vec<u8> = (0..1_000_003u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     fs::write(root.join("big.bin"), &big).unwrap();
     for i in 0..200 {
-        fs::write(
-            root.join(format!("nested/small{i:03}")),
-            format!("small file {i}\n"),
-        )
-        .unwrap();
+        fs::write(root.join(format!("nested/small{i:03}")), format!("small file {i}\n")).unwrap();
     }
 }
 
@@ -43,27 +37,21 @@ async fn tree_to_collection_and_back() {
     let store = Arc::new(LocalDirStore::open(tmp.path().join("state/blocks")).unwrap());
     let catalog = SqliteCatalog::open(tmp.path().join("state/catalog.sqlite")).unwrap();
 
-    let opts = ImportOptions {
-        block_size: 256 << 10,
-        max_in_flight: 2,
-    };
+    let opts = ImportOptions { block_size: 256 << 10, max_in_flight: 2 };
     let manifest = import_dir(&src, store.clone(), opts.clone()).await.unwrap();
     // Small files are packed: 200 small files and the rest take a handful of blocks, not hundreds.
-    assert!(
-        manifest.blocks().len() <= 6,
-        "{} blocks",
-        manifest.blocks().len()
-    );
+    assert!(manifest.blocks().len() <= 6, "{} blocks", manifest.blocks().len());
     for loc in manifest.blocks() {
         assert!(store.exists(loc).await.unwrap(), "block {loc} was uploaded");
     }
 
-    let record = CollectionRecord::new(&manifest, b"{}".to_vec());
+    let record = CollectionRecord::new(&manifest).unwrap();
     let name = RefName::new("roundtrip").unwrap();
     let commit = Commit {
         name: name.clone(),
         expected: None,
         record: record.clone(),
+        sidecar: b"{}".to_vec(),
         committer: "test".into(),
         message: "import".into(),
     };
@@ -89,15 +77,9 @@ async fn symlinks_are_refused_by_name() {
     let src = tmp.path().join("src");
     fs::create_dir_all(&src).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
-    let store: Arc<dyn BlockStore> =
-        Arc::new(LocalDirStore::open(tmp.path().join("blocks")).unwrap());
-    let e = import_dir(&src, store, ImportOptions::default())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, TransferError::Unsupported { path, .. } if path.ends_with("link")),
-        "{e}"
-    );
+    let store: Arc<dyn BlockStore> = Arc::new(LocalDirStore::open(tmp.path().join("blocks")).unwrap());
+    let e = import_dir(&src, store, ImportOptions::default()).await.unwrap_err();
+    assert!(matches!(&e, TransferError::Unsupported { path, .. } if path.ends_with("link")), "{e}");
 }
 
 #[tokio::test]
@@ -107,18 +89,8 @@ async fn export_fails_loudly_on_a_missing_block() {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"content").unwrap();
     let store = Arc::new(LocalDirStore::open(tmp.path().join("blocks")).unwrap());
-    let m = import_dir(&src, store.clone(), ImportOptions::default())
-        .await
-        .unwrap();
+    let m = import_dir(&src, store.clone(), ImportOptions::default()).await.unwrap();
     fs::remove_file(store.block_path(&m.blocks()[0])).unwrap();
-    let e = export(&m, store.as_ref(), &tmp.path().join("dst"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            TransferError::Store(cafs::store::StoreError::NotFound(_))
-        ),
-        "{e}"
-    );
+    let e = export(&m, store.as_ref(), &tmp.path().join("dst")).await.unwrap_err();
+    assert!(matches!(e, TransferError::Store(cafs::store::StoreError::NotFound(_))), "{e}");
 }

@@ -45,9 +45,7 @@ fn default_socket() -> PathBuf {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -62,15 +60,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(config) = &args.config {
-        bail!(
-            "--config {}: configuration files are not supported yet; run without it",
-            config.display()
-        );
+        bail!("--config {}: configuration files are not supported yet; run without it", config.display());
     }
     let state = args.state_dir.unwrap_or_else(default_state_dir);
     let socket = args.socket.unwrap_or_else(default_socket);
-    let store = LocalDirStore::open(state.join("blocks"))
-        .with_context(|| format!("block store in {}", state.display()))?;
+    let store =
+        LocalDirStore::open(state.join("blocks")).with_context(|| format!("block store in {}", state.display()))?;
     let catalog = SqliteCatalog::open(state.join("catalog.sqlite")).context("catalog")?;
     let refs = catalog.list_refs().await.context("reading the catalog")?;
     tracing::info!(
@@ -84,11 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(r#ref = %r.name, version = r.version, pdh = %r.pdh, "ref");
     }
     if args.check {
-        println!(
-            "state directory {} ok: {} refs",
-            state.display(),
-            refs.len()
-        );
+        println!("state directory {} ok: {} refs", state.display(), refs.len());
         return Ok(());
     }
     tracing::info!(socket = %socket.display(), "the gRPC API is not served yet (issue 4); waiting for SIGTERM");

@@ -24,30 +24,30 @@ where
     collections_round_trip(fresh().await).await;
     history_and_heads(fresh().await).await;
     stale_commits_conflict_and_change_nothing(fresh().await).await;
+    sidecars_belong_to_versions(fresh().await).await;
     invalid_input_is_refused(fresh().await).await;
     concurrent_commits_lose_nothing(fresh().await).await;
 }
 
-/// A collection with one file holding `content`, and a sidecar naming it.
+/// A collection with one file holding `content`.
 pub fn record(content: &str) -> CollectionRecord {
     let mut m = Manifest::new();
     let id = m.add_block(Locator::of(content.as_bytes()));
-    m.root_mut()
-        .file(b"data.txt")
-        .expect("valid name")
-        .push(Segment {
-            block: id,
-            offset: 0,
-            len: content.len() as u64,
-        });
-    CollectionRecord::new(&m, format!("{{\"content\":{content:?}}}").into_bytes())
+    m.root_mut().file(b"data.txt").expect("valid name").push(Segment {
+        block: id,
+        offset: 0,
+        len: content.len() as u64,
+    });
+    CollectionRecord::new(&m).expect("a flat collection is representable")
 }
 
+/// A commit of `rec` whose sidecar names the message (so sidecars differ between commits).
 fn commit(name: &RefName, expected: Option<u64>, rec: &CollectionRecord, msg: &str) -> Commit {
     Commit {
         name: name.clone(),
         expected,
         record: rec.clone(),
+        sidecar: format!("{{\"message\":{msg:?}}}").into_bytes(),
         committer: "conformance".into(),
         message: msg.into(),
     }
@@ -61,42 +61,23 @@ async fn empty_catalog((c, _): Pair) {
     assert!(c.head(&r("nothing")).await.unwrap().is_none());
     assert!(c.list_refs().await.unwrap().is_empty());
     assert!(c.history(&r("nothing")).await.unwrap().is_empty());
-    assert!(
-        c.get_collection(&record("x").pdh())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(c.get_collection(&record("x").pdh()).await.unwrap().is_none());
 }
 
 async fn collections_round_trip((a, b): Pair) {
     let rec = record("hello");
     a.put_collection(&rec).await.unwrap();
-    a.put_collection(&rec)
-        .await
-        .expect("a second put of the same collection is a no-op");
-    let back = b
-        .get_collection(&rec.pdh())
-        .await
-        .unwrap()
-        .expect("stored collection is visible to other handles");
+    a.put_collection(&rec).await.expect("a second put of the same collection is a no-op");
+    let back = b.get_collection(&rec.pdh()).await.unwrap().expect("stored collection is visible to other handles");
     assert_eq!(back, rec);
     assert_eq!(back.manifest_text(), rec.manifest_text());
-    assert_eq!(back.sidecar(), rec.sidecar());
     // A large manifest (10,000 files) stores and reads back whole.
     let mut m = Manifest::new();
     let id = m.add_block(Locator::of(&[0u8; 10_000]));
     for i in 0..10_000u64 {
-        m.root_mut()
-            .file(format!("f{i:05}").as_bytes())
-            .unwrap()
-            .push(Segment {
-                block: id,
-                offset: i,
-                len: 1,
-            });
+        m.root_mut().file(format!("f{i:05}").as_bytes()).unwrap().push(Segment { block: id, offset: i, len: 1 });
     }
-    let big = CollectionRecord::new(&m, vec![0xff; 100_000]);
+    let big = CollectionRecord::new(&m).unwrap();
     a.put_collection(&big).await.unwrap();
     assert_eq!(b.get_collection(&big.pdh()).await.unwrap().unwrap(), big);
 }
@@ -107,25 +88,11 @@ async fn history_and_heads((a, b): Pair) {
     let main = r("proj/main");
     let v1 = a.commit(&commit(&main, None, &r1, "first")).await.unwrap();
     assert_eq!((v1.version, v1.pdh, v1.parent), (1, r1.pdh(), None));
-    assert!(
-        v1.committed_at >= before && v1.committed_at <= SystemTime::now() + Duration::from_secs(1)
-    );
-    let v2 = b
-        .commit(&commit(&main, Some(1), &r2, "second"))
-        .await
-        .unwrap();
-    assert_eq!(
-        (v2.version, v2.pdh, v2.parent),
-        (2, r2.pdh(), Some(r1.pdh()))
-    );
-    let v3 = a
-        .commit(&commit(&main, Some(2), &r1, "back to one"))
-        .await
-        .unwrap();
-    assert_eq!(
-        (v3.version, v3.pdh, v3.parent),
-        (3, r1.pdh(), Some(r2.pdh()))
-    );
+    assert!(v1.committed_at >= before && v1.committed_at <= SystemTime::now() + Duration::from_secs(1));
+    let v2 = b.commit(&commit(&main, Some(1), &r2, "second")).await.unwrap();
+    assert_eq!((v2.version, v2.pdh, v2.parent), (2, r2.pdh(), Some(r1.pdh())));
+    let v3 = a.commit(&commit(&main, Some(2), &r1, "back to one")).await.unwrap();
+    assert_eq!((v3.version, v3.pdh, v3.parent), (3, r1.pdh(), Some(r2.pdh())));
     let other = r("other");
     a.commit(&commit(&other, None, &r3, "o")).await.unwrap();
 
@@ -134,23 +101,12 @@ async fn history_and_heads((a, b): Pair) {
     assert_eq!(history, vec![v1.clone(), v2.clone(), v3.clone()]);
     assert_eq!(history[1].message, "second");
     assert_eq!(history[1].committer, "conformance");
-    let heads: Vec<(String, u64)> = b
-        .list_refs()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|v| (v.name.to_string(), v.version))
-        .collect();
-    assert_eq!(
-        heads,
-        [("other".to_string(), 1), ("proj/main".to_string(), 3)]
-    );
+    let heads: Vec<(String, u64)> =
+        b.list_refs().await.unwrap().into_iter().map(|v| (v.name.to_string(), v.version)).collect();
+    assert_eq!(heads, [("other".to_string(), 1), ("proj/main".to_string(), 3)]);
     // Committed collections are retrievable.
     for rec in [&r1, &r2, &r3] {
-        assert_eq!(
-            b.get_collection(&rec.pdh()).await.unwrap().as_ref(),
-            Some(rec)
-        );
+        assert_eq!(b.get_collection(&rec.pdh()).await.unwrap().as_ref(), Some(rec));
     }
 }
 
@@ -158,17 +114,11 @@ async fn stale_commits_conflict_and_change_nothing((a, b): Pair) {
     let name = r("contested");
     let (r1, r2, loser) = (record("base"), record("winner"), record("loser"));
     a.commit(&commit(&name, None, &r1, "base")).await.unwrap();
-    a.commit(&commit(&name, Some(1), &r2, "winner"))
-        .await
-        .unwrap();
+    a.commit(&commit(&name, Some(1), &r2, "winner")).await.unwrap();
     let cases = [(None, Some(2)), (Some(1), Some(2)), (Some(3), Some(2))];
     for (expected, current) in cases {
         match b.commit(&commit(&name, expected, &loser, "loser")).await {
-            Err(CatalogError::Conflict {
-                name: n,
-                expected: e,
-                current: c,
-            }) => {
+            Err(CatalogError::Conflict { name: n, expected: e, current: c }) => {
                 assert_eq!((n.as_str(), e, c), ("contested", expected, current));
             }
             other => panic!("stale commit (expected {expected:?}) must conflict, got {other:?}"),
@@ -181,22 +131,34 @@ async fn stale_commits_conflict_and_change_nothing((a, b): Pair) {
     assert_eq!(a.history(&name).await.unwrap().len(), 2);
     assert_eq!(a.head(&name).await.unwrap().unwrap().pdh, r2.pdh());
     assert!(a.head(&r("absent")).await.unwrap().is_none());
-    assert!(
-        a.get_collection(&loser.pdh()).await.unwrap().is_none(),
-        "a refused commit stores nothing"
-    );
+    assert!(a.get_collection(&loser.pdh()).await.unwrap().is_none(), "a refused commit stores nothing");
 }
 
 async fn invalid_input_is_refused((a, _): Pair) {
-    assert!(matches!(
-        RefName::new("../etc"),
-        Err(CatalogError::InvalidRef { .. })
-    ));
-    assert!(matches!(
-        CollectionRecord::from_text("garbage", vec![]),
-        Err(CatalogError::BadManifest(_))
-    ));
+    assert!(matches!(RefName::new("../etc"), Err(CatalogError::InvalidRef { .. })));
+    assert!(matches!(CollectionRecord::from_text("garbage"), Err(CatalogError::BadManifest(_))));
     assert!(a.list_refs().await.unwrap().is_empty());
+}
+
+/// The PDH names the manifest only: versions of one collection that differ in metadata (a chmod, a touch) keep
+/// their own sidecars, and each reads back exactly.
+async fn sidecars_belong_to_versions((a, b): Pair) {
+    let name = r("meta");
+    let rec = record("same bytes");
+    let with = |expected, sidecar: &[u8]| Commit { sidecar: sidecar.to_vec(), ..commit(&name, expected, &rec, "m") };
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7) as u8).collect();
+    let sidecars: [&[u8]; 4] = [b"{\"mode\":420}", b"{\"mode\":493}", b"", &big];
+    for (i, sc) in sidecars.iter().enumerate() {
+        let v = a.commit(&with((i > 0).then_some(i as u64), sc)).await.unwrap();
+        assert_eq!(v.pdh, rec.pdh());
+    }
+    let history = b.history(&name).await.unwrap();
+    assert_eq!(history.len(), sidecars.len());
+    for (v, sc) in history.iter().zip(sidecars) {
+        assert_eq!(b.get_sidecar(&v.sidecar).await.unwrap().as_deref(), Some(sc), "version {}", v.version);
+    }
+    assert_ne!(history[0].sidecar, history[1].sidecar);
+    assert!(b.get_sidecar(&record("nothing").pdh()).await.unwrap().is_none());
 }
 
 /// Two handles race to commit to one ref, each re-reading the head after a conflict, until each has landed
@@ -225,26 +187,12 @@ async fn concurrent_commits_lose_nothing((a, b): Pair) {
     let (la, _) = ta.await.unwrap();
     let (lb, _) = tb.await.unwrap();
     let history = a.history(&name).await.unwrap();
-    assert_eq!(
-        history.len(),
-        2 * per_writer,
-        "every landed commit is in the history"
-    );
+    assert_eq!(history.len(), 2 * per_writer, "every landed commit is in the history");
     let mut landed: Vec<Version> = la.into_iter().chain(lb).collect();
     landed.sort_by_key(|v| v.version);
-    assert_eq!(
-        landed, history,
-        "history is exactly the commits that were acknowledged"
-    );
+    assert_eq!(landed, history, "history is exactly the commits that were acknowledged");
     for (i, v) in history.iter().enumerate() {
         assert_eq!(v.version, i as u64 + 1);
-        assert_eq!(
-            v.parent,
-            if i == 0 {
-                None
-            } else {
-                Some(history[i - 1].pdh)
-            }
-        );
+        assert_eq!(v.parent, if i == 0 { None } else { Some(history[i - 1].pdh) });
     }
 }

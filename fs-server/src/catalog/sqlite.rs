@@ -21,13 +21,17 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS collections (
     pdh        TEXT PRIMARY KEY,
     manifest   TEXT NOT NULL,
-    sidecar    BLOB NOT NULL,
     created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sidecars (
+    id   TEXT PRIMARY KEY,
+    data BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS versions (
     name         TEXT NOT NULL,
     version      INTEGER NOT NULL CHECK (version >= 1),
     pdh          TEXT NOT NULL REFERENCES collections(pdh),
+    sidecar      TEXT NOT NULL REFERENCES sidecars(id),
     parent       TEXT REFERENCES collections(pdh),
     committed_at INTEGER NOT NULL,
     committer    TEXT NOT NULL,
@@ -47,8 +51,7 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> CatalogError {
 }
 
 fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 fn from_micros(us: i64) -> SystemTime {
@@ -67,17 +70,11 @@ impl SqliteCatalog {
             std::fs::create_dir_all(parent).map_err(backend)?;
         }
         let conn = Connection::open(&path).map_err(backend)?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(backend)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(backend)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
         if version > SCHEMA_VERSION {
             return Err(CatalogError::Corrupt(format!(
                 "{} has schema version {version}, newer than this cafs understands ({SCHEMA_VERSION})",
@@ -85,12 +82,8 @@ impl SqliteCatalog {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(backend)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(backend)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
-        })
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(backend)?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
     }
 
     pub fn path(&self) -> &Path {
@@ -113,30 +106,22 @@ impl SqliteCatalog {
     }
 }
 
-const VERSION_COLUMNS: &str = "name, version, pdh, parent, committed_at, committer, message";
+const VERSION_COLUMNS: &str = "name, version, pdh, sidecar, parent, committed_at, committer, message";
 
 /// A version row as SQLite returns it, before validation.
-type RawVersion = (String, i64, String, Option<String>, i64, String, String);
+type RawVersion = (String, i64, String, String, Option<String>, i64, String, String);
 
 fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawVersion> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    ))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
 }
 
 fn to_version(raw: RawVersion) -> Result<Version, CatalogError> {
-    let (name, version, pdh, parent, at, committer, message) = raw;
+    let (name, version, pdh, sidecar, parent, at, committer, message) = raw;
     Ok(Version {
         name: RefName::new(name).map_err(|e| CatalogError::Corrupt(e.to_string()))?,
-        version: u64::try_from(version)
-            .map_err(|_| CatalogError::Corrupt(format!("negative version {version}")))?,
+        version: u64::try_from(version).map_err(|_| CatalogError::Corrupt(format!("negative version {version}")))?,
         pdh: parse_pdh(&pdh)?,
+        sidecar: parse_pdh(&sidecar)?,
         parent: parent.as_deref().map(parse_pdh).transpose()?,
         committed_at: from_micros(at),
         committer,
@@ -146,9 +131,7 @@ fn to_version(raw: RawVersion) -> Result<Version, CatalogError> {
 
 fn head_of(conn: &Connection, name: &str) -> Result<Option<Version>, CatalogError> {
     conn.query_row(
-        &format!(
-            "SELECT {VERSION_COLUMNS} FROM versions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
-        ),
+        &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE name = ?1 ORDER BY version DESC LIMIT 1"),
         params![name],
         row_to_version,
     )
@@ -160,11 +143,19 @@ fn head_of(conn: &Connection, name: &str) -> Result<Option<Version>, CatalogErro
 
 fn insert_collection(conn: &Connection, record: &CollectionRecord) -> Result<(), CatalogError> {
     conn.execute(
-        "INSERT OR IGNORE INTO collections (pdh, manifest, sidecar, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![record.pdh().to_string(), record.manifest_text(), record.sidecar(), micros(SystemTime::now())],
+        "INSERT OR IGNORE INTO collections (pdh, manifest, created_at) VALUES (?1, ?2, ?3)",
+        params![record.pdh().to_string(), record.manifest_text(), micros(SystemTime::now())],
     )
     .map_err(backend)?;
     Ok(())
+}
+
+/// Stores a sidecar under its hash (once) and returns the hash.
+fn insert_sidecar(conn: &Connection, data: &[u8]) -> Result<Pdh, CatalogError> {
+    let id = Pdh::of_text(data);
+    conn.execute("INSERT OR IGNORE INTO sidecars (id, data) VALUES (?1, ?2)", params![id.to_string(), data])
+        .map_err(backend)?;
+    Ok(id)
 }
 
 #[async_trait]
@@ -177,16 +168,28 @@ impl Catalog for SqliteCatalog {
     async fn get_collection(&self, pdh: &Pdh) -> Result<Option<CollectionRecord>, CatalogError> {
         let pdh = *pdh;
         self.run(move |conn| {
-            let row: Option<(String, Vec<u8>)> = conn
-                .query_row(
-                    "SELECT manifest, sidecar FROM collections WHERE pdh = ?1",
-                    params![pdh.to_string()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+            let text: Option<String> = conn
+                .query_row("SELECT manifest FROM collections WHERE pdh = ?1", params![pdh.to_string()], |r| r.get(0))
                 .optional()
                 .map_err(backend)?;
-            row.map(|(text, sidecar)| CollectionRecord::from_stored(pdh, text, sidecar))
-                .transpose()
+            text.map(|text| CollectionRecord::from_stored(pdh, text)).transpose()
+        })
+        .await
+    }
+
+    async fn get_sidecar(&self, id: &Pdh) -> Result<Option<Vec<u8>>, CatalogError> {
+        let id = *id;
+        self.run(move |conn| {
+            let data: Option<Vec<u8>> = conn
+                .query_row("SELECT data FROM sidecars WHERE id = ?1", params![id.to_string()], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            match data {
+                Some(d) if Pdh::of_text(&d) != id => {
+                    Err(CatalogError::Corrupt(format!("sidecar {id}: stored bytes hash to {}", Pdh::of_text(&d))))
+                }
+                other => Ok(other),
+            }
         })
         .await
     }
@@ -194,9 +197,7 @@ impl Catalog for SqliteCatalog {
     async fn commit(&self, commit: &Commit) -> Result<Version, CatalogError> {
         let commit = commit.clone();
         self.run(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
             let head = head_of(&tx, commit.name.as_str())?;
             let current = head.as_ref().map(|h| h.version);
             if current != commit.expected {
@@ -208,23 +209,24 @@ impl Catalog for SqliteCatalog {
                 });
             }
             insert_collection(&tx, &commit.record)?;
+            let sidecar = insert_sidecar(&tx, &commit.sidecar)?;
             let version = Version {
                 name: commit.name.clone(),
                 version: current.unwrap_or(0) + 1,
                 pdh: commit.record.pdh(),
+                sidecar,
                 parent: head.map(|h| h.pdh),
                 committed_at: SystemTime::now(),
                 committer: commit.committer.clone(),
                 message: commit.message.clone(),
             };
             tx.execute(
-                &format!(
-                    "INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                ),
+                &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
                 params![
                     version.name.as_str(),
                     i64::try_from(version.version).map_err(backend)?,
                     version.pdh.to_string(),
+                    version.sidecar.to_string(),
                     version.parent.map(|p| p.to_string()),
                     micros(version.committed_at),
                     version.committer,
@@ -234,10 +236,7 @@ impl Catalog for SqliteCatalog {
             .map_err(backend)?;
             tx.commit().map_err(backend)?;
             // Report the time as stored (microsecond precision), so that head() returns an equal Version.
-            Ok(Version {
-                committed_at: from_micros(micros(version.committed_at)),
-                ..version
-            })
+            Ok(Version { committed_at: from_micros(micros(version.committed_at)), ..version })
         })
         .await
     }
@@ -265,13 +264,9 @@ impl Catalog for SqliteCatalog {
         let name = name.clone();
         self.run(move |conn| {
             let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions WHERE name = ?1 ORDER BY version"
-                ))
+                .prepare(&format!("SELECT {VERSION_COLUMNS} FROM versions WHERE name = ?1 ORDER BY version"))
                 .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![name.as_str()], row_to_version)
-                .map_err(backend)?;
+            let rows = stmt.query_map(params![name.as_str()], row_to_version).map_err(backend)?;
             rows.map(|r| to_version(r.map_err(backend)?)).collect()
         })
         .await
@@ -304,17 +299,22 @@ mod tests {
     async fn tampered_manifest_text_is_reported_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let cat = SqliteCatalog::open(dir.path().join("c.sqlite")).unwrap();
-        let rec =
-            CollectionRecord::from_text(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n", vec![])
-                .unwrap();
-        cat.put_collection(&rec).await.unwrap();
+        let rec = CollectionRecord::from_text(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n").unwrap();
+        let commit = Commit {
+            name: RefName::new("r").unwrap(),
+            expected: None,
+            record: rec.clone(),
+            sidecar: b"{\"mode\":420}".to_vec(),
+            committer: "t".into(),
+            message: "m".into(),
+        };
+        let v = cat.commit(&commit).await.unwrap();
         let raw = Connection::open(dir.path().join("c.sqlite")).unwrap();
-        raw.execute(
-            "UPDATE collections SET manifest = replace(manifest, 'foo', 'bar')",
-            [],
-        )
-        .unwrap();
+        raw.execute("UPDATE collections SET manifest = replace(manifest, 'foo', 'bar')", []).unwrap();
+        raw.execute("UPDATE sidecars SET data = CAST('{\"mode\":421}' AS BLOB)", []).unwrap();
         let e = cat.get_collection(&rec.pdh()).await.unwrap_err();
+        assert!(matches!(e, CatalogError::Corrupt(_)), "{e}");
+        let e = cat.get_sidecar(&v.sidecar).await.unwrap_err();
         assert!(matches!(e, CatalogError::Corrupt(_)), "{e}");
     }
 
@@ -322,11 +322,7 @@ mod tests {
     async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/c.sqlite");
-        let rec = CollectionRecord::from_text(
-            ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n",
-            vec![1, 2],
-        )
-        .unwrap();
+        let rec = CollectionRecord::from_text(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n").unwrap();
         let name = RefName::new("r").unwrap();
         {
             let cat = SqliteCatalog::open(&path).unwrap();
@@ -334,13 +330,16 @@ mod tests {
                 name: name.clone(),
                 expected: None,
                 record: rec.clone(),
+                sidecar: vec![1, 2],
                 committer: "t".into(),
                 message: "m".into(),
             };
             cat.commit(&commit).await.unwrap();
         }
         let cat = SqliteCatalog::open(&path).unwrap();
-        assert_eq!(cat.head(&name).await.unwrap().unwrap().pdh, rec.pdh());
+        let head = cat.head(&name).await.unwrap().unwrap();
+        assert_eq!(head.pdh, rec.pdh());
+        assert_eq!(cat.get_sidecar(&head.sidecar).await.unwrap().unwrap(), [1, 2]);
         assert_eq!(cat.get_collection(&rec.pdh()).await.unwrap().unwrap(), rec);
     }
 
@@ -348,13 +347,7 @@ mod tests {
     async fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sqlite");
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
-            .unwrap();
-        assert!(matches!(
-            SqliteCatalog::open(&path),
-            Err(CatalogError::Corrupt(_))
-        ));
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(SqliteCatalog::open(&path), Err(CatalogError::Corrupt(_))));
     }
 }

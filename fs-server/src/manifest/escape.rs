@@ -9,12 +9,7 @@ fn must_escape(b: u8) -> bool {
 }
 
 fn push_octal(out: &mut Vec<u8>, b: u8) {
-    out.extend_from_slice(&[
-        b'\\',
-        b'0' + (b >> 6),
-        b'0' + ((b >> 3) & 7),
-        b'0' + (b & 7),
-    ]);
+    out.extend_from_slice(&[b'\\', b'0' + (b >> 6), b'0' + ((b >> 3) & 7), b'0' + (b & 7)]);
 }
 
 /// Appends the escaped form of `name` to `out`.
@@ -103,10 +98,7 @@ mod tests {
     fn invalid_utf8_is_escaped() {
         assert_eq!(escape_name(b"a\xffb"), "a\\377b");
         assert_eq!(escape_name(b"\xc3"), "\\303");
-        assert_eq!(
-            unescape(escape_name(b"a\xff\xc3b").as_bytes()).unwrap(),
-            b"a\xff\xc3b"
-        );
+        assert_eq!(unescape(escape_name(b"a\xff\xc3b").as_bytes()).unwrap(), b"a\xff\xc3b");
     }
 
     #[test]

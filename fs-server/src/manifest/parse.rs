@@ -13,8 +13,9 @@ use super::tree::{Dir, Segment, TreeError, valid_name};
 use super::{BlockId, Manifest};
 use crate::locator::{Locator, LocatorError, parse_decimal};
 
-/// Deepest directory nesting accepted. Deeper paths cannot be used through Linux anyway (a path is at most
-/// 4096 bytes, so at most 2048 components), and the bound keeps every tree walk's stack small.
+/// Deepest directory nesting accepted (the root's subdirectories are at depth 1). Far beyond real data, and the
+/// bound keeps every walk and drop of a tree shallow. Trees that nest deeper are refused when committed
+/// (`CollectionRecord::new`), so every stored manifest parses back.
 pub const MAX_DEPTH: usize = 1024;
 
 /// What is wrong with a manifest, and where.
@@ -32,17 +33,9 @@ pub struct ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.token == 0 {
-            write!(
-                f,
-                "manifest line {}: {} (line {:?})",
-                self.line, self.kind, self.text
-            )
+            write!(f, "manifest line {}: {} (line {:?})", self.line, self.kind, self.text)
         } else {
-            write!(
-                f,
-                "manifest line {}, token {} {:?}: {}",
-                self.line, self.token, self.text, self.kind
-            )
+            write!(f, "manifest line {}, token {} {:?}: {}", self.line, self.token, self.text, self.kind)
         }
     }
 }
@@ -55,9 +48,7 @@ pub enum ParseErrorKind {
     EmptyLine,
     #[error("empty token: tokens are separated by exactly one space")]
     EmptyToken,
-    #[error(
-        "raw control byte 0x{0:02x}: separators are single spaces, and names write control bytes as \\ooo"
-    )]
+    #[error("raw control byte 0x{0:02x}: separators are single spaces, and names write control bytes as \\ooo")]
     ControlByte(u8),
     #[error("stream name must be '.' or start with './'")]
     BadStreamName,
@@ -73,9 +64,7 @@ pub enum ParseErrorKind {
     NoFileToken,
     #[error("bad locator: {0}")]
     BadLocator(LocatorError),
-    #[error(
-        "bad file token: expected POS:LEN:NAME with decimal POS and LEN (locators come before file tokens)"
-    )]
+    #[error("bad file token: expected POS:LEN:NAME with decimal POS and LEN (locators come before file tokens)")]
     BadFileToken,
     #[error("range {pos}:{len} lies beyond the stream's {stream_len} bytes of data")]
     OutOfRange { pos: u64, len: u64, stream_len: u64 },
@@ -103,12 +92,7 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn err(&self, kind: ParseErrorKind) -> ParseError {
-        ParseError {
-            line: self.line_no,
-            token: self.token_no,
-            text: show(self.token),
-            kind,
-        }
+        ParseError { line: self.line_no, token: self.token_no, text: show(self.token), kind }
     }
 
     fn unescape_err(&self, e: UnescapeError) -> ParseError {
@@ -121,11 +105,7 @@ impl<'a> Parser<'a> {
 
 fn show(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
-    if s.chars().count() > 80 {
-        s.chars().take(77).chain("...".chars()).collect()
-    } else {
-        s.into_owned()
-    }
+    if s.chars().count() > 80 { s.chars().take(77).chain("...".chars()).collect() } else { s.into_owned() }
 }
 
 fn component_error(c: &[u8]) -> Option<ParseErrorKind> {
@@ -156,14 +136,8 @@ pub(super) fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
     if text.is_empty() {
         return Ok(m);
     }
-    let mut p = Parser {
-        line_no: 0,
-        token_no: 0,
-        token: b"",
-        blocks: Vec::new(),
-        stream_path: Vec::new(),
-        name: Vec::new(),
-    };
+    let mut p =
+        Parser { line_no: 0, token_no: 0, token: b"", blocks: Vec::new(), stream_path: Vec::new(), name: Vec::new() };
     if text.last() != Some(&b'\n') {
         let last_line = text.rsplit(|&b| b == b'\n').next().unwrap_or(text);
         p.line_no = memchr::memchr_iter(b'\n', text).count() + 1;
@@ -213,12 +187,7 @@ fn parse_line<'a>(m: &mut Manifest, p: &mut Parser<'a>, line: &'a [u8]) -> Resul
     if stream_depth > MAX_DEPTH {
         return Err(p.err(ParseErrorKind::PathTooDeep));
     }
-    if let Some(kind) = p
-        .stream_path
-        .split(|&b| b == b'/')
-        .skip(1)
-        .find_map(component_error)
-    {
+    if let Some(kind) = p.stream_path.split(|&b| b == b'/').skip(1).find_map(component_error) {
         return Err(p.err(kind));
     }
 
@@ -239,15 +208,9 @@ fn parse_line<'a>(m: &mut Manifest, p: &mut Parser<'a>, line: &'a [u8]) -> Resul
         let loc = Locator::parse_bytes(tok).map_err(|e| p.err(ParseErrorKind::BadLocator(e)))?;
         let size = loc.size();
         let id = m.add_block(loc);
-        p.blocks.push(StreamBlock {
-            start: stream_len,
-            size,
-            id,
-        });
+        p.blocks.push(StreamBlock { start: stream_len, size, id });
         // Each block is at most 64 MiB, so overflow needs ~2^38 locators on one line: not reachable, but cheap.
-        stream_len = stream_len
-            .checked_add(size)
-            .ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
+        stream_len = stream_len.checked_add(size).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
     }
     if p.blocks.is_empty() {
         if first_file.is_none() {
@@ -262,23 +225,15 @@ fn parse_line<'a>(m: &mut Manifest, p: &mut Parser<'a>, line: &'a [u8]) -> Resul
         return Err(p.err(ParseErrorKind::NoFileToken));
     };
 
-    let stream_dir =
-        walk(&mut m.root, p.stream_path.split(|&b| b == b'/').skip(1)).map_err(|k| ParseError {
-            line: p.line_no,
-            token: 1,
-            text: show(stream_tok),
-            kind: k,
-        })?;
+    let stream_dir = walk(&mut m.root, p.stream_path.split(|&b| b == b'/').skip(1)).map_err(|k| ParseError {
+        line: p.line_no,
+        token: 1,
+        text: show(stream_tok),
+        kind: k,
+    })?;
     let mut cursor = 0usize;
     p.token = first_file;
-    parse_file_token(
-        p,
-        stream_dir,
-        stream_depth,
-        stream_len,
-        &mut cursor,
-        first_file,
-    )?;
+    parse_file_token(p, stream_dir, stream_depth, stream_len, &mut cursor, first_file)?;
     for tok in tokens {
         p.token_no += 1;
         p.token = tok;
@@ -299,10 +254,7 @@ fn parse_file_token(
         return Err(p.err(ParseErrorKind::EmptyToken));
     }
     let c1 = memchr::memchr(b':', tok).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
-    let c2 = memchr::memchr(b':', &tok[c1 + 1..])
-        .ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?
-        + c1
-        + 1;
+    let c2 = memchr::memchr(b':', &tok[c1 + 1..]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))? + c1 + 1;
     let pos = parse_decimal(&tok[..c1]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
     let len = parse_decimal(&tok[c1 + 1..c2]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
     let raw_name = &tok[c2 + 1..];
@@ -312,11 +264,7 @@ fn parse_file_token(
     match pos.checked_add(len) {
         Some(end) if end <= stream_len => {}
         _ => {
-            return Err(p.err(ParseErrorKind::OutOfRange {
-                pos,
-                len,
-                stream_len,
-            }));
+            return Err(p.err(ParseErrorKind::OutOfRange { pos, len, stream_len }));
         }
     }
     p.name.clear();
@@ -347,7 +295,7 @@ fn place(
     if is_marker && len != 0 {
         return Err(p.err(ParseErrorKind::DirMarkerWithData));
     }
-    if stream_depth + components().count() + usize::from(!is_marker) > MAX_DEPTH {
+    if stream_depth + components().count() > MAX_DEPTH {
         return Err(p.err(ParseErrorKind::PathTooDeep));
     }
     if let Some(kind) = components().find_map(component_error) {
@@ -360,21 +308,18 @@ fn place(
     if is_marker {
         return Ok(());
     }
-    let file = dir
-        .file(last)
-        .map_err(|e| p.err(ParseErrorKind::Conflict(e)))?;
+    let file = dir.file(last).map_err(|e| p.err(ParseErrorKind::Conflict(e)))?;
 
     // Map [pos, pos+len) of the stream onto its blocks. File tokens usually advance through the stream in order,
     // so try the block where the previous token ended before searching.
     let blocks = &p.blocks;
-    let mut i = if *cursor < blocks.len()
-        && blocks[*cursor].start <= pos
-        && pos < blocks[*cursor].start + blocks[*cursor].size
-    {
-        *cursor
-    } else {
-        blocks.partition_point(|b| b.start + b.size <= pos)
-    };
+    let mut i =
+        if *cursor < blocks.len() && blocks[*cursor].start <= pos && pos < blocks[*cursor].start + blocks[*cursor].size
+        {
+            *cursor
+        } else {
+            blocks.partition_point(|b| b.start + b.size <= pos)
+        };
     let (mut at, mut left) = (pos, len);
     while left > 0 {
         let b = &blocks[i];
@@ -387,11 +332,7 @@ fn place(
         }
         let off = at - b.start;
         let take = (b.size - off).min(left);
-        file.push(Segment {
-            block: b.id,
-            offset: off,
-            len: take,
-        });
+        file.push(Segment { block: b.id, offset: off, len: take });
         at += take;
         left -= take;
         if left > 0 {

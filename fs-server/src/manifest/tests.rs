@@ -24,11 +24,7 @@ fn build(files: &[(&str, &[u8])], empty_dirs: &[&str]) -> Manifest {
         for c in dirs.split('/').filter(|c| !c.is_empty()) {
             dir = dir.subdir(c.as_bytes()).unwrap();
         }
-        dir.file(name.as_bytes()).unwrap().push(Segment {
-            block: id,
-            offset: 0,
-            len: data.len() as u64,
-        });
+        dir.file(name.as_bytes()).unwrap().push(Segment { block: id, offset: 0, len: data.len() as u64 });
     }
     for d in empty_dirs {
         let mut dir = m.root_mut();
@@ -88,30 +84,12 @@ fn multi_block_file_and_packed_files() {
     let a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let text = format!(". {a}+10 bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+10 0:15:big 15:2:s1 17:3:s2\n");
     let m = parse(&text);
-    let Some(EntryRef::File(big)) = m.find(b"big") else {
-        panic!()
-    };
+    let Some(EntryRef::File(big)) = m.find(b"big") else { panic!() };
     assert_eq!(big.segments().len(), 2);
     assert_eq!(big.size(), 15);
-    assert_eq!(
-        big.segments()[1],
-        Segment {
-            block: BlockId::new(1),
-            offset: 0,
-            len: 5
-        }
-    );
-    let Some(EntryRef::File(s2)) = m.find(b"s2") else {
-        panic!()
-    };
-    assert_eq!(
-        s2.segments(),
-        &[Segment {
-            block: BlockId::new(1),
-            offset: 7,
-            len: 3
-        }]
-    );
+    assert_eq!(big.segments()[1], Segment { block: BlockId::new(1), offset: 0, len: 5 });
+    let Some(EntryRef::File(s2)) = m.find(b"s2") else { panic!() };
+    assert_eq!(s2.segments(), &[Segment { block: BlockId::new(1), offset: 7, len: 3 }]);
     assert_eq!(m.to_text(), text);
 }
 
@@ -123,9 +101,7 @@ fn pieces_across_tokens_and_streams_are_concatenated_and_normalized() {
                 ./d cccccccccccccccccccccccccccccccc+1 0:1:z\n\
                 . bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+3 0:3:x 1:1:d/y\n";
     let m = parse(text);
-    let Some(EntryRef::File(x)) = m.find(b"x") else {
-        panic!()
-    };
+    let Some(EntryRef::File(x)) = m.find(b"x") else { panic!() };
     assert_eq!(x.size(), 7);
     assert_eq!(x.segments().len(), 2);
     assert_eq!(
@@ -173,15 +149,11 @@ fn signed_locators_are_kept_but_not_hashed() {
     assert_eq!(m.pdh(), Pdh::of_text(stripped.as_bytes()));
     assert_eq!(m.pdh(), parse(stripped).pdh());
     // The same block under two signatures is listed twice in signed text but once in stripped text.
-    let two = format!(
-        ". acbd18db4cc2f85cedef654fccc4a4d8+3{sig} acbd18db4cc2f85cedef654fccc4a4d8+3+Kother 0:3:a 3:3:b\n"
-    );
+    let two =
+        format!(". acbd18db4cc2f85cedef654fccc4a4d8+3{sig} acbd18db4cc2f85cedef654fccc4a4d8+3+Kother 0:3:a 3:3:b\n");
     let m = parse(&two);
     assert_eq!(m.to_text(), two);
-    assert_eq!(
-        m.to_stripped_text(),
-        ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:a 0:3:b\n"
-    );
+    assert_eq!(m.to_stripped_text(), ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:a 0:3:b\n");
 }
 
 #[test]
@@ -213,60 +185,20 @@ fn every_refusal_names_line_and_token() {
         (format!(". {l} 0:3:a\tb\n"), 1, 3, K::ControlByte(b'\t')),
         (format!("x {l} 0:3:a\n"), 1, 1, K::BadStreamName),
         (format!("/ {l} 0:3:a\n"), 1, 1, K::BadStreamName),
-        (
-            format!("./ {l} 0:3:a\n"),
-            1,
-            1,
-            K::BadPathComponent("empty component (leading, trailing or doubled '/')"),
-        ),
+        (format!("./ {l} 0:3:a\n"), 1, 1, K::BadPathComponent("empty component (leading, trailing or doubled '/')")),
         (
             format!("./a//b {l} 0:3:a\n"),
             1,
             1,
             K::BadPathComponent("empty component (leading, trailing or doubled '/')"),
         ),
-        (
-            format!("./a/.. {l} 0:3:a\n"),
-            1,
-            1,
-            K::BadPathComponent("'..' component"),
-        ),
-        (
-            format!("./. {l} 0:3:a\n"),
-            1,
-            1,
-            K::BadPathComponent("'.' component"),
-        ),
-        (
-            format!(". {l} 0:3:a/../b\n"),
-            1,
-            3,
-            K::BadPathComponent("'..' component"),
-        ),
-        (
-            format!(". {l} 0:3:..\n"),
-            1,
-            3,
-            K::BadPathComponent("'..' component"),
-        ),
-        (
-            format!(". {l} 0:3:a/\n"),
-            1,
-            3,
-            K::BadPathComponent("empty component (leading, trailing or doubled '/')"),
-        ),
-        (
-            format!(". {l} 0:3:\n"),
-            1,
-            3,
-            K::BadPathComponent("empty file name"),
-        ),
-        (
-            format!(". {l} 0:3:a\\000b\n"),
-            1,
-            3,
-            K::BadPathComponent("NUL byte in a name"),
-        ),
+        (format!("./a/.. {l} 0:3:a\n"), 1, 1, K::BadPathComponent("'..' component")),
+        (format!("./. {l} 0:3:a\n"), 1, 1, K::BadPathComponent("'.' component")),
+        (format!(". {l} 0:3:a/../b\n"), 1, 3, K::BadPathComponent("'..' component")),
+        (format!(". {l} 0:3:..\n"), 1, 3, K::BadPathComponent("'..' component")),
+        (format!(". {l} 0:3:a/\n"), 1, 3, K::BadPathComponent("empty component (leading, trailing or doubled '/')")),
+        (format!(". {l} 0:3:\n"), 1, 3, K::BadPathComponent("empty file name")),
+        (format!(". {l} 0:3:a\\000b\n"), 1, 3, K::BadPathComponent("NUL byte in a name")),
         (format!(". {l} 0:3:a\\9\n"), 1, 3, K::BadEscape),
         (format!(". {l} 0:3:a\\\n"), 1, 3, K::BadEscape),
         (format!(".\\x {l} 0:3:a\n"), 1, 1, K::BadStreamName),
@@ -274,36 +206,9 @@ fn every_refusal_names_line_and_token() {
         (". 0:3:a\n".to_string(), 1, 2, K::NoLocator),
         (".\n".to_string(), 1, 0, K::NoLocator),
         (format!(". {l}\n"), 1, 0, K::NoFileToken),
-        (
-            format!(". {l} 0:4:a\n"),
-            1,
-            3,
-            K::OutOfRange {
-                pos: 0,
-                len: 4,
-                stream_len: 3,
-            },
-        ),
-        (
-            format!(". {l} 3:1:a\n"),
-            1,
-            3,
-            K::OutOfRange {
-                pos: 3,
-                len: 1,
-                stream_len: 3,
-            },
-        ),
-        (
-            format!(". {l} 18446744073709551615:1:a\n"),
-            1,
-            3,
-            K::OutOfRange {
-                pos: u64::MAX,
-                len: 1,
-                stream_len: 3,
-            },
-        ),
+        (format!(". {l} 0:4:a\n"), 1, 3, K::OutOfRange { pos: 0, len: 4, stream_len: 3 }),
+        (format!(". {l} 3:1:a\n"), 1, 3, K::OutOfRange { pos: 3, len: 1, stream_len: 3 }),
+        (format!(". {l} 18446744073709551615:1:a\n"), 1, 3, K::OutOfRange { pos: u64::MAX, len: 1, stream_len: 3 }),
         (format!(". {l} 0:3:a {l}\n"), 1, 4, K::BadFileToken),
         (format!(". {l} 0:x:a\n"), 1, 3, K::BadFileToken),
         (format!(". {l} -1:3:a\n"), 1, 3, K::BadFileToken),
@@ -322,33 +227,14 @@ fn every_refusal_names_line_and_token() {
             2,
             K::BadLocator(crate::locator::LocatorError::BadSignature("+Abad".into())),
         ),
-        (
-            format!(". {l} 0:3:a\n. {l} 0:3:a/b\n"),
-            2,
-            3,
-            K::Conflict(TreeError::NotADirectory("a".into())),
-        ),
-        (
-            format!(". {l} 0:3:a/b\n. {l} 0:3:a\n"),
-            2,
-            3,
-            K::Conflict(TreeError::IsADirectory("a".into())),
-        ),
-        (
-            format!(". {l} 0:3:a\n./a {l} 0:3:b\n"),
-            2,
-            1,
-            K::Conflict(TreeError::NotADirectory("a".into())),
-        ),
+        (format!(". {l} 0:3:a\n. {l} 0:3:a/b\n"), 2, 3, K::Conflict(TreeError::NotADirectory("a".into()))),
+        (format!(". {l} 0:3:a/b\n. {l} 0:3:a\n"), 2, 3, K::Conflict(TreeError::IsADirectory("a".into()))),
+        (format!(". {l} 0:3:a\n./a {l} 0:3:b\n"), 2, 1, K::Conflict(TreeError::NotADirectory("a".into()))),
         (format!("./ok {l} 0:3:a\r\n"), 1, 3, K::ControlByte(b'\r')),
     ];
     for (text, line, token, kind) in cases {
         let e = err(&text);
-        assert_eq!(
-            (e.line, e.token, &e.kind),
-            (line, token, &kind),
-            "{text:?} gave {e}"
-        );
+        assert_eq!((e.line, e.token, &e.kind), (line, token, &kind), "{text:?} gave {e}");
         let shown = e.to_string();
         assert!(shown.contains(&format!("line {line}")), "{shown}");
         if token > 0 {
@@ -359,17 +245,13 @@ fn every_refusal_names_line_and_token() {
 
 #[test]
 fn depth_is_bounded() {
-    let deep = format!(
-        ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:{}f\n",
-        "d/".repeat(MAX_DEPTH)
-    );
-    assert_eq!(err(&deep).kind, ParseErrorKind::PathTooDeep);
-    let ok = format!(
-        ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:{}f\n",
-        "d/".repeat(MAX_DEPTH - 1)
-    );
-    let m = parse(&ok);
-    let path = format!("{}f", "d/".repeat(MAX_DEPTH - 1));
+    let at = |dirs: usize| format!(". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:{}f\n", "d/".repeat(dirs));
+    assert_eq!(err(&at(MAX_DEPTH + 1)).kind, ParseErrorKind::PathTooDeep);
+    let deep_stream = format!(".{} acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:f\n", "/d".repeat(MAX_DEPTH + 1));
+    assert_eq!(err(&deep_stream).kind, ParseErrorKind::PathTooDeep);
+    let m = parse(&at(MAX_DEPTH));
+    assert_eq!(m.depth(), MAX_DEPTH);
+    let path = format!("{}f", "d/".repeat(MAX_DEPTH));
     assert!(matches!(m.find(path.as_bytes()), Some(EntryRef::File(f)) if f.size() == 3));
     // The writer walks the deep tree without recursion and the result parses back.
     assert_eq!(parse(&m.to_text()).to_text(), m.to_text());
@@ -381,13 +263,7 @@ fn long_error_tokens_are_cut() {
     assert!(e.text.len() <= 80, "{}", e.text);
 }
 
-fn add(
-    dir: &mut Dir,
-    path: &[Vec<u8>],
-    pieces: &[(usize, u64, u64)],
-    as_dir: bool,
-    ids: &[BlockId],
-) {
+fn add(dir: &mut Dir, path: &[Vec<u8>], pieces: &[(usize, u64, u64)], as_dir: bool, ids: &[BlockId]) {
     if let [name, rest @ ..] = path
         && !rest.is_empty()
     {
@@ -401,11 +277,7 @@ fn add(
         let _ = dir.subdir(last);
     } else if let Ok(f) = dir.file(last) {
         for &(b, off, len) in pieces {
-            f.push(Segment {
-                block: ids[b],
-                offset: off,
-                len: len.min(8 - off),
-            });
+            f.push(Segment { block: ids[b], offset: off, len: len.min(8 - off) });
         }
     }
 }
@@ -431,9 +303,7 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
     let file = (path, proptest::collection::vec(piece, 0..4), any::<bool>());
     proptest::collection::vec(file, 0..12).prop_map(|files| {
         let mut m = Manifest::new();
-        let ids: Vec<BlockId> = (0..4u8)
-            .map(|i| m.add_block(Locator::of(&[i; 8])))
-            .collect();
+        let ids: Vec<BlockId> = (0..4u8).map(|i| m.add_block(Locator::of(&[i; 8]))).collect();
         for (path, pieces, as_dir) in files {
             add(m.root_mut(), &path, &pieces, as_dir, &ids);
         }
@@ -513,9 +383,6 @@ fn empty_blocks_inside_a_range_carry_nothing() {
     );
     let again = parse(&m.to_text());
     assert_eq!(again.to_text(), m.to_text());
-    assert_eq!(
-        parse(&m.to_stripped_text()).to_stripped_text(),
-        m.to_stripped_text()
-    );
+    assert_eq!(parse(&m.to_stripped_text()).to_stripped_text(), m.to_stripped_text());
     assert_eq!(again.pdh(), m.pdh());
 }

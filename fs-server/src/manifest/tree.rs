@@ -153,9 +153,7 @@ impl Dir {
         let entry = if self.entries.contains_key(name) {
             self.entries.get_mut(name).expect("checked above")
         } else {
-            self.entries
-                .entry(name.into())
-                .or_insert_with(|| Entry::File(File::new()))
+            self.entries.entry(name.into()).or_insert_with(|| Entry::File(File::new()))
         };
         match entry {
             Entry::File(f) => Ok(f),

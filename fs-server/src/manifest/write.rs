@@ -32,23 +32,11 @@ pub(super) fn write(m: &Manifest, strip: bool) -> String {
     let n = m.blocks.len();
     let canon: Vec<u32> = if strip {
         let mut first: HashMap<([u8; 16], u64), u32> = HashMap::with_capacity(n);
-        m.blocks
-            .iter()
-            .enumerate()
-            .map(|(i, l)| *first.entry((*l.md5(), l.size())).or_insert(i as u32))
-            .collect()
+        m.blocks.iter().enumerate().map(|(i, l)| *first.entry((*l.md5(), l.size())).or_insert(i as u32)).collect()
     } else {
         (0..n as u32).collect()
     };
-    let mut w = Writer {
-        m,
-        strip,
-        out: Vec::new(),
-        canon,
-        offset: vec![0; n],
-        stamp: vec![0; n],
-        generation: 0,
-    };
+    let mut w = Writer { m, strip, out: Vec::new(), canon, offset: vec![0; n], stamp: vec![0; n], generation: 0 };
 
     // Depth-first without recursion: directory depth is bounded by the parser, but trees built by other means
     // need not be, and a stack frame per level is a needless risk.
@@ -57,8 +45,7 @@ pub(super) fn write(m: &Manifest, strip: bool) -> String {
         if dir.is_empty() {
             if !is_root {
                 w.out.extend_from_slice(&path);
-                w.out
-                    .extend_from_slice(b" d41d8cd98f00b204e9800998ecf8427e+0 0:0:\\056\n");
+                w.out.extend_from_slice(b" d41d8cd98f00b204e9800998ecf8427e+0 0:0:\\056\n");
             }
             continue;
         }

@@ -30,10 +30,7 @@ pub struct LocalDirStoreOptions {
 
 impl Default for LocalDirStoreOptions {
     fn default() -> Self {
-        Self {
-            max_concurrency: 8,
-            stale_tmp_age: Duration::from_secs(3600),
-        }
+        Self { max_concurrency: 8, stale_tmp_age: Duration::from_secs(3600) }
     }
 }
 
@@ -59,19 +56,14 @@ impl LocalDirStore {
         Self::open_with(root, LocalDirStoreOptions::default())
     }
 
-    pub fn open_with(
-        root: impl Into<PathBuf>,
-        opts: LocalDirStoreOptions,
-    ) -> Result<Self, StoreError> {
+    pub fn open_with(root: impl Into<PathBuf>, opts: LocalDirStoreOptions) -> Result<Self, StoreError> {
         let root = root.into();
         for dir in [root.clone(), root.join(TMP_DIR)] {
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", dir.display(), e))?;
         }
         remove_stale_tmp(&root.join(TMP_DIR), opts.stale_tmp_age);
         let limit = Semaphore::new(opts.max_concurrency.max(1));
-        Ok(Self {
-            inner: Arc::new(Inner { root, limit }),
-        })
+        Ok(Self { inner: Arc::new(Inner { root, limit }) })
     }
 
     pub fn root(&self) -> &Path {
@@ -88,12 +80,7 @@ impl LocalDirStore {
         &self,
         f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let _permit = self
-            .inner
-            .limit
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Unavailable("store closed".into()))?;
+        let _permit = self.inner.limit.acquire().await.map_err(|_| StoreError::Unavailable("store closed".into()))?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
@@ -121,12 +108,9 @@ impl Inner {
             return Ok(());
         }
         let final_path = self.block_path(loc);
-        let fan_dir = final_path
-            .parent()
-            .expect("block paths have a fan-out directory");
+        let fan_dir = final_path.parent().expect("block paths have a fan-out directory");
         if !fan_dir.exists() {
-            fs::create_dir_all(fan_dir)
-                .map_err(|e| StoreError::io("create", fan_dir.display(), e))?;
+            fs::create_dir_all(fan_dir).map_err(|e| StoreError::io("create", fan_dir.display(), e))?;
             // The new fan-out directory's own entry must be durable too.
             sync_dir(&self.root).map_err(|e| StoreError::io("fsync", "block store root", e))?;
         }
@@ -137,10 +121,7 @@ impl Inner {
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let written = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(block.data())?;
             f.sync_all()?;
             fs::rename(&tmp, &final_path)?;
@@ -176,10 +157,8 @@ fn remove_stale_tmp(tmp: &Path, age: Duration) {
     };
     let now = SystemTime::now();
     for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age);
+        let old =
+            entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).unwrap_or_default() > age);
         if old {
             tracing::info!(path = %entry.path().display(), "removing stale temporary block file");
             let _ = fs::remove_file(entry.path());
@@ -199,12 +178,7 @@ impl BlockStore for LocalDirStore {
         self.run(move |inner| inner.get(&locator)).await
     }
 
-    async fn get_range(
-        &self,
-        locator: &Locator,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes, StoreError> {
+    async fn get_range(&self, locator: &Locator, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         check_range(locator, offset, len)?;
         // Reading the whole block is what lets a local read be verified; the block cache above asks for whole
         // blocks anyway.
@@ -214,8 +188,7 @@ impl BlockStore for LocalDirStore {
 
     async fn exists(&self, locator: &Locator) -> Result<bool, StoreError> {
         let locator = locator.clone();
-        self.run(move |inner| Ok(inner.stored_size(&locator)? == Some(locator.size())))
-            .await
+        self.run(move |inner| Ok(inner.stored_size(&locator)? == Some(locator.size()))).await
     }
 }
 
@@ -234,18 +207,12 @@ mod tests {
         let (_d, s) = store();
         let b = Block::new(&b"hello"[..]).unwrap();
         assert!(!s.exists(b.locator()).await.unwrap());
-        assert!(matches!(
-            s.get(b.locator()).await,
-            Err(StoreError::NotFound(_))
-        ));
+        assert!(matches!(s.get(b.locator()).await, Err(StoreError::NotFound(_))));
         s.put(&b).await.unwrap();
         assert!(s.exists(b.locator()).await.unwrap());
         assert_eq!(s.get(b.locator()).await.unwrap(), &b"hello"[..]);
         assert_eq!(s.get_range(b.locator(), 1, 3).await.unwrap(), &b"ell"[..]);
-        assert!(matches!(
-            s.get_range(b.locator(), 3, 3).await,
-            Err(StoreError::BadRange { .. })
-        ));
+        assert!(matches!(s.get_range(b.locator(), 3, 3).await, Err(StoreError::BadRange { .. })));
         // The file is where the layout says, named by the stripped locator.
         let p = s.block_path(b.locator());
         assert_eq!(p, s.root().join("5d4/5d41402abc4b2a76b9719d911017c592+5"));
@@ -269,21 +236,12 @@ mod tests {
         bytes[50_000] ^= 1;
         fs::write(&p, &bytes).unwrap();
         let e = s.get(b.locator()).await.unwrap_err();
-        assert!(
-            matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("MD5")),
-            "{e}"
-        );
-        assert!(matches!(
-            s.get_range(b.locator(), 0, 10).await,
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("MD5")), "{e}");
+        assert!(matches!(s.get_range(b.locator(), 0, 10).await, Err(StoreError::Corrupt { .. })));
 
         fs::write(&p, &bytes[..99_999]).unwrap();
         let e = s.get(b.locator()).await.unwrap_err();
-        assert!(
-            matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("99999 bytes")),
-            "{e}"
-        );
+        assert!(matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("99999 bytes")), "{e}");
         // A truncated file does not count as stored, so putting the block again repairs it.
         assert!(!s.exists(b.locator()).await.unwrap());
         s.put(&b).await.unwrap();
@@ -303,11 +261,7 @@ mod tests {
             r.unwrap().unwrap();
         }
         assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
-        assert_eq!(
-            fs::read_dir(s.root().join(TMP_DIR)).unwrap().count(),
-            0,
-            "no temporary files left behind"
-        );
+        assert_eq!(fs::read_dir(s.root().join(TMP_DIR)).unwrap().count(), 0, "no temporary files left behind");
     }
 
     #[tokio::test]
@@ -324,10 +278,7 @@ mod tests {
         let (d, s) = store();
         let stale = s.root().join(TMP_DIR).join("leftover");
         fs::write(&stale, b"partial").unwrap();
-        let opts = LocalDirStoreOptions {
-            stale_tmp_age: Duration::ZERO,
-            ..Default::default()
-        };
+        let opts = LocalDirStoreOptions { stale_tmp_age: Duration::ZERO, ..Default::default() };
         std::thread::sleep(Duration::from_millis(10));
         LocalDirStore::open_with(d.path().join("store"), opts).unwrap();
         assert!(!stale.exists());
