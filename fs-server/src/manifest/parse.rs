@@ -72,6 +72,8 @@ pub enum ParseErrorKind {
     DirMarkerWithData,
     #[error("{0}")]
     Conflict(TreeError),
+    #[error("file tokens map to more than {limit} pieces of blocks (one per byte of manifest text)")]
+    TooManyPieces { limit: u64 },
 }
 
 struct StreamBlock {
@@ -88,6 +90,11 @@ struct Parser<'a> {
     blocks: Vec<StreamBlock>,
     stream_path: Vec<u8>,
     name: Vec<u8>,
+    /// Pieces (file segment × block overlaps) mapped so far, and the most allowed. A token spanning many blocks
+    /// is legitimate, but many tokens each spanning many blocks would make memory grow with the square of the
+    /// text; one piece per byte of text bounds it linearly while leaving real manifests far inside.
+    pieces: u64,
+    max_pieces: u64,
 }
 
 impl<'a> Parser<'a> {
@@ -137,7 +144,16 @@ pub(super) fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
         return Ok(m);
     }
     let mut p =
-        Parser { line_no: 0, token_no: 0, token: b"", blocks: Vec::new(), stream_path: Vec::new(), name: Vec::new() };
+        Parser {
+            line_no: 0,
+            token_no: 0,
+            token: b"",
+            blocks: Vec::new(),
+            stream_path: Vec::new(),
+            name: Vec::new(),
+            pieces: 0,
+            max_pieces: text.len() as u64,
+        };
     if text.last() != Some(&b'\n') {
         let last_line = text.rsplit(|&b| b == b'\n').next().unwrap_or(text);
         p.line_no = memchr::memchr_iter(b'\n', text).count() + 1;
@@ -277,7 +293,7 @@ fn parse_file_token(
 }
 
 fn place(
-    p: &Parser<'_>,
+    p: &mut Parser<'_>,
     stream_dir: &mut Dir,
     stream_depth: usize,
     pos: u64,
@@ -329,6 +345,10 @@ fn place(
             // and write → parse → write is a fixed point in signed and stripped form. See README.)
             i += 1;
             continue;
+        }
+        p.pieces += 1;
+        if p.pieces > p.max_pieces {
+            return Err(p.err(ParseErrorKind::TooManyPieces { limit: p.max_pieces }));
         }
         let off = at - b.start;
         let take = (b.size - off).min(left);

@@ -386,3 +386,32 @@ fn empty_blocks_inside_a_range_carry_nothing() {
     assert_eq!(parse(&m.to_stripped_text()).to_stripped_text(), m.to_stripped_text());
     assert_eq!(again.pdh(), m.pdh());
 }
+
+#[test]
+fn quadratic_inputs_are_refused_not_allocated() {
+    // k one-byte blocks and k tokens that each span all of them: k² pieces from O(k) bytes of text.
+    let k = 2000;
+    let mut text = String::from(".");
+    for i in 0..k {
+        text.push(' ');
+        text.push_str(&Locator::of(&[(i % 251) as u8, (i / 251) as u8][..1 + usize::from(i >= 251)]).to_string());
+    }
+    let total: u64 = (0..k).map(|i| 1 + u64::from(i >= 251)).sum();
+    for i in 0..k {
+        text.push_str(&format!(" 0:{total}:f{i}"));
+    }
+    text.push('\n');
+    let e = err(&text);
+    assert!(matches!(e.kind, ParseErrorKind::TooManyPieces { .. }), "{e}");
+    // A legitimately large manifest of the same size is accepted.
+    let m = build(
+        &(0..k)
+            .map(|i| (format!("f{i}"), vec![i as u8; 3]))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert_eq!(parse(&m.to_text()).files().len(), k);
+}
