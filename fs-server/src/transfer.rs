@@ -6,7 +6,9 @@
 //! (verified by the store) and writes the files. Only regular files and directories can be moved this way;
 //! anything else is refused by name rather than skipped.
 
+use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
 use crate::locator::MAX_BLOCK_SIZE;
-use crate::manifest::{BlockId, Dir, Entry, Manifest, Segment, TreeError};
+use crate::manifest::{BlockId, Dir, Entry, MAX_DEPTH, Manifest, Segment, TreeError};
 use crate::store::{Block, BlockStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,10 @@ pub enum TransferError {
     Tree(#[from] TreeError),
     #[error("{path}: file changed while it was read")]
     Changed { path: PathBuf },
+    #[error("{path}: directories nest deeper than {MAX_DEPTH}")]
+    TooDeep { path: PathBuf },
+    #[error("invalid transfer options: {0}")]
+    InvalidOptions(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
@@ -110,14 +116,15 @@ impl Importer {
         Ok(())
     }
 
-    async fn add_file(&mut self, fs_path: &Path, tree_path: TreePath, expected_len: u64) -> Result<(), TransferError> {
+    async fn add_file(&mut self, fs_path: &Path, tree_path: TreePath) -> Result<(), TransferError> {
+        let (file, before) = open_regular(fs_path).await?;
+        let mut file = tokio::fs::File::from_std(file);
         let index = self.files.len();
         {
             let (name, dirs) = tree_path.split_last().expect("file paths are non-empty");
             dir_at(self.manifest.root_mut(), dirs)?.file(name)?;
         }
         self.files.push(tree_path);
-        let mut file = tokio::fs::File::open(fs_path).await.map_err(io_err(fs_path))?;
         let mut total = 0u64;
         loop {
             if self.buf.len() == self.opts.block_size {
@@ -132,11 +139,40 @@ impl Importer {
             self.pending.push((index, start as u64, n as u64));
             total += n as u64;
         }
-        if total != expected_len {
+        // A file rewritten while it was read (even to the same size) would be stored torn: refuse it.
+        let after = file.metadata().await.map_err(io_err(fs_path))?;
+        if total != before.len() || !same_version(&before, &after) {
             return Err(TransferError::Changed { path: fs_path.to_path_buf() });
         }
         Ok(())
     }
+}
+
+/// Opens `path` for reading only if it is a regular file: without following a symlink, and without blocking on
+/// a FIFO that replaced the file after the directory was listed; the check is made on what was opened.
+async fn open_regular(path: &Path) -> Result<(std::fs::File, Metadata), TransferError> {
+    let p = path.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&p)?;
+        let m = f.metadata()?;
+        Ok::<_, std::io::Error>((f, m))
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))?;
+    match opened {
+        Ok((f, m)) if m.is_file() => Ok((f, m)),
+        Ok(_) => Err(TransferError::Unsupported { path: path.to_path_buf(), what: "a special file" }),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Err(TransferError::Unsupported { path: path.to_path_buf(), what: "a symbolic link" })
+        }
+        Err(e) => Err(TransferError::Io { path: path.to_path_buf(), source: e }),
+    }
+}
+
+/// Whether two stats of one open file show the same contents version (size, modification and change times).
+fn same_version(a: &Metadata, b: &Metadata) -> bool {
+    (a.len(), a.mtime(), a.mtime_nsec(), a.ctime(), a.ctime_nsec())
+        == (b.len(), b.mtime(), b.mtime_nsec(), b.ctime(), b.ctime_nsec())
 }
 
 async fn read_some(file: &mut tokio::fs::File, buf: &mut BytesMut, max: usize) -> std::io::Result<usize> {
@@ -159,7 +195,12 @@ pub async fn import_dir(
     store: Arc<dyn BlockStore>,
     opts: ImportOptions,
 ) -> Result<Manifest, TransferError> {
-    assert!(opts.block_size > 0 && opts.block_size as u64 <= MAX_BLOCK_SIZE, "block size must be 1..=64 MiB");
+    if opts.block_size == 0 || opts.block_size as u64 > MAX_BLOCK_SIZE {
+        return Err(TransferError::InvalidOptions(format!("block size {} is not in 1..=64 MiB", opts.block_size)));
+    }
+    if opts.max_in_flight == 0 {
+        return Err(TransferError::InvalidOptions("max_in_flight must be at least 1".into()));
+    }
     let mut imp = Importer {
         manifest: Manifest::new(),
         store,
@@ -189,9 +230,12 @@ pub async fn import_dir(
             tree_path.push(e.file_name().as_bytes().into());
             let ft = meta.file_type();
             if ft.is_dir() {
+                if tree_path.len() > MAX_DEPTH {
+                    return Err(TransferError::TooDeep { path });
+                }
                 subdirs.push((path, tree_path));
             } else if ft.is_file() {
-                imp.add_file(&path, tree_path, meta.len()).await?;
+                imp.add_file(&path, tree_path).await?;
             } else {
                 let what = if ft.is_symlink() { "a symbolic link" } else { "a special file" };
                 return Err(TransferError::Unsupported { path, what });
@@ -206,10 +250,13 @@ pub async fn import_dir(
     Ok(imp.manifest)
 }
 
-/// Writes the collection's files below `dest` (created if needed), fetching each block once.
+/// Writes the collection's files below `dest` (created if needed). Each piece is written as soon as its block
+/// is at hand, and only the two most recent blocks are kept, so memory stays at two blocks whatever the file
+/// sizes; files whose pieces alternate between two blocks fetch each block once.
 pub async fn export(manifest: &Manifest, store: &dyn BlockStore, dest: &Path) -> Result<(), TransferError> {
+    use tokio::io::AsyncWriteExt;
     tokio::fs::create_dir_all(dest).await.map_err(io_err(dest))?;
-    let mut cached: Option<(BlockId, Bytes)> = None;
+    let mut cache = BlockCache::default();
     let mut stack: Vec<(PathBuf, &Dir)> = vec![(dest.to_path_buf(), manifest.root())];
     while let Some((dir_path, dir)) = stack.pop() {
         for (name, entry) in dir.iter() {
@@ -220,33 +267,43 @@ pub async fn export(manifest: &Manifest, store: &dyn BlockStore, dest: &Path) ->
                     stack.push((path, d));
                 }
                 Entry::File(f) => {
-                    let mut pieces = Vec::with_capacity(f.segments().len());
+                    let mut out = tokio::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .await
+                        .map_err(io_err(&path))?;
                     for seg in f.segments() {
-                        let data = match &cached {
-                            Some((id, data)) if *id == seg.block => data.clone(),
-                            _ => {
-                                let data = store.get(manifest.block(seg.block)).await?;
-                                cached = Some((seg.block, data.clone()));
-                                data
-                            }
-                        };
-                        pieces.push(data.slice(seg.offset as usize..(seg.offset + seg.len) as usize));
+                        let block = cache.get(manifest, store, seg.block).await?;
+                        let piece = &block[seg.offset as usize..(seg.offset + seg.len) as usize];
+                        out.write_all(piece).await.map_err(io_err(&path))?;
                     }
-                    let p = path.clone();
-                    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                        use std::io::Write;
-                        let mut out = std::fs::File::create_new(&p)?;
-                        for piece in pieces {
-                            out.write_all(&piece)?;
-                        }
-                        out.sync_all()
-                    })
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
-                    .map_err(io_err(&path))?;
+                    out.sync_all().await.map_err(io_err(&path))?;
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The two most recently used blocks.
+#[derive(Default)]
+struct BlockCache {
+    recent: Vec<(BlockId, Bytes)>,
+}
+
+impl BlockCache {
+    async fn get(&mut self, m: &Manifest, store: &dyn BlockStore, id: BlockId) -> Result<Bytes, StoreError> {
+        if let Some(i) = self.recent.iter().position(|(b, _)| *b == id) {
+            let hit = self.recent.remove(i);
+            self.recent.push(hit);
+        } else {
+            let data = store.get(m.block(id)).await?;
+            if self.recent.len() == 2 {
+                self.recent.remove(0);
+            }
+            self.recent.push((id, data));
+        }
+        Ok(self.recent.last().expect("just pushed").1.clone())
+    }
 }

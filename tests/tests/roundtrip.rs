@@ -94,3 +94,80 @@ async fn export_fails_loudly_on_a_missing_block() {
     let e = export(&m, store.as_ref(), &tmp.path().join("dst")).await.unwrap_err();
     assert!(matches!(e, TransferError::Store(cafs::store::StoreError::NotFound(_))), "{e}");
 }
+
+/// Counts `get` calls on the store it wraps.
+#[derive(Debug)]
+struct CountingStore {
+    inner: LocalDirStore,
+    gets: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl BlockStore for CountingStore {
+    async fn put(&self, block: &cafs::store::Block) -> Result<(), cafs::store::StoreError> {
+        self.inner.put(block).await
+    }
+    async fn get(&self, locator: &cafs::Locator) -> Result<bytes::Bytes, cafs::store::StoreError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(locator).await
+    }
+    async fn get_range(&self, l: &cafs::Locator, o: u64, n: u64) -> Result<bytes::Bytes, cafs::store::StoreError> {
+        self.inner.get_range(l, o, n).await
+    }
+    async fn exists(&self, locator: &cafs::Locator) -> Result<bool, cafs::store::StoreError> {
+        self.inner.exists(locator).await
+    }
+}
+
+#[tokio::test]
+async fn export_fetches_each_block_once_for_interleaved_pieces() {
+    use cafs::manifest::Segment;
+    use cafs::store::Block;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CountingStore { inner: LocalDirStore::open(tmp.path().join("blocks")).unwrap(), gets: 0.into() };
+    let (a, b) = (Block::new(vec![b'a'; 1 << 20]).unwrap(), Block::new(vec![b'b'; 1 << 20]).unwrap());
+    store.put(&a).await.unwrap();
+    store.put(&b).await.unwrap();
+    let mut m = Manifest::new();
+    let (ia, ib) = (m.add_block(a.locator().clone()), m.add_block(b.locator().clone()));
+    let f = m.root_mut().file(b"interleaved").unwrap();
+    for i in 0..100u64 {
+        f.push(Segment { block: if i % 2 == 0 { ia } else { ib }, offset: i, len: 1 });
+    }
+    export(&m, &store, &tmp.path().join("out")).await.unwrap();
+    let expected: Vec<u8> = (0..100).map(|i| if i % 2 == 0 { b'a' } else { b'b' }).collect();
+    assert_eq!(fs::read(tmp.path().join("out/interleaved")).unwrap(), expected);
+    assert_eq!(store.gets.load(std::sync::atomic::Ordering::Relaxed), 2, "each block fetched once");
+}
+
+#[tokio::test]
+async fn bad_options_and_unstorable_trees_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let store: Arc<dyn BlockStore> = Arc::new(LocalDirStore::open(tmp.path().join("blocks")).unwrap());
+    for opts in [
+        ImportOptions { max_in_flight: 0, ..Default::default() },
+        ImportOptions { block_size: 0, ..Default::default() },
+        ImportOptions { block_size: (64 << 20) + 1, ..Default::default() },
+    ] {
+        let e = import_dir(&src, store.clone(), opts).await.unwrap_err();
+        assert!(matches!(e, TransferError::InvalidOptions(_)), "{e}");
+    }
+
+    let fifo = src.join("pipe");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let e = import_dir(&src, store.clone(), ImportOptions::default()).await.unwrap_err();
+    assert!(matches!(&e, TransferError::Unsupported { path, .. } if path == &fifo), "{e}");
+    fs::remove_file(&fifo).unwrap();
+
+    let mut deep = src.clone();
+    for _ in 0..=cafs::manifest::MAX_DEPTH {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    let e = import_dir(&src, store.clone(), ImportOptions::default()).await.unwrap_err();
+    assert!(matches!(e, TransferError::TooDeep { .. }), "{e}");
+}

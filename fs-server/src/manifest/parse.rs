@@ -143,17 +143,16 @@ pub(super) fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
     if text.is_empty() {
         return Ok(m);
     }
-    let mut p =
-        Parser {
-            line_no: 0,
-            token_no: 0,
-            token: b"",
-            blocks: Vec::new(),
-            stream_path: Vec::new(),
-            name: Vec::new(),
-            pieces: 0,
-            max_pieces: text.len() as u64,
-        };
+    let mut p = Parser {
+        line_no: 0,
+        token_no: 0,
+        token: b"",
+        blocks: Vec::new(),
+        stream_path: Vec::new(),
+        name: Vec::new(),
+        pieces: 0,
+        max_pieces: text.len() as u64,
+    };
     if text.last() != Some(&b'\n') {
         let last_line = text.rsplit(|&b| b == b'\n').next().unwrap_or(text);
         p.line_no = memchr::memchr_iter(b'\n', text).count() + 1;
