@@ -101,7 +101,7 @@ impl Locator {
         }
         let rest = &text[33..];
         let size_end = rest.iter().position(|&b| b == b'+').unwrap_or(rest.len());
-        let size = parse_decimal(&rest[..size_end]).ok_or(LocatorError::BadSize)?;
+        let size = parse_decimal_lenient(&rest[..size_end]).ok_or(LocatorError::BadSize)?;
         if size > MAX_BLOCK_SIZE {
             return Err(LocatorError::TooLarge(size));
         }
@@ -188,10 +188,10 @@ pub(crate) fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// Parses a non-empty run of ASCII digits as u64, refusing overflow. A leading zero is allowed only alone ("0"),
-/// so that every number has one spelling.
-pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || (s.len() > 1 && s[0] == b'0') {
+/// Parses a non-empty run of ASCII digits as u64, refusing overflow, as the Arvados SDKs read manifest numbers:
+/// leading zeros are accepted (cafs writes numbers without them).
+pub(crate) fn parse_decimal_lenient(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
         return None;
     }
     let mut v: u64 = 0;
@@ -202,6 +202,15 @@ pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
         v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
     Some(v)
+}
+
+/// Parses a number in its one canonical spelling (no leading zero unless it is 0), for names cafs makes itself,
+/// such as a PDH, where two spellings of one value must not both be accepted.
+pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.len() > 1 && s[0] == b'0' {
+        return None;
+    }
+    parse_decimal_lenient(s)
 }
 
 pub(crate) fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -291,7 +300,6 @@ mod tests {
             ("ACBD18DB4CC2F85CEDEF654FCCC4A4D8+3", LocatorError::BadHash),
             ("acbd18db4cc2f85cedef654fccc4a4d8-3", LocatorError::BadHash),
             ("acbd18db4cc2f85cedef654fccc4a4d8+", LocatorError::BadSize),
-            ("acbd18db4cc2f85cedef654fccc4a4d8+03", LocatorError::BadSize),
             ("acbd18db4cc2f85cedef654fccc4a4d8+3x", LocatorError::BadSize),
             ("acbd18db4cc2f85cedef654fccc4a4d8+99999999999999999999999", LocatorError::BadSize),
             ("acbd18db4cc2f85cedef654fccc4a4d8+67108865", LocatorError::TooLarge(67108865)),
@@ -303,6 +311,9 @@ mod tests {
             assert_eq!(Locator::parse(s), Err(want), "{s:?}");
         }
         assert_eq!(Locator::parse("acbd18db4cc2f85cedef654fccc4a4d8+67108864").unwrap().size(), MAX_BLOCK_SIZE);
+        // Leading zeros are read (as the SDKs do) and written canonically.
+        let padded = Locator::parse("acbd18db4cc2f85cedef654fccc4a4d8+03").unwrap();
+        assert_eq!(padded.to_string(), "acbd18db4cc2f85cedef654fccc4a4d8+3");
     }
 
     #[test]

@@ -64,9 +64,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let state = args.state_dir.unwrap_or_else(default_state_dir);
     let socket = args.socket.unwrap_or_else(default_socket);
-    let store =
-        LocalDirStore::open(state.join("blocks")).with_context(|| format!("block store in {}", state.display()))?;
-    let catalog = SqliteCatalog::open(state.join("catalog.sqlite")).context("catalog")?;
+    // Opening creates directories, fsyncs and may wait on SQLite's lock: keep it off the async workers.
+    let (store, catalog) = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let store = LocalDirStore::open(state.join("blocks"))
+                .with_context(|| format!("block store in {}", state.display()))?;
+            let catalog = SqliteCatalog::open(state.join("catalog.sqlite")).context("catalog")?;
+            Ok((store, catalog))
+        })
+        .await??
+    };
     let refs = catalog.list_refs().await.context("reading the catalog")?;
     tracing::info!(
         state_dir = %state.display(),

@@ -49,7 +49,8 @@ pub enum UnescapeError {
     ControlByte(u8),
 }
 
-/// Decodes `\ooo` escapes. Strict: a backslash must start a valid escape, and raw control bytes are refused.
+/// Decodes `\ooo` escapes, and `\\` for a backslash (the Go and Ruby readers accept it, though writers use
+/// `\134`). Strict otherwise: a backslash must start one of those, and raw control bytes are refused.
 pub fn unescape(token: &[u8]) -> Result<Vec<u8>, UnescapeError> {
     let mut out = Vec::with_capacity(token.len());
     unescape_into(&mut out, token)?;
@@ -60,7 +61,10 @@ pub(crate) fn unescape_into(out: &mut Vec<u8>, token: &[u8]) -> Result<(), Unesc
     let mut i = 0;
     while i < token.len() {
         let b = token[i];
-        if b == b'\\' {
+        if b == b'\\' && token.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else if b == b'\\' {
             let d = token.get(i + 1..i + 4).ok_or(UnescapeError::BadEscape)?;
             if !(b'0'..=b'3').contains(&d[0]) || !d[1..].iter().all(|c| (b'0'..=b'7').contains(c)) {
                 return Err(UnescapeError::BadEscape);
@@ -106,7 +110,8 @@ mod tests {
         assert_eq!(unescape(b"a\\040b").unwrap(), b"a b");
         assert_eq!(unescape(b"\\303\\251").unwrap(), "é".as_bytes());
         assert_eq!(unescape(b"\\377").unwrap(), b"\xff");
-        for bad in [&b"\\"[..], b"\\04", b"\\400", b"\\08x", b"a\\x41", b"\\\\"] {
+        assert_eq!(unescape(b"a\\\\b").unwrap(), b"a\\b");
+        for bad in [&b"\\"[..], b"\\04", b"\\400", b"\\08x", b"a\\x41", b"\\\\\\"] {
             assert_eq!(unescape(bad), Err(UnescapeError::BadEscape), "{bad:?}");
         }
         assert_eq!(unescape(b"a\tb"), Err(UnescapeError::ControlByte(b'\t')));

@@ -11,7 +11,7 @@ use std::fmt;
 use super::escape::{UnescapeError, unescape_into};
 use super::tree::{Dir, Segment, TreeError, valid_name};
 use super::{BlockId, Manifest};
-use crate::locator::{Locator, LocatorError, parse_decimal};
+use crate::locator::{Locator, LocatorError, parse_decimal_lenient};
 
 /// Deepest directory nesting accepted (the root's subdirectories are at depth 1). Far beyond real data, and the
 /// bound keeps every walk and drop of a tree shallow. Trees that nest deeper are refused when committed
@@ -270,8 +270,8 @@ fn parse_file_token(
     }
     let c1 = memchr::memchr(b':', tok).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
     let c2 = memchr::memchr(b':', &tok[c1 + 1..]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))? + c1 + 1;
-    let pos = parse_decimal(&tok[..c1]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
-    let len = parse_decimal(&tok[c1 + 1..c2]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
+    let pos = parse_decimal_lenient(&tok[..c1]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
+    let len = parse_decimal_lenient(&tok[c1 + 1..c2]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
     let raw_name = &tok[c2 + 1..];
     if raw_name.is_empty() {
         return Err(p.err(ParseErrorKind::BadPathComponent("empty file name")));

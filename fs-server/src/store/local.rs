@@ -1,10 +1,14 @@
 //! The local-directory block store: the embedded default, one file per block.
 //!
-//! Layout under the root: `<first 3 hex digits>/<md5>+<size>` (4096 fan-out directories keep any one directory
-//! small), and `.tmp/` for blocks being written (same filesystem, so the final rename is atomic). A put writes a temporary file, fsyncs it, renames it
+//! Layout under the root: `<first 3 hex digits>/<md5>+<size>` (4096 fan-out directories, made and fsynced
+//! once when the store opens, keep any one directory small), `.tmp/` for blocks being written (same filesystem,
+//! so the final rename is atomic), and `.corrupt/` where blocks that fail verification are moved aside. A put writes a temporary file, fsyncs it, renames it
 //! into place and fsyncs the directory, so a block file is either absent or complete, and concurrent puts of the
-//! same block (from tasks or processes) simply race to rename identical bytes. Every read is verified against the
-//! locator; a file whose size is wrong counts as absent, so a put repairs a truncated block.
+//! same block (from tasks or processes) simply race to rename identical bytes. A put that finds the block already
+//! there fsyncs it before answering, so `Ok` always means durable, even when another writer's fsync has not
+//! finished or failed. Every read is verified against the locator; a block that fails is moved to `.corrupt/`,
+//! so it no longer counts as stored and the next put writes it again. (`exists` checks the size only — hashing
+//! every block it is asked about would cost a full read.)
 
 use std::fs;
 use std::io::{self, Write};
@@ -49,6 +53,8 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Where blocks are written before they are renamed into place.
 const TMP_DIR: &str = ".tmp";
+/// Where blocks that failed verification are kept for inspection.
+const CORRUPT_DIR: &str = ".corrupt";
 
 impl LocalDirStore {
     /// Opens (creating if needed) a store rooted at `root`.
@@ -58,8 +64,22 @@ impl LocalDirStore {
 
     pub fn open_with(root: impl Into<PathBuf>, opts: LocalDirStoreOptions) -> Result<Self, StoreError> {
         let root = root.into();
-        for dir in [root.clone(), root.join(TMP_DIR)] {
+        let created = !root.exists();
+        for dir in [root.clone(), root.join(TMP_DIR), root.join(CORRUPT_DIR)] {
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", dir.display(), e))?;
+        }
+        for i in 0..4096u32 {
+            let fan = root.join(format!("{i:03x}"));
+            match fs::create_dir(&fan) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io("create", fan.display(), e)),
+            }
+        }
+        // Make the fan-out directories (and a new root) durable before any block is written into them.
+        sync_dir(&root).map_err(|e| StoreError::io("fsync", root.display(), e))?;
+        if created && let Some(parent) = root.parent() {
+            sync_dir(parent).map_err(|e| StoreError::io("fsync", parent.display(), e))?;
         }
         remove_stale_tmp(&root.join(TMP_DIR), opts.stale_tmp_age);
         let limit = Semaphore::new(opts.max_concurrency.max(1));
@@ -104,15 +124,13 @@ impl Inner {
 
     fn put(&self, block: &Block) -> Result<(), StoreError> {
         let loc = block.locator();
-        if self.stored_size(loc)? == Some(loc.size()) {
-            return Ok(());
-        }
         let final_path = self.block_path(loc);
         let fan_dir = final_path.parent().expect("block paths have a fan-out directory");
-        if !fan_dir.exists() {
-            fs::create_dir_all(fan_dir).map_err(|e| StoreError::io("create", fan_dir.display(), e))?;
-            // The new fan-out directory's own entry must be durable too.
-            sync_dir(&self.root).map_err(|e| StoreError::io("fsync", "block store root", e))?;
+        if self.stored_size(loc)? == Some(loc.size()) {
+            // Already there, perhaps just renamed by a writer whose fsyncs have not finished (or failed): make it
+            // durable before saying so.
+            let synced = fs::File::open(&final_path).and_then(|f| f.sync_all()).and_then(|()| sync_dir(fan_dir));
+            return synced.map_err(|e| StoreError::io("fsync", loc, e));
         }
         let tmp = self.root.join(TMP_DIR).join(format!(
             "{}.{}.{}",
@@ -142,8 +160,26 @@ impl Inner {
             }
             Err(e) => return Err(StoreError::io("read", locator, e)),
         };
-        verify(locator, &data)?;
+        if let Err(e) = verify(locator, &data) {
+            self.quarantine(locator);
+            return Err(e);
+        }
         Ok(Bytes::from(data))
+    }
+
+    /// Moves a block that failed verification out of the way, so that it no longer counts as stored and the next
+    /// put writes it again; the bad copy stays in `.corrupt/` for inspection.
+    fn quarantine(&self, locator: &Locator) {
+        let to = self.root.join(CORRUPT_DIR).join(format!(
+            "{}.{}.{}",
+            locator.stripped_string(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        match fs::rename(self.block_path(locator), &to) {
+            Ok(()) => tracing::warn!(%locator, to = %to.display(), "block failed verification; moved aside"),
+            Err(e) => tracing::error!(%locator, error = %e, "block failed verification and could not be moved aside"),
+        }
     }
 }
 
@@ -237,12 +273,17 @@ mod tests {
         fs::write(&p, &bytes).unwrap();
         let e = s.get(b.locator()).await.unwrap_err();
         assert!(matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("MD5")), "{e}");
-        assert!(matches!(s.get_range(b.locator(), 0, 10).await, Err(StoreError::Corrupt { .. })));
+
+        // A block that fails verification (here, same size, one bit flipped) is moved aside: it no longer counts
+        // as stored, and putting it again repairs it.
+        assert!(!s.exists(b.locator()).await.unwrap());
+        assert_eq!(fs::read_dir(s.root().join(CORRUPT_DIR)).unwrap().count(), 1);
+        s.put(&b).await.unwrap();
+        assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
 
         fs::write(&p, &bytes[..99_999]).unwrap();
         let e = s.get(b.locator()).await.unwrap_err();
         assert!(matches!(&e, StoreError::Corrupt { reason, .. } if reason.contains("99999 bytes")), "{e}");
-        // A truncated file does not count as stored, so putting the block again repairs it.
         assert!(!s.exists(b.locator()).await.unwrap());
         s.put(&b).await.unwrap();
         assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
@@ -262,6 +303,15 @@ mod tests {
         }
         assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
         assert_eq!(fs::read_dir(s.root().join(TMP_DIR)).unwrap().count(), 0, "no temporary files left behind");
+    }
+
+    #[test]
+    fn opening_makes_every_fan_out_directory() {
+        let (_d, s) = store();
+        let fans = fs::read_dir(s.root())
+            .unwrap()
+            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'));
+        assert_eq!(fans.count(), 4096);
     }
 
     #[tokio::test]
@@ -288,8 +338,9 @@ mod tests {
     async fn write_errors_reach_the_caller_and_leave_nothing() {
         let (_d, s) = store();
         let b = Block::new(&b"x"[..]).unwrap();
-        // A file where the fan-out directory should be: the put cannot create it.
+        // A file where the fan-out directory should be: the put cannot write the block.
         let fan = s.block_path(b.locator()).parent().unwrap().to_path_buf();
+        fs::remove_dir(&fan).unwrap();
         fs::write(&fan, b"in the way").unwrap();
         let e = s.put(&b).await.unwrap_err();
         assert!(matches!(e, StoreError::Io { .. }), "{e}");
