@@ -93,12 +93,7 @@ impl Locator {
         if text.len() < 33 || text[32] != b'+' {
             return Err(LocatorError::BadHash);
         }
-        let mut md5 = [0u8; 16];
-        for (i, pair) in text[..32].chunks_exact(2).enumerate() {
-            let hi = hex_value(pair[0]).ok_or(LocatorError::BadHash)?;
-            let lo = hex_value(pair[1]).ok_or(LocatorError::BadHash)?;
-            md5[i] = (hi << 4) | lo;
-        }
+        let md5 = parse_md5_hex(&text[..32]).ok_or(LocatorError::BadHash)?;
         let rest = &text[33..];
         let size_end = rest.iter().position(|&b| b == b'+').unwrap_or(rest.len());
         let size = parse_decimal_lenient(&rest[..size_end]).ok_or(LocatorError::BadSize)?;
@@ -177,6 +172,18 @@ fn validate_hint(hint: &[u8]) -> Result<(), LocatorError> {
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// 32 lowercase hex digits as an MD5 digest.
+pub(crate) fn parse_md5_hex(hex: &[u8]) -> Option<[u8; 16]> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut md5 = [0u8; 16];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        md5[i] = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+    }
+    Some(md5)
 }
 
 /// Lowercase hex digit value; uppercase is not part of the locator grammar.

@@ -18,7 +18,7 @@ pub use escape::{escape_name, unescape};
 pub use parse::{MAX_DEPTH, ParseError, ParseErrorKind};
 pub use tree::{BlockId, Dir, Entry, File, Name, Segment, TreeError};
 
-use crate::locator::{Locator, Md5, hex_value, parse_decimal, write_hex};
+use crate::locator::{Locator, md5, parse_decimal, parse_md5_hex, write_hex};
 
 /// A collection tree together with the blocks its files point into.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,11 +81,6 @@ impl Manifest {
         self.blocks.push(locator.clone());
         self.index.insert(locator, id);
         id
-    }
-
-    /// Size of a file in bytes.
-    pub fn file_size(&self, file: &File) -> u64 {
-        file.size()
     }
 
     /// The entry at a `/`-separated path relative to the root (`""` is the root itself).
@@ -165,9 +160,7 @@ pub struct PdhError(pub String);
 impl Pdh {
     /// The PDH of stripped manifest text.
     pub fn of_text(text: &[u8]) -> Self {
-        let mut h = Md5::new();
-        h.update(text);
-        Self { md5: h.finish(), len: text.len() as u64 }
+        Self { md5: md5(text), len: text.len() as u64 }
     }
 
     /// The PDH of the empty collection (`d41d8cd98f00b204e9800998ecf8427e+0`).
@@ -181,10 +174,7 @@ impl Pdh {
         if b.len() < 34 || b[32] != b'+' {
             return Err(err());
         }
-        let mut md5 = [0u8; 16];
-        for (i, pair) in b[..32].chunks_exact(2).enumerate() {
-            md5[i] = (hex_value(pair[0]).ok_or_else(err)? << 4) | hex_value(pair[1]).ok_or_else(err)?;
-        }
+        let md5 = parse_md5_hex(&b[..32]).ok_or_else(err)?;
         let len = parse_decimal(&b[33..]).ok_or_else(err)?;
         Ok(Self { md5, len })
     }
