@@ -13,7 +13,7 @@ cargo build --release --locked -q -p fs-server -p mount-helper
 target/release/cafsd --state-dir "$state" --check
 cat >&2 <<MSG
 ==> starting cafsd (state: $state); Ctrl-C stops it.
-    Writable FUSE mounts arrive with the mount issue; until then cafsd opens and serves the embedded state:
-    blocks in $state/blocks, the catalog in $state/catalog.sqlite.
+    Writable FUSE mounts arrive with the mount issue; until then cafsd opens and checks the embedded state
+    (blocks in $state/blocks, the catalog in $state/catalog.sqlite) and waits.
 MSG
 exec target/release/cafsd --state-dir "$state"
