@@ -9,6 +9,7 @@
 //! - [`transfer`]: moving a directory tree on disk into a collection and back.
 
 pub mod catalog;
+pub mod fs;
 pub mod locator;
 pub mod manifest;
 pub mod store;
