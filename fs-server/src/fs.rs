@@ -1,6 +1,50 @@
 //! The filesystem core: FUSE-free and store-agnostic, so it is tested directly. The `fuser` adapter (a thin
 //! layer) translates kernel requests into calls here and errors into errnos.
 //!
-//! - [`extents`]: a file's contents as extents of stored blocks, buffer blocks and holes.
+//! - [`extents`]: a file's contents as extents of stored blocks, buffer blocks and holes;
+//! - [`inode`]: the inode table and namespace operations.
 
 pub mod extents;
+pub mod inode;
+
+/// What a filesystem operation can fail with; [`FsError::errno`] is what the FUSE adapter answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a directory")]
+    NotDir,
+    #[error("file name longer than 255 bytes")]
+    NameTooLong,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl FsError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::Io(_) => libc::EIO,
+        }
+    }
+}

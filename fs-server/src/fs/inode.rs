@@ -1,0 +1,422 @@
+//! The inode table: directories, regular files and symlinks with POSIX metadata, and the namespace operations
+//! (create, unlink, rmdir, rename with its flags) with POSIX's errors. No I/O and no locking here: the
+//! filesystem calls in with its lock held.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use super::FsError;
+use super::extents::Extents;
+
+pub type Ino = u64;
+
+/// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
+pub const ROOT: Ino = 1;
+
+/// Longest name a directory entry may have (Linux's `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// POSIX metadata of an inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits (`0o7777`), without the file type.
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub atime: SystemTime,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    File(Extents),
+    Dir(BTreeMap<Box<[u8]>, Ino>),
+    Symlink(Box<[u8]>),
+}
+
+#[derive(Debug)]
+pub struct Inode {
+    pub meta: Meta,
+    pub body: Body,
+    /// Directory entries naming this inode (0 once unlinked; the inode lives on while it is open).
+    pub nlink: u32,
+    /// Open handles.
+    pub opens: u32,
+}
+
+impl Inode {
+    pub fn kind(&self) -> Kind {
+        match self.body {
+            Body::File(_) => Kind::File,
+            Body::Dir(_) => Kind::Dir,
+            Body::Symlink(_) => Kind::Symlink,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match &self.body {
+            Body::File(x) => x.size(),
+            Body::Dir(entries) => entries.len() as u64,
+            Body::Symlink(t) => t.len() as u64,
+        }
+    }
+}
+
+/// Whether `name` may name a directory entry; the error says why not.
+pub fn check_name(name: &[u8]) -> Result<(), FsError> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0) {
+        return Err(FsError::Invalid("invalid file name"));
+    }
+    Ok(())
+}
+
+/// What `rename` may do to an existing target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RenameMode {
+    /// Replace the target if there is one (POSIX `rename`).
+    #[default]
+    Replace,
+    /// Fail with `EEXIST` if the target exists (`RENAME_NOREPLACE`).
+    NoReplace,
+    /// Swap source and target, which must both exist (`RENAME_EXCHANGE`).
+    Exchange,
+}
+
+#[derive(Debug)]
+pub struct Table {
+    inodes: HashMap<Ino, Inode>,
+    /// Parent of each directory (the root is its own parent), for `..` and the rename-into-itself check.
+    parents: HashMap<Ino, Ino>,
+    next: Ino,
+}
+
+impl Table {
+    pub fn new(root_meta: Meta) -> Self {
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT, Inode { meta: root_meta, body: Body::Dir(BTreeMap::new()), nlink: 2, opens: 0 });
+        Self { inodes, parents: HashMap::from([(ROOT, ROOT)]), next: ROOT + 1 }
+    }
+
+    pub fn get(&self, ino: Ino) -> Result<&Inode, FsError> {
+        self.inodes.get(&ino).ok_or(FsError::NotFound)
+    }
+
+    pub fn get_mut(&mut self, ino: Ino) -> Result<&mut Inode, FsError> {
+        self.inodes.get_mut(&ino).ok_or(FsError::NotFound)
+    }
+
+    pub fn parent(&self, dir: Ino) -> Option<Ino> {
+        self.parents.get(&dir).copied()
+    }
+
+    fn dir(&self, ino: Ino) -> Result<&BTreeMap<Box<[u8]>, Ino>, FsError> {
+        match &self.get(ino)?.body {
+            Body::Dir(entries) => Ok(entries),
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    fn dir_mut(&mut self, ino: Ino) -> Result<&mut BTreeMap<Box<[u8]>, Ino>, FsError> {
+        match &mut self.get_mut(ino)?.body {
+            Body::Dir(entries) => Ok(entries),
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    /// Entries of a directory in name order.
+    pub fn entries(&self, dir: Ino) -> Result<impl Iterator<Item = (&[u8], Ino)>, FsError> {
+        Ok(self.dir(dir)?.iter().map(|(n, &i)| (&n[..], i)))
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Ino, FsError> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        self.dir(parent)?.get(name).copied().ok_or(FsError::NotFound)
+    }
+
+    /// Creates `name` in `parent`.
+    pub fn create(&mut self, parent: Ino, name: &[u8], body: Body, meta: Meta) -> Result<Ino, FsError> {
+        check_name(name)?;
+        if self.dir(parent)?.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        let ino = self.next;
+        self.next += 1;
+        let is_dir = matches!(body, Body::Dir(_));
+        let now = meta.mtime;
+        self.inodes.insert(ino, Inode { meta, body, nlink: if is_dir { 2 } else { 1 }, opens: 0 });
+        if is_dir {
+            self.parents.insert(ino, parent);
+            self.get_mut(parent)?.nlink += 1;
+        }
+        self.dir_mut(parent)?.insert(name.into(), ino);
+        self.touch(parent, now);
+        Ok(ino)
+    }
+
+    /// Updates a directory's mtime and ctime after its entries changed.
+    fn touch(&mut self, dir: Ino, now: SystemTime) {
+        if let Some(i) = self.inodes.get_mut(&dir) {
+            i.meta.mtime = now;
+            i.meta.ctime = now;
+        }
+    }
+
+    /// Removes a non-directory entry.
+    pub fn unlink(&mut self, parent: Ino, name: &[u8], now: SystemTime) -> Result<(), FsError> {
+        let ino = self.lookup(parent, name)?;
+        if self.get(ino)?.kind() == Kind::Dir {
+            return Err(FsError::IsDir);
+        }
+        self.dir_mut(parent)?.remove(name);
+        self.touch(parent, now);
+        self.drop_link(ino, now);
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&mut self, parent: Ino, name: &[u8], now: SystemTime) -> Result<(), FsError> {
+        let ino = self.lookup(parent, name)?;
+        if !self.dir(ino)?.is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        self.dir_mut(parent)?.remove(name);
+        self.get_mut(parent)?.nlink -= 1;
+        self.touch(parent, now);
+        self.parents.remove(&ino);
+        let inode = self.get_mut(ino)?;
+        inode.nlink = 0;
+        self.release_if_unused(ino);
+        Ok(())
+    }
+
+    fn drop_link(&mut self, ino: Ino, now: SystemTime) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.nlink = i.nlink.saturating_sub(1);
+            i.meta.ctime = now;
+        }
+        self.release_if_unused(ino);
+    }
+
+    /// Frees an inode that has no name and no open handle.
+    pub fn release_if_unused(&mut self, ino: Ino) -> Option<Inode> {
+        let i = self.inodes.get(&ino)?;
+        if ino != ROOT && i.opens == 0 && (i.nlink == 0 || (i.kind() == Kind::Dir && !self.parents.contains_key(&ino)))
+        {
+            return self.inodes.remove(&ino);
+        }
+        None
+    }
+
+    /// Whether `ancestor` is `dir` or one of its ancestors.
+    fn is_ancestor(&self, ancestor: Ino, mut dir: Ino) -> bool {
+        loop {
+            if dir == ancestor {
+                return true;
+            }
+            match self.parents.get(&dir) {
+                Some(&p) if p != dir => dir = p,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Moves `parent/name` to `new_parent/new_name`, as `rename(2)`/`renameat2(2)` do.
+    pub fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+        now: SystemTime,
+    ) -> Result<(), FsError> {
+        check_name(new_name)?;
+        let src = self.lookup(parent, name)?;
+        self.dir(new_parent)?;
+        let src_is_dir = self.get(src)?.kind() == Kind::Dir;
+        let target = self.dir(new_parent)?.get(new_name).copied();
+        if src_is_dir && self.is_ancestor(src, new_parent) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        if target == Some(src) {
+            return Ok(());
+        }
+        match (mode, target) {
+            (RenameMode::NoReplace, Some(_)) => return Err(FsError::Exists),
+            (RenameMode::Exchange, None) => return Err(FsError::NotFound),
+            (RenameMode::Exchange, Some(t)) => {
+                let t_is_dir = self.get(t)?.kind() == Kind::Dir;
+                if t_is_dir && self.is_ancestor(t, parent) {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                self.dir_mut(parent)?.insert(name.into(), t);
+                self.dir_mut(new_parent)?.insert(new_name.into(), src);
+                for (ino, is_dir, from, to) in
+                    [(src, src_is_dir, parent, new_parent), (t, t_is_dir, new_parent, parent)]
+                {
+                    if is_dir && from != to {
+                        self.parents.insert(ino, to);
+                        self.get_mut(from)?.nlink -= 1;
+                        self.get_mut(to)?.nlink += 1;
+                    }
+                    self.get_mut(ino)?.meta.ctime = now;
+                }
+                self.touch(parent, now);
+                self.touch(new_parent, now);
+                return Ok(());
+            }
+            _ => {}
+        }
+        if let Some(t) = target {
+            let t_is_dir = self.get(t)?.kind() == Kind::Dir;
+            match (src_is_dir, t_is_dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.dir(t)?.is_empty() => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            if t_is_dir {
+                self.rmdir(new_parent, new_name, now)?;
+            } else {
+                self.dir_mut(new_parent)?.remove(new_name);
+                self.drop_link(t, now);
+            }
+        }
+        self.dir_mut(parent)?.remove(name);
+        self.dir_mut(new_parent)?.insert(new_name.into(), src);
+        if src_is_dir && parent != new_parent {
+            self.parents.insert(src, new_parent);
+            self.get_mut(parent)?.nlink -= 1;
+            self.get_mut(new_parent)?.nlink += 1;
+        }
+        self.get_mut(src)?.meta.ctime = now;
+        self.touch(parent, now);
+        self.touch(new_parent, now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        let t = SystemTime::UNIX_EPOCH;
+        Meta { perm: 0o755, uid: 0, gid: 0, mtime: t, ctime: t, atime: t }
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn file() -> Body {
+        Body::File(Extents::new())
+    }
+
+    fn dir() -> Body {
+        Body::Dir(BTreeMap::new())
+    }
+
+    #[test]
+    fn create_lookup_and_errors() {
+        let mut t = Table::new(meta());
+        let a = t.create(ROOT, b"a", dir(), meta()).unwrap();
+        let f = t.create(a, b"f", file(), meta()).unwrap();
+        assert_eq!(t.lookup(ROOT, b"a"), Ok(a));
+        assert_eq!(t.lookup(a, b"f"), Ok(f));
+        assert_eq!(t.get(ROOT).unwrap().nlink, 3);
+        assert_eq!(t.create(a, b"f", file(), meta()), Err(FsError::Exists));
+        assert_eq!(t.create(f, b"x", file(), meta()), Err(FsError::NotDir));
+        assert_eq!(t.lookup(f, b"x"), Err(FsError::NotDir));
+        assert_eq!(t.lookup(a, b"nope"), Err(FsError::NotFound));
+        assert_eq!(t.create(a, &[b'n'; 256], file(), meta()), Err(FsError::NameTooLong));
+        assert_eq!(t.lookup(a, &[b'n'; 256]), Err(FsError::NameTooLong));
+        assert!(t.create(a, &[b'n'; 255], file(), meta()).is_ok());
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
+            assert!(matches!(t.create(a, bad, file(), meta()), Err(FsError::Invalid(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unlink_and_rmdir() {
+        let mut t = Table::new(meta());
+        let d = t.create(ROOT, b"d", dir(), meta()).unwrap();
+        let f = t.create(d, b"f", file(), meta()).unwrap();
+        assert_eq!(t.unlink(ROOT, b"d", now()), Err(FsError::IsDir));
+        assert_eq!(t.rmdir(ROOT, b"d", now()), Err(FsError::NotEmpty));
+        assert_eq!(t.rmdir(d, b"f", now()), Err(FsError::NotDir));
+        // An open file outlives its name.
+        t.get_mut(f).unwrap().opens = 1;
+        t.unlink(d, b"f", now()).unwrap();
+        assert_eq!(t.lookup(d, b"f"), Err(FsError::NotFound));
+        assert!(t.get(f).is_ok());
+        t.get_mut(f).unwrap().opens = 0;
+        assert!(t.release_if_unused(f).is_some());
+        t.rmdir(ROOT, b"d", now()).unwrap();
+        assert_eq!(t.get(ROOT).unwrap().nlink, 2);
+        assert!(t.get(d).is_err());
+        assert_eq!(t.unlink(ROOT, b"d", now()), Err(FsError::NotFound));
+    }
+
+    #[test]
+    fn rename_replaces_and_checks_types() {
+        let mut t = Table::new(meta());
+        let a = t.create(ROOT, b"a", file(), meta()).unwrap();
+        let b = t.create(ROOT, b"b", file(), meta()).unwrap();
+        let d = t.create(ROOT, b"d", dir(), meta()).unwrap();
+        let e = t.create(ROOT, b"e", dir(), meta()).unwrap();
+        t.create(e, b"x", file(), meta()).unwrap();
+        assert_eq!(t.rename(ROOT, b"a", ROOT, b"d", RenameMode::Replace, now()), Err(FsError::IsDir));
+        assert_eq!(t.rename(ROOT, b"d", ROOT, b"a", RenameMode::Replace, now()), Err(FsError::NotDir));
+        assert_eq!(t.rename(ROOT, b"d", ROOT, b"e", RenameMode::Replace, now()), Err(FsError::NotEmpty));
+        assert_eq!(t.rename(ROOT, b"a", ROOT, b"b", RenameMode::NoReplace, now()), Err(FsError::Exists));
+        assert_eq!(t.rename(ROOT, b"zz", ROOT, b"b", RenameMode::Replace, now()), Err(FsError::NotFound));
+        t.rename(ROOT, b"a", ROOT, b"b", RenameMode::Replace, now()).unwrap();
+        assert_eq!(t.lookup(ROOT, b"b"), Ok(a));
+        assert!(t.get(b).is_err(), "the replaced file is freed");
+        // A directory over an empty directory.
+        let f = t.create(ROOT, b"f", dir(), meta()).unwrap();
+        t.rename(ROOT, b"d", ROOT, b"f", RenameMode::Replace, now()).unwrap();
+        assert_eq!(t.lookup(ROOT, b"f"), Ok(d));
+        assert!(t.get(f).is_err());
+        // Into itself.
+        let inner = t.create(d, b"inner", dir(), meta()).unwrap();
+        assert!(matches!(t.rename(ROOT, b"f", inner, b"x", RenameMode::Replace, now()), Err(FsError::Invalid(_))));
+        assert!(matches!(t.rename(ROOT, b"f", d, b"x", RenameMode::Replace, now()), Err(FsError::Invalid(_))));
+        // Across directories: link counts follow.
+        t.rename(d, b"inner", e, b"moved", RenameMode::Replace, now()).unwrap();
+        assert_eq!(t.parent(inner), Some(e));
+        assert_eq!((t.get(d).unwrap().nlink, t.get(e).unwrap().nlink), (2, 3));
+        // To itself: nothing happens.
+        t.rename(ROOT, b"b", ROOT, b"b", RenameMode::Replace, now()).unwrap();
+        assert_eq!(t.lookup(ROOT, b"b"), Ok(a));
+    }
+
+    #[test]
+    fn rename_exchange() {
+        let mut t = Table::new(meta());
+        let a = t.create(ROOT, b"a", file(), meta()).unwrap();
+        let d = t.create(ROOT, b"d", dir(), meta()).unwrap();
+        let sub = t.create(d, b"sub", dir(), meta()).unwrap();
+        assert_eq!(t.rename(ROOT, b"a", ROOT, b"none", RenameMode::Exchange, now()), Err(FsError::NotFound));
+        t.rename(ROOT, b"a", d, b"sub", RenameMode::Exchange, now()).unwrap();
+        assert_eq!(t.lookup(d, b"sub"), Ok(a));
+        assert_eq!(t.lookup(ROOT, b"a"), Ok(sub));
+        assert_eq!(t.parent(sub), Some(ROOT));
+        assert_eq!((t.get(ROOT).unwrap().nlink, t.get(d).unwrap().nlink), (4, 2));
+        assert!(matches!(t.rename(ROOT, b"d", d, b"sub", RenameMode::Exchange, now()), Err(FsError::Invalid(_))));
+    }
+}
