@@ -2,8 +2,10 @@
 //! layer) translates kernel requests into calls here and errors into errnos.
 //!
 //! - [`extents`]: a file's contents as extents of stored blocks, buffer blocks and holes;
-//! - [`inode`]: the inode table and namespace operations.
+//! - [`inode`]: the inode table and namespace operations;
+//! - [`cache`]: the bounded, verified block cache.
 
+pub mod cache;
 pub mod extents;
 pub mod inode;
 

@@ -53,6 +53,27 @@ impl StoreError {
         }
     }
 
+    /// An equal error (same variant, same I/O error kind and message), for handing one failure to several
+    /// waiters: `std::io::Error` is not `Clone`.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            StoreError::NotFound(l) => StoreError::NotFound(l.clone()),
+            StoreError::Corrupt { locator, reason } => {
+                StoreError::Corrupt { locator: locator.clone(), reason: reason.clone() }
+            }
+            StoreError::TooLarge(n) => StoreError::TooLarge(*n),
+            StoreError::BadRange { locator, offset, len } => {
+                StoreError::BadRange { locator: locator.clone(), offset: *offset, len: *len }
+            }
+            StoreError::Io { op, what, source } => StoreError::Io {
+                op,
+                what: what.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+        }
+    }
+
     pub(crate) fn io(op: &'static str, what: impl fmt::Display, source: std::io::Error) -> Self {
         StoreError::Io { op, what: what.to_string(), source }
     }
