@@ -3,11 +3,17 @@
 //!
 //! - [`extents`]: a file's contents as extents of stored blocks, buffer blocks and holes;
 //! - [`inode`]: the inode table and namespace operations;
-//! - [`cache`]: the bounded, verified block cache.
+//! - [`cache`]: the bounded, verified block cache;
+//! - [`sidecar`]: the metadata stored beside each committed manifest;
+//! - [`filesystem`]: the filesystem itself — buffers, uploads, memory budget, reads, snapshots.
 
 pub mod cache;
 pub mod extents;
+mod filesystem;
 pub mod inode;
+pub mod sidecar;
+
+pub use filesystem::{Attr, Filesystem, FsOptions, SetAttr};
 
 /// What a filesystem operation can fail with; [`FsError::errno`] is what the FUSE adapter answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,6 +6,8 @@
 //! is never asked to keep bytes under the wrong name. Every byte a store returns from [`BlockStore::get`] has been
 //! checked against its locator.
 
+#[cfg(any(test, feature = "test-suite"))]
+pub mod faulty;
 mod local;
 
 use std::fmt;

@@ -55,6 +55,8 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 const TMP_DIR: &str = ".tmp";
 /// Where blocks that failed verification are kept for inspection.
 const CORRUPT_DIR: &str = ".corrupt";
+/// Present once every fan-out directory has been made durable.
+const LAYOUT_MARKER: &str = ".layout-v1";
 
 impl LocalDirStore {
     /// Opens (creating if needed) a store rooted at `root`.
@@ -68,18 +70,24 @@ impl LocalDirStore {
         for dir in [root.clone(), root.join(TMP_DIR), root.join(CORRUPT_DIR)] {
             fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", dir.display(), e))?;
         }
-        for i in 0..4096u32 {
-            let fan = root.join(format!("{i:03x}"));
-            match fs::create_dir(&fan) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(StoreError::io("create", fan.display(), e)),
+        // The fan-out directories are made once per store (about a second on a disk here), then a marker says so.
+        let marker = root.join(LAYOUT_MARKER);
+        if !marker.exists() {
+            for i in 0..4096u32 {
+                let fan = root.join(format!("{i:03x}"));
+                match fs::create_dir(&fan) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(StoreError::io("create", fan.display(), e)),
+                }
             }
-        }
-        // Make the fan-out directories (and a new root) durable before any block is written into them.
-        sync_dir(&root).map_err(|e| StoreError::io("fsync", root.display(), e))?;
-        if created && let Some(parent) = root.parent() {
-            sync_dir(parent).map_err(|e| StoreError::io("fsync", parent.display(), e))?;
+            // The directories (and a new root) are durable before the marker is, and the marker before any block.
+            sync_dir(&root).map_err(|e| StoreError::io("fsync", root.display(), e))?;
+            if created && let Some(parent) = root.parent() {
+                sync_dir(parent).map_err(|e| StoreError::io("fsync", parent.display(), e))?;
+            }
+            let written = fs::File::create(&marker).and_then(|f| f.sync_all()).and_then(|()| sync_dir(&root));
+            written.map_err(|e| StoreError::io("write", marker.display(), e))?;
         }
         remove_stale_tmp(&root.join(TMP_DIR), opts.stale_tmp_age);
         let limit = Semaphore::new(opts.max_concurrency.max(1));

@@ -1,0 +1,824 @@
+//! The filesystem: the inode table, each file's buffer block, the upload pool and the block cache, behind one
+//! lock for metadata.
+//!
+//! Write path: a write copies its bytes into the file's own buffer block and patches the file's extents at once.
+//! A full buffer is sealed and uploaded in the background (hashing on the blocking pool, at most
+//! `max_uploads` at a time); when the upload lands, the extents that pointed into the buffer point at the stored
+//! block and the memory is released. All buffers together stay within `memory_budget`: a writer that goes over
+//! waits for uploads to land (sealing the largest open buffer if nothing is in flight). An upload that fails
+//! after retries keeps its buffer (nothing is dropped) and makes the owner's `fsync` fail with the error; the
+//! next `fsync` tries again.
+//!
+//! Read path: bytes still in a buffer are copied under the lock; stored bytes are fetched through the block
+//! cache without holding it, so a slow store never blocks unrelated operations.
+//!
+//! Methods block the calling thread (they are called from FUSE worker threads); they must not be called from
+//! inside the tokio runtime whose handle the filesystem was given.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::FsError;
+use super::cache::BlockCache;
+use super::extents::{BufId, Extents, Source};
+use super::inode::{Body, Ino, Kind, Meta, ROOT, RenameMode, Table};
+use super::sidecar::{self, EntryMeta, Sidecar};
+use crate::locator::{Locator, MAX_BLOCK_SIZE};
+use crate::manifest::{Dir, Entry, Manifest, Segment};
+use crate::store::{Block, BlockStore, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// Size of a buffer block (at most 64 MiB).
+    pub buffer_size: usize,
+    /// Bytes all buffers together may hold before writers wait.
+    pub memory_budget: u64,
+    /// Uploads in flight at once.
+    pub max_uploads: usize,
+    /// Bytes of stored blocks the read cache keeps.
+    pub cache_size: u64,
+    /// Attempts per upload for errors that may go away (the store down, a timeout).
+    pub upload_attempts: u32,
+    /// Wait before the second attempt; doubles for each further one.
+    pub retry_delay: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            buffer_size: MAX_BLOCK_SIZE as usize,
+            memory_budget: 512 << 20,
+            max_uploads: 4,
+            cache_size: 256 << 20,
+            upload_attempts: 4,
+            retry_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Attributes of an inode, as `stat` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// Changes `setattr` can make; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+enum BufData {
+    /// Still being written.
+    Open(Vec<u8>),
+    /// Sealed: being uploaded, or waiting to be retried after `error`.
+    Sealed { data: Bytes, uploading: bool, error: Option<String> },
+}
+
+#[derive(Debug)]
+struct Buffer {
+    owner: Ino,
+    data: BufData,
+}
+
+impl Buffer {
+    fn len(&self) -> usize {
+        match &self.data {
+            BufData::Open(v) => v.len(),
+            BufData::Sealed { data, .. } => data.len(),
+        }
+    }
+
+    fn bytes(&self, offset: u64, len: u64) -> &[u8] {
+        let all: &[u8] = match &self.data {
+            BufData::Open(v) => v,
+            BufData::Sealed { data, .. } => data,
+        };
+        &all[offset as usize..(offset + len) as usize]
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    table: Table,
+    buffers: HashMap<BufId, Buffer>,
+    /// The buffer each file is writing into.
+    open_buffer: HashMap<Ino, BufId>,
+    next_buf: u64,
+    /// Bytes held by all buffers.
+    memory: u64,
+    uploading: usize,
+    /// Bumped by every change to the tree; see [`Filesystem::generation`].
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled whenever an upload ends.
+    uploaded: Condvar,
+    store: Arc<dyn BlockStore>,
+    cache: BlockCache,
+    rt: tokio::runtime::Handle,
+    slots: Arc<Semaphore>,
+    opts: FsOptions,
+}
+
+/// A writable collection tree. Cheap to clone (a handle).
+#[derive(Debug, Clone)]
+pub struct Filesystem {
+    shared: Arc<Shared>,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_ns(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+impl Filesystem {
+    /// An empty tree whose root belongs to `uid`/`gid`.
+    pub fn new(store: Arc<dyn BlockStore>, rt: tokio::runtime::Handle, opts: FsOptions, uid: u32, gid: u32) -> Self {
+        let t = now();
+        let root = Meta { perm: 0o755, uid, gid, mtime: t, ctime: t, atime: t };
+        Self::with_table(Table::new(root), store, rt, opts)
+    }
+
+    fn with_table(table: Table, store: Arc<dyn BlockStore>, rt: tokio::runtime::Handle, opts: FsOptions) -> Self {
+        assert!(opts.buffer_size > 0 && opts.buffer_size as u64 <= MAX_BLOCK_SIZE, "buffer size 1..=64 MiB");
+        let state = State {
+            table,
+            buffers: HashMap::new(),
+            open_buffer: HashMap::new(),
+            next_buf: 1,
+            memory: 0,
+            uploading: 0,
+            generation: 0,
+        };
+        let shared = Shared {
+            state: Mutex::new(state),
+            uploaded: Condvar::new(),
+            cache: BlockCache::new(opts.cache_size),
+            slots: Arc::new(Semaphore::new(opts.max_uploads.max(1))),
+            store,
+            rt,
+            opts,
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// The tree of a committed collection: its manifest and sidecar (an empty sidecar gives defaults: files
+    /// `0644`, directories `0755`, owned by `uid`/`gid`, modified now).
+    pub fn load(
+        manifest: &Manifest,
+        sidecar: &[u8],
+        store: Arc<dyn BlockStore>,
+        rt: tokio::runtime::Handle,
+        opts: FsOptions,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Self, FsError> {
+        let sc = Sidecar::from_bytes(sidecar).map_err(|e| FsError::Io(e.to_string()))?;
+        let t = now();
+        let meta_for = |key: &str, default_perm: u32| match sc.entries.get(key) {
+            Some(e) => {
+                let m = from_ns(e.mtime_ns);
+                Meta { perm: e.perm & 0o7777, uid: e.uid, gid: e.gid, mtime: m, ctime: m, atime: m }
+            }
+            None => Meta { perm: default_perm, uid, gid, mtime: t, ctime: t, atime: t },
+        };
+        let mut table = Table::new(meta_for("", 0o755));
+        let mut stack: Vec<(&Dir, Ino, Vec<&[u8]>)> = vec![(manifest.root(), ROOT, Vec::new())];
+        while let Some((dir, ino, path)) = stack.pop() {
+            for (name, entry) in dir.iter() {
+                let mut p = path.clone();
+                p.push(name);
+                let key = sidecar::key(p.iter().copied());
+                match entry {
+                    Entry::Dir(d) => {
+                        let child = table.create(ino, name, Body::Dir(Default::default()), meta_for(&key, 0o755))?;
+                        stack.push((d, child, p));
+                    }
+                    Entry::File(f) => {
+                        let mut x = Extents::new();
+                        for s in f.segments() {
+                            x.push(s.len, Source::Stored { block: manifest.block(s.block).clone(), offset: s.offset });
+                        }
+                        table.create(ino, name, Body::File(x), meta_for(&key, 0o644))?;
+                    }
+                }
+            }
+        }
+        // Symlinks live only in the sidecar.
+        for (key, e) in &sc.entries {
+            let Some(target) = &e.symlink else { continue };
+            let comps = sidecar::components(key).map_err(|e| FsError::Io(e.to_string()))?;
+            let Some((name, dirs)) = comps.split_last() else { continue };
+            let mut parent = ROOT;
+            for d in dirs {
+                parent = table.lookup(parent, d)?;
+            }
+            let target = sidecar::unescape_target(target).map_err(|e| FsError::Io(e.to_string()))?;
+            table.create(parent, name, Body::Symlink(target.into()), meta_for(key, 0o777))?;
+        }
+        // Creating entries touched their directories: put back the committed times.
+        let dirs: Vec<(Ino, String)> = {
+            let mut out = vec![(ROOT, String::new())];
+            let mut i = 0;
+            while i < out.len() {
+                let (ino, key) = out[i].clone();
+                for (name, child) in table.entries(ino)?.collect::<Vec<_>>() {
+                    if table.get(child)?.kind() == Kind::Dir {
+                        let k = if key.is_empty() {
+                            sidecar::key([name])
+                        } else {
+                            format!("{key}/{}", sidecar::key([name]))
+                        };
+                        out.push((child, k));
+                    }
+                }
+                i += 1;
+            }
+            out
+        };
+        for (ino, key) in dirs {
+            table.get_mut(ino)?.meta = meta_for(&key, 0o755);
+        }
+        Ok(Self::with_table(table, store, rt, opts))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes held in buffers (not yet stored), and uploads in flight.
+    pub fn buffered(&self) -> (u64, usize) {
+        let st = self.lock();
+        (st.memory, st.uploading)
+    }
+
+    /// Bumped by every change; equal generations mean an unchanged tree.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    fn attr(st: &State, ino: Ino) -> Result<Attr, FsError> {
+        let i = st.table.get(ino)?;
+        Ok(Attr {
+            ino,
+            kind: i.kind(),
+            size: i.size(),
+            perm: i.meta.perm,
+            nlink: i.nlink,
+            uid: i.meta.uid,
+            gid: i.meta.gid,
+            atime: i.meta.atime,
+            mtime: i.meta.mtime,
+            ctime: i.meta.ctime,
+        })
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        Self::attr(&self.lock(), ino)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, FsError> {
+        let st = self.lock();
+        let ino = st.table.lookup(parent, name)?;
+        Self::attr(&st, ino)
+    }
+
+    /// The parent of a directory (the root's is itself).
+    pub fn parent(&self, dir: Ino) -> Result<Ino, FsError> {
+        self.lock().table.parent(dir).ok_or(FsError::NotFound)
+    }
+
+    fn make(&self, parent: Ino, name: &[u8], body: Body, perm: u32, uid: u32, gid: u32) -> Result<Attr, FsError> {
+        let t = now();
+        let mut st = self.lock();
+        let ino = st.table.create(
+            parent,
+            name,
+            body,
+            Meta { perm: perm & 0o7777, uid, gid, mtime: t, ctime: t, atime: t },
+        )?;
+        st.generation += 1;
+        Self::attr(&st, ino)
+    }
+
+    pub fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr, FsError> {
+        self.make(parent, name, Body::Dir(Default::default()), perm, uid, gid)
+    }
+
+    /// Creates an empty regular file (not opened; see [`Filesystem::open`]).
+    pub fn create(&self, parent: Ino, name: &[u8], perm: u32, uid: u32, gid: u32) -> Result<Attr, FsError> {
+        self.make(parent, name, Body::File(Extents::new()), perm, uid, gid)
+    }
+
+    pub fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr, FsError> {
+        if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+            return Err(FsError::Invalid("symlink target must be 1 to 4096 bytes without NUL"));
+        }
+        self.make(parent, name, Body::Symlink(target.into()), 0o777, uid, gid)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, FsError> {
+        match &self.lock().table.get(ino)?.body {
+            Body::Symlink(t) => Ok(t.to_vec()),
+            _ => Err(FsError::Invalid("not a symlink")),
+        }
+    }
+
+    /// Entries of a directory in name order, with their inode numbers and kinds.
+    pub fn readdir(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Ino, Kind)>, FsError> {
+        let st = self.lock();
+        st.table.entries(dir)?.map(|(name, ino)| Ok((name.to_vec(), ino, st.table.get(ino)?.kind()))).collect()
+    }
+
+    /// Drops buffers of files that no longer exist (an upload in flight is left to finish and is dropped then).
+    fn reap(st: &mut State) {
+        let gone: Vec<BufId> = st
+            .buffers
+            .iter()
+            .filter(|(_, b)| st.table.get(b.owner).is_err())
+            .filter(|(_, b)| !matches!(b.data, BufData::Sealed { uploading: true, .. }))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            let b = st.buffers.remove(&id).expect("listed above");
+            st.open_buffer.remove(&b.owner);
+            st.memory -= b.len() as u64;
+        }
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<(), FsError> {
+        let mut st = self.lock();
+        st.table.unlink(parent, name, now())?;
+        st.generation += 1;
+        Self::reap(&mut st);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<(), FsError> {
+        let mut st = self.lock();
+        st.table.rmdir(parent, name, now())?;
+        st.generation += 1;
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<(), FsError> {
+        let mut st = self.lock();
+        st.table.rename(parent, name, new_parent, new_name, mode, now())?;
+        st.generation += 1;
+        Self::reap(&mut st);
+        Ok(())
+    }
+
+    /// Counts an open handle (an unlinked file lives while it is open).
+    pub fn open(&self, ino: Ino) -> Result<Attr, FsError> {
+        let mut st = self.lock();
+        st.table.get_mut(ino)?.opens += 1;
+        Self::attr(&st, ino)
+    }
+
+    /// Ends an open handle.
+    pub fn release(&self, ino: Ino) -> Result<(), FsError> {
+        let mut st = self.lock();
+        let i = st.table.get_mut(ino)?;
+        i.opens = i.opens.saturating_sub(1);
+        st.table.release_if_unused(ino);
+        Self::reap(&mut st);
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr, FsError> {
+        let t = now();
+        let mut st = self.lock();
+        let i = st.table.get_mut(ino)?;
+        if let Some(size) = set.size {
+            match &mut i.body {
+                Body::File(x) => {
+                    x.truncate(size);
+                    i.meta.mtime = t;
+                }
+                Body::Dir(_) => return Err(FsError::IsDir),
+                Body::Symlink(_) => return Err(FsError::Invalid("cannot truncate a symlink")),
+            }
+        }
+        if let Some(p) = set.perm {
+            i.meta.perm = p & 0o7777;
+        }
+        if let Some(u) = set.uid {
+            i.meta.uid = u;
+        }
+        if let Some(g) = set.gid {
+            i.meta.gid = g;
+        }
+        if let Some(a) = set.atime {
+            i.meta.atime = a;
+        }
+        if let Some(m) = set.mtime {
+            i.meta.mtime = m;
+        }
+        i.meta.ctime = t;
+        st.generation += 1;
+        Self::attr(&st, ino)
+    }
+
+    /// Writes `data` at `offset`. Returns once the bytes are in the file's buffer (not yet durable: see
+    /// [`Filesystem::fsync`]); waits while buffers are over the memory budget.
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        let mut st = self.lock();
+        match st.table.get(ino)?.body {
+            Body::File(_) => {}
+            Body::Dir(_) => return Err(FsError::IsDir),
+            Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
+        }
+        offset.checked_add(data.len() as u64).ok_or(FsError::Invalid("write past the largest file offset"))?;
+        let mut done = 0;
+        while done < data.len() {
+            let id = match st.open_buffer.get(&ino) {
+                Some(&id) => id,
+                None => {
+                    let id = BufId(st.next_buf);
+                    st.next_buf += 1;
+                    let cap = self.shared.opts.buffer_size.min(data.len() - done).max(64 << 10);
+                    st.buffers.insert(id, Buffer { owner: ino, data: BufData::Open(Vec::with_capacity(cap)) });
+                    st.open_buffer.insert(ino, id);
+                    id
+                }
+            };
+            let room = self.shared.opts.buffer_size - st.buffers[&id].len();
+            if room == 0 {
+                self.seal(&mut st, id);
+                continue;
+            }
+            let State { buffers, table, memory, .. } = &mut *st;
+            let buf = buffers.get_mut(&id).expect("open buffers exist");
+            let BufData::Open(v) = &mut buf.data else { unreachable!("open_buffer names an open buffer") };
+            let n = room.min(data.len() - done);
+            let at = v.len() as u64;
+            v.extend_from_slice(&data[done..done + n]);
+            *memory += n as u64;
+            let Body::File(x) = &mut table.get_mut(ino)?.body else { unreachable!("checked above") };
+            x.write(offset + done as u64, n as u64, Source::Buffer { id, offset: at });
+            done += n;
+        }
+        let t = now();
+        let i = st.table.get_mut(ino)?;
+        i.meta.mtime = t;
+        i.meta.ctime = t;
+        st.generation += 1;
+        // Back-pressure: past the budget, wait for uploads to free memory.
+        while st.memory > self.shared.opts.memory_budget {
+            if st.uploading == 0 {
+                let largest =
+                    st.open_buffer.values().copied().max_by_key(|id| st.buffers.get(id).map_or(0, Buffer::len));
+                match largest {
+                    Some(id) => self.seal(&mut st, id),
+                    // Everything is sealed and nothing uploads: failed uploads hold the memory.
+                    None => break,
+                }
+            }
+            st = self.wait(st);
+        }
+        Ok(data.len())
+    }
+
+    fn wait<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let (st, _) =
+            self.shared.uploaded.wait_timeout(st, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner());
+        st
+    }
+
+    /// Seals buffer `id` (if open) and starts its upload.
+    fn seal(&self, st: &mut State, id: BufId) {
+        let Some(buf) = st.buffers.get_mut(&id) else { return };
+        if let BufData::Open(v) = &mut buf.data {
+            let data = Bytes::from(std::mem::take(v));
+            buf.data = BufData::Sealed { data, uploading: false, error: None };
+            st.open_buffer.remove(&buf.owner);
+        }
+        self.start_upload(st, id);
+    }
+
+    fn start_upload(&self, st: &mut State, id: BufId) {
+        let Some(Buffer { data: BufData::Sealed { data, uploading, error }, .. }) = st.buffers.get_mut(&id) else {
+            return;
+        };
+        if *uploading {
+            return;
+        }
+        *uploading = true;
+        *error = None;
+        st.uploading += 1;
+        let data = data.clone();
+        let shared = self.shared.clone();
+        self.shared.rt.spawn(async move {
+            let result = upload(&shared, data).await;
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.uploading -= 1;
+            match result {
+                Ok(locator) => {
+                    if let Some(buf) = st.buffers.remove(&id) {
+                        st.memory -= buf.len() as u64;
+                        if let Ok(i) = st.table.get_mut(buf.owner)
+                            && let Body::File(x) = &mut i.body
+                        {
+                            x.buffer_stored(id, &locator);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "upload failed; the data stays in memory for a later retry");
+                    if let Some(Buffer { data: BufData::Sealed { uploading, error, .. }, .. }) = st.buffers.get_mut(&id)
+                    {
+                        *uploading = false;
+                        *error = Some(e.to_string());
+                    }
+                }
+            }
+            shared.uploaded.notify_all();
+        });
+    }
+
+    /// Makes the file's bytes durable in the block store: seals its buffer, (re)starts its uploads and waits for
+    /// them. Fails with the store's error if an upload fails after retries; the data stays held.
+    pub fn fsync(&self, ino: Ino) -> Result<(), FsError> {
+        let st = self.lock();
+        st.table.get(ino)?;
+        self.flush_where(st, |b| b.owner == ino)
+    }
+
+    /// Seals and uploads every buffer `pick` selects, and waits for them.
+    fn flush_where(&self, mut st: MutexGuard<'_, State>, pick: impl Fn(&Buffer) -> bool) -> Result<(), FsError> {
+        let ids: Vec<BufId> = st.buffers.iter().filter(|(_, b)| pick(b)).map(|(&id, _)| id).collect();
+        for &id in &ids {
+            let empty_open = matches!(&st.buffers[&id].data, BufData::Open(v) if v.is_empty());
+            if empty_open {
+                continue;
+            }
+            self.seal(&mut st, id);
+        }
+        loop {
+            let mut pending = false;
+            for id in &ids {
+                match st.buffers.get(id).map(|b| &b.data) {
+                    Some(BufData::Sealed { uploading: true, .. }) => pending = true,
+                    Some(BufData::Sealed { error: Some(e), .. }) => return Err(FsError::Io(e.clone())),
+                    _ => {}
+                }
+            }
+            if !pending {
+                return Ok(());
+            }
+            st = self.wait(st);
+        }
+    }
+
+    /// Reads up to `len` bytes at `offset`.
+    pub fn read(&self, ino: Ino, offset: u64, len: u64) -> Result<Vec<u8>, FsError> {
+        enum Part {
+            Ready(usize, usize),
+            Fetch(Locator, u64, u64),
+        }
+        let mut out = Vec::new();
+        let mut parts = Vec::new();
+        {
+            let st = self.lock();
+            let x = match &st.table.get(ino)?.body {
+                Body::File(x) => x,
+                Body::Dir(_) => return Err(FsError::IsDir),
+                Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
+            };
+            for piece in x.read_plan(offset, len) {
+                let start = out.len();
+                match piece.src {
+                    Source::Hole => out.resize(start + piece.len as usize, 0),
+                    Source::Buffer { id, offset } => {
+                        let buf = st.buffers.get(&id).ok_or_else(|| FsError::Io("buffer vanished".into()))?;
+                        out.extend_from_slice(buf.bytes(offset, piece.len));
+                    }
+                    Source::Stored { block, offset } => {
+                        out.resize(start + piece.len as usize, 0);
+                        parts.push(Part::Fetch(block, offset, piece.len));
+                        parts.push(Part::Ready(start, piece.len as usize));
+                        continue;
+                    }
+                }
+            }
+        }
+        // Stored pieces are fetched without the lock.
+        let mut pending = None;
+        for part in parts {
+            match part {
+                Part::Fetch(block, off, len) => pending = Some((block, off, len)),
+                Part::Ready(start, n) => {
+                    let (block, off, _) = pending.take().expect("fetch precedes its slot");
+                    let data = self
+                        .shared
+                        .rt
+                        .block_on(self.shared.cache.get(self.shared.store.as_ref(), &block))
+                        .map_err(|e| FsError::Io(e.to_string()))?;
+                    out[start..start + n].copy_from_slice(&data[off as usize..off as usize + n]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The committed form of the tree: uploads every buffer, then builds the manifest and the sidecar. Holes are
+    /// stored as references to a block of zeros.
+    pub fn snapshot(&self) -> Result<(Manifest, Vec<u8>), FsError> {
+        loop {
+            self.flush_where(self.lock(), |_| true)?;
+            let st = self.lock();
+            if st.buffers.values().any(|b| !matches!(&b.data, BufData::Open(v) if v.is_empty())) {
+                // Written meanwhile: flush again.
+                continue;
+            }
+            let hole = longest_hole(&st);
+            if hole > 0 {
+                drop(st);
+                let zeros =
+                    Block::new(vec![0u8; hole.min(MAX_BLOCK_SIZE) as usize]).map_err(|e| FsError::Io(e.to_string()))?;
+                self.shared
+                    .rt
+                    .block_on(put_with_retry(&self.shared, &zeros))
+                    .map_err(|e| FsError::Io(e.to_string()))?;
+                let st = self.lock();
+                // Holes of any length map onto the zero block in pieces; only new writes send us round again.
+                if st.buffers.values().any(|b| b.len() > 0) {
+                    continue;
+                }
+                return Ok(build(&st, Some(zeros.locator())));
+            }
+            return Ok(build(&st, None));
+        }
+    }
+}
+
+fn longest_hole(st: &State) -> u64 {
+    let mut longest = 0;
+    let mut stack = vec![ROOT];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = st.table.entries(dir) else { continue };
+        for (_, ino) in entries {
+            match st.table.get(ino).map(|i| &i.body) {
+                Ok(Body::Dir(_)) => stack.push(ino),
+                Ok(Body::File(x)) => {
+                    for e in x.iter() {
+                        if e.src == Source::Hole {
+                            longest = longest.max(e.len);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    longest
+}
+
+/// Builds the manifest and sidecar of a tree whose files are all stored (no buffer references).
+fn build(st: &State, zeros: Option<&Locator>) -> (Manifest, Vec<u8>) {
+    let mut m = Manifest::new();
+    let mut sc = Sidecar { version: sidecar::VERSION, entries: Default::default() };
+    let zero_id = zeros.map(|z| m.add_block(z.clone()));
+    let meta = |i: &super::inode::Inode, symlink: Option<String>| EntryMeta {
+        perm: i.meta.perm,
+        uid: i.meta.uid,
+        gid: i.meta.gid,
+        mtime_ns: to_ns(i.meta.mtime),
+        symlink,
+    };
+    if let Ok(root) = st.table.get(ROOT) {
+        sc.entries.insert(String::new(), meta(root, None));
+    }
+    let mut stack: Vec<(Ino, Vec<Vec<u8>>)> = vec![(ROOT, Vec::new())];
+    while let Some((dir, path)) = stack.pop() {
+        let Ok(entries) = st.table.entries(dir) else { continue };
+        for (name, ino) in entries {
+            let Ok(inode) = st.table.get(ino) else { continue };
+            let mut p = path.clone();
+            p.push(name.to_vec());
+            let key = sidecar::key(p.iter().map(Vec::as_slice));
+            let mut mdir = m.root_mut();
+            for c in &path {
+                mdir = mdir.subdir(c).expect("directories of the tree are valid manifest directories");
+            }
+            match &inode.body {
+                Body::Dir(_) => {
+                    mdir.subdir(name).expect("valid directory name");
+                    sc.entries.insert(key, meta(inode, None));
+                    stack.push((ino, p));
+                }
+                Body::File(x) => {
+                    let mut segs = Vec::new();
+                    for e in x.iter() {
+                        match &e.src {
+                            Source::Stored { block, offset } => segs.push((Some(block.clone()), *offset, e.len)),
+                            Source::Hole => {
+                                let z = zeros.expect("holes were measured").size();
+                                let mut left = e.len;
+                                while left > 0 {
+                                    let n = left.min(z);
+                                    segs.push((None, 0, n));
+                                    left -= n;
+                                }
+                            }
+                            Source::Buffer { .. } => unreachable!("snapshot flushed every buffer"),
+                        }
+                    }
+                    let ids: Vec<_> = segs
+                        .into_iter()
+                        .map(|(b, o, n)| (b.map_or_else(|| zero_id.expect("zero block"), |b| m.add_block(b)), o, n))
+                        .collect();
+                    let mut mdir = m.root_mut();
+                    for c in &path {
+                        mdir = mdir.subdir(c).expect("valid");
+                    }
+                    let f = mdir.file(name).expect("valid file name");
+                    for (block, offset, len) in ids {
+                        f.push(Segment { block, offset, len });
+                    }
+                    sc.entries.insert(key, meta(inode, None));
+                }
+                Body::Symlink(target) => {
+                    sc.entries.insert(key, meta(inode, Some(sidecar::escape_target(target))));
+                }
+            }
+        }
+    }
+    (m, sc.to_bytes())
+}
+
+/// Hashes and stores one sealed buffer, with retries.
+async fn upload(shared: &Shared, data: Bytes) -> Result<Locator, StoreError> {
+    let _slot = shared.slots.acquire().await.map_err(|_| StoreError::Unavailable("shutting down".into()))?;
+    let block = tokio::task::spawn_blocking(move || Block::new(data))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("hashing task failed: {e}")))??;
+    put_with_retry(shared, &block).await?;
+    Ok(block.locator().clone())
+}
+
+/// Puts a block, retrying errors that may go away with exponential backoff.
+async fn put_with_retry(shared: &Shared, block: &Block) -> Result<(), StoreError> {
+    let mut delay = shared.opts.retry_delay;
+    let mut attempt = 1;
+    loop {
+        match shared.store.put(block).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && attempt < shared.opts.upload_attempts => {
+                tracing::info!(attempt, error = %e, "upload failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

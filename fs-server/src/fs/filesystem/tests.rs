@@ -1,0 +1,271 @@
+//! The filesystem core tested directly, without FUSE: against a model, under a slow and a failing store, and
+//! through snapshot → load.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::fs::inode::ROOT;
+use crate::store::LocalDirStore;
+use crate::store::faulty::FaultyStore;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    store: Arc<FaultyStore<LocalDirStore>>,
+}
+
+/// A store on tmpfs when there is one: these tests are about the core's logic, and a disk's fsyncs would make
+/// them slow without testing anything more (the store's own tests use the disk).
+fn env() -> Env {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
+    let store = Arc::new(FaultyStore::new(LocalDirStore::open(dir.path().join("blocks")).unwrap()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    Env { _dir: dir, rt, store }
+}
+
+fn small(buffer_size: usize) -> FsOptions {
+    FsOptions { buffer_size, retry_delay: Duration::from_millis(5), upload_attempts: 2, ..FsOptions::default() }
+}
+
+fn fs(e: &Env, opts: FsOptions) -> Filesystem {
+    Filesystem::new(e.store.clone(), e.rt.handle().clone(), opts, 1000, 1000)
+}
+
+fn all_stored(f: &Filesystem, ino: Ino) -> bool {
+    let st = f.lock();
+    let Body::File(x) = &st.table.get(ino).unwrap().body else { panic!() };
+    x.iter().all(|e| !matches!(e.src, Source::Buffer { .. }))
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { offset: u64, len: usize, seed: u8 },
+    Truncate(u64),
+    Fsync,
+    Read { offset: u64, len: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u64..20_000, 1usize..9_000, any::<u8>()).prop_map(|(offset, len, seed)| Op::Write { offset, len, seed }),
+        1 => (0u64..20_000).prop_map(Op::Truncate),
+        1 => Just(Op::Fsync),
+        2 => (0u64..22_000, 0u64..10_000).prop_map(|(offset, len)| Op::Read { offset, len }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random writes (crossing 4 KiB buffer blocks), truncates, fsyncs and reads give what a byte vector gives,
+    /// whether the bytes are still in buffers or already stored.
+    #[test]
+    fn file_contents_follow_the_model(ops in proptest::collection::vec(op(), 1..30)) {
+        let e = env();
+        let f = fs(&e, small(4096));
+        let ino = f.create(ROOT, b"f", 0o644, 1000, 1000).unwrap().ino;
+        let mut model: Vec<u8> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Write { offset, len, seed } => {
+                    let data: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+                    prop_assert_eq!(f.write(ino, offset, &data).unwrap(), len);
+                    let end = offset as usize + len;
+                    if model.len() < end { model.resize(end, 0); }
+                    model[offset as usize..end].copy_from_slice(&data);
+                }
+                Op::Truncate(size) => {
+                    f.setattr(ino, &SetAttr { size: Some(size), ..Default::default() }).unwrap();
+                    model.resize(size as usize, 0);
+                }
+                Op::Fsync => {
+                    f.fsync(ino).unwrap();
+                    prop_assert!(all_stored(&f, ino));
+                }
+                Op::Read { offset, len } => {
+                    let got = f.read(ino, offset, len).unwrap();
+                    let start = (offset as usize).min(model.len());
+                    let end = (offset as usize + len as usize).min(model.len());
+                    prop_assert_eq!(got, model[start..end].to_vec());
+                }
+            }
+            prop_assert_eq!(f.getattr(ino).unwrap().size, model.len() as u64);
+        }
+        prop_assert_eq!(f.read(ino, 0, u64::MAX).unwrap(), model);
+    }
+}
+
+#[test]
+fn fsync_stores_the_bytes_and_frees_the_memory() {
+    let e = env();
+    let f = fs(&e, small(1 << 20));
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    for (i, chunk) in data.chunks(128 << 10).enumerate() {
+        f.write(ino, (i * (128 << 10)) as u64, chunk).unwrap();
+    }
+    f.fsync(ino).unwrap();
+    assert!(all_stored(&f, ino));
+    assert_eq!(f.buffered(), (0, 0));
+    // Three 1 MiB blocks' worth, each stored and verified on the way back.
+    assert_eq!(f.read(ino, 0, u64::MAX).unwrap(), data);
+    assert!(e.store.puts.load(Ordering::SeqCst) >= 3);
+}
+
+#[test]
+fn writers_wait_for_uploads_within_the_memory_budget() {
+    let e = env();
+    e.store.set_put_delay(Duration::from_millis(30));
+    let budget = 256 << 10;
+    let f = fs(&e, FsOptions { memory_budget: budget, max_uploads: 2, ..small(64 << 10) });
+    let ino = f.create(ROOT, b"big", 0o644, 0, 0).unwrap().ino;
+    let chunk = vec![7u8; 32 << 10];
+    let mut peak = 0;
+    for i in 0..320u64 {
+        f.write(ino, i * chunk.len() as u64, &chunk).unwrap();
+        peak = peak.max(f.buffered().0);
+    }
+    // Ten MiB went through 256 KiB of buffers: at most one write beyond the budget at any time.
+    assert!(peak <= budget + chunk.len() as u64, "peak {peak} over budget {budget}");
+    f.fsync(ino).unwrap();
+    assert_eq!(f.read(ino, 5 << 20, 4).unwrap(), [7, 7, 7, 7]);
+}
+
+#[test]
+fn a_failing_store_reaches_fsync_and_loses_nothing() {
+    let e = env();
+    let f = fs(&e, small(4096));
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    e.store.fail_puts.store(true, Ordering::SeqCst);
+    let data = vec![42u8; 10_000];
+    f.write(ino, 0, &data).unwrap();
+    let err = f.fsync(ino).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    // Still readable from memory, still held.
+    assert_eq!(f.read(ino, 0, u64::MAX).unwrap(), data);
+    assert!(f.buffered().0 >= data.len() as u64);
+    // The store comes back: the next fsync retries and succeeds.
+    e.store.fail_puts.store(false, Ordering::SeqCst);
+    f.fsync(ino).unwrap();
+    assert!(all_stored(&f, ino));
+    assert_eq!(f.read(ino, 0, u64::MAX).unwrap(), data);
+}
+
+#[test]
+fn corrupted_store_reads_are_errors_not_bytes() {
+    let e = env();
+    let f = fs(&e, FsOptions { cache_size: 0, ..small(4096) });
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    f.write(ino, 0, b"precious").unwrap();
+    f.fsync(ino).unwrap();
+    e.store.corrupt_gets.store(true, Ordering::SeqCst);
+    assert_eq!(f.read(ino, 0, 8).unwrap_err().errno(), libc::EIO);
+    e.store.corrupt_gets.store(false, Ordering::SeqCst);
+    assert_eq!(f.read(ino, 0, 8).unwrap(), b"precious");
+}
+
+#[test]
+fn unlinked_open_files_stay_usable_then_go() {
+    let e = env();
+    let f = fs(&e, small(4096));
+    let ino = f.create(ROOT, b"tmp", 0o600, 0, 0).unwrap().ino;
+    f.open(ino).unwrap();
+    f.write(ino, 0, b"scratch").unwrap();
+    f.unlink(ROOT, b"tmp").unwrap();
+    assert_eq!(f.lookup(ROOT, b"tmp").unwrap_err(), FsError::NotFound);
+    assert_eq!(f.read(ino, 0, 100).unwrap(), b"scratch");
+    f.release(ino).unwrap();
+    assert_eq!(f.getattr(ino).unwrap_err(), FsError::NotFound);
+    assert_eq!(f.buffered().0, 0, "its buffer was freed");
+}
+
+/// What `stat` and `read`/`readlink` show of an entry: kind, perm, uid, gid, mtime, bytes or symlink target.
+type Shown = (Kind, u32, u32, u32, SystemTime, Vec<u8>);
+
+/// Every entry by path.
+fn describe(f: &Filesystem) -> BTreeMap<Vec<u8>, Shown> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(ROOT, Vec::new())];
+    while let Some((dir, path)) = stack.pop() {
+        let a = f.getattr(dir).unwrap();
+        out.insert(path.clone(), (a.kind, a.perm, a.uid, a.gid, a.mtime, Vec::new()));
+        for (name, ino, kind) in f.readdir(dir).unwrap() {
+            let mut p = path.clone();
+            p.push(b'/');
+            p.extend_from_slice(&name);
+            match kind {
+                Kind::Dir => stack.push((ino, p)),
+                _ => {
+                    let a = f.getattr(ino).unwrap();
+                    let content =
+                        if kind == Kind::File { f.read(ino, 0, u64::MAX).unwrap() } else { f.readlink(ino).unwrap() };
+                    out.insert(p, (a.kind, a.perm, a.uid, a.gid, a.mtime, content));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn snapshot_and_load_keep_bytes_modes_times_symlinks_and_holes() {
+    let e = env();
+    let f = fs(&e, small(4096));
+    let d = f.mkdir(ROOT, b"dir with space", 0o750, 1000, 1000).unwrap().ino;
+    f.mkdir(d, b"empty", 0o700, 1000, 1000).unwrap();
+    let a = f.create(d, b"a:b", 0o640, 1000, 1000).unwrap().ino;
+    f.write(a, 0, b"hello\n").unwrap();
+    let sparse = f.create(ROOT, b"sparse", 0o600, 1000, 1000).unwrap().ino;
+    f.write(sparse, 100_000, b"end").unwrap();
+    f.setattr(sparse, &SetAttr { size: Some(300_000), ..Default::default() }).unwrap();
+    f.create(ROOT, b"empty file", 0o444, 1000, 1000).unwrap();
+    f.symlink(ROOT, b"link", b"dir with space/a:b", 1000, 1000).unwrap();
+    f.setattr(
+        a,
+        &SetAttr { mtime: Some(UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789)), ..Default::default() },
+    )
+    .unwrap();
+    let before = describe(&f);
+
+    let (manifest, sidecar) = f.snapshot().unwrap();
+    // The manifest alone is a valid Arvados manifest: no symlink, holes as zeros.
+    let text = manifest.to_text();
+    assert!(!text.contains("link"), "{text}");
+    assert_eq!(Manifest::parse(text.as_bytes()).unwrap().pdh(), manifest.pdh());
+    for loc in manifest.blocks() {
+        assert!(e.rt.block_on(e.store.inner().exists(loc)).unwrap(), "{loc} stored");
+    }
+
+    let g = Filesystem::load(&manifest, &sidecar, e.store.clone(), e.rt.handle().clone(), small(4096), 0, 0).unwrap();
+    assert_eq!(describe(&g), before);
+    // A second snapshot of the loaded tree is the same collection.
+    let (again, sidecar2) = g.snapshot().unwrap();
+    assert_eq!(again.pdh(), manifest.pdh());
+    assert_eq!(sidecar2, sidecar);
+}
+
+#[test]
+fn namespace_errors_reach_the_caller() {
+    let e = env();
+    let f = fs(&e, small(4096));
+    let d = f.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap().ino;
+    let file = f.create(d, b"f", 0o644, 0, 0).unwrap().ino;
+    assert_eq!(f.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap_err().errno(), libc::EEXIST);
+    assert_eq!(f.rmdir(ROOT, b"d").unwrap_err().errno(), libc::ENOTEMPTY);
+    assert_eq!(f.write(d, 0, b"x").unwrap_err().errno(), libc::EISDIR);
+    assert_eq!(f.read(d, 0, 1).unwrap_err().errno(), libc::EISDIR);
+    assert_eq!(f.create(file, b"x", 0o644, 0, 0).unwrap_err().errno(), libc::ENOTDIR);
+    assert_eq!(f.lookup(ROOT, &[b'x'; 256]).unwrap_err().errno(), libc::ENAMETOOLONG);
+    assert_eq!(f.readlink(file).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(f.symlink(ROOT, b"l", b"", 0, 0).unwrap_err().errno(), libc::EINVAL);
+    let g0 = f.generation();
+    f.rename(d, b"f", ROOT, b"moved", RenameMode::NoReplace).unwrap();
+    assert!(f.generation() > g0, "changes move the generation");
+    assert_eq!(f.lookup(ROOT, b"moved").unwrap().ino, file);
+}

@@ -1,0 +1,86 @@
+//! A fault-injecting block store for tests: wraps a real store and, on command, fails puts or gets (as a store
+//! that is down would: transient errors), delays puts (a slow store), or serves corrupted bytes; it counts calls.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Block, BlockStore, StoreError, verify};
+use crate::locator::Locator;
+
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    pub fail_puts: AtomicBool,
+    pub fail_gets: AtomicBool,
+    /// Flip a byte of what the inner store returns, then check it as a store must.
+    pub corrupt_gets: AtomicBool,
+    put_delay: Mutex<Duration>,
+    pub puts: AtomicUsize,
+    pub gets: AtomicUsize,
+}
+
+impl<S: BlockStore> FaultyStore<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            fail_puts: AtomicBool::new(false),
+            fail_gets: AtomicBool::new(false),
+            corrupt_gets: AtomicBool::new(false),
+            put_delay: Mutex::new(Duration::ZERO),
+            puts: AtomicUsize::new(0),
+            gets: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn set_put_delay(&self, d: Duration) {
+        *self.put_delay.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+}
+
+#[async_trait]
+impl<S: BlockStore> BlockStore for FaultyStore<S> {
+    async fn put(&self, block: &Block) -> Result<(), StoreError> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.put_delay.lock().unwrap_or_else(|p| p.into_inner());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if self.fail_puts.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected: store down".into()));
+        }
+        self.inner.put(block).await
+    }
+
+    async fn get(&self, locator: &Locator) -> Result<Bytes, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        if self.fail_gets.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected: store down".into()));
+        }
+        let data = self.inner.get(locator).await?;
+        if self.corrupt_gets.load(Ordering::SeqCst) && !data.is_empty() {
+            let mut bad = data.to_vec();
+            bad[0] ^= 0xff;
+            verify(locator, &bad)?;
+            return Ok(Bytes::from(bad));
+        }
+        Ok(data)
+    }
+
+    async fn get_range(&self, locator: &Locator, offset: u64, len: u64) -> Result<Bytes, StoreError> {
+        let data = self.get(locator).await?;
+        super::check_range(locator, offset, len)?;
+        Ok(data.slice(offset as usize..(offset + len) as usize))
+    }
+
+    async fn exists(&self, locator: &Locator) -> Result<bool, StoreError> {
+        self.inner.exists(locator).await
+    }
+}
