@@ -1,0 +1,319 @@
+//! A collection open for use: a [`Filesystem`] tree bound to where it came from — a named ref (writable) or a
+//! portable data hash (read-only) — and the commit logic that the control file `.cafs/commit`, unmount,
+//! auto-commit and the gRPC API all call.
+//!
+//! A commit snapshots the tree (every buffer uploaded, so every block it names is stored), stores the manifest
+//! and sidecar, and moves the ref by compare-and-swap from the version the tree was loaded from or last
+//! committed. A tree equal to the ref's head (same manifest, same sidecar) makes no new version. If another
+//! writer moved the ref meanwhile, the commit fails with a conflict and the tree is kept as it is.
+
+use std::sync::{Arc, Mutex};
+
+use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
+use crate::fs::{Filesystem, FsError, FsOptions};
+use crate::manifest::{Manifest, Pdh};
+use crate::store::BlockStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectionError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("collection {0} is not in the catalog")]
+    UnknownPdh(Pdh),
+    #[error("this collection is read-only (mounted by hash)")]
+    ReadOnly,
+}
+
+/// Where a tree came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Ref(RefName),
+    Pdh(Pdh),
+}
+
+/// The outcome of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub pdh: Pdh,
+    /// The ref's version after the commit.
+    pub version: u64,
+    /// False when the tree equalled the head and no version was made.
+    pub changed: bool,
+}
+
+#[derive(Debug)]
+struct Head {
+    version: Option<Version>,
+    /// The filesystem generation that `version` reflects.
+    generation: u64,
+}
+
+#[derive(Debug)]
+pub struct Collection {
+    fs: Filesystem,
+    origin: Origin,
+    catalog: Arc<dyn Catalog>,
+    head: Mutex<Head>,
+    /// Serializes commits of this collection, so that two triggers at once make one version after the other.
+    committing: tokio::sync::Mutex<()>,
+}
+
+impl Collection {
+    /// Opens the ref `name` (its current version, or an empty tree if it does not exist yet).
+    pub async fn open_ref(
+        catalog: Arc<dyn Catalog>,
+        store: Arc<dyn BlockStore>,
+        name: RefName,
+        opts: FsOptions,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Self, CollectionError> {
+        let rt = tokio::runtime::Handle::current();
+        let head = catalog.head(&name).await?;
+        let fs = match &head {
+            Some(v) => {
+                let (manifest, sidecar) = Self::fetch(catalog.as_ref(), v.pdh, Some(v.sidecar)).await?;
+                Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid)?
+            }
+            None => Filesystem::new(store, rt, opts, uid, gid),
+        };
+        let generation = fs.generation();
+        Ok(Self {
+            fs,
+            origin: Origin::Ref(name),
+            catalog,
+            head: Mutex::new(Head { version: head, generation }),
+            committing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Opens a committed collection by its hash, read-only (with default metadata: a hash names a manifest, not
+    /// a sidecar).
+    pub async fn open_pdh(
+        catalog: Arc<dyn Catalog>,
+        store: Arc<dyn BlockStore>,
+        pdh: Pdh,
+        opts: FsOptions,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Self, CollectionError> {
+        let rt = tokio::runtime::Handle::current();
+        let (manifest, sidecar) = Self::fetch(catalog.as_ref(), pdh, None).await?;
+        let fs = Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid)?;
+        let generation = fs.generation();
+        Ok(Self {
+            fs,
+            origin: Origin::Pdh(pdh),
+            catalog,
+            head: Mutex::new(Head { version: None, generation }),
+            committing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    async fn fetch(
+        catalog: &dyn Catalog,
+        pdh: Pdh,
+        sidecar: Option<Pdh>,
+    ) -> Result<(Manifest, Vec<u8>), CollectionError> {
+        let record = catalog.get_collection(&pdh).await?.ok_or(CollectionError::UnknownPdh(pdh))?;
+        let sidecar = match sidecar {
+            Some(id) => catalog
+                .get_sidecar(&id)
+                .await?
+                .ok_or_else(|| CatalogError::Corrupt(format!("sidecar {id} of collection {pdh} is missing")))?,
+            None => Vec::new(),
+        };
+        Ok((record.manifest()?, sidecar))
+    }
+
+    pub fn fs(&self) -> &Filesystem {
+        &self.fs
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.origin, Origin::Pdh(_))
+    }
+
+    fn head(&self) -> std::sync::MutexGuard<'_, Head> {
+        self.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the tree changed since it was loaded or last committed.
+    pub fn is_dirty(&self) -> bool {
+        !self.is_read_only() && self.fs.generation() != self.head().generation
+    }
+
+    /// The hash of the last committed version (or of the collection mounted by hash); `None` for a ref that
+    /// has never been committed.
+    pub fn last_pdh(&self) -> Option<Pdh> {
+        match &self.origin {
+            Origin::Pdh(p) => Some(*p),
+            Origin::Ref(_) => self.head().version.as_ref().map(|v| v.pdh),
+        }
+    }
+
+    /// The ref's version this tree is based on.
+    pub fn last_version(&self) -> Option<Version> {
+        self.head().version.clone()
+    }
+
+    /// Commits the tree (waiting for its uploads on the blocking pool).
+    pub async fn commit(&self, committer: &str, message: &str) -> Result<Committed, CollectionError> {
+        let Origin::Ref(name) = &self.origin else { return Err(CollectionError::ReadOnly) };
+        let _one_at_a_time = self.committing.lock().await;
+        let generation = self.fs.generation();
+        let (expected, head_pdh, head_sidecar, unchanged) = {
+            let h = self.head();
+            let v = h.version.as_ref();
+            (v.map(|v| v.version), v.map(|v| v.pdh), v.map(|v| v.sidecar), h.generation == generation)
+        };
+        if unchanged && let (Some(version), Some(pdh)) = (expected, head_pdh) {
+            return Ok(Committed { pdh, version, changed: false });
+        }
+        // The snapshot waits for uploads: off the async workers.
+        let fs = self.fs.clone();
+        let (manifest, sidecar) = tokio::task::spawn_blocking(move || fs.snapshot())
+            .await
+            .map_err(|e| FsError::Io(format!("snapshot task failed: {e}")))??;
+        let record = CollectionRecord::new(&manifest)?;
+        if let (Some(version), Some(pdh), Some(sc)) = (expected, head_pdh, head_sidecar)
+            && pdh == record.pdh()
+            && sc == Pdh::of_text(&sidecar)
+        {
+            self.head().generation = generation;
+            return Ok(Committed { pdh, version, changed: false });
+        }
+        let commit = Commit {
+            name: name.clone(),
+            expected,
+            record,
+            sidecar,
+            committer: committer.to_string(),
+            message: message.to_string(),
+        };
+        let v = self.catalog.commit(&commit).await?;
+        let out = Committed { pdh: v.pdh, version: v.version, changed: true };
+        let mut h = self.head();
+        h.version = Some(v);
+        h.generation = generation;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::catalog::SqliteCatalog;
+    use crate::fs::SetAttr;
+    use crate::fs::inode::ROOT;
+    use crate::store::LocalDirStore;
+
+    use super::*;
+
+    struct Env {
+        _dir: tempfile::TempDir,
+        rt: tokio::runtime::Runtime,
+        catalog: Arc<dyn Catalog>,
+        store: Arc<dyn BlockStore>,
+    }
+
+    fn env() -> Env {
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(dir.path().join("catalog.sqlite")).unwrap());
+        let store: Arc<dyn BlockStore> = Arc::new(LocalDirStore::open(dir.path().join("blocks")).unwrap());
+        Env { _dir: dir, rt, catalog, store }
+    }
+
+    fn open(e: &Env, name: &str) -> Collection {
+        let name = RefName::new(name).unwrap();
+        e.rt.block_on(Collection::open_ref(e.catalog.clone(), e.store.clone(), name, FsOptions::default(), 0, 0))
+            .unwrap()
+    }
+
+    fn write(c: &Collection, name: &[u8], data: &[u8]) {
+        let ino = match c.fs().lookup(ROOT, name) {
+            Ok(a) => a.ino,
+            Err(_) => c.fs().create(ROOT, name, 0o644, 0, 0).unwrap().ino,
+        };
+        c.fs().write(ino, 0, data).unwrap();
+    }
+
+    #[test]
+    fn commits_versions_and_skips_unchanged_trees() {
+        let e = env();
+        let c = open(&e, "job");
+        assert!(c.last_pdh().is_none());
+        // Even an empty tree can be committed once: the ref then exists.
+        let first = e.rt.block_on(c.commit("t", "empty")).unwrap();
+        assert_eq!((first.version, first.changed, first.pdh), (1, true, Pdh::empty()));
+        write(&c, b"out.txt", b"result\n");
+        assert!(c.is_dirty());
+        let second = e.rt.block_on(c.commit("t", "output")).unwrap();
+        assert_eq!((second.version, second.changed), (2, true));
+        assert!(!c.is_dirty());
+        let again = e.rt.block_on(c.commit("t", "nothing new")).unwrap();
+        assert_eq!(again, Committed { pdh: second.pdh, version: 2, changed: false });
+        // A metadata-only change is a new version of the same manifest.
+        let ino = c.fs().lookup(ROOT, b"out.txt").unwrap().ino;
+        c.fs().setattr(ino, &SetAttr { perm: Some(0o600), ..Default::default() }).unwrap();
+        let third = e.rt.block_on(c.commit("t", "chmod")).unwrap();
+        assert_eq!((third.version, third.changed, third.pdh), (3, true, second.pdh));
+        let history = e.rt.block_on(e.catalog.history(&RefName::new("job").unwrap())).unwrap();
+        assert_eq!(history.iter().map(|v| v.message.as_str()).collect::<Vec<_>>(), ["empty", "output", "chmod"]);
+
+        // Reopening the ref shows the last commit, metadata included.
+        let reopened = open(&e, "job");
+        let a = reopened.fs().lookup(ROOT, b"out.txt").unwrap();
+        assert_eq!((a.perm, a.size), (0o600, 7));
+        assert_eq!(reopened.fs().read(a.ino, 0, 100).unwrap(), b"result\n");
+        assert!(!reopened.is_dirty());
+        assert_eq!(reopened.last_version().unwrap().version, 3);
+    }
+
+    #[test]
+    fn a_conflicting_commit_fails_and_keeps_the_tree() {
+        let e = env();
+        let a = open(&e, "shared");
+        let b = open(&e, "shared");
+        write(&a, b"a", b"from a");
+        write(&b, b"b", b"from b");
+        e.rt.block_on(a.commit("a", "a wins")).unwrap();
+        let err = e.rt.block_on(b.commit("b", "b loses")).unwrap_err();
+        assert!(matches!(err, CollectionError::Catalog(CatalogError::Conflict { .. })), "{err}");
+        assert!(b.is_dirty(), "the loser's tree is still there, uncommitted");
+        let ino = b.fs().lookup(ROOT, b"b").unwrap().ino;
+        assert_eq!(b.fs().read(ino, 0, 100).unwrap(), b"from b");
+        let head = e.rt.block_on(e.catalog.head(&RefName::new("shared").unwrap())).unwrap().unwrap();
+        assert_eq!(head.message, "a wins");
+    }
+
+    #[test]
+    fn collections_opened_by_hash_are_read_only() {
+        let e = env();
+        let c = open(&e, "src");
+        write(&c, b"f", b"bytes");
+        let done = e.rt.block_on(c.commit("t", "m")).unwrap();
+        let ro = e
+            .rt
+            .block_on(Collection::open_pdh(e.catalog.clone(), e.store.clone(), done.pdh, FsOptions::default(), 0, 0))
+            .unwrap();
+        assert!(ro.is_read_only());
+        assert_eq!(ro.last_pdh(), Some(done.pdh));
+        let ino = ro.fs().lookup(ROOT, b"f").unwrap().ino;
+        assert_eq!(ro.fs().read(ino, 0, 10).unwrap(), b"bytes");
+        assert!(matches!(e.rt.block_on(ro.commit("t", "m")), Err(CollectionError::ReadOnly)));
+        let unknown = Pdh::of_text(b"nothing");
+        let err = e
+            .rt
+            .block_on(Collection::open_pdh(e.catalog.clone(), e.store.clone(), unknown, FsOptions::default(), 0, 0))
+            .unwrap_err();
+        assert!(matches!(err, CollectionError::UnknownPdh(p) if p == unknown));
+    }
+}
