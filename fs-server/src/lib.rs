@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod collection;
+pub mod control;
 pub mod fs;
 pub mod locator;
 pub mod manifest;

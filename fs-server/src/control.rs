@@ -1,0 +1,167 @@
+//! The control files of a writable mount, reachable by path under `.cafs/` but never listed and never
+//! committed: `commit` (write anything: commit, and the write returns when the commit is durable or fails with
+//! its error), `dirty` (`0` or `1`), `hash` (the last commit's PDH), `manifest` (the current tree's manifest
+//! text, which uploads what is buffered), `status` (JSON). FUSE-free: the adapter routes names and bytes here.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::collection::{Collection, CollectionError, Committed};
+
+/// The directory that holds the control files, in the mount's root.
+pub const DIR_NAME: &[u8] = b".cafs";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlFile {
+    Commit,
+    Dirty,
+    Hash,
+    Manifest,
+    Status,
+}
+
+impl ControlFile {
+    pub const ALL: [ControlFile; 5] =
+        [ControlFile::Commit, ControlFile::Dirty, ControlFile::Hash, ControlFile::Manifest, ControlFile::Status];
+
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name().as_bytes() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlFile::Commit => "commit",
+            ControlFile::Dirty => "dirty",
+            ControlFile::Hash => "hash",
+            ControlFile::Manifest => "manifest",
+            ControlFile::Status => "status",
+        }
+    }
+
+    pub fn writable(self) -> bool {
+        self == ControlFile::Commit
+    }
+}
+
+/// What `.cafs/status` shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub dirty: bool,
+    pub dirty_bytes: u64,
+    pub uploads_in_flight: usize,
+    pub last_commit: Option<String>,
+    pub last_version: Option<u64>,
+    pub last_error: Option<String>,
+    pub read_only: bool,
+}
+
+/// The control state of one mounted collection: the last error any trigger of a commit met.
+#[derive(Debug, Default)]
+pub struct Control {
+    last_error: Mutex<Option<String>>,
+}
+
+impl Control {
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    /// Commits `coll`, recording the outcome for `status`.
+    pub async fn commit(
+        &self,
+        coll: &Collection,
+        committer: &str,
+        message: &str,
+    ) -> Result<Committed, CollectionError> {
+        let result = coll.commit(committer, message).await;
+        match &result {
+            Ok(c) => {
+                tracing::info!(pdh = %c.pdh, version = c.version, changed = c.changed, "committed");
+                self.set_error(None);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed");
+                self.set_error(Some(e.to_string()));
+            }
+        }
+        result
+    }
+
+    pub fn status(&self, coll: &Collection) -> Status {
+        let (dirty_bytes, uploads_in_flight) = coll.fs().buffered();
+        Status {
+            dirty: coll.is_dirty(),
+            dirty_bytes,
+            uploads_in_flight,
+            last_commit: coll.last_pdh().map(|p| p.to_string()),
+            last_version: coll.last_version().map(|v| v.version),
+            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            read_only: coll.is_read_only(),
+        }
+    }
+
+    /// The bytes a read of `file` returns. `manifest` snapshots the tree, so it blocks on uploads: call it from a
+    /// blocking context.
+    pub fn read(&self, coll: &Collection, file: ControlFile) -> Result<Vec<u8>, CollectionError> {
+        Ok(match file {
+            ControlFile::Commit => Vec::new(),
+            ControlFile::Dirty => {
+                if coll.is_dirty() {
+                    b"1\n".to_vec()
+                } else {
+                    b"0\n".to_vec()
+                }
+            }
+            ControlFile::Hash => coll.last_pdh().map(|p| format!("{p}\n")).unwrap_or_default().into_bytes(),
+            ControlFile::Manifest => coll.fs().snapshot()?.0.to_text().into_bytes(),
+            ControlFile::Status => {
+                let mut s = serde_json::to_vec_pretty(&self.status(coll)).expect("status serializes");
+                s.push(b'\n');
+                s
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::catalog::{Catalog, RefName, SqliteCatalog};
+    use crate::fs::FsOptions;
+    use crate::fs::inode::ROOT;
+    use crate::store::{BlockStore, LocalDirStore};
+
+    #[test]
+    fn control_files_report_and_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(dir.path().join("c.sqlite")).unwrap());
+        let store: Arc<dyn BlockStore> = Arc::new(LocalDirStore::open(dir.path().join("b")).unwrap());
+        let name = RefName::new("r").unwrap();
+        let coll = rt.block_on(Collection::open_ref(catalog, store, name, FsOptions::default(), 0, 0)).unwrap();
+        let ctl = Control::default();
+        assert_eq!(ControlFile::from_name(b"status"), Some(ControlFile::Status));
+        assert_eq!(ControlFile::from_name(b"nope"), None);
+        assert!(ControlFile::Commit.writable() && !ControlFile::Hash.writable());
+
+        let ino = coll.fs().create(ROOT, b"a b", 0o644, 0, 0).unwrap().ino;
+        coll.fs().write(ino, 0, b"data").unwrap();
+        assert_eq!(ctl.read(&coll, ControlFile::Dirty).unwrap(), b"1\n");
+        assert_eq!(ctl.read(&coll, ControlFile::Hash).unwrap(), b"");
+        let manifest = String::from_utf8(ctl.read(&coll, ControlFile::Manifest).unwrap()).unwrap();
+        assert_eq!(manifest, ". 8d777f385d3dfec8815d20f7496026dc+4 0:4:a\\040b\n");
+        let status: serde_json::Value = serde_json::from_slice(&ctl.read(&coll, ControlFile::Status).unwrap()).unwrap();
+        assert_eq!(status["dirty"], true);
+
+        let done = rt.block_on(ctl.commit(&coll, "t", "m")).unwrap();
+        assert_eq!(ctl.read(&coll, ControlFile::Dirty).unwrap(), b"0\n");
+        assert_eq!(ctl.read(&coll, ControlFile::Hash).unwrap(), format!("{}\n", done.pdh).into_bytes());
+        let status: serde_json::Value = serde_json::from_slice(&ctl.read(&coll, ControlFile::Status).unwrap()).unwrap();
+        assert_eq!(status["last_commit"], done.pdh.to_string());
+        assert_eq!(status["last_version"], 1);
+        assert_eq!(status["last_error"], serde_json::Value::Null);
+    }
+}
