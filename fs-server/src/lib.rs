@@ -14,8 +14,10 @@ pub mod catalog;
 pub mod collection;
 pub mod control;
 pub mod fs;
+pub mod fuse;
 pub mod locator;
 pub mod manifest;
+pub mod mount;
 pub mod store;
 pub mod transfer;
 

@@ -1,13 +1,23 @@
 //! cafsd: the unprivileged, long-running cafs server.
 //!
 //! It owns the state directory (block store + catalog on the embedded default). It opens and checks both,
-//! reports what they hold, and runs until SIGTERM or SIGINT. FUSE mounts (issue 3) and the gRPC API (issue 4)
-//! are served from here as they land.
+//! reports what they hold, and runs until SIGTERM or SIGINT. With `--mount` (development mode, as root) it
+//! mounts one collection itself; the privileged helper and the gRPC API (issue 4) come next.
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, bail};
+use cafs::catalog::RefName;
 use cafs::catalog::{Catalog, SqliteCatalog};
+use cafs::collection::Collection;
+use cafs::control::Control;
+use cafs::fs::FsOptions;
+use cafs::fuse::CafsFuse;
+use cafs::manifest::Pdh;
+use cafs::mount::{MountOptions, mount_as_root, umount};
 use cafs::store::LocalDirStore;
 use clap::Parser;
 
@@ -26,6 +36,21 @@ struct Args {
     /// Open and check the state directory, print a summary, and exit.
     #[arg(long)]
     check: bool,
+    /// Development mode (root only): mount a collection on DIR and serve it until SIGTERM or unmount.
+    #[arg(long, value_name = "DIR")]
+    mount: Option<PathBuf>,
+    /// With --mount: the ref to mount, writable (created by the first commit when absent).
+    #[arg(long = "ref", value_name = "NAME", conflicts_with = "pdh", requires = "mount")]
+    ref_name: Option<String>,
+    /// With --mount: a committed collection to mount read-only.
+    #[arg(long, requires = "mount")]
+    pdh: Option<String>,
+    /// With --mount: commit after this many seconds without changes (0: never).
+    #[arg(long, default_value_t = 60, requires = "mount")]
+    autocommit: u64,
+    /// With --mount: let users other than the directory's owner in (permission bits still apply).
+    #[arg(long, requires = "mount")]
+    allow_other: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -63,8 +88,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(config) = &args.config {
         bail!("--config {}: configuration files are not supported yet; run without it", config.display());
     }
-    let state = args.state_dir.unwrap_or_else(default_state_dir);
-    let socket = args.socket.unwrap_or_else(default_socket);
+    let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let socket = args.socket.clone().unwrap_or_else(default_socket);
     // Opening creates directories, fsyncs and may wait on SQLite's lock: keep it off the async workers.
     let (store, catalog) = {
         let state = state.clone();
@@ -91,6 +116,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("state directory {} ok: {} refs", state.display(), refs.len());
         return Ok(());
     }
+    if let Some(dir) = &args.mount {
+        return serve_mount(&args, dir, Arc::new(store), Arc::new(catalog)).await;
+    }
     tracing::info!(socket = %socket.display(), "the gRPC API is not served yet (issue 4); waiting for SIGTERM");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -98,4 +126,84 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting"),
     }
     Ok(())
+}
+
+/// Development mode: mount one collection, serve it, and on SIGTERM or an external unmount commit a changed
+/// tree and exit.
+async fn serve_mount(
+    args: &Args,
+    dir: &std::path::Path,
+    store: Arc<LocalDirStore>,
+    catalog: Arc<SqliteCatalog>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("--mount needs root (development mode); unprivileged mounts go through cafs-mount");
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("mount point {}", dir.display()))?;
+    let (uid, gid) = (meta.uid(), meta.gid());
+    let opts = FsOptions::default();
+    let coll = match (&args.ref_name, &args.pdh) {
+        (Some(name), None) => Collection::open_ref(catalog, store, RefName::new(name.clone())?, opts, uid, gid).await?,
+        (None, Some(pdh)) => Collection::open_pdh(catalog, store, Pdh::parse(pdh)?, opts, uid, gid).await?,
+        _ => bail!("--mount needs --ref NAME or --pdh PDH"),
+    };
+    let coll = Arc::new(coll);
+    let control = Arc::new(Control::default());
+    let fuse = CafsFuse::new(coll.clone(), control.clone(), tokio::runtime::Handle::current(), uid, gid);
+    let mount_opts = MountOptions { read_only: coll.is_read_only(), allow_other: args.allow_other, threads: 4 };
+    let target = dir.to_path_buf();
+    let mounted = tokio::task::spawn_blocking(move || mount_as_root(&target, fuse, &mount_opts)).await??;
+    tracing::info!(mount = %dir.display(), origin = ?coll.origin(), "mounted");
+
+    // The session ends when the mount goes away, whoever unmounts it.
+    let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = ended_tx.send(mounted.wait());
+    });
+    if args.autocommit > 0 && !coll.is_read_only() {
+        tokio::spawn(autocommit(coll.clone(), control.clone(), Duration::from_secs(args.autocommit)));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let ended_early = tokio::select! {
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+        r = &mut ended => Some(r),
+    };
+    let session = match ended_early {
+        Some(r) => r,
+        None => {
+            tracing::info!(mount = %dir.display(), "unmounting");
+            if let Err(e) = umount(dir, false) {
+                tracing::warn!(error = %e, "unmount failed (busy?); detaching");
+                umount(dir, true).with_context(|| format!("unmounting {}", dir.display()))?;
+            }
+            ended.await
+        }
+    };
+    if let Ok(Err(e)) = session {
+        tracing::warn!(error = %e, "FUSE session ended with an error");
+    }
+    if coll.is_dirty() {
+        let c = control.commit(&coll, "cafsd", "unmount").await.context("commit on unmount failed")?;
+        println!("{}", c.pdh);
+    }
+    Ok(())
+}
+
+/// Commits a changed tree once it has been left alone for `idle`.
+async fn autocommit(coll: Arc<Collection>, control: Arc<Control>, idle: Duration) {
+    let mut seen = coll.fs().generation();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
+        let now = coll.fs().generation();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if coll.is_dirty() && since.elapsed() >= idle {
+            let _ = control.commit(&coll, "cafsd", "auto-commit").await;
+            since = Instant::now();
+        }
+    }
 }

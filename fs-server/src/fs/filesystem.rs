@@ -581,6 +581,18 @@ impl Filesystem {
         });
     }
 
+    /// The error of a failed upload of this file's bytes, if any (they are still held; `fsync` retries). What
+    /// `write` and `close` report, so that a store failure reaches the writer.
+    pub fn upload_error(&self, ino: Ino) -> Result<(), FsError> {
+        let st = self.lock();
+        for b in st.buffers.values().filter(|b| b.owner == ino) {
+            if let BufData::Sealed { error: Some(e), .. } = &b.data {
+                return Err(FsError::Io(e.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the file's bytes durable in the block store: seals its buffer, (re)starts its uploads and waits for
     /// them. Fails with the store's error if an upload fails after retries; the data stays held.
     pub fn fsync(&self, ino: Ino) -> Result<(), FsError> {

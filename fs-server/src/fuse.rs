@@ -1,0 +1,505 @@
+//! The FUSE adapter: a thin translation of kernel requests (through `fuser`) into calls on the filesystem core
+//! and the control files, and of [`FsError`]s into errnos. No filesystem logic lives here.
+//!
+//! Inode numbers are the core's; the control directory `.cafs` and its files take reserved numbers at the top
+//! of the range. `.cafs` answers lookups in the root of a writable mount but is never listed and cannot be
+//! created or removed. Hard links are refused with `EPERM` (a collection has no way to say two names share
+//! bytes that later change together).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::collection::Collection;
+use crate::control::{self, Control, ControlFile};
+use crate::fs::inode::{Kind, ROOT, RenameMode};
+use crate::fs::{Attr, FsError, SetAttr};
+
+/// How long the kernel may cache names and attributes. Every change goes through this mount, so the kernel's
+/// cache stays right; the control files are exempt (their contents change by themselves).
+const TTL: Duration = Duration::from_secs(1);
+
+const CONTROL_DIR: u64 = u64::MAX - 1;
+
+fn control_ino(f: ControlFile) -> u64 {
+    CONTROL_DIR - 1 - ControlFile::ALL.iter().position(|&c| c == f).expect("listed") as u64
+}
+
+fn control_file(ino: u64) -> Option<ControlFile> {
+    let i = CONTROL_DIR.checked_sub(ino)?.checked_sub(1)?;
+    ControlFile::ALL.get(usize::try_from(i).ok()?).copied()
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn kind(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: kind(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 64 << 10,
+        flags: 0,
+    }
+}
+
+fn when(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+/// One mounted collection, as the kernel sees it.
+pub struct CafsFuse {
+    coll: Arc<Collection>,
+    control: Arc<Control>,
+    rt: tokio::runtime::Handle,
+    /// Owner of the mount (the control files belong to it).
+    uid: u32,
+    gid: u32,
+}
+
+impl CafsFuse {
+    pub fn new(coll: Arc<Collection>, control: Arc<Control>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
+        Self { coll, control, rt, uid, gid }
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.coll.is_read_only() { Err(Errno::EROFS) } else { Ok(()) }
+    }
+
+    fn virtual_attr(&self, ino: u64) -> Option<FileAttr> {
+        let (kind, perm, size) = if ino == CONTROL_DIR {
+            (FileType::Directory, 0o755, 0)
+        } else {
+            let f = control_file(ino)?;
+            (FileType::RegularFile, if f.writable() { 0o644 } else { 0o444 }, 0)
+        };
+        let now = SystemTime::now();
+        Some(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            kind,
+            perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+
+    fn is_control_name(&self, parent: u64, name: &OsStr) -> bool {
+        parent == ROOT && name.as_bytes() == control::DIR_NAME && !self.coll.is_read_only()
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn empty(&self, reply: ReplyEmpty, r: Result<(), FsError>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+impl fuser::Filesystem for CafsFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // 1 MiB writes and parallel directory operations; no writeback cache, so that every write reaches the
+        // core in order and errors reach the writer.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if self.is_control_name(parent.0, name) {
+            return reply.entry(&Duration::ZERO, &self.virtual_attr(CONTROL_DIR).expect("virtual"), Generation(0));
+        }
+        if parent.0 == CONTROL_DIR {
+            return match ControlFile::from_name(name.as_bytes()) {
+                Some(f) => {
+                    reply.entry(&Duration::ZERO, &self.virtual_attr(control_ino(f)).expect("virtual"), Generation(0))
+                }
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        self.entry(reply, self.coll.fs().lookup(parent.0, name.as_bytes()));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(a) = self.virtual_attr(ino.0) {
+            return reply.attr(&Duration::ZERO, &a);
+        }
+        match self.coll.fs().getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if let Some(a) = self.virtual_attr(ino.0) {
+            // Truncating `.cafs/commit` (as `echo > .cafs/commit` does) is harmless; nothing else changes.
+            return reply.attr(&Duration::ZERO, &a);
+        }
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let current = match self.coll.fs().getattr(ino.0) {
+            Ok(a) => a,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        // chown: only root gives a file away; the owner may change the group to one of its own.
+        if uid.is_some_and(|u| u != current.uid) && req.uid() != 0 {
+            return reply.error(Errno::EPERM);
+        }
+        if gid.is_some_and(|g| g != current.gid)
+            && req.uid() != 0
+            && (req.uid() != current.uid || gid != Some(req.gid()))
+        {
+            return reply.error(Errno::EPERM);
+        }
+        let set =
+            SetAttr { perm: mode.map(|m| m & 0o7777), uid, gid, size, atime: atime.map(when), mtime: mtime.map(when) };
+        match self.coll.fs().setattr(ino.0, &set) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.coll.fs().readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        self.mkfile(req, parent, name, mode & !umask, reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if self.is_control_name(parent.0, name) {
+            return reply.error(Errno::EEXIST);
+        }
+        self.entry(reply, self.coll.fs().mkdir(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid()));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if self.is_control_name(parent.0, name) || parent.0 == CONTROL_DIR {
+            return reply.error(Errno::EPERM);
+        }
+        self.empty(reply, self.coll.fs().unlink(parent.0, name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if self.is_control_name(parent.0, name) {
+            return reply.error(Errno::EPERM);
+        }
+        self.empty(reply, self.coll.fs().rmdir(parent.0, name.as_bytes()));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if self.is_control_name(parent.0, link_name) {
+            return reply.error(Errno::EEXIST);
+        }
+        let r =
+            self.coll.fs().symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), req.uid(), req.gid());
+        self.entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if self.is_control_name(parent.0, name) || self.is_control_name(newparent.0, newname) {
+            return reply.error(Errno::EPERM);
+        }
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.empty(reply, self.coll.fs().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode));
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if control_file(ino.0).is_some() {
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        let wants_write = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
+        if wants_write && let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        match self.coll.fs().open(ino.0) {
+            Ok(a) if a.kind == Kind::Dir => {
+                let _ = self.coll.fs().release(ino.0);
+                reply.error(Errno::EISDIR)
+            }
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        if let Some(f) = control_file(ino.0) {
+            return match self.control.read(&self.coll, f) {
+                Ok(bytes) => {
+                    let start = (offset as usize).min(bytes.len());
+                    let end = start.saturating_add(size as usize).min(bytes.len());
+                    reply.data(&bytes[start..end])
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = f.name(), "control file read failed");
+                    reply.error(Errno::EIO)
+                }
+            };
+        }
+        match self.coll.fs().read(ino.0, offset, u64::from(size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if let Some(f) = control_file(ino.0) {
+            if f != ControlFile::Commit {
+                return reply.error(Errno::EACCES);
+            }
+            let committer = format!("uid {}", req.uid());
+            let message = String::from_utf8_lossy(data).trim().to_string();
+            return match self.rt.block_on(self.control.commit(&self.coll, &committer, &message)) {
+                Ok(_) => reply.written(data.len() as u32),
+                Err(_) => reply.error(Errno::EIO),
+            };
+        }
+        if let Err(e) = self.coll.fs().upload_error(ino.0) {
+            return reply.error(errno(&e));
+        }
+        match self.coll.fs().write(ino.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // close(): report a failed upload; never a commit.
+        if control_file(ino.0).is_some() {
+            return reply.ok();
+        }
+        self.empty(reply, self.coll.fs().upload_error(ino.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if control_file(ino.0).is_some() {
+            return reply.ok();
+        }
+        self.empty(reply, self.coll.fs().release(ino.0));
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        if control_file(ino.0).is_some() {
+            return reply.ok();
+        }
+        self.empty(reply, self.coll.fs().fsync(ino.0));
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let mut entries: Vec<(u64, FileType, Vec<u8>)> = Vec::new();
+        if ino.0 == CONTROL_DIR {
+            entries.push((CONTROL_DIR, FileType::Directory, b".".to_vec()));
+            entries.push((ROOT, FileType::Directory, b"..".to_vec()));
+            for f in ControlFile::ALL {
+                entries.push((control_ino(f), FileType::RegularFile, f.name().as_bytes().to_vec()));
+            }
+        } else {
+            let parent = match self.coll.fs().parent(ino.0) {
+                Ok(p) => p,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            entries.push((ino.0, FileType::Directory, b".".to_vec()));
+            entries.push((parent, FileType::Directory, b"..".to_vec()));
+            match self.coll.fs().readdir(ino.0) {
+                Ok(list) => entries.extend(list.into_iter().map(|(name, i, k)| (i, kind(k), name))),
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // A block store has no fixed size: report plenty of room.
+        let blocks = u64::MAX / 2 / 4096;
+        reply.statfs(blocks, blocks, blocks, u64::MAX / 2, u64::MAX / 2, 4096, 255, 4096);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if self.is_control_name(parent.0, name) || parent.0 == CONTROL_DIR {
+            return reply.error(Errno::EEXIST);
+        }
+        let r = self.coll.fs().create(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid());
+        match r.and_then(|a| self.coll.fs().open(a.ino)) {
+            Ok(a) => reply.created(&TTL, &file_attr(&a), Generation(0), FileHandle(0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+impl CafsFuse {
+    fn mkfile(&self, req: &Request, parent: INodeNo, name: &OsStr, perm: u32, reply: ReplyEntry) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if self.is_control_name(parent.0, name) || parent.0 == CONTROL_DIR {
+            return reply.error(Errno::EEXIST);
+        }
+        self.entry(reply, self.coll.fs().create(parent.0, name.as_bytes(), perm, req.uid(), req.gid()));
+    }
+}

@@ -1,0 +1,146 @@
+//! Mounting: a FUSE session on an fd of `/dev/fuse`. In this development mode cafsd opens the device and calls
+//! `mount(2)` itself, which needs root; the privileged helper `cafs-mount` will do exactly these two steps and
+//! hand the fd over, so the session side (`fuser::Session::from_fd`) is already the one it will use.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use fuser::{BackgroundSession, Config, Session, SessionACL};
+
+use crate::fuse::CafsFuse;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{0}: already a mount point")]
+    AlreadyMounted(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub read_only: bool,
+    /// Let users other than the mount's owner in (permission bits still apply).
+    pub allow_other: bool,
+    /// Threads serving kernel requests.
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        Self { read_only: false, allow_other: false, threads: 4 }
+    }
+}
+
+/// A mounted collection. Unmount it with [`Mounted::unmount`], or wait for someone else to with
+/// [`Mounted::wait`].
+pub struct Mounted {
+    target: PathBuf,
+    session: BackgroundSession,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
+    move |source| MountError::Io { path: path.to_path_buf(), source }
+}
+
+/// Whether `dir` is a mount point (its device differs from its parent's, or /proc/self/mountinfo lists it).
+pub fn is_mount_point(dir: &Path) -> bool {
+    let Ok(canon) = dir.canonicalize() else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|p| unescape_mountinfo(p) == canon.as_os_str().as_bytes()))
+}
+
+fn unescape_mountinfo(p: &str) -> Vec<u8> {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Mounts `fs` on `dir` (as root). The mount belongs to `dir`'s owner.
+pub fn mount_as_root(dir: &Path, fs: CafsFuse, opts: &MountOptions) -> Result<Mounted, MountError> {
+    let meta = std::fs::metadata(dir).map_err(io(dir))?;
+    if !meta.is_dir() {
+        return Err(MountError::NotADirectory(dir.to_path_buf()));
+    }
+    if is_mount_point(dir) {
+        return Err(MountError::AlreadyMounted(dir.to_path_buf()));
+    }
+    let dev = OpenOptions::new().read(true).write(true).open("/dev/fuse").map_err(io(Path::new("/dev/fuse")))?;
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        meta.uid(),
+        meta.gid()
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if opts.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let target = CString::new(dir.as_os_str().as_bytes()).map_err(|e| io(dir)(std::io::Error::other(e)))?;
+    let data = CString::new(data).expect("mount data has no NUL");
+    // SAFETY: every pointer is a valid NUL-terminated C string that outlives the call; `data` is the
+    // comma-separated option string the fuse filesystem type parses.
+    let rc =
+        unsafe { libc::mount(c"cafs".as_ptr(), target.as_ptr(), c"fuse.cafs".as_ptr(), flags, data.as_ptr().cast()) };
+    if rc != 0 {
+        return Err(io(dir)(std::io::Error::last_os_error()));
+    }
+    let mut config = Config::default();
+    config.n_threads = Some(opts.threads.max(1));
+    // Access is decided by the kernel (user_id, allow_other, default_permissions): fuser lets every request in.
+    let session =
+        Session::from_fd(fs, OwnedFd::from(dev), SessionACL::All, config).and_then(Session::spawn).map_err(|e| {
+            let _ = umount(dir, true);
+            io(dir)(e)
+        })?;
+    Ok(Mounted { target: dir.to_path_buf(), session })
+}
+
+/// Unmounts `dir`; `lazy` detaches it even while in use.
+pub fn umount(dir: &Path, lazy: bool) -> std::io::Result<()> {
+    let target = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `target` is a valid NUL-terminated path for the duration of the call.
+    let rc = unsafe { libc::umount2(target.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+impl Mounted {
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Unmounts and waits until every request has been answered.
+    pub fn unmount(self) -> Result<(), MountError> {
+        umount(&self.target, false).map_err(io(&self.target))?;
+        self.wait()
+    }
+
+    /// Waits until the mount goes away (someone ran `umount`).
+    pub fn wait(self) -> Result<(), MountError> {
+        let target = self.target;
+        self.session.join().map_err(io(&target))
+    }
+}

@@ -1,0 +1,207 @@
+//! Real FUSE mounts (cafsd's root development mode): POSIX operations through the kernel, the control files,
+//! commit → unmount → remount with identical bytes, sizes, modes, mtimes and symlinks, commit on unmount, the
+//! right errnos, and the Arvados SDK reading what a mount committed. These need root and /dev/fuse; without
+//! them they fail.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use cafs::Manifest;
+use cafs::store::LocalDirStore;
+use cafs_tests::mount::MountedCafsd;
+use cafs_tests::sdk;
+
+/// What `lstat` and a read show of an entry: kind, mode, size, mtime (s, ns), content or symlink target.
+type Shown = (String, u32, u64, i64, i64, Vec<u8>);
+
+/// Every entry below `root`, not following symlinks.
+fn tree(root: &Path) -> BTreeMap<String, Shown> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let (kind, content) = if m.is_dir() {
+                stack.push(p.clone());
+                ("dir", Vec::new())
+            } else if m.file_type().is_symlink() {
+                ("symlink", fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes())
+            } else {
+                ("file", fs::read(&p).unwrap())
+            };
+            let size = if m.is_dir() { 0 } else { m.len() };
+            out.insert(rel, (kind.to_string(), m.mode() & 0o7777, size, m.mtime(), m.mtime_nsec(), content));
+        }
+    }
+    out
+}
+
+fn populate(m: &Path) {
+    fs::write(m.join("hello.txt"), b"hello\n").unwrap();
+    fs::create_dir_all(m.join("a b/deeper")).unwrap();
+    fs::write(m.join("a b/c.txt"), b"foo").unwrap();
+    fs::write(m.join("a b/deeper/x:y"), b"colon").unwrap();
+    fs::create_dir(m.join("empty dir")).unwrap();
+    fs::write(m.join("empty file"), b"").unwrap();
+    std::os::unix::fs::symlink("a b/c.txt", m.join("link")).unwrap();
+    fs::set_permissions(m.join("hello.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(m.join("a b"), fs::Permissions::from_mode(0o750)).unwrap();
+    // Random access: r+ overwrite in the middle, append, sparse extension, truncate.
+    let mut f = fs::OpenOptions::new().create(true).truncate(true).write(true).open(m.join("rw.bin")).unwrap();
+    f.write_all(&[1u8; 10_000]).unwrap();
+    drop(f);
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(m.join("rw.bin")).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, &[2u8; 100], 5_000).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"tail", 20_000).unwrap();
+    f.set_len(19_000).unwrap();
+    f.flush().unwrap();
+    drop(f);
+    let mut a = fs::OpenOptions::new().append(true).open(m.join("hello.txt")).unwrap();
+    a.write_all(b"more\n").unwrap();
+    drop(a);
+    let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+    fs::File::options().write(true).open(m.join("a b/c.txt")).unwrap().set_modified(t).unwrap();
+}
+
+#[test]
+fn write_commit_unmount_remount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "job", "--autocommit", "0"]);
+    populate(&mnt);
+
+    // Control files: reachable, not listed, not committed.
+    let names: Vec<String> =
+        fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!names.iter().any(|n| n == ".cafs"), "{names:?}");
+    assert_eq!(fs::read_to_string(mnt.join(".cafs/dirty")).unwrap(), "1\n");
+    fs::write(mnt.join(".cafs/commit"), b"first commit").unwrap();
+    assert_eq!(fs::read_to_string(mnt.join(".cafs/dirty")).unwrap(), "0\n");
+    let pdh = fs::read_to_string(mnt.join(".cafs/hash")).unwrap().trim().to_string();
+    let manifest = fs::read_to_string(mnt.join(".cafs/manifest")).unwrap();
+    assert_eq!(Manifest::parse(manifest.as_bytes()).unwrap().pdh().to_string(), pdh);
+    assert!(!manifest.contains("cafs") && !manifest.contains("link"), "{manifest}");
+    let status: serde_json::Value = serde_json::from_slice(&fs::read(mnt.join(".cafs/status")).unwrap()).unwrap();
+    assert_eq!(status["last_commit"], pdh.as_str());
+
+    // Content as written.
+    let mut expected_rw = vec![1u8; 10_000];
+    expected_rw[5_000..5_100].fill(2);
+    expected_rw.resize(19_000, 0);
+    assert_eq!(fs::read(mnt.join("rw.bin")).unwrap(), expected_rw);
+    assert_eq!(fs::read(mnt.join("hello.txt")).unwrap(), b"hello\nmore\n");
+    let before = tree(&mnt);
+
+    let (status, _) = cafsd.stop();
+    assert!(status.success(), "{status}");
+    let again = MountedCafsd::start(&state, &mnt, &["--ref", "job", "--autocommit", "0"]);
+    assert_eq!(tree(&mnt), before, "remount shows the committed tree exactly");
+    assert_eq!(fs::read_to_string(mnt.join(".cafs/hash")).unwrap().trim(), pdh);
+    assert_eq!(fs::read_to_string(mnt.join(".cafs/dirty")).unwrap(), "0\n");
+    let (status, out) = again.stop();
+    assert!(status.success());
+    assert!(out.is_empty(), "an unchanged tree is not committed on unmount: {out}");
+}
+
+#[test]
+fn a_changed_tree_is_committed_on_unmount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "r", "--autocommit", "0"]);
+    fs::write(mnt.join("out.txt"), b"result").unwrap();
+    let (status, out) = cafsd.stop();
+    assert!(status.success());
+    let pdh = out.trim().to_string();
+    assert!(cafs::Pdh::parse(&pdh).is_ok(), "cafsd prints the PDH of the commit on unmount: {out:?}");
+    let again = MountedCafsd::start(&state, &mnt, &["--ref", "r", "--autocommit", "0"]);
+    assert_eq!(fs::read(mnt.join("out.txt")).unwrap(), b"result");
+    assert_eq!(fs::read_to_string(mnt.join(".cafs/hash")).unwrap().trim(), pdh);
+    again.stop();
+    // Mounted by hash: read-only.
+    let ro = MountedCafsd::start(&state, &mnt, &["--pdh", &pdh]);
+    assert_eq!(fs::read(mnt.join("out.txt")).unwrap(), b"result");
+    let e = fs::write(mnt.join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    ro.stop();
+}
+
+#[test]
+fn auto_commit_after_idle_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "auto", "--autocommit", "1"]);
+    fs::write(mnt.join("f"), b"x").unwrap();
+    let start = std::time::Instant::now();
+    while fs::read_to_string(mnt.join(".cafs/dirty")).unwrap() != "0\n" {
+        assert!(start.elapsed() < Duration::from_secs(20), "no auto-commit within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!fs::read_to_string(mnt.join(".cafs/hash")).unwrap().is_empty());
+    cafsd.stop();
+}
+
+#[test]
+fn errors_are_the_right_errnos() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "e", "--autocommit", "0"]);
+    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    fs::create_dir(mnt.join("d")).unwrap();
+    fs::write(mnt.join("d/f"), b"x").unwrap();
+    assert_eq!(errno(fs::create_dir(mnt.join("d"))), Some(libc::EEXIST));
+    assert_eq!(errno(fs::remove_dir(mnt.join("d"))), Some(libc::ENOTEMPTY));
+    assert_eq!(errno(fs::remove_file(mnt.join("d"))), Some(libc::EISDIR));
+    assert_eq!(errno(fs::remove_file(mnt.join("nope"))), Some(libc::ENOENT));
+    assert_eq!(errno(fs::create_dir(mnt.join("d/f/x"))), Some(libc::ENOTDIR));
+    assert_eq!(errno(fs::hard_link(mnt.join("d/f"), mnt.join("h"))), Some(libc::EPERM));
+    assert_eq!(errno(fs::write(mnt.join("n".repeat(256)), b"x")), Some(libc::ENAMETOOLONG));
+    assert_eq!(errno(fs::write(mnt.join(".cafs/hash"), b"x")), Some(libc::EACCES));
+    assert_eq!(errno(fs::create_dir(mnt.join(".cafs"))), Some(libc::EEXIST));
+    assert_eq!(errno(fs::rename(mnt.join("d"), mnt.join("d/inside"))), Some(libc::EINVAL));
+    assert_eq!(fs::read(mnt.join("d")).unwrap_err().kind(), ErrorKind::IsADirectory);
+    // rename replaces a file; rmdir of an empty directory works.
+    fs::write(mnt.join("g"), b"y").unwrap();
+    fs::rename(mnt.join("g"), mnt.join("d/f")).unwrap();
+    assert_eq!(fs::read(mnt.join("d/f")).unwrap(), b"y");
+    fs::remove_file(mnt.join("d/f")).unwrap();
+    fs::remove_dir(mnt.join("d")).unwrap();
+    cafsd.stop();
+}
+
+#[test]
+fn the_arvados_sdk_reads_what_a_mount_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "sdk", "--autocommit", "0"]);
+    fs::create_dir(mnt.join("dir with spaces")).unwrap();
+    fs::write(mnt.join("dir with spaces/a:b c"), b"spaces and colons").unwrap();
+    // More than one 64 MiB block, written in 1 MiB chunks as a streaming writer would.
+    let big: Vec<u8> = (0..(70u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let mut f = fs::File::create(mnt.join("big.bin")).unwrap();
+    for chunk in big.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    fs::write(mnt.join(".cafs/commit"), b"for the sdk").unwrap();
+    let manifest_text = fs::read_to_string(mnt.join(".cafs/manifest")).unwrap();
+    let pdh = fs::read_to_string(mnt.join(".cafs/hash")).unwrap().trim().to_string();
+    let expected = cafs_tests::snapshot(&mnt);
+    cafsd.stop();
+
+    let manifest = Manifest::parse(manifest_text.as_bytes()).unwrap();
+    assert!(manifest.blocks().len() >= 2, "the big file spans blocks");
+    let store = LocalDirStore::open(state.join("blocks")).unwrap();
+    let keep = tmp.path().join("keep");
+    sdk::export_blocks_for_sdk(&store, &manifest, &keep);
+    let out = tmp.path().join("sdk-out");
+    let by_sdk = sdk::read_tree(&keep, &manifest_text, &out);
+    assert_eq!(by_sdk.pdh, pdh, "the SDK's hash of the committed manifest is cafs's");
+    assert_eq!(cafs_tests::snapshot(&out), expected, "the SDK reads identical bytes");
+}
