@@ -1,0 +1,184 @@
+//! Differential test on a real mount: random sequences of file operations applied to a cafs mount and to a
+//! plain directory, with each operation's outcome (value or errno) and then the whole trees compared after every
+//! step. Commits followed by a remount are among the operations, so what survives a remount is checked too.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use cafs_tests::mount::MountedCafsd;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+/// Paths the operations pick from: files and directories may take any of them, so names clash and nest.
+const PATHS: &[&str] = &["a", "b", "d", "d/x", "d/y", "d/e", "d/e/z", "e", "e/x", "long name with spaces:and colons"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write { path: usize, offset: u64, len: usize, seed: u8, truncate: bool },
+    Append { path: usize, len: usize, seed: u8 },
+    Truncate { path: usize, size: u64 },
+    Read { path: usize, offset: u64, len: usize },
+    Rename { from: usize, to: usize },
+    Unlink(usize),
+    Mkdir(usize),
+    Rmdir(usize),
+    Symlink { path: usize, target: usize },
+    Chmod { path: usize, mode: u32 },
+    CommitAndRemount,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let p = 0..PATHS.len();
+    prop_oneof![
+        6 => (p.clone(), 0u64..200_000, 0usize..70_000, any::<u8>(), any::<bool>())
+            .prop_map(|(path, offset, len, seed, truncate)| Op::Write { path, offset, len, seed, truncate }),
+        2 => (p.clone(), 0usize..5_000, any::<u8>()).prop_map(|(path, len, seed)| Op::Append { path, len, seed }),
+        2 => (p.clone(), 0u64..150_000).prop_map(|(path, size)| Op::Truncate { path, size }),
+        3 => (p.clone(), 0u64..200_000, 0usize..100_000).prop_map(|(path, offset, len)| Op::Read { path, offset, len }),
+        3 => (p.clone(), p.clone()).prop_map(|(from, to)| Op::Rename { from, to }),
+        2 => p.clone().prop_map(Op::Unlink),
+        3 => p.clone().prop_map(Op::Mkdir),
+        1 => p.clone().prop_map(Op::Rmdir),
+        1 => (p.clone(), p.clone()).prop_map(|(path, target)| Op::Symlink { path, target }),
+        1 => (p.clone(), prop_oneof![Just(0o600u32), Just(0o644), Just(0o755), Just(0o700)])
+            .prop_map(|(path, mode)| Op::Chmod { path, mode }),
+        1 => Just(Op::CommitAndRemount),
+    ]
+}
+
+/// An operation's observable outcome: a value, or the errno it failed with.
+type Outcome = Result<Vec<u8>, i32>;
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn apply(root: &Path, op: &Op) -> Outcome {
+    let at = |i: usize| root.join(PATHS[i]);
+    let data = |len: usize, seed: u8| -> Vec<u8> { (0..len).map(|i| seed.wrapping_add((i % 251) as u8)).collect() };
+    let r: std::io::Result<Vec<u8>> = (|| match op {
+        Op::Write { path, offset, len, seed, truncate } => {
+            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(*truncate).open(at(*path))?;
+            f.seek(SeekFrom::Start(*offset))?;
+            f.write_all(&data(*len, *seed))?;
+            Ok(Vec::new())
+        }
+        Op::Append { path, len, seed } => {
+            let mut f = fs::OpenOptions::new().append(true).create(true).open(at(*path))?;
+            f.write_all(&data(*len, *seed))?;
+            Ok(Vec::new())
+        }
+        Op::Truncate { path, size } => {
+            fs::OpenOptions::new().write(true).open(at(*path))?.set_len(*size)?;
+            Ok(Vec::new())
+        }
+        Op::Read { path, offset, len } => {
+            let mut f = fs::File::open(at(*path))?;
+            f.seek(SeekFrom::Start(*offset))?;
+            let mut buf = Vec::new();
+            f.take(*len as u64).read_to_end(&mut buf)?;
+            Ok(buf)
+        }
+        Op::Rename { from, to } => fs::rename(at(*from), at(*to)).map(|_| Vec::new()),
+        Op::Unlink(p) => fs::remove_file(at(*p)).map(|_| Vec::new()),
+        Op::Mkdir(p) => fs::create_dir(at(*p)).map(|_| Vec::new()),
+        Op::Rmdir(p) => fs::remove_dir(at(*p)).map(|_| Vec::new()),
+        Op::Symlink { path, target } => {
+            // Relative to the link's directory, so it resolves the same way in both trees.
+            let depth = PATHS[*path].matches('/').count();
+            let target = format!("{}{}", "../".repeat(depth), PATHS[*target]);
+            std::os::unix::fs::symlink(target, at(*path)).map(|_| Vec::new())
+        }
+        Op::Chmod { path, mode } => {
+            // Not through a symlink (chmod would follow it): only on what is there.
+            let m = fs::symlink_metadata(at(*path))?;
+            if m.file_type().is_symlink() {
+                return Ok(Vec::new());
+            }
+            fs::set_permissions(at(*path), fs::Permissions::from_mode(*mode)).map(|_| Vec::new())
+        }
+        Op::CommitAndRemount => Ok(Vec::new()),
+    })();
+    r.map_err(errno)
+}
+
+/// The tree: kind, permission bits, and content or symlink target, by path.
+fn tree(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let entry = if m.is_dir() {
+                stack.push(p.clone());
+                ('d', m.permissions().mode() & 0o7777, Vec::new())
+            } else if m.file_type().is_symlink() {
+                ('l', 0, fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes())
+            } else {
+                ('f', m.permissions().mode() & 0o7777, fs::read(&p).unwrap())
+            };
+            out.insert(rel, entry);
+        }
+    }
+    out
+}
+
+struct World {
+    state: PathBuf,
+    mnt: PathBuf,
+    plain: PathBuf,
+    cafsd: Option<MountedCafsd>,
+    case: usize,
+}
+
+impl World {
+    fn run_case(&mut self, ops: &[Op]) -> Result<(), TestCaseError> {
+        self.case += 1;
+        // Each case works in fresh directories, so cases do not see each other's leftovers.
+        let name = format!("case{}", self.case);
+        fs::create_dir(self.mnt.join(&name)).unwrap();
+        fs::create_dir(self.plain.join(&name)).unwrap();
+        for op in ops {
+            if let Op::CommitAndRemount = op {
+                fs::write(self.mnt.join(".cafs/commit"), b"differential").unwrap();
+                let (status, _) = self.cafsd.take().expect("mounted").stop();
+                prop_assert!(status.success());
+                self.cafsd = Some(MountedCafsd::start(&self.state, &self.mnt, &["--ref", "diff", "--autocommit", "0"]));
+            }
+            let (m, p) = (self.mnt.join(&name), self.plain.join(&name));
+            let got = apply(&m, op);
+            let want = apply(&p, op);
+            prop_assert_eq!(&got, &want, "outcome of {:?}", op);
+            prop_assert_eq!(tree(&m), tree(&p), "trees after {:?}", op);
+        }
+        Ok(())
+    }
+}
+
+/// One mount for all cases (mounting per case would dominate the run time); the test owns it, so it is
+/// unmounted whatever happens.
+#[test]
+fn a_mount_behaves_like_a_local_directory() {
+    use proptest::test_runner::{Config, TestRunner};
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt, plain) = (tmp.path().join("state"), tmp.path().join("mnt"), tmp.path().join("plain"));
+    fs::create_dir_all(&plain).unwrap();
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "diff", "--autocommit", "0"]);
+    let world = RefCell::new(World { state, mnt, plain, cafsd: Some(cafsd), case: 0 });
+    let mut runner = TestRunner::new(Config { cases: 64, max_shrink_iters: 300, ..Config::default() });
+    let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| world.borrow_mut().run_case(&ops));
+    let w = world.into_inner();
+    if let Some(cafsd) = w.cafsd {
+        let (status, _) = cafsd.stop();
+        assert!(status.success());
+    }
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
