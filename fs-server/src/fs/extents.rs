@@ -172,13 +172,14 @@ impl Extents {
         out
     }
 
-    /// Replaces every reference to buffer `id` with the stored block `block` (the buffer's bytes, now uploaded).
-    pub fn buffer_stored(&mut self, id: BufId, block: &Locator) {
+    /// Replaces every reference to buffer `id` with the stored block `block`, whose bytes from `shift` on are
+    /// the buffer's (the buffer was packed into it with other small files).
+    pub fn buffer_stored_at(&mut self, id: BufId, block: &Locator, shift: u64) {
         for e in &mut self.list {
             if let Source::Buffer { id: b, offset } = e.src
                 && b == id
             {
-                e.src = Source::Stored { block: block.clone(), offset };
+                e.src = Source::Stored { block: block.clone(), offset: offset + shift };
             }
         }
     }
@@ -280,7 +281,7 @@ mod tests {
         x.write(20, 5, Source::Buffer { id: BufId(8), offset: 0 });
         assert!(x.uses_buffer(BufId(7)));
         let loc = Locator::of(&[1u8; 10]);
-        x.buffer_stored(BufId(7), &loc);
+        x.buffer_stored_at(BufId(7), &loc, 0);
         assert!(!x.uses_buffer(BufId(7)));
         assert!(x.uses_buffer(BufId(8)));
         assert_eq!(x.read_plan(2, 3), vec![Extent { len: 3, src: Source::Stored { block: loc, offset: 2 } }]);

@@ -92,26 +92,37 @@ enum BufData {
     Open(Vec<u8>),
     /// Sealed: being uploaded, or waiting to be retried after `error`.
     Sealed { data: Bytes, uploading: bool, error: Option<String> },
+    /// A small buffer copied into the pack buffer `pack` at offset `at`; kept (for reads) until the pack lands.
+    InPack { data: Bytes, pack: BufId, at: u64 },
 }
 
 #[derive(Debug)]
 struct Buffer {
+    /// The file whose bytes these are; [`PACK`] for a pack of several files' buffers.
     owner: Ino,
     data: BufData,
+    /// For a pack: the buffers packed into it.
+    members: Vec<BufId>,
 }
+
+/// Owner of pack buffers (no inode has this number).
+const PACK: Ino = 0;
+
+/// Open buffers smaller than this are packed together when flushed, so that many small files make few blocks.
+const PACK_BELOW: usize = 4 << 20;
 
 impl Buffer {
     fn len(&self) -> usize {
         match &self.data {
             BufData::Open(v) => v.len(),
-            BufData::Sealed { data, .. } => data.len(),
+            BufData::Sealed { data, .. } | BufData::InPack { data, .. } => data.len(),
         }
     }
 
     fn bytes(&self, offset: u64, len: u64) -> &[u8] {
         let all: &[u8] = match &self.data {
             BufData::Open(v) => v,
-            BufData::Sealed { data, .. } => data,
+            BufData::Sealed { data, .. } | BufData::InPack { data, .. } => data,
         };
         &all[offset as usize..(offset + len) as usize]
     }
@@ -372,8 +383,10 @@ impl Filesystem {
         let gone: Vec<BufId> = st
             .buffers
             .iter()
-            .filter(|(_, b)| st.table.get(b.owner).is_err())
-            .filter(|(_, b)| !matches!(b.data, BufData::Sealed { uploading: true, .. }))
+            .filter(|(_, b)| b.owner != PACK && st.table.get(b.owner).is_err())
+            .filter(|(_, b)| {
+                matches!(b.data, BufData::Open(_)) || matches!(b.data, BufData::Sealed { uploading: false, .. })
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
@@ -482,7 +495,10 @@ impl Filesystem {
                     let id = BufId(st.next_buf);
                     st.next_buf += 1;
                     let cap = self.shared.opts.buffer_size.min(data.len() - done).max(64 << 10);
-                    st.buffers.insert(id, Buffer { owner: ino, data: BufData::Open(Vec::with_capacity(cap)) });
+                    st.buffers.insert(
+                        id,
+                        Buffer { owner: ino, data: BufData::Open(Vec::with_capacity(cap)), members: Vec::new() },
+                    );
                     st.open_buffer.insert(ino, id);
                     id
                 }
@@ -561,10 +577,31 @@ impl Filesystem {
                 Ok(locator) => {
                     if let Some(buf) = st.buffers.remove(&id) {
                         st.memory -= buf.len() as u64;
-                        if let Ok(i) = st.table.get_mut(buf.owner)
-                            && let Body::File(x) = &mut i.body
-                        {
-                            x.buffer_stored(id, &locator);
+                        // A plain buffer is its own block; a pack holds each member at its offset.
+                        let moves: Vec<(BufId, u64)> = if buf.owner == PACK {
+                            buf.members
+                                .iter()
+                                .filter_map(|m| match st.buffers.get(m).map(|b| &b.data) {
+                                    Some(BufData::InPack { at, .. }) => Some((*m, *at)),
+                                    _ => None,
+                                })
+                                .collect()
+                        } else {
+                            vec![(id, 0)]
+                        };
+                        for (member, at) in moves {
+                            let owner = if member == id {
+                                buf.owner
+                            } else {
+                                let Some(m) = st.buffers.remove(&member) else { continue };
+                                st.memory -= m.len() as u64;
+                                m.owner
+                            };
+                            if let Ok(i) = st.table.get_mut(owner)
+                                && let Body::File(x) = &mut i.body
+                            {
+                                x.buffer_stored_at(member, &locator, at);
+                            }
                         }
                     }
                 }
@@ -586,7 +623,11 @@ impl Filesystem {
     pub fn upload_error(&self, ino: Ino) -> Result<(), FsError> {
         let st = self.lock();
         for b in st.buffers.values().filter(|b| b.owner == ino) {
-            if let BufData::Sealed { error: Some(e), .. } = &b.data {
+            let sealed = match &b.data {
+                BufData::InPack { pack, .. } => st.buffers.get(pack).map(|p| &p.data),
+                data => Some(data),
+            };
+            if let Some(BufData::Sealed { error: Some(e), .. }) = sealed {
                 return Err(FsError::Io(e.clone()));
             }
         }
@@ -601,16 +642,77 @@ impl Filesystem {
         self.flush_where(st, |b| b.owner == ino)
     }
 
-    /// Seals and uploads every buffer `pick` selects, and waits for them.
-    fn flush_where(&self, mut st: MutexGuard<'_, State>, pick: impl Fn(&Buffer) -> bool) -> Result<(), FsError> {
-        let ids: Vec<BufId> = st.buffers.iter().filter(|(_, b)| pick(b)).map(|(&id, _)| id).collect();
-        for &id in &ids {
-            let empty_open = matches!(&st.buffers[&id].data, BufData::Open(v) if v.is_empty());
-            if empty_open {
-                continue;
+    /// Packs small open buffers into shared buffers of up to `buffer_size`, and starts their uploads. Returns
+    /// the packs.
+    fn pack(&self, st: &mut State, small: Vec<BufId>) -> Vec<BufId> {
+        let mut packs = Vec::new();
+        let mut group: Vec<BufId> = Vec::new();
+        let mut size = 0;
+        let mut flush_group = |st: &mut State, group: &mut Vec<BufId>| {
+            if group.is_empty() {
+                return;
             }
+            let pack_id = BufId(st.next_buf);
+            st.next_buf += 1;
+            let mut data = Vec::with_capacity(group.iter().map(|id| st.buffers[id].len()).sum());
+            for id in group.iter() {
+                let b = st.buffers.get_mut(id).expect("picked from the map");
+                let BufData::Open(v) = std::mem::replace(&mut b.data, BufData::Open(Vec::new())) else {
+                    unreachable!("only open buffers are packed")
+                };
+                let at = data.len() as u64;
+                data.extend_from_slice(&v);
+                b.data = BufData::InPack { data: Bytes::from(v), pack: pack_id, at };
+                let owner = b.owner;
+                st.open_buffer.remove(&owner);
+            }
+            st.memory += data.len() as u64;
+            let members = std::mem::take(group);
+            st.buffers.insert(
+                pack_id,
+                Buffer {
+                    owner: PACK,
+                    data: BufData::Sealed { data: Bytes::from(data), uploading: false, error: None },
+                    members,
+                },
+            );
+            self.start_upload(st, pack_id);
+            packs.push(pack_id);
+        };
+        for id in small {
+            let len = st.buffers[&id].len();
+            if size + len > self.shared.opts.buffer_size {
+                flush_group(st, &mut group);
+                size = 0;
+            }
+            group.push(id);
+            size += len;
+        }
+        flush_group(st, &mut group);
+        packs
+    }
+
+    /// Seals and uploads every buffer `pick` selects (packing the small ones together), and waits for them.
+    fn flush_where(&self, mut st: MutexGuard<'_, State>, pick: impl Fn(&Buffer) -> bool) -> Result<(), FsError> {
+        let picked: Vec<BufId> = st.buffers.iter().filter(|(_, b)| pick(b)).map(|(&id, _)| id).collect();
+        let mut ids = Vec::new();
+        let mut small = Vec::new();
+        for id in picked {
+            match &st.buffers[&id].data {
+                BufData::Open(v) if v.is_empty() => {}
+                BufData::Open(v) if v.len() < PACK_BELOW => small.push(id),
+                BufData::InPack { pack, .. } => ids.push(*pack),
+                _ => ids.push(id),
+            }
+        }
+        small.sort();
+        for &id in &ids {
             self.seal(&mut st, id);
         }
+        let packs = self.pack(&mut st, small);
+        ids.extend(packs);
+        ids.sort();
+        ids.dedup();
         loop {
             let mut pending = false;
             for id in &ids {

@@ -269,3 +269,27 @@ fn namespace_errors_reach_the_caller() {
     assert!(f.generation() > g0, "changes move the generation");
     assert_eq!(f.lookup(ROOT, b"moved").unwrap().ino, file);
 }
+
+#[test]
+fn small_files_share_blocks() {
+    let e = env();
+    let f = fs(&e, FsOptions::default());
+    let d = f.mkdir(ROOT, b"many", 0o755, 0, 0).unwrap().ino;
+    for i in 0..1000u32 {
+        let ino = f.create(d, format!("f{i:04}").as_bytes(), 0o644, 0, 0).unwrap().ino;
+        f.write(ino, 0, format!("small file number {i}\n").as_bytes()).unwrap();
+    }
+    let puts_before = e.store.puts.load(Ordering::SeqCst);
+    let (manifest, _) = f.snapshot().unwrap();
+    assert_eq!(manifest.blocks().len(), 1, "1000 small files, one block");
+    assert_eq!(e.store.puts.load(Ordering::SeqCst) - puts_before, 1);
+    assert_eq!(f.buffered(), (0, 0));
+    let ino = f.lookup(d, b"f0500").unwrap().ino;
+    assert_eq!(f.read(ino, 0, 100).unwrap(), b"small file number 500\n");
+    // Read back from the stored pack after a reload, too.
+    let g =
+        Filesystem::load(&manifest, &[], e.store.clone(), e.rt.handle().clone(), FsOptions::default(), 0, 0).unwrap();
+    let d = g.lookup(ROOT, b"many").unwrap().ino;
+    let ino = g.lookup(d, b"f0999").unwrap().ino;
+    assert_eq!(g.read(ino, 0, 100).unwrap(), b"small file number 999\n");
+}
