@@ -300,6 +300,12 @@ impl Filesystem {
         (st.memory, st.uploading)
     }
 
+    /// Bytes of memory the open buffers have reserved (their capacity, which can exceed what they hold).
+    pub fn reserved(&self) -> u64 {
+        let st = self.lock();
+        st.buffers.values().map(|b| if let BufData::Open(v) = &b.data { v.capacity() as u64 } else { 0 }).sum()
+    }
+
     /// Bumped by every change; equal generations mean an unchanged tree.
     pub fn generation(&self) -> u64 {
         self.lock().generation
@@ -378,21 +384,15 @@ impl Filesystem {
         st.table.entries(dir)?.map(|(name, ino)| Ok((name.to_vec(), ino, st.table.get(ino)?.kind()))).collect()
     }
 
-    /// Drops buffers of files that no longer exist (an upload in flight is left to finish and is dropped then).
+    /// Drops the open buffers of files just freed. (Sealed buffers of a freed file finish their upload and are
+    /// dropped when it lands; nothing refers to them any more.)
     fn reap(st: &mut State) {
-        let gone: Vec<BufId> = st
-            .buffers
-            .iter()
-            .filter(|(_, b)| b.owner != PACK && st.table.get(b.owner).is_err())
-            .filter(|(_, b)| {
-                matches!(b.data, BufData::Open(_)) || matches!(b.data, BufData::Sealed { uploading: false, .. })
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        for id in gone {
-            let b = st.buffers.remove(&id).expect("listed above");
-            st.open_buffer.remove(&b.owner);
-            st.memory -= b.len() as u64;
+        for ino in st.table.take_freed() {
+            if let Some(id) = st.open_buffer.remove(&ino)
+                && let Some(b) = st.buffers.remove(&id)
+            {
+                st.memory -= b.len() as u64;
+            }
         }
     }
 
@@ -408,6 +408,7 @@ impl Filesystem {
         let mut st = self.lock();
         st.table.rmdir(parent, name, now())?;
         st.generation += 1;
+        Self::reap(&mut st);
         Ok(())
     }
 
@@ -494,7 +495,10 @@ impl Filesystem {
                 None => {
                     let id = BufId(st.next_buf);
                     st.next_buf += 1;
-                    let cap = self.shared.opts.buffer_size.min(data.len() - done).max(64 << 10);
+                    // A large first write looks like streaming: take the whole buffer at once instead of growing
+                    // it by copies. A small one gets exactly its size, so many small files cost what they hold.
+                    let first = data.len() - done;
+                    let cap = if first >= 128 << 10 { self.shared.opts.buffer_size } else { first };
                     st.buffers.insert(
                         id,
                         Buffer { owner: ino, data: BufData::Open(Vec::with_capacity(cap)), members: Vec::new() },

@@ -96,6 +96,8 @@ pub enum RenameMode {
 #[derive(Debug)]
 pub struct Table {
     inodes: HashMap<Ino, Inode>,
+    /// Inodes freed since the last [`Table::take_freed`], so their owners can drop what they hold.
+    freed: Vec<Ino>,
     /// Parent of each directory (the root is its own parent), for `..` and the rename-into-itself check.
     parents: HashMap<Ino, Ino>,
     next: Ino,
@@ -105,7 +107,7 @@ impl Table {
     pub fn new(root_meta: Meta) -> Self {
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, Inode { meta: root_meta, body: Body::Dir(BTreeMap::new()), nlink: 2, opens: 0 });
-        Self { inodes, parents: HashMap::from([(ROOT, ROOT)]), next: ROOT + 1 }
+        Self { inodes, freed: Vec::new(), parents: HashMap::from([(ROOT, ROOT)]), next: ROOT + 1 }
     }
 
     pub fn get(&self, ino: Ino) -> Result<&Inode, FsError> {
@@ -215,9 +217,15 @@ impl Table {
         let i = self.inodes.get(&ino)?;
         if ino != ROOT && i.opens == 0 && (i.nlink == 0 || (i.kind() == Kind::Dir && !self.parents.contains_key(&ino)))
         {
+            self.freed.push(ino);
             return self.inodes.remove(&ino);
         }
         None
+    }
+
+    /// The inodes freed since the last call.
+    pub fn take_freed(&mut self) -> Vec<Ino> {
+        std::mem::take(&mut self.freed)
     }
 
     /// Whether `ancestor` is `dir` or one of its ancestors.

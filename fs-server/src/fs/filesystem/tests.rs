@@ -293,3 +293,16 @@ fn small_files_share_blocks() {
     let ino = g.lookup(d, b"f0999").unwrap().ino;
     assert_eq!(g.read(ino, 0, 100).unwrap(), b"small file number 999\n");
 }
+
+#[test]
+fn small_files_reserve_only_what_they_hold() {
+    let e = env();
+    let f = fs(&e, FsOptions::default());
+    for i in 0..1000u32 {
+        let ino = f.create(ROOT, format!("f{i}").as_bytes(), 0o644, 0, 0).unwrap().ino;
+        f.write(ino, 0, b"0123456789").unwrap();
+    }
+    assert_eq!(f.buffered().0, 10_000);
+    // Before the fix every small file reserved 64 KiB (64 MB here) while the budget counted 10 bytes each.
+    assert!(f.reserved() <= 20_000, "reserved {} bytes for 10,000 bytes of data", f.reserved());
+}
