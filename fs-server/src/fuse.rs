@@ -122,6 +122,16 @@ impl CafsFuse {
         })
     }
 
+    /// Whether a new entry may be made as `parent/name`: the mount is writable and the name is not the control
+    /// directory's (nor inside it).
+    fn may_create(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
+        self.writable()?;
+        if self.is_control_name(parent, name) || parent == CONTROL_DIR {
+            return Err(Errno::EEXIST);
+        }
+        Ok(())
+    }
+
     fn is_control_name(&self, parent: u64, name: &OsStr) -> bool {
         parent == ROOT && name.as_bytes() == control::DIR_NAME && !self.coll.is_read_only()
     }
@@ -246,11 +256,8 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        if let Err(e) = self.writable() {
+        if let Err(e) = self.may_create(parent.0, name) {
             return reply.error(e);
-        }
-        if self.is_control_name(parent.0, name) {
-            return reply.error(Errno::EEXIST);
         }
         self.entry(reply, self.coll.fs().mkdir(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid()));
     }
@@ -276,11 +283,8 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
-        if let Err(e) = self.writable() {
+        if let Err(e) = self.may_create(parent.0, link_name) {
             return reply.error(e);
-        }
-        if self.is_control_name(parent.0, link_name) {
-            return reply.error(Errno::EEXIST);
         }
         let r =
             self.coll.fs().symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), req.uid(), req.gid());
@@ -478,11 +482,8 @@ impl fuser::Filesystem for CafsFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        if let Err(e) = self.writable() {
+        if let Err(e) = self.may_create(parent.0, name) {
             return reply.error(e);
-        }
-        if self.is_control_name(parent.0, name) || parent.0 == CONTROL_DIR {
-            return reply.error(Errno::EEXIST);
         }
         let r = self.coll.fs().create(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         match r.and_then(|a| self.coll.fs().open(a.ino)) {
@@ -494,11 +495,8 @@ impl fuser::Filesystem for CafsFuse {
 
 impl CafsFuse {
     fn mkfile(&self, req: &Request, parent: INodeNo, name: &OsStr, perm: u32, reply: ReplyEntry) {
-        if let Err(e) = self.writable() {
+        if let Err(e) = self.may_create(parent.0, name) {
             return reply.error(e);
-        }
-        if self.is_control_name(parent.0, name) || parent.0 == CONTROL_DIR {
-            return reply.error(Errno::EEXIST);
         }
         self.entry(reply, self.coll.fs().create(parent.0, name.as_bytes(), perm, req.uid(), req.gid()));
     }
