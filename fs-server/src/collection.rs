@@ -79,14 +79,7 @@ impl Collection {
             }
             None => Filesystem::new(store, rt, opts, uid, gid),
         };
-        let generation = fs.generation();
-        Ok(Self {
-            fs,
-            origin: Origin::Ref(name),
-            catalog,
-            head: Mutex::new(Head { version: head, generation }),
-            committing: tokio::sync::Mutex::new(()),
-        })
+        Ok(Self::assemble(fs, Origin::Ref(name), catalog, head))
     }
 
     /// Opens a committed collection by its hash, read-only (with default metadata: a hash names a manifest, not
@@ -102,14 +95,19 @@ impl Collection {
         let rt = tokio::runtime::Handle::current();
         let (manifest, sidecar) = Self::fetch(catalog.as_ref(), pdh, None).await?;
         let fs = Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid)?;
+        Ok(Self::assemble(fs, Origin::Pdh(pdh), catalog, None))
+    }
+
+    /// A collection whose tree `fs` is at the ref's `version` (None: never committed, or mounted by hash).
+    fn assemble(fs: Filesystem, origin: Origin, catalog: Arc<dyn Catalog>, version: Option<Version>) -> Self {
         let generation = fs.generation();
-        Ok(Self {
+        Self {
             fs,
-            origin: Origin::Pdh(pdh),
+            origin,
             catalog,
-            head: Mutex::new(Head { version: None, generation }),
+            head: Mutex::new(Head { version, generation }),
             committing: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     async fn fetch(

@@ -17,22 +17,32 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// Every entry below `root`: relative path → `Some(bytes)` for a file, `None` for a directory. Two trees with
-/// equal snapshots have the same names, kinds and bytes.
-pub fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+/// Every entry below `root`, not following symlinks: relative path → its `lstat` metadata and its content (a
+/// file's bytes, a symlink's target, nothing for a directory).
+pub fn lstat_tree(root: &Path) -> BTreeMap<String, (std::fs::Metadata, Vec<u8>)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if e.file_type().unwrap().is_dir() {
-                out.insert(rel, None);
-                stack.push(e.path());
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let content = if m.is_dir() {
+                stack.push(p.clone());
+                Vec::new()
+            } else if m.file_type().is_symlink() {
+                std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
             } else {
-                out.insert(rel, Some(std::fs::read(e.path()).unwrap()));
-            }
+                std::fs::read(&p).unwrap()
+            };
+            out.insert(rel, (m, content));
         }
     }
     out
+}
+
+/// Every entry below `root`: relative path → `Some(bytes)` for a file, `None` for a directory. Two trees with
+/// equal snapshots have the same names, kinds and bytes.
+pub fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    lstat_tree(root).into_iter().map(|(p, (m, c))| (p, (!m.is_dir()).then_some(c))).collect()
 }

@@ -108,25 +108,19 @@ fn apply(root: &Path, op: &Op) -> Outcome {
 
 /// The tree: kind, permission bits, and content or symlink target, by path.
 fn tree(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+    cafs_tests::lstat_tree(root)
+        .into_iter()
+        .map(|(p, (m, content))| {
             let entry = if m.is_dir() {
-                stack.push(p.clone());
-                ('d', m.permissions().mode() & 0o7777, Vec::new())
+                ('d', m.permissions().mode() & 0o7777, content)
             } else if m.file_type().is_symlink() {
-                ('l', 0, fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes())
+                ('l', 0, content)
             } else {
-                ('f', m.permissions().mode() & 0o7777, fs::read(&p).unwrap())
+                ('f', m.permissions().mode() & 0o7777, content)
             };
-            out.insert(rel, entry);
-        }
-    }
-    out
+            (p, entry)
+        })
+        .collect()
 }
 
 struct World {

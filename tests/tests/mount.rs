@@ -20,26 +20,20 @@ type Shown = (String, u32, u64, i64, i64, Vec<u8>);
 
 /// Every entry below `root`, not following symlinks.
 fn tree(root: &Path) -> BTreeMap<String, Shown> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let (kind, content) = if m.is_dir() {
-                stack.push(p.clone());
-                ("dir", Vec::new())
+    cafs_tests::lstat_tree(root)
+        .into_iter()
+        .map(|(p, (m, content))| {
+            let kind = if m.is_dir() {
+                "dir"
             } else if m.file_type().is_symlink() {
-                ("symlink", fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes())
+                "symlink"
             } else {
-                ("file", fs::read(&p).unwrap())
+                "file"
             };
             let size = if m.is_dir() { 0 } else { m.len() };
-            out.insert(rel, (kind.to_string(), m.mode() & 0o7777, size, m.mtime(), m.mtime_nsec(), content));
-        }
-    }
-    out
+            (p, (kind.to_string(), m.mode() & 0o7777, size, m.mtime(), m.mtime_nsec(), content))
+        })
+        .collect()
 }
 
 fn populate(m: &Path) {
