@@ -15,6 +15,8 @@ use crate::locator::Locator;
 pub struct FaultyStore<S> {
     inner: S,
     pub fail_puts: AtomicBool,
+    /// Fail this many puts (counted down), then work again: a store that was briefly down.
+    pub fail_next_puts: AtomicUsize,
     pub fail_gets: AtomicBool,
     /// Flip a byte of what the inner store returns, then check it as a store must.
     pub corrupt_gets: AtomicBool,
@@ -28,6 +30,7 @@ impl<S: BlockStore> FaultyStore<S> {
         Self {
             inner,
             fail_puts: AtomicBool::new(false),
+            fail_next_puts: AtomicUsize::new(0),
             fail_gets: AtomicBool::new(false),
             corrupt_gets: AtomicBool::new(false),
             put_delay: Mutex::new(Duration::ZERO),
@@ -53,7 +56,8 @@ impl<S: BlockStore> BlockStore for FaultyStore<S> {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if self.fail_puts.load(Ordering::SeqCst) {
+        let blip = self.fail_next_puts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if blip || self.fail_puts.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected: store down".into()));
         }
         self.inner.put(block).await

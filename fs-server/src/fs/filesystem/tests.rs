@@ -306,3 +306,23 @@ fn small_files_reserve_only_what_they_hold() {
     // Before the fix every small file reserved 64 KiB (64 MB here) while the budget counted 10 bytes each.
     assert!(f.reserved() <= 20_000, "reserved {} bytes for 10,000 bytes of data", f.reserved());
 }
+
+#[test]
+fn fsync_retries_an_upload_that_failed_before_it_was_called() {
+    // Before the fix, fsync reported the failure of an upload that was already in flight when it was called, even
+    // though the store worked again by then; and on a first failure it returned while other uploads still ran.
+    let e = env();
+    let f = fs(&e, FsOptions { upload_attempts: 1, ..small(4096) });
+    e.store.set_put_delay(Duration::from_millis(300));
+    e.store.fail_next_puts.store(1, Ordering::SeqCst);
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    // The second write seals the first buffer: its upload starts now and is the one that fails.
+    f.write(ino, 0, &[1u8; 4096]).unwrap();
+    f.write(ino, 4096, &[2u8; 100]).unwrap();
+    assert_eq!(f.buffered().1, 1, "one upload in flight");
+    // Let that upload reach the store well before fsync's own upload does.
+    std::thread::sleep(Duration::from_millis(100));
+    f.fsync(ino).unwrap();
+    assert!(all_stored(&f, ino));
+    assert_eq!(f.buffered(), (0, 0));
+}
