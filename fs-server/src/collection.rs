@@ -270,7 +270,7 @@ mod tests {
         let reopened = open(&e, "job");
         let a = reopened.fs().lookup(ROOT, b"out.txt").unwrap();
         assert_eq!((a.perm, a.size), (0o600, 7));
-        assert_eq!(reopened.fs().read(a.ino, 0, 100).unwrap(), b"result\n");
+        assert_eq!(&reopened.fs().read(a.ino, 0, 100).unwrap()[..], b"result\n");
         assert!(!reopened.is_dirty());
         assert_eq!(reopened.last_version().unwrap().version, 3);
     }
@@ -287,7 +287,7 @@ mod tests {
         assert!(matches!(err, CollectionError::Catalog(CatalogError::Conflict { .. })), "{err}");
         assert!(b.is_dirty(), "the loser's tree is still there, uncommitted");
         let ino = b.fs().lookup(ROOT, b"b").unwrap().ino;
-        assert_eq!(b.fs().read(ino, 0, 100).unwrap(), b"from b");
+        assert_eq!(&b.fs().read(ino, 0, 100).unwrap()[..], b"from b");
         let head = e.rt.block_on(e.catalog.head(&RefName::new("shared").unwrap())).unwrap().unwrap();
         assert_eq!(head.message, "a wins");
     }
@@ -305,7 +305,7 @@ mod tests {
         assert!(ro.is_read_only());
         assert_eq!(ro.last_pdh(), Some(done.pdh));
         let ino = ro.fs().lookup(ROOT, b"f").unwrap().ino;
-        assert_eq!(ro.fs().read(ino, 0, 10).unwrap(), b"bytes");
+        assert_eq!(&ro.fs().read(ino, 0, 10).unwrap()[..], b"bytes");
         assert!(matches!(e.rt.block_on(ro.commit("t", "m")), Err(CollectionError::ReadOnly)));
         let unknown = Pdh::of_text(b"nothing");
         let err = e

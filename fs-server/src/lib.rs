@@ -6,10 +6,12 @@
 //! - [`manifest`]: the Arvados manifest codec (parse, normalize, portable data hash);
 //! - [`store`]: the block store trait and its local-directory implementation;
 //! - [`catalog`]: named, versioned collections (refs and history) and their SQLite implementation;
+//! - [`bigbuf`]: block-sized buffers backed by huge pages;
 //! - [`fs`]: the filesystem core (FUSE-free, store-agnostic);
 //! - [`collection`]: a tree bound to its ref or hash, and the commit logic;
 //! - [`transfer`]: moving a directory tree on disk into a collection and back.
 
+pub mod bigbuf;
 pub mod catalog;
 pub mod collection;
 pub mod control;

@@ -74,6 +74,13 @@ impl BlockCache {
         Ok(data)
     }
 
+    /// Whether the block is held or being fetched (a read of it will not start another fetch).
+    pub fn has(&self, locator: &Locator) -> bool {
+        let k = key(locator);
+        let lru = self.lock();
+        lru.blocks.contains_key(&k) || lru.fetching.contains_key(&k)
+    }
+
     /// Bytes held.
     pub fn held(&self) -> u64 {
         self.lock().bytes

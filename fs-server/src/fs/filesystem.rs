@@ -41,6 +41,9 @@ pub struct FsOptions {
     pub max_uploads: usize,
     /// Bytes of stored blocks the read cache keeps.
     pub cache_size: u64,
+    /// Bytes past a sequential read whose blocks are fetched ahead (kept well under `cache_size`, so that
+    /// fetched-ahead blocks are not evicted before they are read).
+    pub readahead: u64,
     /// Attempts per upload for errors that may go away (the store down, a timeout).
     pub upload_attempts: u32,
     /// Wait before the second attempt; doubles for each further one.
@@ -54,6 +57,7 @@ impl Default for FsOptions {
             memory_budget: 512 << 20,
             max_uploads: 4,
             cache_size: 256 << 20,
+            readahead: 128 << 20,
             upload_attempts: 4,
             retry_delay: Duration::from_millis(200),
         }
@@ -105,6 +109,9 @@ struct Buffer {
     members: Vec<BufId>,
 }
 
+/// How far out of order a read may arrive and still count as continuing a sequential stream.
+const READ_ORDER_SLACK: u64 = 4 << 20;
+
 /// Owner of pack buffers (no inode has this number).
 const PACK: Ino = 0;
 
@@ -144,6 +151,8 @@ struct State {
     /// fault per 4 KiB touched, a measurable share of a streaming write's CPU. Counted against the budget.
     spare: Option<Vec<u8>>,
     uploading: usize,
+    /// Where each file's last read ended, to tell sequential reads (which get read-ahead) from random ones.
+    read_ends: HashMap<Ino, u64>,
     /// Bumped by every change to the tree; see [`Filesystem::generation`].
     generation: u64,
 }
@@ -246,6 +255,7 @@ impl Filesystem {
             memory: 0,
             spare: None,
             uploading: 0,
+            read_ends: HashMap::new(),
             generation: 0,
         };
         let shared = Shared {
@@ -438,6 +448,7 @@ impl Filesystem {
     /// dropped when it lands; nothing refers to them any more.)
     fn reap(st: &mut State) {
         for ino in st.table.take_freed() {
+            st.read_ends.remove(&ino);
             if let Some(id) = st.open_buffer.remove(&ino)
                 && let Some(b) = st.remove_buffer(id)
             {
@@ -549,7 +560,7 @@ impl Filesystem {
                     // it by copies. A small one gets exactly its size, so many small files cost what they hold.
                     let first = data.len() - done;
                     let v = if first >= 128 << 10 {
-                        st.spare.take().unwrap_or_else(|| Vec::with_capacity(self.shared.opts.buffer_size))
+                        st.spare.take().unwrap_or_else(|| crate::bigbuf::with_capacity(self.shared.opts.buffer_size))
                     } else {
                         Vec::with_capacity(first)
                     };
@@ -807,55 +818,83 @@ impl Filesystem {
         }
     }
 
-    /// Reads up to `len` bytes at `offset`.
-    pub fn read(&self, ino: Ino, offset: u64, len: u64) -> Result<Vec<u8>, FsError> {
-        enum Part {
-            Ready(usize, usize),
-            Fetch(Locator, u64, u64),
+    /// Reads up to `len` bytes at `offset`. A read that continues the file's previous one also starts fetches
+    /// of the blocks within `readahead` past it, so that a sequential reader finds them fetched (and verified).
+    /// A read within one stored block is a view of the cached block, not a copy.
+    pub fn read(&self, ino: Ino, offset: u64, len: u64) -> Result<Bytes, FsError> {
+        enum Piece {
+            Zeros(usize),
+            Copied(Bytes),
+            Stored(Locator, usize, usize),
         }
-        let mut out = Vec::new();
-        let mut parts = Vec::new();
+        let mut pieces = Vec::new();
+        let mut total = 0u64;
+        let mut ahead: Vec<Locator> = Vec::new();
         {
-            let st = self.lock();
-            let x = match &st.table.get(ino)?.body {
+            let mut st = self.lock();
+            let State { table, buffers, read_ends, .. } = &mut *st;
+            let x = match &table.get(ino)?.body {
                 Body::File(x) => x,
                 Body::Dir(_) => return Err(FsError::IsDir),
                 Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
             };
             for piece in x.read_plan(offset, len) {
-                let start = out.len();
-                match piece.src {
-                    Source::Hole => out.resize(start + piece.len as usize, 0),
+                total += piece.len;
+                pieces.push(match piece.src {
+                    Source::Hole => Piece::Zeros(piece.len as usize),
                     Source::Buffer { id, offset } => {
-                        let buf = st.buffers.get(&id).ok_or_else(|| FsError::Io("buffer vanished".into()))?;
-                        out.extend_from_slice(buf.bytes(offset, piece.len));
+                        let buf = buffers.get(&id).ok_or_else(|| FsError::Io("buffer vanished".into()))?;
+                        Piece::Copied(Bytes::copy_from_slice(buf.bytes(offset, piece.len)))
                     }
-                    Source::Stored { block, offset } => {
-                        out.resize(start + piece.len as usize, 0);
-                        parts.push(Part::Fetch(block, offset, piece.len));
-                        parts.push(Part::Ready(start, piece.len as usize));
-                        continue;
+                    Source::Stored { block, offset } => Piece::Stored(block, offset as usize, piece.len as usize),
+                });
+            }
+            let end = offset + total;
+            // Several kernel threads read ahead at once, so a sequential stream arrives slightly out of order.
+            let previous = read_ends.insert(ino, end);
+            let sequential = offset == 0 || previous.is_some_and(|p| p.abs_diff(offset) <= READ_ORDER_SLACK);
+            if sequential && self.shared.opts.readahead > 0 && total > 0 {
+                for piece in x.read_plan(end, self.shared.opts.readahead) {
+                    if let Source::Stored { block, .. } = piece.src
+                        && !ahead.contains(&block)
+                        && !pieces.iter().any(|p| matches!(p, Piece::Stored(b, ..) if *b == block))
+                    {
+                        ahead.push(block);
                     }
                 }
             }
+        }
+        for block in ahead {
+            if self.shared.cache.has(&block) {
+                continue;
+            }
+            let shared = self.shared.clone();
+            self.shared.rt.spawn(async move {
+                // A failure here is reported by the read that needs the block (which fetches it again).
+                if let Err(e) = shared.cache.get(shared.store.as_ref(), &block).await {
+                    tracing::debug!(error = %e, %block, "read-ahead failed");
+                }
+            });
         }
         // Stored pieces are fetched without the lock.
-        let mut pending = None;
-        for part in parts {
-            match part {
-                Part::Fetch(block, off, len) => pending = Some((block, off, len)),
-                Part::Ready(start, n) => {
-                    let (block, off, _) = pending.take().expect("fetch precedes its slot");
-                    let data = self
-                        .shared
-                        .rt
-                        .block_on(self.shared.cache.get(self.shared.store.as_ref(), &block))
-                        .map_err(|e| FsError::Io(e.to_string()))?;
-                    out[start..start + n].copy_from_slice(&data[off as usize..off as usize + n]);
-                }
+        let fetch = |block: &Locator| {
+            self.shared
+                .rt
+                .block_on(self.shared.cache.get(self.shared.store.as_ref(), block))
+                .map_err(|e| FsError::Io(e.to_string()))
+        };
+        if let [Piece::Stored(block, off, n)] = pieces.as_slice() {
+            return Ok(fetch(block)?.slice(*off..off + n));
+        }
+        let mut out = Vec::with_capacity(total as usize);
+        for piece in pieces {
+            match piece {
+                Piece::Zeros(n) => out.resize(out.len() + n, 0),
+                Piece::Copied(b) => out.extend_from_slice(&b),
+                Piece::Stored(block, off, n) => out.extend_from_slice(&fetch(&block)?[off..off + n]),
             }
         }
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     /// The committed form of the tree: uploads every buffer, then builds the manifest and the sidecar. Holes are

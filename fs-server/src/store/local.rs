@@ -11,7 +11,7 @@
 //! every block it is asked about would cost a full read.)
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use super::{Block, BlockStore, StoreError, check_range, verify};
-use crate::locator::Locator;
+use super::{Block, BlockStore, StoreError, check_range};
+use crate::locator::{Locator, Md5};
 
 #[derive(Debug, Clone)]
 pub struct LocalDirStoreOptions {
@@ -57,6 +57,9 @@ const TMP_DIR: &str = ".tmp";
 const CORRUPT_DIR: &str = ".corrupt";
 /// Present once every fan-out directory has been made durable.
 const LAYOUT_MARKER: &str = ".layout-v1";
+
+/// A block is read and hashed this many bytes at a time.
+const READ_CHUNK: usize = 4 << 20;
 
 impl LocalDirStore {
     /// Opens (creating if needed) a store rooted at `root`.
@@ -161,16 +164,38 @@ impl Inner {
     }
 
     fn get(&self, locator: &Locator) -> Result<Bytes, StoreError> {
-        let data = match fs::read(self.block_path(locator)) {
-            Ok(d) => d,
+        let mut file = match fs::File::open(self.block_path(locator)) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound(locator.clone()));
             }
-            Err(e) => return Err(StoreError::io("read", locator, e)),
+            Err(e) => return Err(StoreError::io("open", locator, e)),
         };
-        if let Err(e) = verify(locator, &data) {
+        // Hashing each chunk as it arrives overlaps the MD5 with the kernel's read-ahead of the rest, where
+        // reading the whole file first and then hashing it would do one after the other.
+        let size = locator.size() as usize;
+        let mut data = crate::bigbuf::with_capacity(size);
+        let mut md5 = Md5::new();
+        loop {
+            let start = data.len();
+            // One byte past the expected size is asked for, so that a longer file shows.
+            let want = READ_CHUNK.min(size + 1 - start) as u64;
+            let n = (&mut file).take(want).read_to_end(&mut data).map_err(|e| StoreError::io("read", locator, e))?;
+            md5.update(&data[start..]);
+            if n == 0 || data.len() > size {
+                break;
+            }
+        }
+        let reason = if data.len() != size {
+            Some(format!("{} bytes where the locator says {size}", data.len()))
+        } else if md5.finish() != *locator.md5() {
+            Some("MD5 does not match".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
             self.quarantine(locator);
-            return Err(e);
+            return Err(StoreError::Corrupt { locator: locator.clone(), reason });
         }
         Ok(Bytes::from(data))
     }

@@ -134,7 +134,7 @@ fn writers_wait_for_uploads_within_the_memory_budget() {
     // Ten MiB went through 256 KiB of buffers: at most one write beyond the budget at any time.
     assert!(peak <= budget + chunk.len() as u64, "peak {peak} over budget {budget}");
     f.fsync(ino).unwrap();
-    assert_eq!(f.read(ino, 5 << 20, 4).unwrap(), [7, 7, 7, 7]);
+    assert_eq!(&f.read(ino, 5 << 20, 4).unwrap()[..], [7, 7, 7, 7]);
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn corrupted_store_reads_are_errors_not_bytes() {
     e.store.corrupt_gets.store(true, Ordering::SeqCst);
     assert_eq!(f.read(ino, 0, 8).unwrap_err().errno(), libc::EIO);
     e.store.corrupt_gets.store(false, Ordering::SeqCst);
-    assert_eq!(f.read(ino, 0, 8).unwrap(), b"precious");
+    assert_eq!(&f.read(ino, 0, 8).unwrap()[..], b"precious");
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn unlinked_open_files_stay_usable_then_go() {
     f.write(ino, 0, b"scratch").unwrap();
     f.unlink(ROOT, b"tmp").unwrap();
     assert_eq!(f.lookup(ROOT, b"tmp").unwrap_err(), FsError::NotFound);
-    assert_eq!(f.read(ino, 0, 100).unwrap(), b"scratch");
+    assert_eq!(&f.read(ino, 0, 100).unwrap()[..], b"scratch");
     f.release(ino).unwrap();
     assert_eq!(f.getattr(ino).unwrap_err(), FsError::NotFound);
     assert_eq!(f.buffered().0, 0, "its buffer was freed");
@@ -203,8 +203,11 @@ fn describe(f: &Filesystem) -> BTreeMap<Vec<u8>, Shown> {
                 Kind::Dir => stack.push((ino, p)),
                 _ => {
                     let a = f.getattr(ino).unwrap();
-                    let content =
-                        if kind == Kind::File { f.read(ino, 0, u64::MAX).unwrap() } else { f.readlink(ino).unwrap() };
+                    let content = if kind == Kind::File {
+                        f.read(ino, 0, u64::MAX).unwrap().to_vec()
+                    } else {
+                        f.readlink(ino).unwrap()
+                    };
                     out.insert(p, (a.kind, a.perm, a.uid, a.gid, a.mtime, content));
                 }
             }
@@ -285,13 +288,13 @@ fn small_files_share_blocks() {
     assert_eq!(e.store.puts.load(Ordering::SeqCst) - puts_before, 1);
     assert_eq!(f.buffered(), (0, 0));
     let ino = f.lookup(d, b"f0500").unwrap().ino;
-    assert_eq!(f.read(ino, 0, 100).unwrap(), b"small file number 500\n");
+    assert_eq!(&f.read(ino, 0, 100).unwrap()[..], b"small file number 500\n");
     // Read back from the stored pack after a reload, too.
     let g =
         Filesystem::load(&manifest, &[], e.store.clone(), e.rt.handle().clone(), FsOptions::default(), 0, 0).unwrap();
     let d = g.lookup(ROOT, b"many").unwrap().ino;
     let ino = g.lookup(d, b"f0999").unwrap().ino;
-    assert_eq!(g.read(ino, 0, 100).unwrap(), b"small file number 999\n");
+    assert_eq!(&g.read(ino, 0, 100).unwrap()[..], b"small file number 999\n");
 }
 
 #[test]
@@ -325,4 +328,35 @@ fn fsync_retries_an_upload_that_failed_before_it_was_called() {
     f.fsync(ino).unwrap();
     assert!(all_stored(&f, ino));
     assert_eq!(f.buffered(), (0, 0));
+}
+
+#[test]
+fn sequential_reads_fetch_ahead_and_random_reads_do_not() {
+    let e = env();
+    let f = fs(&e, FsOptions { readahead: 8192, ..small(4096) });
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    let data: Vec<u8> = (0..6 * 4096u32).map(|i| (i % 251) as u8).collect();
+    f.write(ino, 0, &data).unwrap();
+    f.fsync(ino).unwrap();
+    let gets = || e.store.gets.load(Ordering::SeqCst);
+    let settle = |want: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gets() < want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // A read far into the file is random: only its own block is fetched.
+    assert_eq!(&f.read(ino, 4 * 4096 + 10, 10).unwrap()[..], &data[4 * 4096 + 10..4 * 4096 + 20]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(gets(), 1);
+    // A read from the start is sequential: blocks 1 and 2 are fetched ahead of it.
+    assert_eq!(&f.read(ino, 0, 100).unwrap()[..], &data[..100]);
+    settle(4);
+    assert_eq!(gets(), 4);
+    // Continuing the stream finds them in the cache, and fetches further ahead (block 3; block 4 is cached).
+    assert_eq!(&f.read(ino, 100, 2 * 4096).unwrap()[..], &data[100..100 + 2 * 4096]);
+    settle(5);
+    assert_eq!(&f.read(ino, 0, u64::MAX).unwrap()[..], &data[..]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(gets(), 6, "every block fetched once");
 }
