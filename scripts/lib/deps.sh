@@ -27,4 +27,12 @@ cafs_install_deps() {
   fi
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+  # POSIX test suites that the end-to-end tests run on real mounts.
+  local tool
+  for tool in pjdfstest@0.2.2 fsx@0.3.2; do
+    if ! command -v "${tool%@*}" >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/${tool%@*}" ]; then
+      cafs_log "cargo install $tool"
+      cargo install --locked --quiet "$tool"
+    fi
+  done
 }

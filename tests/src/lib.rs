@@ -46,3 +46,21 @@ pub fn lstat_tree(root: &Path) -> BTreeMap<String, (std::fs::Metadata, Vec<u8>)>
 pub fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     lstat_tree(root).into_iter().map(|(p, (m, c))| (p, (!m.is_dir()).then_some(c))).collect()
 }
+
+/// Path of an external test tool that `scripts/test.sh` installs (`cargo install`): on `PATH` or in Cargo's
+/// `bin` directory. Panics, saying how to get it, when it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|c| c.join("bin"));
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(cargo_bin)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed: scripts/test.sh installs it (cargo install --locked {name})")
+        })
+}

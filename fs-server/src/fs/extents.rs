@@ -184,6 +184,38 @@ impl Extents {
         }
     }
 
+    /// The ranges of buffer `id` the file still reads, as `(offset in the buffer, length)`, sorted and merged.
+    pub fn buffer_ranges(&self, id: BufId) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<(u64, u64)> = self
+            .list
+            .iter()
+            .filter_map(|e| match e.src {
+                Source::Buffer { id: b, offset } if b == id => Some((offset, e.len)),
+                _ => None,
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (off, len) in ranges {
+            match merged.last_mut() {
+                Some((o, l)) if off <= *o + *l => *l = (*l).max(off + len - *o),
+                _ => merged.push((off, len)),
+            }
+        }
+        merged
+    }
+
+    /// Points every reference into buffer `id` at `moved(offset)` instead (after the buffer was compacted).
+    pub fn remap_buffer(&mut self, id: BufId, moved: impl Fn(u64) -> u64) {
+        for e in &mut self.list {
+            if let Source::Buffer { id: b, offset } = &mut e.src
+                && *b == id
+            {
+                *offset = moved(*offset);
+            }
+        }
+    }
+
     /// Whether any byte still lives only in buffer `id`.
     pub fn uses_buffer(&self, id: BufId) -> bool {
         self.list.iter().any(|e| matches!(e.src, Source::Buffer { id: b, .. } if b == id))

@@ -571,7 +571,9 @@ impl Filesystem {
             };
             let room = self.shared.opts.buffer_size - st.buffers[&id].len();
             if room == 0 {
-                self.seal(&mut st, id);
+                if !Self::compact(&mut st, id) {
+                    self.seal(&mut st, id);
+                }
                 continue;
             }
             let State { buffers, table, memory, .. } = &mut *st;
@@ -599,7 +601,11 @@ impl Filesystem {
                 let largest =
                     st.open_buffer.values().copied().max_by_key(|id| st.buffers.get(id).map_or(0, Buffer::len));
                 match largest {
-                    Some(id) => self.seal(&mut st, id),
+                    Some(id) => {
+                        if !Self::compact(&mut st, id) {
+                            self.seal(&mut st, id)
+                        }
+                    }
                     // Everything is sealed and nothing uploads: failed uploads hold the memory.
                     None => break,
                 }
@@ -607,6 +613,38 @@ impl Filesystem {
             st = self.wait(st);
         }
         Ok(data.len())
+    }
+
+    /// Drops the bytes of an open buffer that its file no longer reads (overwritten or truncated away), when
+    /// they are at least half of it, by moving the live bytes down. Returns whether it did; the buffer then has
+    /// room again. A file rewritten in place (a database, `fsx`) thus never stores its garbage.
+    fn compact(st: &mut State, id: BufId) -> bool {
+        let State { buffers, table, memory, .. } = st;
+        let Some(buf) = buffers.get_mut(&id) else { return false };
+        let BufData::Open(v) = &mut buf.data else { return false };
+        let Ok(inode) = table.get_mut(buf.owner) else { return false };
+        let Body::File(x) = &mut inode.body else { return false };
+        let live = x.buffer_ranges(id);
+        let live_bytes: u64 = live.iter().map(|r| r.1).sum();
+        if v.is_empty() || live_bytes * 2 > v.len() as u64 {
+            return false;
+        }
+        // (old offset, new offset) of each live range, in buffer order: ranges only move down.
+        let mut moves = Vec::with_capacity(live.len());
+        let mut at = 0u64;
+        for &(off, len) in &live {
+            v.copy_within(off as usize..(off + len) as usize, at as usize);
+            moves.push((off, at));
+            at += len;
+        }
+        *memory -= v.len() as u64 - at;
+        v.truncate(at as usize);
+        x.remap_buffer(id, |o| {
+            let i = moves.partition_point(|&(off, _)| off <= o) - 1;
+            let (off, new) = moves[i];
+            new + (o - off)
+        });
+        true
     }
 
     fn wait<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
