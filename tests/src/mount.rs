@@ -62,6 +62,11 @@ impl MountedCafsd {
         m
     }
 
+    /// The cafsd process's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGTERM, then wait (at most 60 s): cafsd unmounts, commits a changed tree and exits. Returns its exit
     /// status and what it printed (the PDH of a commit on unmount).
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
