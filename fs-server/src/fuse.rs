@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::collection::Collection;
@@ -156,7 +156,14 @@ impl fuser::Filesystem for CafsFuse {
         // 1 MiB writes and parallel directory operations; no writeback cache, so that every write reaches the
         // core in order and errors reach the writer.
         let _ = config.set_max_write(1 << 20);
-        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_PARALLEL_DIROPS);
+        // readdirplus answers `ls -l` and `find` with the attributes in the listing, saving a lookup per entry;
+        // "auto" lets the kernel fall back to plain readdir when nobody looks at the attributes.
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_ASYNC_READ
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -456,6 +463,42 @@ impl fuser::Filesystem for CafsFuse {
         }
         for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*child), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        // (name, attributes, how long the kernel may keep them)
+        let mut entries: Vec<(Vec<u8>, FileAttr, Duration)> = Vec::new();
+        if ino.0 == CONTROL_DIR {
+            let dir = self.virtual_attr(CONTROL_DIR).expect("virtual");
+            entries.push((b".".to_vec(), dir, Duration::ZERO));
+            match self.coll.fs().getattr(ROOT) {
+                Ok(a) => entries.push((b"..".to_vec(), file_attr(&a), TTL)),
+                Err(e) => return reply.error(errno(&e)),
+            }
+            for f in ControlFile::ALL {
+                let a = self.virtual_attr(control_ino(f)).expect("virtual");
+                entries.push((f.name().as_bytes().to_vec(), a, Duration::ZERO));
+            }
+        } else {
+            let fs = self.coll.fs();
+            let here = fs.getattr(ino.0).and_then(|a| Ok((a, fs.getattr(fs.parent(ino.0)?)?)));
+            let (here, parent) = match here {
+                Ok(x) => x,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            entries.push((b".".to_vec(), file_attr(&here), TTL));
+            entries.push((b"..".to_vec(), file_attr(&parent), TTL));
+            match fs.readdir_attrs(ino.0) {
+                Ok(list) => entries.extend(list.into_iter().map(|(name, a)| (name, file_attr(&a), TTL))),
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        for (i, (name, attr, ttl)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), ttl, attr, Generation(0)) {
                 break;
             }
         }

@@ -444,6 +444,12 @@ impl Filesystem {
         st.table.entries(dir)?.map(|(name, ino)| Ok((name.to_vec(), ino, st.table.get(ino)?.kind()))).collect()
     }
 
+    /// Entries of a directory in name order with their attributes (what `readdirplus` returns).
+    pub fn readdir_attrs(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Attr)>, FsError> {
+        let st = self.lock();
+        st.table.entries(dir)?.map(|(name, ino)| Ok((name.to_vec(), Self::attr(&st, ino)?))).collect()
+    }
+
     /// Drops the open buffers of files just freed. (Sealed buffers of a freed file finish their upload and are
     /// dropped when it lands; nothing refers to them any more.)
     fn reap(st: &mut State) {
