@@ -555,6 +555,18 @@ impl Filesystem {
             Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
         }
         offset.checked_add(data.len() as u64).ok_or(FsError::Invalid("write past the largest file offset"))?;
+        self.buffer_bytes(&mut st, ino, offset, data)?;
+        let t = now();
+        let i = st.table.get_mut(ino)?;
+        i.meta.mtime = t;
+        i.meta.ctime = t;
+        st.generation += 1;
+        drop(self.within_budget(st));
+        Ok(data.len())
+    }
+
+    /// Copies `data` into the file's buffer(s) and points its extents at them (a file's bytes, not its times).
+    fn buffer_bytes(&self, st: &mut State, ino: Ino, offset: u64, data: &[u8]) -> Result<(), FsError> {
         let mut done = 0;
         while done < data.len() {
             let id = match st.open_buffer.get(&ino) {
@@ -577,12 +589,12 @@ impl Filesystem {
             };
             let room = self.shared.opts.buffer_size - st.buffers[&id].len();
             if room == 0 {
-                if !Self::compact(&mut st, id) {
-                    self.seal(&mut st, id);
+                if !Self::compact(st, id) {
+                    self.seal(st, id);
                 }
                 continue;
             }
-            let State { buffers, table, memory, .. } = &mut *st;
+            let State { buffers, table, memory, .. } = st;
             let buf = buffers.get_mut(&id).expect("open buffers exist");
             let BufData::Open(v) = &mut buf.data else { unreachable!("open_buffer names an open buffer") };
             let n = room.min(data.len() - done);
@@ -593,12 +605,11 @@ impl Filesystem {
             x.write(offset + done as u64, n as u64, Source::Buffer { id, offset: at });
             done += n;
         }
-        let t = now();
-        let i = st.table.get_mut(ino)?;
-        i.meta.mtime = t;
-        i.meta.ctime = t;
-        st.generation += 1;
-        // Back-pressure: past the budget, wait for uploads to free memory.
+        Ok(())
+    }
+
+    /// Back-pressure: past the budget, waits for uploads to free memory.
+    fn within_budget<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         while st.memory + st.spare.as_ref().map_or(0, |v| v.capacity() as u64) > self.shared.opts.memory_budget {
             if st.spare.take().is_some() {
                 continue;
@@ -618,7 +629,7 @@ impl Filesystem {
             }
             st = self.wait(st);
         }
-        Ok(data.len())
+        st
     }
 
     /// Drops the bytes of an open buffer that its file no longer reads (overwritten or truncated away), when
@@ -941,9 +952,45 @@ impl Filesystem {
         Ok(Bytes::from(out))
     }
 
+    /// Rewrites stored pieces into new buffers (which the next flush packs into new blocks), so that a commit
+    /// no longer refers to blocks that are mostly garbage. A piece the tree changed meanwhile is left alone.
+    /// Contents and times stay as they are.
+    fn repack(&self, pieces: Vec<LivePiece>) -> Result<(), FsError> {
+        let mut by_block: HashMap<Locator, Vec<(Ino, u64, u64, u64)>> = HashMap::new();
+        for (ino, at, block, offset, len) in pieces {
+            by_block.entry(block).or_default().push((ino, at, offset, len));
+        }
+        tracing::info!(blocks = by_block.len(), "repacking blocks that are mostly garbage");
+        for (block, pieces) in by_block {
+            let data = self
+                .shared
+                .rt
+                .block_on(self.shared.cache.get(self.shared.store.as_ref(), &block))
+                .map_err(|e| FsError::Io(e.to_string()))?;
+            for (ino, at, offset, len) in pieces {
+                let mut st = self.lock();
+                let unchanged = match st.table.get(ino).map(|i| &i.body) {
+                    Ok(Body::File(x)) => {
+                        let plan = x.read_plan(at, len);
+                        plan.len() == 1
+                            && plan[0].len == len
+                            && plan[0].src == Source::Stored { block: block.clone(), offset }
+                    }
+                    _ => false,
+                };
+                if unchanged {
+                    self.buffer_bytes(&mut st, ino, at, &data[offset as usize..(offset + len) as usize])?;
+                    drop(self.within_budget(st));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The committed form of the tree: uploads every buffer, then builds the manifest and the sidecar. Holes are
     /// stored as references to a block of zeros.
     pub fn snapshot(&self) -> Result<(Manifest, Vec<u8>), FsError> {
+        let mut repacked = false;
         loop {
             let st = self.lock();
             let all = st.buffers.keys().copied().collect();
@@ -952,6 +999,15 @@ impl Filesystem {
             if st.buffers.values().any(|b| !matches!(&b.data, BufData::Open(v) if v.is_empty())) {
                 // Written meanwhile: flush again.
                 continue;
+            }
+            if !repacked {
+                repacked = true;
+                let pieces = garbage_pieces(&st, self.shared.opts.buffer_size as u64 / 16);
+                if !pieces.is_empty() {
+                    drop(st);
+                    self.repack(pieces)?;
+                    continue;
+                }
             }
             let hole = longest_hole(&st);
             if hole > 0 {
@@ -972,6 +1028,51 @@ impl Filesystem {
             return Ok(build(&st, None));
         }
     }
+}
+
+/// A stored piece of a file that is to be rewritten: file, offset in it, block, offset in the block, length.
+type LivePiece = (Ino, u64, Locator, u64, u64);
+
+/// The pieces of the tree stored in blocks that are mostly garbage (bytes no file reads any more, after
+/// overwrites and truncations): at most a quarter of the block live, and at least `min_garbage` bytes dead.
+fn garbage_pieces(st: &State, min_garbage: u64) -> Vec<LivePiece> {
+    let mut files = Vec::new();
+    let mut stack = vec![ROOT];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = st.table.entries(dir) else { continue };
+        for (_, ino) in entries {
+            match st.table.get(ino).map(|i| &i.body) {
+                Ok(Body::Dir(_)) => stack.push(ino),
+                Ok(Body::File(x)) => files.push((ino, x)),
+                _ => {}
+            }
+        }
+    }
+    let mut live: HashMap<&Locator, u64> = HashMap::new();
+    for (_, x) in &files {
+        for e in x.iter() {
+            if let Source::Stored { block, .. } = &e.src {
+                *live.entry(block).or_default() += e.len;
+            }
+        }
+    }
+    let mostly_garbage = |b: &Locator| {
+        let l = live.get(b).copied().unwrap_or(0);
+        l * 4 <= b.size() && b.size() - l >= min_garbage.max(1)
+    };
+    let mut pieces = Vec::new();
+    for (ino, x) in files {
+        let mut at = 0;
+        for e in x.iter() {
+            if let Source::Stored { block, offset } = &e.src
+                && mostly_garbage(block)
+            {
+                pieces.push((ino, at, block.clone(), *offset, e.len));
+            }
+            at += e.len;
+        }
+    }
+    pieces
 }
 
 fn longest_hole(st: &State) -> u64 {

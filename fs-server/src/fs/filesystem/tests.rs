@@ -386,3 +386,32 @@ fn rewriting_in_place_keeps_garbage_out_of_memory_and_the_store() {
     assert_eq!(e.store.puts.load(Ordering::SeqCst), 1);
     assert_eq!(&f.read(ino, 0, u64::MAX).unwrap()[..], &model[..]);
 }
+
+#[test]
+fn commits_repack_blocks_that_are_mostly_garbage() {
+    // Before repacking, a file cut down to 100 bytes still referred to its whole first 4 KiB block (and a
+    // reader fetched all of it); a block still mostly read is kept as it is.
+    let e = env();
+    let f = fs(&e, small(4096));
+    let a = f.create(ROOT, b"a", 0o644, 0, 0).unwrap().ino;
+    let b = f.create(ROOT, b"b", 0o644, 0, 0).unwrap().ino;
+    let bytes_a: Vec<u8> = (0..4 * 4096u32).map(|i| (i % 253) as u8).collect();
+    let bytes_b: Vec<u8> = (0..4096u32).map(|i| (i % 7) as u8).collect();
+    f.write(a, 0, &bytes_a).unwrap();
+    f.write(b, 0, &bytes_b).unwrap();
+    f.fsync(a).unwrap();
+    f.fsync(b).unwrap();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    f.setattr(a, &SetAttr { size: Some(100), mtime: Some(t), ..SetAttr::default() }).unwrap();
+    f.setattr(b, &SetAttr { size: Some(3500), ..SetAttr::default() }).unwrap();
+    let (m, _) = f.snapshot().unwrap();
+    let sizes = |name: &[u8]| -> Vec<u64> {
+        let Some(Entry::File(file)) = m.root().get(name) else { panic!("no file") };
+        file.segments().iter().map(|s| m.block(s.block).size()).collect()
+    };
+    assert_eq!(sizes(b"a"), [100], "a's 100 bytes moved out of the mostly-dead 4 KiB block");
+    assert_eq!(sizes(b"b"), [4096], "b still reads most of its block");
+    assert_eq!(&f.read(a, 0, u64::MAX).unwrap()[..], &bytes_a[..100]);
+    assert_eq!(&f.read(b, 0, u64::MAX).unwrap()[..], &bytes_b[..3500]);
+    assert_eq!(f.getattr(a).unwrap().mtime, t, "repacking leaves times alone");
+}
