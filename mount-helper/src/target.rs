@@ -1,0 +1,163 @@
+//! Mount-point validation. A request names a path; the helper runs as root, so a path that is resolved twice
+//! (once to check, once to mount) could be swapped in between for a symlink to `/etc`. Instead the path is opened
+//! once, as an `O_PATH` directory fd with `openat2(RESOLVE_NO_SYMLINKS)`, every check that concerns the
+//! directory is made on that fd, the fd's path is read back from the kernel and checked again, and the mount is
+//! made on the fd itself (`/proc/self/fd/N`).
+//!
+//! Refused: a relative path or one with `.`/`..` components; a system path (`/`, `/etc`, `/usr`, `/proc`,
+//! `/sys`, `/dev`, ... or below them); a path outside the configured allowed roots (or an allowed root itself);
+//! a symlink anywhere in the path; a missing or non-directory target; a directory the peer does not own (root
+//! may mount on any directory the rest allows); a directory that is already a mount point.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+
+/// Directories that are never mounted on, nor anything below them, whatever the configuration says.
+pub const SYSTEM_PATHS: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/run/systemd",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib",
+    "/var/log",
+    "/var/spool",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("{0}: the mount point must be an absolute path")]
+    NotAbsolute(PathBuf),
+    #[error("{0}: the mount point must not contain '.' or '..' components")]
+    DotComponent(PathBuf),
+    #[error("{0}: refusing to mount on a system path")]
+    SystemPath(PathBuf),
+    #[error("{path}: not below an allowed root ({})", .roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NotAllowed { path: PathBuf, roots: Vec<PathBuf> },
+    #[error("{0}: a component of the path is a symlink (symlinks are not followed)")]
+    Symlink(PathBuf),
+    #[error("{0}: no such directory")]
+    Missing(PathBuf),
+    #[error("{0}: not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{path}: owned by uid {owner}, not by the requesting uid {uid}")]
+    NotOwner { path: PathBuf, owner: u32, uid: u32 },
+    #[error("{0}: already a mount point")]
+    AlreadyMounted(PathBuf),
+    #[error("{0}: moved while being checked")]
+    Moved(PathBuf),
+    #[error("{path}: {errno}")]
+    Os { path: PathBuf, errno: Errno },
+}
+
+/// What the helper's configuration allows.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Mount points must lie strictly below one of these.
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+/// A checked mount point: an `O_PATH` fd of the directory, to mount on through `/proc/self/fd/N`.
+#[derive(Debug)]
+pub struct Target {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    /// Mode bits of the directory, for the mount's `rootmode=`.
+    pub mode: u32,
+}
+
+impl Target {
+    /// The path through which the kernel reaches exactly this directory.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+fn below(path: &Path, root: &Path) -> bool {
+    path != root && path.starts_with(root)
+}
+
+/// Checks that `uid` may mount at `path` under `policy`, and opens the directory.
+pub fn check(path: &Path, uid: u32, policy: &Policy) -> Result<Target, TargetError> {
+    let p = path.to_path_buf();
+    if !path.is_absolute() {
+        return Err(TargetError::NotAbsolute(p));
+    }
+    if path.components().any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+        || path.as_os_str().as_bytes().split(|&b| b == b'/').any(|c| c == b"." || c == b"..")
+    {
+        return Err(TargetError::DotComponent(p));
+    }
+    // `Path` equality ignores repeated and trailing slashes; compare on the components from here on.
+    let normal: PathBuf = path.components().collect();
+    if normal == Path::new("/") || SYSTEM_PATHS.iter().any(|s| normal.starts_with(s)) {
+        return Err(TargetError::SystemPath(p));
+    }
+    if !policy.allowed_roots.iter().any(|r| below(&normal, r)) {
+        return Err(TargetError::NotAllowed { path: p, roots: policy.allowed_roots.clone() });
+    }
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(nix::fcntl::AT_FDCWD, &normal, how).map_err(|errno| match errno {
+        Errno::ELOOP => TargetError::Symlink(p.clone()),
+        Errno::ENOENT => TargetError::Missing(p.clone()),
+        Errno::ENOTDIR => TargetError::NotADirectory(p.clone()),
+        errno => TargetError::Os { path: p.clone(), errno },
+    })?;
+    let st = statx(&fd).map_err(|errno| TargetError::Os { path: p.clone(), errno })?;
+    if u32::from(st.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+        return Err(TargetError::NotADirectory(p));
+    }
+    if uid != 0 && st.stx_uid != uid {
+        return Err(TargetError::NotOwner { path: p, owner: st.stx_uid, uid });
+    }
+    if st.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+        && st.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+    {
+        return Err(TargetError::AlreadyMounted(p));
+    }
+    // The directory may have been renamed since it was opened: what is mounted on must still be at the path
+    // that was checked.
+    let now = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| TargetError::Os { path: p.clone(), errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)) })?;
+    if now != normal {
+        return Err(TargetError::Moved(p));
+    }
+    Ok(Target { path: normal, fd, mode: u32::from(st.stx_mode) })
+}
+
+fn statx(fd: &OwnedFd) -> Result<libc::statx, Errno> {
+    let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `fd` is an open fd, the empty path with AT_EMPTY_PATH names it, and `st` is a writable statx
+    // buffer of the right type that the call fills.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID,
+            st.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: statx returned 0, so it filled the buffer (which was zeroed before anyway).
+    Ok(unsafe { st.assume_init() })
+}
+
+#[cfg(test)]
+mod tests;
