@@ -3,5 +3,8 @@
 //!
 //! - [`target`]: whether a peer may mount at a path, decided on a directory fd opened without following
 //!   symlinks, so that the checked directory is the one mounted on.
+//! - [`wire`]: the messages on the helper's socket and on cafsd's fd socket (length-prefixed JSON, an fd
+//!   passed with `SCM_RIGHTS`, the peer known by `SO_PEERCRED`), shared by both ends so that they cannot drift.
 
 pub mod target;
+pub mod wire;

@@ -1,0 +1,146 @@
+//! Framing on the Unix sockets between fsctl/cafsd, the helper, and cafsd's fd socket: each message is a 4-byte
+//! big-endian length and that many bytes of JSON, at most [`MAX_MESSAGE`]; a message may carry one file
+//! descriptor (`SCM_RIGHTS`), attached to its first byte. Anything else — a longer frame, bytes that are not the
+//! expected JSON, more than one fd, a peer that hangs up mid-frame — is an error, and the fd of a refused message
+//! is closed.
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, sockopt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The largest message body accepted.
+pub const MAX_MESSAGE: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("more than one file descriptor in a message")]
+    TooManyFds,
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<nix::errno::Errno> for WireError {
+    fn from(e: nix::errno::Errno) -> Self {
+        WireError::Io(e.into())
+    }
+}
+
+/// Where a mount's tree comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A named ref: writable, created when absent.
+    Ref(String),
+    /// A portable data hash: read-only.
+    Pdh(String),
+}
+
+/// A request to mount, as a client sends it to the helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountRequest {
+    pub mountpoint: PathBuf,
+    pub origin: Origin,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// What the helper sends cafsd with the `/dev/fuse` fd of a mount it made: the request and whose mount it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    pub request: MountRequest,
+    /// The requesting peer, who owns the mount.
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The answer to a request: success, or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The connected peer's uid, gid and pid, as the kernel recorded them when it connected.
+pub fn peer(stream: &UnixStream) -> Result<(u32, u32, i32), WireError> {
+    let cred = socket::getsockopt(stream, sockopt::PeerCredentials)?;
+    Ok((cred.uid(), cred.gid(), cred.pid()))
+}
+
+/// Sends `msg`, with `fd` attached when given.
+pub fn send(stream: &UnixStream, msg: &impl Serialize, fd: Option<BorrowedFd<'_>>) -> Result<(), WireError> {
+    let body = serde_json::to_vec(msg).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if body.len() > MAX_MESSAGE {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    let header = (body.len() as u32).to_be_bytes();
+    let raw = fd.map(|f| [f.as_raw_fd()]);
+    let cmsgs: Vec<ControlMessage<'_>> = raw.as_ref().map(|r| ControlMessage::ScmRights(r)).into_iter().collect();
+    // The fd rides on the header; the header goes whole or the call fails (4 bytes fit any socket buffer).
+    let sent = socket::sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&header)], &cmsgs, MsgFlags::empty(), None)?;
+    if sent != header.len() {
+        (&*stream).write_all(&header[sent..])?;
+    }
+    (&*stream).write_all(&body)?;
+    Ok(())
+}
+
+/// Receives one message and the fd it carries, if any.
+pub fn recv<T: DeserializeOwned>(stream: &UnixStream) -> Result<(T, Option<OwnedFd>), WireError> {
+    let mut header = [0u8; 4];
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut cmsg_buf = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let got = {
+        let mut iov = [IoSliceMut::new(&mut header)];
+        let msg = socket::recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                for r in raw {
+                    // SAFETY: the kernel just installed `r` in this process for us (SCM_RIGHTS); nothing else
+                    // owns it, so wrapping it closes it exactly once.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                }
+            }
+        }
+        msg.bytes
+    };
+    if got == 0 {
+        return Err(WireError::Closed);
+    }
+    read_full(stream, &mut header[got..])?;
+    if fds.len() > 1 {
+        return Err(WireError::TooManyFds);
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    read_full(stream, &mut body)?;
+    let msg = serde_json::from_slice(&body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    Ok((msg, fds.pop()))
+}
+
+fn read_full(stream: &UnixStream, buf: &mut [u8]) -> Result<(), WireError> {
+    (&*stream).read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => WireError::Closed,
+        _ => WireError::Io(e),
+    })
+}
+
+#[cfg(test)]
+mod tests;
