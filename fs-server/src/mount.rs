@@ -1,10 +1,8 @@
-//! Mounting: a FUSE session on an fd of `/dev/fuse`. In this development mode cafsd opens the device and calls
-//! `mount(2)` itself, which needs root; the privileged helper `cafs-mount` will do exactly these two steps and
-//! hand the fd over, so the session side (`fuser::Session::from_fd`) is already the one it will use.
+//! Mounting: a FUSE session on an fd of `/dev/fuse`. In the development mode cafsd opens the device and calls
+//! `mount(2)` itself (through the helper's library, as root); the privileged helper `cafs-mount` does exactly
+//! these two steps and hands the fd over, and [`serve_fd`] serves either.
 
-use std::ffi::CString;
-use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -85,46 +83,36 @@ pub fn mount_as_root(dir: &Path, fs: CafsFuse, opts: &MountOptions) -> Result<Mo
     if is_mount_point(dir) {
         return Err(MountError::AlreadyMounted(dir.to_path_buf()));
     }
-    let dev = OpenOptions::new().read(true).write(true).open("/dev/fuse").map_err(io(Path::new("/dev/fuse")))?;
-    let mut data = format!(
-        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
-        dev.as_raw_fd(),
-        meta.uid(),
-        meta.gid()
-    );
-    if opts.allow_other {
-        data.push_str(",allow_other");
-    }
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if opts.read_only {
-        flags |= libc::MS_RDONLY;
-    }
-    let target = CString::new(dir.as_os_str().as_bytes()).map_err(|e| io(dir)(std::io::Error::other(e)))?;
-    let data = CString::new(data).expect("mount data has no NUL");
-    // SAFETY: every pointer is a valid NUL-terminated C string that outlives the call; `data` is the
-    // comma-separated option string the fuse filesystem type parses.
-    let rc =
-        unsafe { libc::mount(c"cafs".as_ptr(), target.as_ptr(), c"fuse.cafs".as_ptr(), flags, data.as_ptr().cast()) };
-    if rc != 0 {
-        return Err(io(dir)(std::io::Error::last_os_error()));
-    }
+    let o = cafs_mount::mount::FuseOptions {
+        uid: meta.uid(),
+        gid: meta.gid(),
+        root_mode: meta.mode(),
+        read_only: opts.read_only,
+        allow_other: opts.allow_other,
+    };
+    let dev = cafs_mount::mount::mount_fuse(dir, &o).map_err(|e| io(dir)(std::io::Error::other(e)))?;
+    serve_fd(dir, dev, fs, opts)
+}
+
+/// Serves `fs` on `dev`, the `/dev/fuse` fd of a mount already made on `dir` (by [`mount_as_root`] or by the
+/// helper, which hands the fd over). On failure the mount is detached.
+pub fn serve_fd(dir: &Path, dev: OwnedFd, fs: CafsFuse, opts: &MountOptions) -> Result<Mounted, MountError> {
     let mut config = Config::default();
     config.n_threads = Some(opts.threads.max(1));
     // Access is decided by the kernel (user_id, allow_other, default_permissions): fuser lets every request in.
-    let session =
-        Session::from_fd(fs, OwnedFd::from(dev), SessionACL::All, config).and_then(Session::spawn).map_err(|e| {
-            let _ = umount(dir, true);
-            io(dir)(e)
-        })?;
+    let session = Session::from_fd(fs, dev, SessionACL::All, config).and_then(Session::spawn).map_err(|e| {
+        let _ = umount(dir, true);
+        io(dir)(e)
+    })?;
     Ok(Mounted { target: dir.to_path_buf(), session })
 }
 
 /// Unmounts `dir`; `lazy` detaches it even while in use.
 pub fn umount(dir: &Path, lazy: bool) -> std::io::Result<()> {
-    let target = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: `target` is a valid NUL-terminated path for the duration of the call.
-    let rc = unsafe { libc::umount2(target.as_ptr(), if lazy { libc::MNT_DETACH } else { 0 }) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    cafs_mount::mount::unmount(dir, lazy).map_err(|e| match e {
+        cafs_mount::mount::MountError::Unmount { errno, .. } => errno.into(),
+        other => std::io::Error::other(other),
+    })
 }
 
 impl Mounted {
