@@ -9,6 +9,7 @@
 //! - [`bigbuf`]: block-sized buffers backed by huge pages;
 //! - [`fs`]: the filesystem core (FUSE-free, store-agnostic);
 //! - [`collection`]: a tree bound to its ref or hash, and the commit logic;
+//! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
 //! - [`transfer`]: moving a directory tree on disk into a collection and back.
 
 pub mod bigbuf;
@@ -20,6 +21,7 @@ pub mod fuse;
 pub mod locator;
 pub mod manifest;
 pub mod mount;
+pub mod server;
 pub mod store;
 pub mod transfer;
 

@@ -41,14 +41,16 @@ fn cafsd_exits_cleanly_on_sigterm() {
     let mut child = cafsd()
         .arg("--state-dir")
         .arg(tmp.path())
+        .arg("--socket")
+        .arg(tmp.path().join("run/cafsd.sock"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it has opened its state (the catalog file appears), bounded.
+    // Wait until it has opened its state and listens for mounts (the fd socket appears), bounded.
     let start = Instant::now();
-    while !tmp.path().join("catalog.sqlite").exists() {
+    while !tmp.path().join("run/cafsd.fd.sock").exists() {
         assert!(start.elapsed() < Duration::from_secs(30), "cafsd did not start");
         std::thread::sleep(Duration::from_millis(20));
     }

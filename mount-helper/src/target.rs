@@ -76,6 +76,9 @@ pub struct Target {
     pub fd: OwnedFd,
     /// Mode bits of the directory, for the mount's `rootmode=`.
     pub mode: u32,
+    /// The directory's owner and group.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Target {
@@ -136,7 +139,7 @@ pub fn check(path: &Path, uid: u32, policy: &Policy) -> Result<Target, TargetErr
     if now != normal {
         return Err(TargetError::Moved(p));
     }
-    Ok(Target { path: normal, fd, mode: u32::from(st.stx_mode) })
+    Ok(Target { path: normal, fd, mode: u32::from(st.stx_mode), uid: st.stx_uid, gid: st.stx_gid })
 }
 
 fn statx(fd: &OwnedFd) -> Result<libc::statx, Errno> {
@@ -148,7 +151,7 @@ fn statx(fd: &OwnedFd) -> Result<libc::statx, Errno> {
             fd.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID,
+            libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID | libc::STATX_GID,
             st.as_mut_ptr(),
         )
     };

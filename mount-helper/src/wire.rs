@@ -75,6 +75,13 @@ pub struct Reply {
     pub message: String,
 }
 
+/// The fd socket that goes with cafsd's gRPC socket path: `cafsd.sock` → `cafsd.fd.sock` (DESIGN.md).
+pub fn fd_socket_path(grpc: &std::path::Path) -> PathBuf {
+    let name = grpc.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".sock").unwrap_or(&name);
+    grpc.with_file_name(format!("{stem}.fd.sock"))
+}
+
 /// The connected peer's uid, gid and pid, as the kernel recorded them when it connected.
 pub fn peer(stream: &UnixStream) -> Result<(u32, u32, i32), WireError> {
     let cred = socket::getsockopt(stream, sockopt::PeerCredentials)?;

@@ -1,8 +1,9 @@
 //! cafsd: the unprivileged, long-running cafs server.
 //!
 //! It owns the state directory (block store + catalog on the embedded default). It opens and checks both,
-//! reports what they hold, and runs until SIGTERM or SIGINT. With `--mount` (development mode, as root) it
-//! mounts one collection itself; the privileged helper and the gRPC API (issue 4) come next.
+//! reports what they hold, serves every mount that `cafs-mount` hands over on its fd socket (beside the gRPC
+//! socket: `cafsd.sock` → `cafsd.fd.sock`), and runs until SIGTERM or SIGINT. With `--mount` (development mode,
+//! as root) it mounts one collection itself. The gRPC API comes next (issue 4).
 
 use std::path::PathBuf;
 
@@ -18,6 +19,7 @@ use cafs::fs::FsOptions;
 use cafs::fuse::CafsFuse;
 use cafs::manifest::Pdh;
 use cafs::mount::{MountOptions, mount_as_root, umount};
+use cafs::server::{Server, fd_socket_path};
 use cafs::store::LocalDirStore;
 use clap::Parser;
 
@@ -45,8 +47,8 @@ struct Args {
     /// With --mount: a committed collection to mount read-only.
     #[arg(long, requires = "mount")]
     pdh: Option<String>,
-    /// With --mount: commit after this many seconds without changes (0: never).
-    #[arg(long, default_value_t = 60, requires = "mount")]
+    /// Commit a changed tree after this many seconds without changes (0: never).
+    #[arg(long, default_value_t = 60)]
     autocommit: u64,
     /// With --mount: let users other than the directory's owner in (permission bits still apply).
     #[arg(long, requires = "mount")]
@@ -121,11 +123,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.mount {
         return serve_mount(&args, dir, Arc::new(store), Arc::new(catalog)).await;
     }
+    let server = Server::new(
+        Arc::new(catalog),
+        Arc::new(store),
+        tokio::runtime::Handle::current(),
+        Duration::from_secs(args.autocommit),
+    );
+    server.listen(&fd_socket_path(&socket))?;
     tracing::info!(socket = %socket.display(), "the gRPC API is not served yet (issue 4); waiting for SIGTERM");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: exiting"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting"),
+        _ = term.recv() => tracing::info!("SIGTERM: unmounting and exiting"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: unmounting and exiting"),
+    }
+    // Each mount's session ends with its unmount, which commits a changed tree; wait for those commits.
+    for dir in server.mount_points() {
+        if let Err(e) = umount(&dir, false).or_else(|_| umount(&dir, true)) {
+            tracing::warn!(mount = %dir.display(), error = %e, "cannot unmount (the helper unmounts for an unprivileged cafsd)");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !server.mount_points().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }

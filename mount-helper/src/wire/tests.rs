@@ -75,3 +75,12 @@ fn the_json_is_the_documented_shape() {
     assert_eq!(pdh.origin, Origin::Pdh("d41d8cd98f00b204e9800998ecf8427e+0".into()));
     assert!(!pdh.read_only);
 }
+
+#[test]
+fn the_fd_socket_sits_beside_the_grpc_socket() {
+    assert_eq!(
+        fd_socket_path(std::path::Path::new("/run/cafs/cafsd.sock")),
+        std::path::Path::new("/run/cafs/cafsd.fd.sock")
+    );
+    assert_eq!(fd_socket_path(std::path::Path::new("/tmp/x/api")), std::path::Path::new("/tmp/x/api.fd.sock"));
+}
