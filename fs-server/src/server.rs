@@ -160,7 +160,9 @@ impl Server {
             .unwrap_or_else(|p| p.into_inner())
             .insert(dir.clone(), Served { coll: coll.clone(), control: control.clone() });
         if !self.autocommit.is_zero() && !coll.is_read_only() {
-            self.rt.spawn(autocommit(coll.clone(), control.clone(), self.autocommit, dir.clone(), self.clone()));
+            let (server, at) = (Arc::downgrade(self), dir.clone());
+            let alive = move || server.upgrade().is_some_and(|s| s.mount_points().contains(&at));
+            self.rt.spawn(autocommit(coll.clone(), control.clone(), self.autocommit, alive));
         }
         // When the mount goes away (whoever unmounts it), commit a changed tree and forget the mount.
         let server = self.clone();
@@ -186,13 +188,13 @@ impl Server {
     }
 }
 
-/// Commits a changed tree once it has been left alone for `idle`; stops when the mount is gone.
-async fn autocommit(coll: Arc<Collection>, control: Arc<Control>, idle: Duration, dir: PathBuf, server: Arc<Server>) {
+/// Commits a changed tree once it has been left alone for `idle`; stops once `alive` says the mount is gone.
+pub async fn autocommit(coll: Arc<Collection>, control: Arc<Control>, idle: Duration, alive: impl Fn() -> bool) {
     let mut seen = coll.fs().generation();
     let mut since = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
-        if !server.mount_points().contains(&dir) {
+        if !alive() {
             return;
         }
         let now = coll.fs().generation();

@@ -19,7 +19,7 @@ use cafs::fs::FsOptions;
 use cafs::fuse::CafsFuse;
 use cafs::manifest::Pdh;
 use cafs::mount::{MountOptions, mount_as_root, umount};
-use cafs::server::{Server, fd_socket_path};
+use cafs::server::{Server, autocommit, fd_socket_path};
 use cafs::store::LocalDirStore;
 use clap::Parser;
 
@@ -184,7 +184,7 @@ async fn serve_mount(
         let _ = ended_tx.send(mounted.wait());
     });
     if args.autocommit > 0 && !coll.is_read_only() {
-        tokio::spawn(autocommit(coll.clone(), control.clone(), Duration::from_secs(args.autocommit)));
+        tokio::spawn(autocommit(coll.clone(), control.clone(), Duration::from_secs(args.autocommit), || true));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let ended_early = tokio::select! {
@@ -211,20 +211,4 @@ async fn serve_mount(
         println!("{}", c.pdh);
     }
     Ok(())
-}
-
-/// Commits a changed tree once it has been left alone for `idle`.
-async fn autocommit(coll: Arc<Collection>, control: Arc<Control>, idle: Duration) {
-    let mut seen = coll.fs().generation();
-    let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
-        let now = coll.fs().generation();
-        if now != seen {
-            (seen, since) = (now, Instant::now());
-        } else if coll.is_dirty() && since.elapsed() >= idle {
-            let _ = control.commit(&coll, "cafsd", "auto-commit").await;
-            since = Instant::now();
-        }
-    }
 }

@@ -1036,18 +1036,7 @@ type LivePiece = (Ino, u64, Locator, u64, u64);
 /// The pieces of the tree stored in blocks that are mostly garbage (bytes no file reads any more, after
 /// overwrites and truncations): at most a quarter of the block live, and at least `min_garbage` bytes dead.
 fn garbage_pieces(st: &State, min_garbage: u64) -> Vec<LivePiece> {
-    let mut files = Vec::new();
-    let mut stack = vec![ROOT];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = st.table.entries(dir) else { continue };
-        for (_, ino) in entries {
-            match st.table.get(ino).map(|i| &i.body) {
-                Ok(Body::Dir(_)) => stack.push(ino),
-                Ok(Body::File(x)) => files.push((ino, x)),
-                _ => {}
-            }
-        }
-    }
+    let files = tree_files(st);
     let mut live: HashMap<&Locator, u64> = HashMap::new();
     for (_, x) in &files {
         for e in x.iter() {
@@ -1075,26 +1064,31 @@ fn garbage_pieces(st: &State, min_garbage: u64) -> Vec<LivePiece> {
     pieces
 }
 
-fn longest_hole(st: &State) -> u64 {
-    let mut longest = 0;
+/// Every regular file in the tree (reachable from the root), with its extents.
+fn tree_files(st: &State) -> Vec<(Ino, &Extents)> {
+    let mut files = Vec::new();
     let mut stack = vec![ROOT];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = st.table.entries(dir) else { continue };
         for (_, ino) in entries {
             match st.table.get(ino).map(|i| &i.body) {
                 Ok(Body::Dir(_)) => stack.push(ino),
-                Ok(Body::File(x)) => {
-                    for e in x.iter() {
-                        if e.src == Source::Hole {
-                            longest = longest.max(e.len);
-                        }
-                    }
-                }
+                Ok(Body::File(x)) => files.push((ino, x)),
                 _ => {}
             }
         }
     }
-    longest
+    files
+}
+
+fn longest_hole(st: &State) -> u64 {
+    tree_files(st)
+        .iter()
+        .flat_map(|(_, x)| x.iter())
+        .filter(|e| e.src == Source::Hole)
+        .map(|e| e.len)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Builds the manifest and sidecar of a tree whose files are all stored (no buffer references).
