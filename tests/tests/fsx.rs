@@ -3,7 +3,7 @@
 //! model of the file. Its default operation mix; a fixed seed so that a failure can be replayed
 //! (`fsx -N 100000 -S 20261122 FILE`). Needs root and /dev/fuse.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cafs_tests::mount::MountedCafsd;
@@ -19,25 +19,11 @@ fn fsx_runs_100k_operations_without_a_failure() {
     std::fs::create_dir(&artifacts).unwrap();
     let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "fsx", "--autocommit", "0"]);
     let started = Instant::now();
-    let mut child = Command::new(&fsx)
-        .args(["-N", OPS, "-S", SEED, "-P"])
-        .arg(&artifacts)
-        .arg(mnt.join("fsx.file"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fsx");
     // fsx itself slows down as it goes (its mappings pile up in the kernel): ~3 minutes here, ~2 on ext4.
-    let out = loop {
-        if child.try_wait().unwrap().is_some() {
-            break child.wait_with_output().unwrap();
-        }
-        if started.elapsed() > Duration::from_secs(1200) {
-            let _ = child.kill();
-            panic!("fsx did not finish within 20 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let out = cafs_tests::run_bounded(
+        Command::new(&fsx).args(["-N", OPS, "-S", SEED, "-P"]).arg(&artifacts).arg(mnt.join("fsx.file")),
+        Duration::from_secs(1200),
+    );
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "fsx failed ({}):\n{}", out.status, tail(&text, 80));
     assert!(text.contains("All operations completed A-OK!"), "{}", tail(&text, 40));

@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cafs_tests::mount::MountedCafsd;
 
@@ -23,29 +23,11 @@ fn pjdfstest_passes_on_a_writable_mount() {
     std::fs::create_dir(&base).unwrap();
     std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    let started = Instant::now();
-    let mut child = Command::new(&pjdfstest)
-        .arg("-c")
-        .arg(&config)
-        .arg("-p")
-        .arg(&base)
-        .current_dir(&base)
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start pjdfstest");
     // Bounded: the suite takes well under a minute here.
-    let out = loop {
-        if child.try_wait().unwrap().is_some() {
-            break child.wait_with_output().unwrap();
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            let _ = child.kill();
-            panic!("pjdfstest did not finish within 10 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let out = cafs_tests::run_bounded(
+        Command::new(&pjdfstest).arg("-c").arg(&config).arg("-p").arg(&base).current_dir(&base).env("NO_COLOR", "1"),
+        Duration::from_secs(600),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary = stdout
         .lines()
