@@ -1,16 +1,21 @@
 //! cafs-mount: the only privileged part of cafs. It validates a mount request, opens `/dev/fuse`, mounts, and
-//! hands the fd to cafsd over a Unix socket (`SCM_RIGHTS`). Small and synchronous by design.
+//! hands the fd to cafsd over a Unix socket (`SCM_RIGHTS`). Small and synchronous by design (no async runtime).
 //!
-//! One-shot mode (this file) mounts for the user who runs it: run as root (by an operator, a unit or sudo), the
-//! mount belongs to the directory's owner. The daemon mode (`serve`) arrives with the rest of issue 4.
+//! One-shot: `cafs-mount MOUNTPOINT (--ref NAME | --pdh PDH)`, run as root (by an operator, a unit or sudo); the
+//! mount belongs to the directory's owner. Daemon: `cafs-mount serve`, on a socket any local user may connect
+//! to (systemd socket activation or `--listen`); each request is made for the uid the kernel reports for the
+//! connection, so a user mounts on and unmounts only what is theirs.
 
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use cafs_mount::mount::{FuseOptions, mount_fuse, unmount};
-use cafs_mount::target::{Policy, check};
-use cafs_mount::wire::{self, Handoff, MountRequest, Origin, Reply};
+use cafs_mount::helper::{self, Config};
+use cafs_mount::target::Policy;
+use cafs_mount::wire::{MountRequest, Origin};
 use clap::{Args, Parser, Subcommand};
 
 /// Where mounts may be made when no configuration says otherwise.
@@ -26,14 +31,28 @@ struct Cli {
     once: Option<Once>,
 }
 
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// cafsd's gRPC socket; mounts go to the fd socket beside it (cafsd.sock → cafsd.fd.sock)
+    #[arg(long, default_value = "/run/cafs/cafsd.sock")]
+    server: PathBuf,
+    /// Mount points must lie below one of these (repeatable) [default: /home /mnt /scratch /tmp /var/tmp]
+    #[arg(long = "allow-root", value_name = "DIR")]
+    allow_roots: Vec<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Serve {
-    /// Run as a daemon on a root-owned Unix socket (or socket-activated by systemd)
+    /// Run as a daemon on a Unix socket (or the one systemd passes, socket activation)
     Serve {
+        /// Configuration file (not supported yet: use the flags)
         #[arg(long)]
         config: Option<PathBuf>,
-        #[arg(long)]
-        listen: Option<PathBuf>,
+        /// Socket to listen on when systemd passes none
+        #[arg(long, default_value = "/run/cafs/mount.sock")]
+        listen: PathBuf,
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -50,7 +69,8 @@ struct Once {
     /// Read-only (always so for --pdh)
     #[arg(long)]
     ro: bool,
-    /// cafsd's gRPC socket; the fd goes to the socket beside it (cafsd.sock → cafsd.fd.sock)
+    // (Not a flattened `Common`: clap cannot tell an optional flattened group is present through a nested one.)
+    /// cafsd's gRPC socket; mounts go to the fd socket beside it (cafsd.sock → cafsd.fd.sock)
     #[arg(long, default_value = "/run/cafs/cafsd.sock")]
     server: PathBuf,
     /// Mount points must lie below one of these (repeatable) [default: /home /mnt /scratch /tmp /var/tmp]
@@ -58,12 +78,29 @@ struct Once {
     allow_roots: Vec<PathBuf>,
 }
 
+fn config(c: Common) -> Config {
+    let allowed_roots = if c.allow_roots.is_empty() {
+        DEFAULT_ALLOWED_ROOTS.iter().map(PathBuf::from).collect()
+    } else {
+        c.allow_roots
+    };
+    Config { policy: Policy { allowed_roots }, cafsd: c.server }
+}
+
 fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     let cli = Cli::parse();
-    let result = match (cli.serve, cli.once) {
-        (Some(Serve::Serve { .. }), _) => Err("cafs-mount serve: not available yet (issue 4)".to_string()),
-        (None, Some(once)) => once_mount(once),
-        (None, None) => Err("nothing to do: see --help".to_string()),
+    let result = if !nix::unistd::geteuid().is_root() {
+        Err("must run as root (it calls mount(2)); cafsd itself runs unprivileged".to_string())
+    } else {
+        match (cli.serve, cli.once) {
+            (Some(Serve::Serve { config: Some(c), .. }), _) => {
+                Err(format!("--config {}: configuration files are not supported yet", c.display()))
+            }
+            (Some(Serve::Serve { config: None, listen, common }), _) => serve(listen, config(common)),
+            (None, Some(o)) => once(o),
+            (None, None) => Err("nothing to do: see --help".to_string()),
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,53 +111,49 @@ fn main() -> ExitCode {
     }
 }
 
-fn once_mount(o: Once) -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("must run as root (it calls mount(2)); cafsd itself runs unprivileged".into());
-    }
-    let roots = if o.allow_roots.is_empty() {
-        DEFAULT_ALLOWED_ROOTS.iter().map(PathBuf::from).collect()
-    } else {
-        o.allow_roots
-    };
-    let uid = nix::unistd::getuid().as_raw();
-    let target = check(&o.mountpoint, uid, &Policy { allowed_roots: roots }).map_err(|e| e.to_string())?;
+fn once(o: Once) -> Result<(), String> {
     let origin = match (o.ref_name, o.pdh) {
         (Some(r), None) => Origin::Ref(r),
         (None, Some(p)) => Origin::Pdh(p),
         _ => return Err("give --ref NAME or --pdh PDH".into()),
     };
-    let read_only = o.ro || matches!(origin, Origin::Pdh(_));
-    let request = MountRequest { mountpoint: target.path.clone(), origin, read_only };
-    // The mount belongs to the directory's owner: the job user, when an operator or a unit runs this as root.
-    let fuse = FuseOptions { uid: target.uid, gid: target.gid, root_mode: target.mode, read_only, allow_other: false };
-    let sock_path = wire::fd_socket_path(&o.server);
-    let stream = std::os::unix::net::UnixStream::connect(&sock_path)
-        .map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
-    let dev = mount_fuse(&target.proc_path(), &fuse).map_err(|e| e.to_string())?;
-    let handoff = Handoff { request, uid: target.uid, gid: target.gid };
-    let answer = wire::send(&stream, &handoff, Some(std::os::fd::AsFd::as_fd(&dev)))
-        .and_then(|()| wire::recv::<Reply>(&stream).map(|(r, _)| r));
-    drop(dev);
-    let fail = |message: String| {
-        let _ = unmount(&target.path, true);
-        Err(message)
-    };
-    match answer {
-        Ok(Reply { ok: true, .. }) => {}
-        Ok(Reply { message, .. }) => return fail(format!("cafsd refused the mount: {message}")),
-        Err(e) => return fail(format!("handing the mount to cafsd: {e}")),
-    }
-    // Done once the mount answers.
-    let start = Instant::now();
-    loop {
-        match nix::sys::statfs::statfs(&target.path) {
-            Ok(s) if s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC => return Ok(()),
-            _ if start.elapsed() > Duration::from_secs(30) => {
-                return fail(format!("{} did not answer within 30 s", target.path.display()));
+    let req = MountRequest { mountpoint: o.mountpoint, origin, read_only: o.ro };
+    let common = Common { server: o.server, allow_roots: o.allow_roots };
+    helper::mount_for(nix::unistd::getuid().as_raw(), &req, &config(common))
+}
+
+fn serve(listen: PathBuf, cfg: Config) -> Result<(), String> {
+    let listener = match activated_listener() {
+        Some(l) => l,
+        None => {
+            if let Some(dir) = listen.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
-            _ => std::thread::sleep(Duration::from_millis(20)),
+            match std::fs::remove_file(&listen) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("{}: {e}", listen.display())),
+                _ => {}
+            }
+            let l = UnixListener::bind(&listen).map_err(|e| format!("{}: {e}", listen.display()))?;
+            // Any local user may ask; what each may do is decided by the uid the kernel reports.
+            std::fs::set_permissions(&listen, std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| format!("{}: {e}", listen.display()))?;
+            tracing::info!(socket = %listen.display(), "listening");
+            l
         }
+    };
+    helper::serve(listener, Arc::new(cfg)).map_err(|e| e.to_string())
+}
+
+/// The listening socket systemd passed (socket activation: `LISTEN_PID` is us and `LISTEN_FDS` is 1).
+fn activated_listener() -> Option<UnixListener> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds != 1 {
+        return None;
     }
+    tracing::info!("socket-activated");
+    // SAFETY: under socket activation systemd passes exactly LISTEN_FDS descriptors starting at fd 3 to the
+    // process LISTEN_PID names (checked above); fd 3 is the listening socket and nothing else in this process
+    // owns it.
+    Some(unsafe { UnixListener::from_raw_fd(3) })
 }

@@ -56,6 +56,14 @@ pub struct MountRequest {
     pub read_only: bool,
 }
 
+/// What a client asks the helper's daemon (`cafs-mount serve`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HelperRequest {
+    Mount(MountRequest),
+    Unmount { mountpoint: PathBuf },
+}
+
 /// What the helper sends cafsd with the `/dev/fuse` fd of a mount it made: the request and whose mount it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

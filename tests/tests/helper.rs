@@ -179,3 +179,97 @@ fn the_helper_refuses_bad_requests_with_a_message() {
     let r = Command::new(bin("cafs-mount")).arg(jobs.join("d")).output().unwrap();
     assert_eq!(r.status.code(), Some(2));
 }
+
+/// A client of the helper's daemon, as `uid`: sends one framed request (`length` overrides the header's length)
+/// and returns the reply's JSON text (or what went wrong).
+fn ask(socket: &Path, uid: u32, request: &str, length: Option<u32>) -> String {
+    const CLIENT: &str = r#"
+import json, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = sys.argv[2].encode()
+n = int(sys.argv[3]) if len(sys.argv) > 3 else len(body)
+s.sendall(struct.pack(">I", n) + body)
+def read(k):
+    out = b""
+    while len(out) < k:
+        chunk = s.recv(k - len(out))
+        if not chunk:
+            sys.exit("connection closed")
+        out += chunk
+    return out
+(m,) = struct.unpack(">I", read(4))
+print(read(m).decode())
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CLIENT]).arg(socket).arg(request).uid(uid).gid(uid);
+    if let Some(n) = length {
+        cmd.arg(n.to_string());
+    }
+    let out = cmd.output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
+}
+
+#[test]
+fn the_helper_daemon_acts_for_the_connecting_uid_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut stack = start(tmp.path());
+    let jobs = tmp.path().join("jobs");
+    let (mine, theirs) = (jobs.join("mine"), jobs.join("theirs"));
+    for (d, uid) in [(&mine, JOB_USER), (&theirs, JOB_USER + 1)] {
+        std::fs::create_dir_all(d).unwrap();
+        chown(d, Some(uid), Some(uid)).unwrap();
+        stack.mounts.push(d.clone());
+    }
+    let listen = tmp.path().join("run/mount.sock");
+    let daemon = Command::new(bin("cafs-mount"))
+        .arg("serve")
+        .arg("--listen")
+        .arg(&listen)
+        .arg("--server")
+        .arg(&stack.socket)
+        .arg("--allow-root")
+        .arg(&jobs)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Kill(daemon);
+    let start = Instant::now();
+    while !listen.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the helper daemon did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mount = |d: &Path| format!(r#"{{"mount":{{"mountpoint":"{}","origin":{{"ref":"r"}}}}}}"#, d.display());
+    let umount = |d: &Path| format!(r#"{{"unmount":{{"mountpoint":"{}"}}}}"#, d.display());
+
+    // A user mounts on its own directory, and uses the mount.
+    assert_eq!(ask(&listen, JOB_USER, &mount(&mine), None), r#"{"ok":true,"message":""}"#);
+    assert!(is_mounted(&mine));
+    assert_eq!(ok(&as_job_user(&mine, "echo hi > f && cat f")), "hi\n");
+    // Not on someone else's.
+    let r = ask(&listen, JOB_USER, &mount(&theirs), None);
+    assert!(r.contains(r#""ok":false"#) && r.contains("owned by uid 1001"), "{r}");
+    assert!(!is_mounted(&theirs));
+    // Someone else cannot unmount it; its owner can.
+    let r = ask(&listen, JOB_USER + 1, &umount(&mine), None);
+    assert!(r.contains("belongs to uid 1000"), "{r}");
+    assert!(is_mounted(&mine));
+    let r = ask(&listen, JOB_USER, &umount(&jobs), None);
+    assert!(r.contains("not a cafs mount"), "{r}");
+    assert_eq!(ask(&listen, JOB_USER, &umount(&mine), None), r#"{"ok":true,"message":""}"#);
+    assert!(!is_mounted(&mine));
+    // Malformed and oversized requests get a clear refusal and change nothing.
+    let r = ask(&listen, JOB_USER, r#"{"mount":{"mountpoint":"/x"}}"#, None);
+    assert!(r.contains("malformed"), "{r}");
+    let r = ask(&listen, JOB_USER, "{}", Some(1 << 30));
+    assert!(r.contains("over the"), "{r}");
+    assert!(!is_mounted(&mine) && !is_mounted(&theirs));
+}

@@ -1,0 +1,118 @@
+//! The helper's two operations on behalf of a peer (the uid that ran the one-shot command, or that connected to
+//! the daemon): mount — check the mount point, `mount(2)`, hand the fd to cafsd, wait for its answer — and
+//! unmount, of a cafs mount that belongs to the peer (root: any cafs mount). Nothing else is ever unmounted.
+//! And the daemon loop that serves them on a socket.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::mount::{FuseOptions, mount_fuse, unmount};
+use crate::target::{Policy, check};
+use crate::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply};
+
+/// What the helper needs to act.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub policy: Policy,
+    /// cafsd's gRPC socket; mounts are handed to the fd socket beside it.
+    pub cafsd: PathBuf,
+}
+
+/// Mounts `req` for `peer` (a uid) and hands it to cafsd. On any failure after `mount(2)` the mount is
+/// detached again, so a refused request leaves nothing behind.
+pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config) -> Result<(), String> {
+    let target = check(&req.mountpoint, peer, &cfg.policy).map_err(|e| e.to_string())?;
+    let read_only = req.read_only || matches!(req.origin, Origin::Pdh(_));
+    let request = MountRequest { mountpoint: target.path.clone(), origin: req.origin.clone(), read_only };
+    // The mount belongs to the directory's owner: the peer itself, or the job user when root asks.
+    let fuse = FuseOptions { uid: target.uid, gid: target.gid, root_mode: target.mode, read_only, allow_other: false };
+    let sock_path = wire::fd_socket_path(&cfg.cafsd);
+    let stream =
+        UnixStream::connect(&sock_path).map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+    let dev = mount_fuse(&target.proc_path(), &fuse).map_err(|e| e.to_string())?;
+    let handoff = Handoff { request, uid: target.uid, gid: target.gid };
+    let answer = wire::send(&stream, &handoff, Some(dev.as_fd())).and_then(|()| wire::recv::<Reply>(&stream));
+    drop(dev);
+    let fail = |message: String| {
+        let _ = unmount(&target.path, true);
+        Err(message)
+    };
+    match answer {
+        Ok((Reply { ok: true, .. }, _)) => {}
+        Ok((Reply { message, .. }, _)) => return fail(format!("cafsd refused the mount: {message}")),
+        Err(e) => return fail(format!("handing the mount to cafsd: {e}")),
+    }
+    let start = Instant::now();
+    loop {
+        match nix::sys::statfs::statfs(&target.path) {
+            Ok(s) if s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC => return Ok(()),
+            _ if start.elapsed() > Duration::from_secs(30) => {
+                return fail(format!("{} did not answer within 30 s", target.path.display()));
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The owner (`user_id=`) of the cafs mount at `dir`, if `dir` is one.
+fn cafs_mount_owner(dir: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if left.split(' ').nth(4)? != dir.to_str()? {
+            return None;
+        }
+        let mut r = right.split(' ');
+        if r.next()? != "fuse.cafs" {
+            return None;
+        }
+        r.nth(1)?.split(',').find_map(|o| o.strip_prefix("user_id=")?.parse().ok())
+    })
+}
+
+/// Unmounts the cafs mount at `dir` for `peer`: only its owner or root may.
+pub fn unmount_for(peer: u32, dir: &Path) -> Result<(), String> {
+    let dir: PathBuf = dir.components().collect();
+    let owner = cafs_mount_owner(&dir).ok_or_else(|| format!("{}: not a cafs mount", dir.display()))?;
+    if peer != 0 && peer != owner {
+        return Err(format!("{}: the mount belongs to uid {owner}, not to uid {peer}", dir.display()));
+    }
+    unmount(&dir, false).map_err(|e| e.to_string())
+}
+
+/// Serves requests on `listener` until the process ends: one thread per connection, one request each.
+pub fn serve(listener: UnixListener, cfg: Arc<Config>) -> std::io::Result<()> {
+    for conn in listener.incoming() {
+        let stream = conn?;
+        let cfg = cfg.clone();
+        std::thread::spawn(move || handle(&stream, &cfg));
+    }
+    Ok(())
+}
+
+fn handle(stream: &UnixStream, cfg: &Config) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let result = wire::peer(stream).map_err(|e| e.to_string()).and_then(|(uid, _, pid)| {
+        let (req, fd) = wire::recv::<HelperRequest>(stream).map_err(|e| e.to_string())?;
+        if fd.is_some() {
+            return Err("requests carry no file descriptors".to_string());
+        }
+        tracing::info!(uid, pid, request = ?req, "request");
+        match req {
+            HelperRequest::Mount(m) => mount_for(uid, &m, cfg),
+            HelperRequest::Unmount { mountpoint } => unmount_for(uid, &mountpoint),
+        }
+    });
+    let reply = match result {
+        Ok(()) => Reply { ok: true, message: String::new() },
+        Err(message) => {
+            tracing::warn!(%message, "refused");
+            Reply { ok: false, message }
+        }
+    };
+    let _ = wire::send(stream, &reply, None);
+}
