@@ -20,6 +20,8 @@ cafs_install_deps() {
   # The Arvados SDK oracle runs in a virtualenv.
   command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
+  # The unit files are checked with systemd-analyze verify.
+  command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
   if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: this project needs the machine's Rust toolchain (rustup)" >&2
