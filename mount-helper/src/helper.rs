@@ -3,14 +3,16 @@
 //! unmount, of a cafs mount that belongs to the peer (root: any cafs mount). Nothing else is ever unmounted.
 //! And the daemon loop that serves them on a socket.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::mount::MntFlags;
+
 use crate::mount::{FuseOptions, mount_fuse, unmount};
-use crate::target::{Policy, check};
+use crate::target::{Policy, check, open_dir};
 use crate::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply};
 
 /// What the helper needs to act.
@@ -58,12 +60,13 @@ pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config) -> Result<(), Stri
     }
 }
 
-/// The owner (`user_id=`) of the cafs mount at `dir`, if `dir` is one.
-fn cafs_mount_owner(dir: &Path) -> Option<u32> {
+/// The owner (`user_id=`) of the cafs mount whose id is `mnt_id` and whose mount point is `dir`, if there is one.
+fn cafs_mount_owner(mnt_id: u64, dir: &Path) -> Option<u32> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        if left.split(' ').nth(4)? != dir.to_str()? {
+        let fields: Vec<&str> = left.split(' ').collect();
+        if fields.first()?.parse::<u64>().ok()? != mnt_id || *fields.get(4)? != dir.to_str()? {
             return None;
         }
         let mut r = right.split(' ');
@@ -74,14 +77,37 @@ fn cafs_mount_owner(dir: &Path) -> Option<u32> {
     })
 }
 
-/// Unmounts the cafs mount at `dir` for `peer`: only its owner or root may.
+/// Unmounts the cafs mount at `dir` for `peer`: only its owner or root may. Paths are opened without following
+/// symlinks, and the unmount goes through an fd of the parent directory, so that swapping a path component for
+/// a symlink between the check and the unmount cannot redirect it to another mount.
 pub fn unmount_for(peer: u32, dir: &Path) -> Result<(), String> {
-    let dir: PathBuf = dir.components().collect();
-    let owner = cafs_mount_owner(&dir).ok_or_else(|| format!("{}: not a cafs mount", dir.display()))?;
-    if peer != 0 && peer != owner {
-        return Err(format!("{}: the mount belongs to uid {owner}, not to uid {peer}", dir.display()));
+    if !dir.is_absolute() {
+        return Err(format!("{}: the mount point must be an absolute path", dir.display()));
     }
-    unmount(&dir, false).map_err(|e| e.to_string())
+    let dir: PathBuf = dir.components().collect();
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(format!("{}: not a cafs mount", dir.display()));
+    };
+    let parent_fd = open_dir(parent).map_err(|e| e.to_string())?;
+    {
+        let fd = open_dir(&dir).map_err(|e| e.to_string())?;
+        // The mount id from fdinfo, not statx: a FUSE mount answers nobody but its owner (not even root), and
+        // the kernel knows the id without asking it.
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mnt_id: u64 = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("mnt_id:")?.trim().parse().ok())
+            .ok_or_else(|| format!("{}: no mount id in fdinfo", dir.display()))?;
+        let owner = cafs_mount_owner(mnt_id, &dir).ok_or_else(|| format!("{}: not a cafs mount", dir.display()))?;
+        if peer != 0 && peer != owner {
+            return Err(format!("{}: the mount belongs to uid {owner}, not to uid {peer}", dir.display()));
+        }
+        // (The fd on the mount itself would keep it busy: it is closed here.)
+    }
+    let via = PathBuf::from(format!("/proc/self/fd/{}", parent_fd.as_raw_fd())).join(name);
+    nix::mount::umount2(&via, MntFlags::UMOUNT_NOFOLLOW)
+        .map_err(|errno| format!("unmounting {}: {errno}", dir.display()))
 }
 
 /// Serves requests on `listener` until the process ends: one thread per connection, one request each.

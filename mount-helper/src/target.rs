@@ -111,15 +111,7 @@ pub fn check(path: &Path, uid: u32, policy: &Policy) -> Result<Target, TargetErr
     if !policy.allowed_roots.iter().any(|r| below(&normal, r)) {
         return Err(TargetError::NotAllowed { path: p, roots: policy.allowed_roots.clone() });
     }
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(nix::fcntl::AT_FDCWD, &normal, how).map_err(|errno| match errno {
-        Errno::ELOOP => TargetError::Symlink(p.clone()),
-        Errno::ENOENT => TargetError::Missing(p.clone()),
-        Errno::ENOTDIR => TargetError::NotADirectory(p.clone()),
-        errno => TargetError::Os { path: p.clone(), errno },
-    })?;
+    let fd = open_dir(&normal)?;
     let st = statx(&fd).map_err(|errno| TargetError::Os { path: p.clone(), errno })?;
     if u32::from(st.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
         return Err(TargetError::NotADirectory(p));
@@ -142,6 +134,21 @@ pub fn check(path: &Path, uid: u32, policy: &Policy) -> Result<Target, TargetErr
     Ok(Target { path: normal, fd, mode: u32::from(st.stx_mode), uid: st.stx_uid, gid: st.stx_gid })
 }
 
+/// Opens the directory at the absolute path `path` as an `O_PATH` fd, refusing symlinks in any component.
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, TargetError> {
+    let p = path.to_path_buf();
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(nix::fcntl::AT_FDCWD, path, how).map_err(|errno| match errno {
+        Errno::ELOOP => TargetError::Symlink(p),
+        Errno::ENOENT => TargetError::Missing(p),
+        Errno::ENOTDIR => TargetError::NotADirectory(p),
+        errno => TargetError::Os { path: p, errno },
+    })
+}
+
+/// `statx` of an fd: type, mode, owner and group.
 fn statx(fd: &OwnedFd) -> Result<libc::statx, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: `fd` is an open fd, the empty path with AT_EMPTY_PATH names it, and `st` is a writable statx

@@ -264,6 +264,11 @@ fn the_helper_daemon_acts_for_the_connecting_uid_only() {
     assert!(is_mounted(&mine));
     let r = ask(&listen, JOB_USER, &umount(&jobs), None);
     assert!(r.contains("not a cafs mount"), "{r}");
+    // A path through a symlink is refused, not followed.
+    std::os::unix::fs::symlink(&jobs, tmp.path().join("via")).unwrap();
+    let r = ask(&listen, JOB_USER, &umount(&tmp.path().join("via/mine")), None);
+    assert!(r.contains("symlink"), "{r}");
+    assert!(is_mounted(&mine));
     assert_eq!(ask(&listen, JOB_USER, &umount(&mine), None), r#"{"ok":true,"message":""}"#);
     assert!(!is_mounted(&mine));
     // Malformed and oversized requests get a clear refusal and change nothing.
