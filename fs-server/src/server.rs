@@ -61,6 +61,11 @@ impl Server {
         Arc::new(Self { catalog, store, rt, autocommit, mounts: Mutex::new(HashMap::new()) })
     }
 
+    /// Whether `dir` is served now.
+    pub fn serves(&self, dir: &Path) -> bool {
+        self.mounts.lock().unwrap_or_else(|p| p.into_inner()).contains_key(dir)
+    }
+
     /// Mount points served now.
     pub fn mount_points(&self) -> Vec<PathBuf> {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
@@ -128,7 +133,7 @@ impl Server {
 
     fn serve(self: &Arc<Self>, h: Handoff, dev: OwnedFd) -> Result<PathBuf, String> {
         let dir = h.request.mountpoint.clone();
-        if self.mounts.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&dir) {
+        if self.serves(&dir) {
             return Err(format!("{} is already served", dir.display()));
         }
         let opts = FsOptions::default();
@@ -161,7 +166,7 @@ impl Server {
             .insert(dir.clone(), Served { coll: coll.clone(), control: control.clone() });
         if !self.autocommit.is_zero() && !coll.is_read_only() {
             let (server, at) = (Arc::downgrade(self), dir.clone());
-            let alive = move || server.upgrade().is_some_and(|s| s.mount_points().contains(&at));
+            let alive = move || server.upgrade().is_some_and(|s| s.serves(&at));
             self.rt.spawn(autocommit(coll.clone(), control.clone(), self.autocommit, alive));
         }
         // When the mount goes away (whoever unmounts it), commit a changed tree and forget the mount.
