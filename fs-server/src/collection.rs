@@ -174,12 +174,7 @@ impl Collection {
         if unchanged && let (Some(version), Some(pdh)) = (expected, head_pdh) {
             return Ok(Committed { pdh, version, changed: false });
         }
-        // The snapshot waits for uploads: off the async workers.
-        let fs = self.fs.clone();
-        let (manifest, sidecar) = tokio::task::spawn_blocking(move || fs.snapshot())
-            .await
-            .map_err(|e| FsError::Io(format!("snapshot task failed: {e}")))??;
-        let record = CollectionRecord::new(&manifest)?;
+        let (record, sidecar) = self.snapshot().await?;
         if let (Some(version), Some(pdh), Some(sc)) = (expected, head_pdh, head_sidecar)
             && pdh == record.pdh()
             && sc == Pdh::of_text(&sidecar)
@@ -201,6 +196,51 @@ impl Collection {
         h.version = Some(v);
         h.generation = generation;
         Ok(out)
+    }
+
+    /// Commits the tree as the next version of another ref, `name` (created when absent), leaving this
+    /// collection's own ref and dirty state as they are: how `fsctl run` keeps the partial output of a failed
+    /// job reachable without making it the job's result.
+    pub async fn commit_into(
+        &self,
+        name: &RefName,
+        committer: &str,
+        message: &str,
+    ) -> Result<Committed, CollectionError> {
+        match &self.origin {
+            Origin::Pdh(_) => return Err(CollectionError::ReadOnly),
+            Origin::Ref(own) if own == name => return self.commit(committer, message).await,
+            Origin::Ref(_) => {}
+        }
+        let _one_at_a_time = self.committing.lock().await;
+        let (record, sidecar) = self.snapshot().await?;
+        let head = self.catalog.head(name).await?;
+        if let Some(h) = &head
+            && h.pdh == record.pdh()
+            && h.sidecar == Pdh::of_text(&sidecar)
+        {
+            return Ok(Committed { pdh: h.pdh, version: h.version, changed: false });
+        }
+        let commit = Commit {
+            name: name.clone(),
+            expected: head.map(|h| h.version),
+            record,
+            sidecar,
+            committer: committer.to_string(),
+            message: message.to_string(),
+        };
+        let v = self.catalog.commit(&commit).await?;
+        Ok(Committed { pdh: v.pdh, version: v.version, changed: true })
+    }
+
+    /// The tree's manifest record and sidecar, every block stored. The snapshot waits for uploads: it runs off
+    /// the async workers.
+    async fn snapshot(&self) -> Result<(CollectionRecord, Vec<u8>), CollectionError> {
+        let fs = self.fs.clone();
+        let (manifest, sidecar) = tokio::task::spawn_blocking(move || fs.snapshot())
+            .await
+            .map_err(|e| FsError::Io(format!("snapshot task failed: {e}")))??;
+        Ok((CollectionRecord::new(&manifest)?, sidecar))
     }
 }
 
@@ -290,6 +330,29 @@ mod tests {
         assert_eq!(&b.fs().read(ino, 0, 100).unwrap()[..], b"from b");
         let head = e.rt.block_on(e.catalog.head(&RefName::new("shared").unwrap())).unwrap().unwrap();
         assert_eq!(head.message, "a wins");
+    }
+
+    #[test]
+    fn committing_into_another_ref_leaves_the_own_ref_alone() {
+        let e = env();
+        let c = open(&e, "job");
+        write(&c, b"partial", b"half done");
+        let failed = RefName::new("job.failed").unwrap();
+        let kept = e.rt.block_on(c.commit_into(&failed, "t", "exit 3")).unwrap();
+        assert_eq!((kept.version, kept.changed), (1, true));
+        assert!(c.is_dirty(), "the job's own ref did not move");
+        assert!(e.rt.block_on(e.catalog.head(&RefName::new("job").unwrap())).unwrap().is_none());
+        // The same tree again makes no new version there; a changed one does.
+        assert!(!e.rt.block_on(c.commit_into(&failed, "t", "again")).unwrap().changed);
+        write(&c, b"partial", b"more");
+        assert_eq!(e.rt.block_on(c.commit_into(&failed, "t", "retry")).unwrap().version, 2);
+        let reopened = open(&e, "job.failed");
+        let ino = reopened.fs().lookup(ROOT, b"partial").unwrap().ino;
+        assert_eq!(&reopened.fs().read(ino, 0, 100).unwrap()[..], b"more done");
+        // Into its own name it is a plain commit.
+        let own = e.rt.block_on(c.commit_into(&RefName::new("job").unwrap(), "t", "done")).unwrap();
+        assert_eq!(own.version, 1);
+        assert!(!c.is_dirty());
     }
 
     #[test]

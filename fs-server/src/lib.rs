@@ -10,8 +10,10 @@
 //! - [`fs`]: the filesystem core (FUSE-free, store-agnostic);
 //! - [`collection`]: a tree bound to its ref or hash, and the commit logic;
 //! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
+//! - [`api`]: the gRPC API over those mounts, and who may drive which;
 //! - [`transfer`]: moving a directory tree on disk into a collection and back.
 
+pub mod api;
 pub mod bigbuf;
 pub mod catalog;
 pub mod collection;

@@ -1,25 +1,27 @@
-//! cafsd's mounts: the registry of the collections it serves, and the fd socket on which the privileged helper
-//! hands over the `/dev/fuse` fd of each mount it made. A mount belongs to cafsd, not to the client that asked
-//! for it: it lives until it is unmounted or cafsd stops.
+//! cafsd's mounts: the registry of the collections it serves, the fd socket on which the privileged helper
+//! hands over the `/dev/fuse` fd of each mount it made, and the operations the gRPC API drives on them (mount
+//! and unmount go through the helper; commit, flush and status act here). A mount belongs to cafsd, not to the
+//! client that asked for it: it lives until it is unmounted or cafsd stops, whatever happens to that client.
 //!
 //! Only root may hand an fd over (the helper runs as root; `SO_PEERCRED` says who connected). Each hand-over
 //! is answered with a [`Reply`]: the collection could be opened and is being served, or why not (the helper
 //! then unmounts).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub use cafs_mount::wire::fd_socket_path;
-use cafs_mount::wire::{self, Handoff, Origin, Reply};
+use cafs_mount::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply, WireError};
 
 use crate::catalog::{Catalog, RefName};
-use crate::collection::Collection;
+use crate::collection::{Collection, CollectionError, Committed};
 use crate::control::Control;
-use crate::fs::FsOptions;
+use crate::fs::{FsError, FsOptions};
 use crate::fuse::CafsFuse;
 use crate::manifest::Pdh;
 use crate::mount::{MountOptions, serve_fd};
@@ -33,12 +35,99 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}: the mount point must be an absolute path")]
+    NotAbsolute(PathBuf),
+    #[error("{0} is not a mount of this cafsd")]
+    NotServed(PathBuf),
+    #[error("{path} belongs to uid {owner}; uid {uid} may not {what} it")]
+    NotOwner { path: PathBuf, owner: u32, uid: u32, what: &'static str },
+    #[error("cannot reach the mount helper at {path}: {source}")]
+    HelperUnreachable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the mount helper: {0}")]
+    Helper(String),
+    #[error(transparent)]
+    Collection(#[from] CollectionError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// One served mount.
 pub struct Served {
+    pub dir: PathBuf,
     pub coll: Arc<Collection>,
     pub control: Arc<Control>,
+    /// The mount's owner (the mount point's owner): who may drive it besides root.
+    pub uid: u32,
+    pub gid: u32,
+    /// Zero: never.
+    pub autocommit: Duration,
+    /// Set by an unmount that drops uncommitted changes.
+    discard: AtomicBool,
+    throughput: Mutex<Throughput>,
+    /// Set once the mount is gone and its last commit was attempted: the hash it ended at, or why that commit
+    /// failed.
+    ended: tokio::sync::watch::Sender<Option<Result<Option<Pdh>, String>>>,
+}
+
+impl Served {
+    /// Whether `uid` may drive this mount: its owner and root may.
+    pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
+        if uid == 0 || uid == self.uid {
+            Ok(())
+        } else {
+            Err(ServerError::NotOwner { path: self.dir.clone(), owner: self.uid, uid, what })
+        }
+    }
+
+    /// Bytes per second stored by this mount's uploads over the last few seconds.
+    pub fn upload_rate(&self) -> f64 {
+        self.throughput.lock().unwrap_or_else(|p| p.into_inner()).rate()
+    }
+
+    /// Waits until the mount is gone; returns the hash it ended at.
+    pub async fn ended(&self) -> Result<Option<Pdh>, String> {
+        let mut rx = self.ended.subscribe();
+        let done = rx.wait_for(Option::is_some).await.map_err(|_| "cafsd is stopping".to_string())?;
+        done.clone().unwrap_or(Ok(None))
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.borrow().is_some()
+    }
+}
+
+/// Samples of a mount's uploaded-bytes counter, one a second, for a rate over a short window.
+#[derive(Default)]
+struct Throughput {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Throughput {
+    const WINDOW: Duration = Duration::from_secs(5);
+
+    fn sample(&mut self, now: Instant, bytes: u64) {
+        self.samples.push_back((now, bytes));
+        while self.samples.len() > 2 && now.duration_since(self.samples[1].0) >= Self::WINDOW {
+            self.samples.pop_front();
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        match (self.samples.front(), self.samples.back()) {
+            (Some(&(t0, b0)), Some(&(t1, b1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// What a gRPC Mount asked for that the helper's hand-over does not carry.
+#[derive(Debug, Clone, Copy)]
+struct Prefs {
+    autocommit: Duration,
 }
 
 /// The mounts one cafsd serves.
@@ -46,9 +135,21 @@ pub struct Server {
     catalog: Arc<dyn Catalog>,
     store: Arc<dyn BlockStore>,
     rt: tokio::runtime::Handle,
-    /// Commit a changed tree after this long without changes (zero: never).
+    /// Commit a changed tree after this long without changes (zero: never), unless a mount asks otherwise.
     autocommit: Duration,
-    mounts: Mutex<HashMap<PathBuf, Served>>,
+    /// The helper's socket (`cafs-mount serve`), through which cafsd mounts and unmounts for its clients.
+    helper: PathBuf,
+    started: Instant,
+    mounts: Mutex<HashMap<PathBuf, Arc<Served>>>,
+    prefs: Mutex<HashMap<PathBuf, Prefs>>,
+}
+
+/// `dir` as the helper names it: absolute, its components normalized.
+pub fn normalize(dir: &Path) -> Result<PathBuf, ServerError> {
+    if !dir.is_absolute() {
+        return Err(ServerError::NotAbsolute(dir.to_path_buf()));
+    }
+    Ok(dir.components().collect())
 }
 
 impl Server {
@@ -57,18 +158,59 @@ impl Server {
         store: Arc<dyn BlockStore>,
         rt: tokio::runtime::Handle,
         autocommit: Duration,
+        helper: PathBuf,
     ) -> Arc<Self> {
-        Arc::new(Self { catalog, store, rt, autocommit, mounts: Mutex::new(HashMap::new()) })
+        let server = Arc::new(Self {
+            catalog,
+            store,
+            rt: rt.clone(),
+            autocommit,
+            helper,
+            started: Instant::now(),
+            mounts: Mutex::new(HashMap::new()),
+            prefs: Mutex::new(HashMap::new()),
+        });
+        rt.spawn(sample_throughput(Arc::downgrade(&server)));
+        server
+    }
+
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.catalog
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn helper_socket(&self) -> &Path {
+        &self.helper
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Served>>> {
+        self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `dir` is served now.
     pub fn serves(&self, dir: &Path) -> bool {
-        self.mounts.lock().unwrap_or_else(|p| p.into_inner()).contains_key(dir)
+        self.registry().contains_key(dir)
+    }
+
+    /// The mount at `dir`.
+    pub fn get(&self, dir: &Path) -> Result<Arc<Served>, ServerError> {
+        let dir = normalize(dir)?;
+        self.registry().get(&dir).cloned().ok_or(ServerError::NotServed(dir))
+    }
+
+    /// Every mount, by mount point.
+    pub fn list(&self) -> Vec<Arc<Served>> {
+        let mut all: Vec<_> = self.registry().values().cloned().collect();
+        all.sort_by(|a, b| a.dir.cmp(&b.dir));
+        all
     }
 
     /// Mount points served now.
     pub fn mount_points(&self) -> Vec<PathBuf> {
-        self.mounts.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        self.list().into_iter().map(|s| s.dir.clone()).collect()
     }
 
     /// Listens on `path` (replacing a stale socket file) and handles hand-overs on a thread of its own, until
@@ -78,12 +220,7 @@ impl Server {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(e)),
-        }
-        let listener = UnixListener::bind(path).map_err(err)?;
+        let listener = bind_unix(path).map_err(err)?;
         tracing::info!(socket = %path.display(), "waiting for mounts from cafs-mount");
         let server = self.clone();
         std::thread::Builder::new()
@@ -107,10 +244,12 @@ impl Server {
     fn handle(self: Arc<Self>, stream: UnixStream) {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
         let reply = match self.accept(&stream) {
-            Ok(dir) => {
+            Ok(Some(dir)) => {
                 tracing::info!(mount = %dir.display(), "mounted");
                 Reply { ok: true, message: String::new() }
             }
+            // The helper checking who listens here (to trust relayed requests) connects and hangs up.
+            Ok(None) => return,
             Err(message) => {
                 tracing::warn!(%message, "hand-over refused");
                 Reply { ok: false, message }
@@ -121,18 +260,23 @@ impl Server {
         }
     }
 
-    fn accept(self: &Arc<Self>, stream: &UnixStream) -> Result<PathBuf, String> {
+    fn accept(self: &Arc<Self>, stream: &UnixStream) -> Result<Option<PathBuf>, String> {
         let (uid, _, pid) = wire::peer(stream).map_err(|e| e.to_string())?;
         if uid != 0 {
             return Err(format!("only root hands over mounts (peer uid {uid}, pid {pid})"));
         }
-        let (h, fd): (Handoff, _) = wire::recv(stream).map_err(|e| e.to_string())?;
+        let (h, fd): (Handoff, _) = match wire::recv(stream) {
+            Ok(m) => m,
+            Err(WireError::Closed) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
         let fd = fd.ok_or("a hand-over must carry the /dev/fuse fd")?;
-        self.serve(h, fd).map_err(|e| format!("{e:#}"))
+        self.serve(h, fd).map(Some)
     }
 
     fn serve(self: &Arc<Self>, h: Handoff, dev: OwnedFd) -> Result<PathBuf, String> {
-        let dir = h.request.mountpoint.clone();
+        let dir = normalize(&h.request.mountpoint).map_err(|e| e.to_string())?;
+        let prefs = self.prefs.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
         if self.serves(&dir) {
             return Err(format!("{} is already served", dir.display()));
         }
@@ -141,55 +285,192 @@ impl Server {
         let coll = self
             .rt
             .block_on(async {
-                match &h.request.origin {
+                let pdh = match &h.request.origin {
                     Origin::Ref(name) => {
                         let name = RefName::new(name.clone()).map_err(|e| e.to_string())?;
-                        Collection::open_ref(catalog, store, name, opts, h.uid, h.gid).await.map_err(|e| e.to_string())
+                        if !h.request.read_only {
+                            return Collection::open_ref(catalog, store, name, opts, h.uid, h.gid)
+                                .await
+                                .map_err(|e| e.to_string());
+                        }
+                        // A ref mounted read-only shows its current version.
+                        match catalog.head(&name).await.map_err(|e| e.to_string())? {
+                            Some(v) => v.pdh,
+                            None => return Err(format!("ref {name} has no committed version to mount read-only")),
+                        }
                     }
-                    Origin::Pdh(pdh) => {
-                        let pdh = Pdh::parse(pdh).map_err(|e| e.to_string())?;
-                        Collection::open_pdh(catalog, store, pdh, opts, h.uid, h.gid).await.map_err(|e| e.to_string())
-                    }
-                }
+                    Origin::Pdh(pdh) => Pdh::parse(pdh).map_err(|e| e.to_string())?,
+                };
+                Collection::open_pdh(catalog, store, pdh, opts, h.uid, h.gid).await.map_err(|e| e.to_string())
             })
             .map(Arc::new)?;
-        if h.request.read_only && !coll.is_read_only() {
-            return Err("read-only mounts of a ref are not supported yet; mount its hash".into());
-        }
         let control = Arc::new(Control::default());
         let fuse = CafsFuse::new(coll.clone(), control.clone(), self.rt.clone(), h.uid, h.gid);
         let opts = MountOptions { read_only: coll.is_read_only(), ..MountOptions::default() };
         let mounted = serve_fd(&dir, dev, fuse, &opts).map_err(|e| e.to_string())?;
-        self.mounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dir.clone(), Served { coll: coll.clone(), control: control.clone() });
-        if !self.autocommit.is_zero() && !coll.is_read_only() {
+        let autocommit =
+            if coll.is_read_only() { Duration::ZERO } else { prefs.map_or(self.autocommit, |p| p.autocommit) };
+        let served = Arc::new(Served {
+            dir: dir.clone(),
+            coll: coll.clone(),
+            control: control.clone(),
+            uid: h.uid,
+            gid: h.gid,
+            autocommit,
+            discard: AtomicBool::new(false),
+            throughput: Mutex::new(Throughput::default()),
+            ended: tokio::sync::watch::channel(None).0,
+        });
+        self.registry().insert(dir.clone(), served.clone());
+        if !autocommit.is_zero() {
             let (server, at) = (Arc::downgrade(self), dir.clone());
             let alive = move || server.upgrade().is_some_and(|s| s.serves(&at));
-            self.rt.spawn(autocommit(coll.clone(), control.clone(), self.autocommit, alive));
+            self.rt.spawn(self::autocommit(coll, control, autocommit, alive));
         }
         // When the mount goes away (whoever unmounts it), commit a changed tree and forget the mount.
         let server = self.clone();
-        let at = dir.clone();
         std::thread::spawn(move || {
             if let Err(e) = mounted.wait() {
-                tracing::warn!(mount = %at.display(), error = %e, "FUSE session ended with an error");
+                tracing::warn!(mount = %served.dir.display(), error = %e, "FUSE session ended with an error");
             }
-            server.ended(&at);
+            server.ended(&served);
         });
         Ok(dir)
     }
 
-    fn ended(&self, dir: &Path) {
-        let Some(s) = self.mounts.lock().unwrap_or_else(|p| p.into_inner()).remove(dir) else { return };
-        if s.coll.is_dirty() {
+    fn ended(&self, s: &Served) {
+        self.registry().remove(&s.dir);
+        let mut outcome = Ok(s.coll.last_pdh());
+        if s.coll.is_dirty() && !s.discard.load(Ordering::SeqCst) {
             match self.rt.block_on(s.control.commit(&s.coll, "cafsd", "unmount")) {
-                Ok(c) => tracing::info!(mount = %dir.display(), pdh = %c.pdh, "committed on unmount"),
-                Err(e) => tracing::error!(mount = %dir.display(), error = %e, "commit on unmount failed"),
+                Ok(c) => {
+                    tracing::info!(mount = %s.dir.display(), pdh = %c.pdh, "committed on unmount");
+                    outcome = Ok(Some(c.pdh));
+                }
+                Err(e) => {
+                    tracing::error!(mount = %s.dir.display(), error = %e, "commit on unmount failed");
+                    outcome = Err(format!("commit on unmount failed: {e}"));
+                }
             }
         }
-        tracing::info!(mount = %dir.display(), "unmounted");
+        tracing::info!(mount = %s.dir.display(), "unmounted");
+        s.ended.send_replace(Some(outcome));
+    }
+
+    /// Asks the helper to mount `request` for `uid` (who must own the mount point, unless root) and hand it
+    /// here. Blocking: call it from a blocking context.
+    pub fn mount(
+        &self,
+        uid: u32,
+        request: MountRequest,
+        autocommit: Option<Duration>,
+    ) -> Result<Arc<Served>, ServerError> {
+        let dir = normalize(&request.mountpoint)?;
+        if let Some(autocommit) = autocommit {
+            self.prefs.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.clone(), Prefs { autocommit });
+        }
+        let result =
+            relay(&self.helper, uid, HelperRequest::Mount(MountRequest { mountpoint: dir.clone(), ..request }));
+        self.prefs.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
+        result?;
+        // The hand-over registered the mount before the helper answered.
+        self.registry()
+            .get(&dir)
+            .cloned()
+            .ok_or_else(|| ServerError::Internal(format!("{} mounted, but not here", dir.display())))
+    }
+
+    /// Commits the mount's tree (into its own ref, or `into` another), as `committer`.
+    pub async fn commit(
+        &self,
+        s: &Served,
+        into: Option<&RefName>,
+        committer: &str,
+        message: &str,
+    ) -> Result<Committed, ServerError> {
+        Ok(match into {
+            Some(name) => s.coll.commit_into(name, committer, message).await?,
+            None => s.control.commit(&s.coll, committer, message).await?,
+        })
+    }
+
+    /// Uploads everything the mount buffers; with `wait`, returns when it is stored (or an upload failed).
+    pub async fn flush(&self, s: &Served, wait: bool) -> Result<(), ServerError> {
+        let fs = s.coll.fs().clone();
+        let task = tokio::task::spawn_blocking(move || fs.flush_all());
+        if !wait {
+            return Ok(());
+        }
+        task.await
+            .map_err(|e| ServerError::Internal(format!("flush task failed: {e}")))?
+            .map_err(|e: FsError| ServerError::Collection(e.into()))
+    }
+
+    /// Unmounts `s`: commits a changed tree first (unless `discard`: changes since the last commit are dropped),
+    /// so that a commit that fails leaves the mount and its data in place; then asks the helper to unmount and
+    /// waits until the session is gone. Returns the hash the mount ended at.
+    pub async fn unmount(&self, s: &Arc<Served>, discard: bool) -> Result<Option<Pdh>, ServerError> {
+        if discard {
+            s.discard.store(true, Ordering::SeqCst);
+        } else if s.coll.is_dirty() {
+            s.control.commit(&s.coll, "cafsd", "unmount").await?;
+        }
+        let (helper, request) = (self.helper.clone(), HelperRequest::Unmount { mountpoint: s.dir.clone() });
+        let uid = s.uid;
+        match tokio::task::spawn_blocking(move || relay(&helper, uid, request))
+            .await
+            .map_err(|e| ServerError::Internal(format!("unmount task failed: {e}")))?
+        {
+            Ok(()) => {}
+            Err(e) => {
+                s.discard.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        s.ended().await.map_err(ServerError::Internal)
+    }
+}
+
+/// Binds a Unix socket at `path`, replacing a stale socket file, but never one that a live process still
+/// serves (a second cafsd on the same socket would otherwise silently take it over).
+pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    if UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another process is serving this socket"));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}
+
+/// Sends `request` to the helper at `helper`, acting for `uid`, and waits for its answer. Blocking.
+fn relay(helper: &Path, uid: u32, request: HelperRequest) -> Result<(), ServerError> {
+    let unreachable = |source| ServerError::HelperUnreachable { path: helper.to_path_buf(), source };
+    let stream = UnixStream::connect(helper).map_err(unreachable)?;
+    // The helper waits up to 120 s for a hand-over's answer and 30 s for the mount to appear.
+    stream.set_read_timeout(Some(Duration::from_secs(180))).map_err(unreachable)?;
+    let request = HelperRequest::Relay { uid, request: Box::new(request) };
+    wire::send(&stream, &request, None).map_err(|e| ServerError::Helper(e.to_string()))?;
+    match wire::recv::<Reply>(&stream) {
+        Ok((Reply { ok: true, .. }, _)) => Ok(()),
+        Ok((Reply { message, .. }, _)) => Err(ServerError::Helper(message)),
+        Err(e) => Err(ServerError::Helper(e.to_string())),
+    }
+}
+
+/// Samples every mount's uploaded bytes once a second, until the server is gone.
+async fn sample_throughput(server: Weak<Server>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(server) = server.upgrade() else { return };
+        let now = Instant::now();
+        for s in server.list() {
+            let bytes = s.coll.fs().upload_stats().uploaded_bytes;
+            s.throughput.lock().unwrap_or_else(|p| p.into_inner()).sample(now, bytes);
+        }
     }
 }
 

@@ -110,6 +110,26 @@ pub fn unmount_for(peer: u32, dir: &Path) -> Result<(), String> {
         .map_err(|errno| format!("unmounting {}: {errno}", dir.display()))
 }
 
+/// Whether the peer (`uid`, `pid`) may relay requests for other users: root, or the very process that listens
+/// on cafsd's fd socket (the kernel records the listener's credentials when it calls `listen`, and reports
+/// them to whoever connects).
+pub fn relay_allowed(uid: u32, pid: i32, cfg: &Config) -> Result<(), String> {
+    if uid == 0 {
+        return Ok(());
+    }
+    let sock = wire::fd_socket_path(&cfg.cafsd);
+    let probe = UnixStream::connect(&sock).map_err(|e| format!("cannot reach cafsd at {}: {e}", sock.display()))?;
+    let (server_uid, _, server_pid) = wire::peer(&probe).map_err(|e| e.to_string())?;
+    if (server_uid, server_pid) != (uid, pid) {
+        return Err(format!(
+            "only cafsd (uid {server_uid}, pid {server_pid}, serving {}) may relay requests; uid {uid} pid {pid} \
+             may not",
+            sock.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Serves requests on `listener` until the process ends: one thread per connection, one request each.
 pub fn serve(listener: UnixListener, cfg: Arc<Config>) -> std::io::Result<()> {
     for conn in listener.incoming() {
@@ -128,9 +148,17 @@ fn handle(stream: &UnixStream, cfg: &Config) {
             return Err("requests carry no file descriptors".to_string());
         }
         tracing::info!(uid, pid, request = ?req, "request");
+        let (uid, req) = match req {
+            HelperRequest::Relay { uid: client, request } => {
+                relay_allowed(uid, pid, cfg)?;
+                (client, *request)
+            }
+            req => (uid, req),
+        };
         match req {
             HelperRequest::Mount(m) => mount_for(uid, &m, cfg),
             HelperRequest::Unmount { mountpoint } => unmount_for(uid, &mountpoint),
+            HelperRequest::Relay { .. } => Err("a relayed request cannot relay another".into()),
         }
     });
     let reply = match result {

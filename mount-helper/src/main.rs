@@ -88,7 +88,11 @@ fn config(c: Common) -> Config {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let cli = Cli::parse();
     let result = if !nix::unistd::geteuid().is_root() {
         Err("must run as root (it calls mount(2)); cafsd itself runs unprivileged".to_string())

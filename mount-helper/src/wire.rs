@@ -61,7 +61,16 @@ pub struct MountRequest {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HelperRequest {
     Mount(MountRequest),
-    Unmount { mountpoint: PathBuf },
+    Unmount {
+        mountpoint: PathBuf,
+    },
+    /// cafsd passing on a request of one of its gRPC clients, acting for `uid` (what the kernel reported for
+    /// that client). Honoured only from root or from the process that serves cafsd's fd socket: that process
+    /// is handed the fd of every mount anyway, so trusting it to name the user grants it nothing more.
+    Relay {
+        uid: u32,
+        request: Box<HelperRequest>,
+    },
 }
 
 /// What the helper sends cafsd with the `/dev/fuse` fd of a mount it made: the request and whose mount it is.

@@ -15,7 +15,8 @@ mod tests {
 
     #[test]
     fn messages_round_trip_on_the_wire() {
-        let req = v1::CommitRequest { mount_point: "/cafs/job-1".into(), message: "done".into() };
+        let req =
+            v1::CommitRequest { mount_point: "/cafs/job-1".into(), message: "done".into(), into_ref: String::new() };
         let bytes = req.encode_to_vec();
         assert_eq!(v1::CommitRequest::decode(bytes.as_slice()).unwrap(), req);
         // Garbage is an error, not a panic.

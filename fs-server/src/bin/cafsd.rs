@@ -1,16 +1,19 @@
 //! cafsd: the unprivileged, long-running cafs server.
 //!
 //! It owns the state directory (block store + catalog on the embedded default). It opens and checks both,
-//! reports what they hold, serves every mount that `cafs-mount` hands over on its fd socket (beside the gRPC
-//! socket: `cafsd.sock` → `cafsd.fd.sock`), and runs until SIGTERM or SIGINT. With `--mount` (development mode,
-//! as root) it mounts one collection itself. The gRPC API comes next (issue 4).
+//! reports what they hold, serves the gRPC API on its socket, serves every mount that `cafs-mount` hands over
+//! on its fd socket (beside the gRPC socket: `cafsd.sock` → `cafsd.fd.sock`), and runs until SIGTERM or
+//! SIGINT, when it commits and unmounts every mount (through the helper) before exiting. With `--mount`
+//! (development mode, as root) it mounts one collection itself.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cafs::api::Api;
 use cafs::catalog::RefName;
 use cafs::catalog::{Catalog, SqliteCatalog};
 use cafs::collection::Collection;
@@ -19,7 +22,7 @@ use cafs::fs::FsOptions;
 use cafs::fuse::CafsFuse;
 use cafs::manifest::Pdh;
 use cafs::mount::{MountOptions, mount_as_root, umount};
-use cafs::server::{Server, autocommit, fd_socket_path};
+use cafs::server::{Server, ServerError, autocommit, bind_unix, fd_socket_path};
 use cafs::store::LocalDirStore;
 use clap::Parser;
 
@@ -47,6 +50,9 @@ struct Args {
     /// With --mount: a committed collection to mount read-only.
     #[arg(long, requires = "mount")]
     pdh: Option<String>,
+    /// The mount helper's socket (`cafs-mount serve`), through which mounts are made and unmounted.
+    #[arg(long, value_name = "PATH", default_value = "/run/cafs/mount.sock")]
+    helper: PathBuf,
     /// Commit a changed tree after this many seconds without changes (0: never).
     #[arg(long, default_value_t = 60)]
     autocommit: u64,
@@ -128,25 +134,64 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(store),
         tokio::runtime::Handle::current(),
         Duration::from_secs(args.autocommit),
+        args.helper.clone(),
     );
     server.listen(&fd_socket_path(&socket))?;
-    tracing::info!(socket = %socket.display(), "the gRPC API is not served yet (issue 4); waiting for SIGTERM");
+    let listener = {
+        let socket = socket.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let l = bind_unix(&socket).with_context(|| format!("gRPC socket {}", socket.display()))?;
+            // Any local user may connect; what each may do is decided by the peer credentials of the connection.
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+            l.set_nonblocking(true)?;
+            Ok(tokio::net::UnixListener::from_std(l)?)
+        })
+        .await??
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(Api::new(server.clone(), None).into_service())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async {
+                let _ = stopped.await;
+            }),
+    );
+    tracing::info!(socket = %socket.display(), helper = %args.helper.display(), "serving the gRPC API");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: unmounting and exiting"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: unmounting and exiting"),
+        _ = term.recv() => tracing::info!("SIGTERM: committing, unmounting and exiting"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: committing, unmounting and exiting"),
+        r = &mut grpc => bail!("the gRPC server stopped: {:?}", r),
     }
-    // Each mount's session ends with its unmount, which commits a changed tree; wait for those commits.
-    for dir in server.mount_points() {
-        if let Err(e) = umount(&dir, false).or_else(|_| umount(&dir, true)) {
-            tracing::warn!(mount = %dir.display(), error = %e, "cannot unmount (the helper unmounts for an unprivileged cafsd)");
-        }
+    shut_down(&server).await;
+    let _ = stop.send(());
+    let _ = grpc.await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Commits and unmounts every mount (through the helper; directly when cafsd is root and the helper is not
+/// there), and waits for their sessions to end. A mount whose commit fails is left mounted, and said so: its
+/// data is still in memory only until cafsd exits.
+async fn shut_down(server: &Arc<Server>) {
+    let mut pending = Vec::new();
+    for s in server.list() {
+        let server = server.clone();
+        pending.push(tokio::spawn(async move {
+            match server.unmount(&s, false).await {
+                Ok(pdh) => tracing::info!(mount = %s.dir.display(), pdh = ?pdh.map(|p| p.to_string()), "unmounted"),
+                Err(ServerError::HelperUnreachable { .. }) if umount(&s.dir, false).is_ok() => {
+                    let _ = s.ended().await;
+                }
+                Err(e) => tracing::error!(mount = %s.dir.display(), error = %e, "cannot unmount"),
+            }
+        }));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !server.mount_points().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for p in pending {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, p).await;
     }
-    Ok(())
 }
 
 /// Development mode: mount one collection, serve it, and on SIGTERM or an external unmount commit a changed

@@ -1,73 +1,528 @@
-//! fsctl: the command-line client of cafsd's gRPC API.
+//! fsctl: the command-line client of cafsd's gRPC API, and `fsctl run`, the job wrapper.
 //!
-//! The verbs and their arguments are the ones DESIGN.md fixes. The API they call is served by cafsd from
-//! issue 4 on; until then every verb says so and exits 1.
+//! The verbs and their arguments are the ones DESIGN.md fixes. Exit codes: 0 success, 1 the operation failed
+//! (the reason on stderr), 2 a usage error (from clap, or a request the server calls invalid). `fsctl run`
+//! exits with its command's code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
+use proto::v1::cafs_client::CafsClient;
+use proto::v1::{self as pb, mount_request::Source};
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint, Uri};
 
 #[derive(Parser, Debug)]
 #[command(name = "fsctl", version, about = "Control a running cafsd")]
 struct Args {
-    /// cafsd's gRPC socket (or a remote address)
-    #[arg(long, global = true)]
-    server: Option<String>,
+    /// cafsd's gRPC socket [default: $XDG_RUNTIME_DIR/cafs/cafsd.sock if it exists, else /run/cafs/cafsd.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    server: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Mount a collection (a ref name: writable; a PDH: read-only) at DIR
+    /// Mount a collection at DIR: a ref name (writable; created by its first commit) or a hash (read-only)
     Mount {
+        /// A ref name, or a portable data hash
         source: String,
         dir: PathBuf,
+        /// Read-only (a ref then shows its latest version)
         #[arg(long)]
         ro: bool,
-        #[arg(long)]
+        /// Commit after this many seconds without changes (0: never) [default: the server's]
+        #[arg(long, value_name = "SECS")]
         autocommit: Option<u32>,
+        #[arg(long)]
+        json: bool,
     },
-    /// Unmount DIR (committing a changed tree first)
-    Umount { dir: PathBuf },
-    /// Commit the tree at DIR and print its PDH
+    /// Unmount DIR, committing a changed tree first; prints the hash it ended at
+    Umount {
+        dir: PathBuf,
+        /// Drop the changes made since the last commit instead of committing them
+        #[arg(long)]
+        discard: bool,
+    },
+    /// Commit the tree at DIR and print its hash
     Commit {
         dir: PathBuf,
-        #[arg(short, long)]
-        m: Option<String>,
+        /// Commit message
+        #[arg(short, long, default_value = "")]
+        m: String,
+        /// Commit as the next version of this ref instead of the mount's own (which stays where it is)
+        #[arg(long, value_name = "REF")]
+        into: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
-    /// Push buffered data at DIR to the block store
+    /// Start uploading what DIR buffers; with --wait, return once it is stored
     Flush {
         dir: PathBuf,
+        /// Wait for the uploads, with a progress bar on a terminal
         #[arg(long)]
         wait: bool,
+        #[arg(long)]
+        json: bool,
     },
-    /// Status of a mount, or of the server and all mounts
+    /// Status of the mount at DIR, or of the server and every mount you own
     Status {
         dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
-    /// List mounts
-    Ls,
-    /// History of a ref
-    Log { r#ref: String },
-    /// Mount a fresh writable collection, run CMD in it, commit on success, print the PDH
-    Run {
+    /// List the mounts you own (root: all)
+    Ls {
         #[arg(long)]
-        r#ref: Option<String>,
+        json: bool,
+    },
+    /// History of a ref, oldest first
+    Log {
+        r#ref: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Job wrapper: mount a fresh writable collection at DIR, run CMD there, commit on exit 0 and print the
+    /// hash on stdout, unmount; exits with CMD's code. On failure the partial output is committed to the ref
+    /// NAME.failed instead, and NAME does not move.
+    Run {
+        /// The ref for the output; it must not exist yet [default: job-<time>-<pid>]
+        #[arg(long = "ref", value_name = "NAME")]
+        ref_name: Option<String>,
+        /// Where to mount it (created when missing) [default: a new directory under $TMPDIR or /tmp]
         #[arg(long)]
         dir: Option<PathBuf>,
-        #[arg(last = true, required = true)]
+        #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
 }
 
+/// An error with the exit code it should produce.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        let code = match error.downcast_ref::<tonic::Status>() {
+            Some(s) if s.code() == tonic::Code::InvalidArgument => 2,
+            _ => 1,
+        };
+        Failure { code, error }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let verb = format!("{:?}", args.command);
-    let verb = verb.split([' ', '{']).next().unwrap_or("").to_lowercase();
-    eprintln!("fsctl {verb}: cafsd's gRPC API is not available yet (it arrives with issue 4)");
-    ExitCode::FAILURE
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fsctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, error }) => {
+            let text = match error.downcast_ref::<tonic::Status>() {
+                Some(s) => s.message().to_string(),
+                None => format!("{error:#}"),
+            };
+            eprintln!("fsctl: {text}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        let p = PathBuf::from(d).join("cafs/cafsd.sock");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("/run/cafs/cafsd.sock")
+}
+
+async fn connect(socket: PathBuf) -> anyhow::Result<CafsClient<Channel>> {
+    let shown = socket.display().to_string();
+    // The URI is a placeholder: the connector below ignores it and dials the socket.
+    let channel = Endpoint::from_static("http://cafsd.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .with_context(|| format!("cannot reach cafsd at {shown}"))?;
+    Ok(CafsClient::new(channel))
+}
+
+/// DIR as the server should see it: absolute, symlinks resolved (the helper refuses symlinks in a mount point).
+fn absolute(dir: &Path) -> anyhow::Result<String> {
+    let abs = std::fs::canonicalize(dir).with_context(|| format!("{}", dir.display()))?;
+    abs.into_os_string().into_string().map_err(|p| anyhow!("{}: not UTF-8", Path::new(&p).display()))
+}
+
+async fn run(args: Args) -> Result<u8, Failure> {
+    let socket = args.server.clone().unwrap_or_else(default_socket);
+    let mut c = connect(socket).await?;
+    match args.command {
+        Command::Mount { source, dir, ro, autocommit, json } => {
+            let source = match cafs::Pdh::parse(&source) {
+                Ok(_) => Source::Pdh(source),
+                Err(_) => Source::RefName(source),
+            };
+            let req = pb::MountRequest {
+                mount_point: absolute(&dir)?,
+                source: Some(source),
+                read_only: ro,
+                autocommit_secs: autocommit,
+            };
+            let m = c.mount(req).await?.into_inner().mount.unwrap_or_default();
+            if json {
+                println!("{}", mount_json(&m));
+            } else {
+                println!("mounted {} at {}", describe(&m), m.mount_point);
+            }
+        }
+        Command::Umount { dir, discard } => {
+            let r = c.unmount(pb::UnmountRequest { mount_point: absolute(&dir)?, discard }).await?.into_inner();
+            if !r.pdh.is_empty() {
+                println!("{}", r.pdh);
+            }
+        }
+        Command::Commit { dir, m, into, json } => {
+            let req =
+                pb::CommitRequest { mount_point: absolute(&dir)?, message: m, into_ref: into.unwrap_or_default() };
+            let r = c.commit(req).await?.into_inner();
+            if json {
+                println!("{}", json!({"pdh": r.pdh, "version": r.version, "changed": r.changed}));
+            } else {
+                println!("{}", r.pdh);
+            }
+        }
+        Command::Flush { dir, wait, json } => {
+            let mount_point = absolute(&dir)?;
+            let progress = if wait { Some(tokio::spawn(show_progress(c.clone(), mount_point.clone()))) } else { None };
+            let r = c.flush(pb::FlushRequest { mount_point, wait }).await;
+            if let Some(p) = progress {
+                p.abort();
+                let _ = p.await;
+            }
+            let s = r?.into_inner().status.unwrap_or_default();
+            if json {
+                println!("{}", status_json(&s));
+            } else if wait {
+                println!("flushed: {} stored by this mount, {} held", bytes(s.bytes_uploaded), bytes(s.dirty_bytes));
+            } else {
+                println!(
+                    "flushing: {} held, {} blocks uploading",
+                    bytes(s.dirty_bytes),
+                    s.in_flight_blocks + s.queued_blocks
+                );
+            }
+        }
+        Command::Status { dir, json } => {
+            let mount_point = dir.map(|d| absolute(&d)).transpose()?.unwrap_or_default();
+            let r = c.status(pb::StatusRequest { mount_point: mount_point.clone() }).await?.into_inner();
+            let server = r.server.unwrap_or_default();
+            if json {
+                let mounts: Vec<_> = r.mounts.iter().map(status_json).collect();
+                let server =
+                    json!({"version": server.version, "uptime_secs": server.uptime_secs, "mounts": server.mounts});
+                println!("{}", serde_json::to_string_pretty(&json!({"server": server, "mounts": mounts}))?);
+            } else {
+                if mount_point.is_empty() {
+                    println!(
+                        "cafsd {}, up {}, {} mount{}",
+                        server.version,
+                        human_duration(server.uptime_secs),
+                        server.mounts,
+                        if server.mounts == 1 { "" } else { "s" }
+                    );
+                }
+                for s in &r.mounts {
+                    print_status(s);
+                }
+            }
+        }
+        Command::Ls { json } => {
+            let r = c.list_mounts(pb::ListMountsRequest {}).await?.into_inner();
+            if json {
+                let all: Vec<_> = r.mounts.iter().map(mount_json).collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for m in &r.mounts {
+                    println!("{}\t{}\tuid {}", m.mount_point, describe(m), m.owner_uid);
+                }
+            }
+        }
+        Command::Log { r#ref, json } => {
+            let r = c.log(pb::LogRequest { ref_name: r#ref }).await?.into_inner();
+            if json {
+                let all: Vec<_> = r
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        json!({"version": v.version, "pdh": v.pdh, "parent": v.parent,
+                               "committed_unix_ms": v.committed_unix_ms, "committer": v.committer, "message": v.message})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for v in &r.versions {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        v.version,
+                        v.pdh,
+                        iso_time(v.committed_unix_ms),
+                        v.committer,
+                        v.message
+                    );
+                }
+            }
+        }
+        Command::Run { ref_name, dir, cmd } => return job::run(c, ref_name, dir, cmd).await,
+    }
+    Ok(0)
+}
+
+fn describe(m: &pb::MountInfo) -> String {
+    match (m.ref_name.as_str(), m.read_only) {
+        ("", _) => format!("{} (read-only)", m.pdh),
+        (r, false) => format!("ref {r} (writable)"),
+        (r, true) => format!("ref {r} at {} (read-only)", m.pdh),
+    }
+}
+
+fn mount_json(m: &pb::MountInfo) -> serde_json::Value {
+    json!({"mount_point": m.mount_point, "ref": m.ref_name, "pdh": m.pdh, "read_only": m.read_only,
+           "owner_uid": m.owner_uid, "autocommit_secs": m.autocommit_secs})
+}
+
+fn status_json(s: &pb::MountStatus) -> serde_json::Value {
+    json!({
+        "mount": s.mount.as_ref().map(mount_json),
+        "dirty": s.dirty,
+        "dirty_bytes": s.dirty_bytes,
+        "queued_blocks": s.queued_blocks,
+        "in_flight_blocks": s.in_flight_blocks,
+        "failed_blocks": s.failed_blocks,
+        "bytes_uploaded": s.bytes_uploaded,
+        "upload_bytes_per_sec": s.upload_bytes_per_sec,
+        "last_commit_pdh": s.last_commit_pdh,
+        "last_commit_unix_ms": s.last_commit_unix_ms,
+        "last_error": s.last_error,
+    })
+}
+
+fn print_status(s: &pb::MountStatus) {
+    let m = s.mount.clone().unwrap_or_default();
+    println!("{}: {}", m.mount_point, describe(&m));
+    println!(
+        "  {}; {} held in memory; blocks: {} queued, {} uploading, {} failed",
+        if s.dirty { "changed since the last commit" } else { "unchanged" },
+        bytes(s.dirty_bytes),
+        s.queued_blocks,
+        s.in_flight_blocks,
+        s.failed_blocks
+    );
+    println!("  uploaded {} ({}/s now)", bytes(s.bytes_uploaded), bytes(s.upload_bytes_per_sec as u64));
+    if !s.last_commit_pdh.is_empty() {
+        println!("  last commit {} at {}", s.last_commit_pdh, iso_time(s.last_commit_unix_ms));
+    }
+    if !s.last_error.is_empty() {
+        println!("  last error: {}", s.last_error);
+    }
+}
+
+fn bytes(n: u64) -> String {
+    indicatif::BinaryBytes(n).to_string()
+}
+
+fn human_duration(secs: u64) -> String {
+    indicatif::HumanDuration(Duration::from_secs(secs)).to_string()
+}
+
+/// RFC 3339 (UTC, seconds) for milliseconds since the epoch.
+fn iso_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A progress bar of the bytes stored while a flush drains the mount's buffers; drawn only on a terminal.
+async fn show_progress(mut c: CafsClient<Channel>, mount_point: String) {
+    let Ok(stream) = c.watch_status(pb::StatusRequest { mount_point }).await else { return };
+    let mut stream = stream.into_inner();
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} stored [{bar:30}] {bytes_per_sec}, {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut start = None;
+    while let Ok(Some(r)) = stream.message().await {
+        let Some(s) = r.mounts.first() else { break };
+        let base = *start.get_or_insert(s.bytes_uploaded);
+        let done = s.bytes_uploaded.saturating_sub(base);
+        bar.set_length(done + s.dirty_bytes);
+        bar.set_position(done);
+        bar.set_message(format!("{} blocks uploading", s.in_flight_blocks + s.queued_blocks));
+    }
+    bar.finish_and_clear();
+}
+
+mod job {
+    //! `fsctl run`: the job wrapper.
+
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    pub async fn run(
+        mut c: CafsClient<Channel>,
+        ref_name: Option<String>,
+        dir: Option<PathBuf>,
+        cmd: Vec<String>,
+    ) -> Result<u8, Failure> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let ref_name = ref_name.unwrap_or_else(|| format!("job-{}-{}", now.as_secs(), std::process::id()));
+        match c.log(pb::LogRequest { ref_name: ref_name.clone() }).await {
+            Ok(_) => {
+                return Err(Failure {
+                    code: 1,
+                    error: anyhow!(
+                        "ref {ref_name} exists already; fsctl run makes a fresh collection: pick a new name"
+                    ),
+                });
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(s.into()),
+        }
+        let (dir, made) = match dir {
+            Some(d) => {
+                let made = !d.exists();
+                std::fs::create_dir_all(&d).with_context(|| format!("{}", d.display()))?;
+                (d, made)
+            }
+            None => {
+                let d = std::env::temp_dir().join(format!("cafs-run-{}-{}", now.as_nanos(), std::process::id()));
+                std::fs::create_dir(&d).with_context(|| format!("{}", d.display()))?;
+                (d, true)
+            }
+        };
+        let mount_point = absolute(&dir)?;
+        let req = pb::MountRequest {
+            mount_point: mount_point.clone(),
+            source: Some(Source::RefName(ref_name.clone())),
+            read_only: false,
+            autocommit_secs: None,
+        };
+        if let Err(e) = c.mount(req).await {
+            if made {
+                let _ = std::fs::remove_dir(&dir);
+            }
+            return Err(e.into());
+        }
+        let shown = cmd.join(" ");
+        let code = match run_child(&dir, &cmd).await {
+            Ok(code) => code,
+            Err(e) => {
+                let _ = c.unmount(pb::UnmountRequest { mount_point: mount_point.clone(), discard: true }).await;
+                if made {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                return Err(Failure {
+                    code: 1,
+                    error: e.context(format!("cannot run {shown:?}; nothing is committed")),
+                });
+            }
+        };
+        let finished = match code {
+            0 => finish(&mut c, &mount_point, None, &format!("fsctl run: {shown}")).await,
+            n => {
+                let failed = format!("{ref_name}.failed");
+                eprintln!("fsctl run: {shown:?} exited with {n}; keeping its partial output as ref {failed}");
+                finish(&mut c, &mount_point, Some(&failed), &format!("fsctl run: {shown} (failed: exit {n})")).await
+            }
+        };
+        match finished {
+            Ok(pdh) => {
+                if made {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                if code == 0 {
+                    println!("{pdh}");
+                } else {
+                    eprintln!("fsctl run: partial output: {pdh}");
+                }
+                Ok(code)
+            }
+            Err(e) => Err(Failure { code: 1, error: e }),
+        }
+    }
+
+    /// Commits (into `into`, when given) and unmounts; on failure the mount is left in place with its data, and
+    /// the error says so.
+    async fn finish(
+        c: &mut CafsClient<Channel>,
+        mount_point: &str,
+        into: Option<&str>,
+        message: &str,
+    ) -> anyhow::Result<String> {
+        let req = pb::CommitRequest {
+            mount_point: mount_point.to_string(),
+            message: message.to_string(),
+            into_ref: into.unwrap_or_default().to_string(),
+        };
+        let pdh = match c.commit(req).await {
+            Ok(r) => r.into_inner().pdh,
+            Err(s) => bail!("commit failed: {}; the output stays mounted at {mount_point}", s.message()),
+        };
+        // A failed job's tree went to its .failed ref: its own ref must not get it on unmount.
+        let discard = into.is_some();
+        if let Err(s) = c.unmount(pb::UnmountRequest { mount_point: mount_point.to_string(), discard }).await {
+            bail!("committed {pdh}, but unmounting {mount_point} failed: {}", s.message());
+        }
+        Ok(pdh)
+    }
+
+    /// Runs the command in `dir`; its exit code (128 + the signal for a command killed by one). SIGINT and
+    /// SIGTERM sent to fsctl go to the command, which then decides how the job ends.
+    async fn run_child(dir: &Path, cmd: &[String]) -> anyhow::Result<u8> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut child = tokio::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .current_dir(dir)
+            .spawn()
+            .with_context(|| cmd[0].clone())?;
+        let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+        let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+        let status = loop {
+            let sig = tokio::select! {
+                s = child.wait() => break s?,
+                _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+                _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+            };
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        };
+        Ok(match (status.code(), status.signal()) {
+            (Some(c), _) => c as u8,
+            (None, Some(s)) => 128 + s as u8,
+            _ => 1,
+        })
+    }
 }

@@ -135,6 +135,22 @@ impl Buffer {
     }
 }
 
+/// See [`Filesystem::upload_stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadStats {
+    /// Bytes held in memory that the store does not have yet.
+    pub held_bytes: u64,
+    /// Buffers still being written into.
+    pub open_buffers: usize,
+    /// Sealed blocks waiting for an upload slot.
+    pub queued: usize,
+    pub in_flight: usize,
+    /// Blocks whose upload failed after its retries; their bytes are held for the next flush.
+    pub failed: usize,
+    pub last_error: Option<String>,
+    pub uploaded_bytes: u64,
+}
+
 #[derive(Debug)]
 struct State {
     table: Table,
@@ -151,6 +167,8 @@ struct State {
     /// fault per 4 KiB touched, a measurable share of a streaming write's CPU. Counted against the budget.
     spare: Option<Vec<u8>>,
     uploading: usize,
+    /// Bytes of blocks stored by finished uploads since the mount was opened (for progress and throughput).
+    uploaded_bytes: u64,
     /// Where each file's last read ended, to tell sequential reads (which get read-ahead) from random ones.
     read_ends: HashMap<Ino, u64>,
     /// Bumped by every change to the tree; see [`Filesystem::generation`].
@@ -255,6 +273,7 @@ impl Filesystem {
             memory: 0,
             spare: None,
             uploading: 0,
+            uploaded_bytes: 0,
             read_ends: HashMap::new(),
             generation: 0,
         };
@@ -358,6 +377,37 @@ impl Filesystem {
     pub fn buffered(&self) -> (u64, usize) {
         let st = self.lock();
         (st.memory, st.uploading)
+    }
+
+    /// Where the mount's buffered bytes are on their way to the store.
+    pub fn upload_stats(&self) -> UploadStats {
+        let st = self.lock();
+        let mut s = UploadStats { held_bytes: st.memory, uploaded_bytes: st.uploaded_bytes, ..UploadStats::default() };
+        for b in st.buffers.values() {
+            match &b.data {
+                BufData::Open(v) if !v.is_empty() => s.open_buffers += 1,
+                BufData::Sealed { uploading: true, .. } => s.queued += 1,
+                BufData::Sealed { error: Some(e), .. } => {
+                    s.failed += 1;
+                    s.last_error = Some(e.clone());
+                }
+                BufData::Sealed { .. } => s.queued += 1,
+                _ => {}
+            }
+        }
+        // An upload task holds a slot while it hashes and stores; the others wait for one.
+        let busy = self.shared.opts.max_uploads.saturating_sub(self.shared.slots.available_permits());
+        s.in_flight = busy.min(s.queued);
+        s.queued -= s.in_flight;
+        s
+    }
+
+    /// Uploads everything buffered and waits for it: what `fsctl flush --wait` asks for. Fails with the store's
+    /// error if an upload fails after its retries (the data stays held).
+    pub fn flush_all(&self) -> Result<(), FsError> {
+        let st = self.lock();
+        let all = st.buffers.keys().copied().collect();
+        self.flush(st, all)
     }
 
     /// Bytes of memory the open buffers have reserved (their capacity, which can exceed what they hold).
@@ -699,6 +749,7 @@ impl Filesystem {
             st.uploading -= 1;
             match result {
                 Ok(locator) => {
+                    st.uploaded_bytes += locator.size();
                     if let Some(buf) = st.remove_buffer(id) {
                         st.memory -= buf.len() as u64;
                         let Buffer { owner: buf_owner, data, members } = buf;

@@ -1,0 +1,317 @@
+//! The gRPC API (`cafs.v1.Cafs`, tonic) over the registry of [`Server`]: who is calling, whether they may, and
+//! the translation between the protocol's messages and the server's operations.
+//!
+//! Callers are identified by the kernel, not by anything they send: on the Unix socket, by the peer
+//! credentials of the connection (a caller drives only the mounts it owns; root drives all). The optional TCP
+//! listener has no peer credentials: a caller there must present the configured bearer token, and then acts as
+//! an operator (all mounts). Operations that change state run as tasks of their own, so that a client that
+//! goes away mid-call (a killed `fsctl`) cancels nothing half-done.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cafs_mount::wire::{MountRequest as HelperMount, Origin};
+use proto::v1::cafs_server::{Cafs, CafsServer};
+use proto::v1::{self as pb, mount_request::Source};
+use tokio_stream::Stream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{CatalogError, RefName};
+use crate::collection::CollectionError;
+use crate::fs::FsError;
+use crate::server::{Served, Server, ServerError};
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A local process, as the kernel reported it.
+    Local { uid: u32, gid: u32 },
+    /// A remote client that presented the token: an operator.
+    Token,
+}
+
+impl Caller {
+    /// The uid whose rights the caller has (an operator has root's).
+    pub fn uid(self) -> u32 {
+        match self {
+            Caller::Local { uid, .. } => uid,
+            Caller::Token => 0,
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Caller::Local { uid, .. } => match nix::unistd::User::from_uid(uid.into()) {
+                Ok(Some(u)) => u.name,
+                _ => format!("uid {uid}"),
+            },
+            Caller::Token => "token".into(),
+        }
+    }
+}
+
+/// The service.
+#[derive(Clone)]
+pub struct Api {
+    server: Arc<Server>,
+    /// The bearer token TCP callers must present; `None`: TCP callers are refused.
+    token: Option<Arc<str>>,
+}
+
+impl Api {
+    pub fn new(server: Arc<Server>, token: Option<String>) -> Self {
+        Self { server, token: token.map(Arc::from) }
+    }
+
+    pub fn into_service(self) -> CafsServer<Self> {
+        CafsServer::new(self)
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
+            let cred = info.peer_cred.ok_or_else(|| Status::unauthenticated("no peer credentials"))?;
+            return Ok(Caller::Local { uid: cred.uid(), gid: cred.gid() });
+        }
+        let presented =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match (&self.token, presented) {
+            (Some(token), Some(p)) if same(token.as_bytes(), p.as_bytes()) => Ok(Caller::Token),
+            (Some(_), Some(_)) => Err(Status::unauthenticated("wrong token")),
+            _ => Err(Status::unauthenticated("a bearer token is required")),
+        }
+    }
+
+    /// The mount at `dir`, if `caller` may `what` it.
+    fn mount_of(&self, caller: Caller, dir: &str, what: &'static str) -> Result<Arc<Served>, Status> {
+        let s = self.server.get(Path::new(dir)).map_err(status)?;
+        s.check_owner(caller.uid(), what).map_err(status)?;
+        Ok(s)
+    }
+
+    fn visible(&self, caller: Caller) -> Vec<Arc<Served>> {
+        self.server.list().into_iter().filter(|s| s.check_owner(caller.uid(), "see").is_ok()).collect()
+    }
+
+    fn status_of(&self, caller: Caller, dir: &str) -> Result<pb::StatusReply, Status> {
+        let mounts = if dir.is_empty() { self.visible(caller) } else { vec![self.mount_of(caller, dir, "see")?] };
+        Ok(pb::StatusReply {
+            server: Some(pb::ServerStatus {
+                version: env!("CARGO_PKG_VERSION").into(),
+                uptime_secs: self.server.uptime().as_secs(),
+                mounts: self.server.list().len() as u32,
+            }),
+            mounts: mounts.iter().map(|s| mount_status(s)).collect(),
+        })
+    }
+}
+
+/// Compares without an early exit, so that the time taken says nothing about how much of a token matched.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn mount_info(s: &Served) -> pb::MountInfo {
+    let (ref_name, pdh) = match s.coll.origin() {
+        crate::collection::Origin::Ref(r) => (r.to_string(), s.coll.last_pdh()),
+        crate::collection::Origin::Pdh(p) => (String::new(), Some(*p)),
+    };
+    pb::MountInfo {
+        mount_point: s.dir.to_string_lossy().into_owned(),
+        ref_name,
+        pdh: pdh.map(|p| p.to_string()).unwrap_or_default(),
+        read_only: s.coll.is_read_only(),
+        owner_uid: s.uid,
+        autocommit_secs: s.autocommit.as_secs() as u32,
+    }
+}
+
+fn mount_status(s: &Served) -> pb::MountStatus {
+    let up = s.coll.fs().upload_stats();
+    let last = s.coll.last_version();
+    let last_error = s.control.status(&s.coll).last_error.or(up.last_error).unwrap_or_default();
+    pb::MountStatus {
+        mount: Some(mount_info(s)),
+        dirty: s.coll.is_dirty(),
+        dirty_bytes: up.held_bytes,
+        queued_blocks: up.queued as u32,
+        in_flight_blocks: up.in_flight as u32,
+        bytes_uploaded: up.uploaded_bytes,
+        upload_bytes_per_sec: s.upload_rate(),
+        last_commit_pdh: last.as_ref().map(|v| v.pdh.to_string()).unwrap_or_default(),
+        last_commit_unix_ms: last.as_ref().map_or(0, |v| unix_ms(v.committed_at)),
+        last_error,
+        failed_blocks: up.failed as u32,
+    }
+}
+
+/// The gRPC status for a server error: what the caller did wrong, or what failed.
+fn status(e: ServerError) -> Status {
+    let msg = e.to_string();
+    match e {
+        ServerError::NotAbsolute(_) => Status::invalid_argument(msg),
+        ServerError::NotServed(_) => Status::not_found(msg),
+        ServerError::NotOwner { .. } => Status::permission_denied(msg),
+        ServerError::Helper(_) => Status::failed_precondition(msg),
+        ServerError::HelperUnreachable { .. } => Status::unavailable(msg),
+        ServerError::Collection(c) => match c {
+            CollectionError::Catalog(CatalogError::Conflict { .. }) => Status::aborted(msg),
+            CollectionError::Catalog(CatalogError::InvalidRef { .. }) => Status::invalid_argument(msg),
+            CollectionError::ReadOnly => Status::failed_precondition(msg),
+            CollectionError::UnknownPdh(_) => Status::not_found(msg),
+            // The store failed (after retries): the data is held, a later flush or commit may succeed.
+            CollectionError::Fs(FsError::Io(_)) => Status::unavailable(msg),
+            _ => Status::internal(msg),
+        },
+        ServerError::Socket { .. } | ServerError::Internal(_) => Status::internal(msg),
+    }
+}
+
+/// Runs `f` as a task of its own: a caller that disconnects drops the wait, not the work.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(f).await.map_err(|e| Status::internal(format!("task failed: {e}")))?
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::StatusReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Cafs for Api {
+    async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::MountReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let origin = match r.source {
+            Some(Source::RefName(name)) => {
+                RefName::new(name.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                Origin::Ref(name)
+            }
+            Some(Source::Pdh(pdh)) => {
+                crate::manifest::Pdh::parse(&pdh).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                Origin::Pdh(pdh)
+            }
+            None => return Err(Status::invalid_argument("a mount needs a ref name or a hash")),
+        };
+        let request = HelperMount { mountpoint: PathBuf::from(r.mount_point), origin, read_only: r.read_only };
+        let autocommit = r.autocommit_secs.map(|s| Duration::from_secs(s.into()));
+        let server = self.server.clone();
+        let s = detached(async move {
+            tokio::task::spawn_blocking(move || server.mount(caller.uid(), request, autocommit))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(pb::MountReply { mount: Some(mount_info(&s)) }))
+    }
+
+    async fn unmount(&self, req: Request<pb::UnmountRequest>) -> Result<Response<pb::UnmountReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let s = self.mount_of(caller, &r.mount_point, "unmount")?;
+        let server = self.server.clone();
+        let pdh = detached(async move { server.unmount(&s, r.discard).await.map_err(status) }).await?;
+        Ok(Response::new(pb::UnmountReply { pdh: pdh.map(|p| p.to_string()).unwrap_or_default() }))
+    }
+
+    async fn commit(&self, req: Request<pb::CommitRequest>) -> Result<Response<pb::CommitReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let s = self.mount_of(caller, &r.mount_point, "commit")?;
+        let into = match r.into_ref.as_str() {
+            "" => None,
+            name => Some(RefName::new(name).map_err(|e| Status::invalid_argument(e.to_string()))?),
+        };
+        let server = self.server.clone();
+        let c =
+            detached(async move { server.commit(&s, into.as_ref(), &caller.name(), &r.message).await.map_err(status) })
+                .await?;
+        Ok(Response::new(pb::CommitReply { pdh: c.pdh.to_string(), version: c.version, changed: c.changed }))
+    }
+
+    async fn flush(&self, req: Request<pb::FlushRequest>) -> Result<Response<pb::FlushReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let s = self.mount_of(caller, &r.mount_point, "flush")?;
+        let server = self.server.clone();
+        let s = detached(async move {
+            server.flush(&s, r.wait).await.map_err(status)?;
+            Ok(s)
+        })
+        .await?;
+        Ok(Response::new(pb::FlushReply { status: Some(mount_status(&s)) }))
+    }
+
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let caller = self.caller(&req)?;
+        Ok(Response::new(self.status_of(caller, &req.get_ref().mount_point)?))
+    }
+
+    async fn list_mounts(&self, req: Request<pb::ListMountsRequest>) -> Result<Response<pb::ListMountsReply>, Status> {
+        let caller = self.caller(&req)?;
+        Ok(Response::new(pb::ListMountsReply { mounts: self.visible(caller).iter().map(|s| mount_info(s)).collect() }))
+    }
+
+    async fn log(&self, req: Request<pb::LogRequest>) -> Result<Response<pb::LogReply>, Status> {
+        self.caller(&req)?;
+        let name = RefName::new(req.into_inner().ref_name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let history = self.server.catalog().history(&name).await.map_err(|e| Status::internal(e.to_string()))?;
+        if history.is_empty() {
+            return Err(Status::not_found(format!("ref {name} has no versions")));
+        }
+        let versions = history
+            .into_iter()
+            .map(|v| pb::VersionInfo {
+                version: v.version,
+                pdh: v.pdh.to_string(),
+                parent: v.parent.map(|p| p.to_string()).unwrap_or_default(),
+                committed_unix_ms: unix_ms(v.committed_at),
+                committer: v.committer,
+                message: v.message,
+            })
+            .collect();
+        Ok(Response::new(pb::LogReply { versions }))
+    }
+
+    type WatchStatusStream = WatchStream;
+
+    /// A status every half second until the caller goes away (or the mount it watches does).
+    async fn watch_status(&self, req: Request<pb::StatusRequest>) -> Result<Response<WatchStream>, Status> {
+        let caller = self.caller(&req)?;
+        let dir = req.into_inner().mount_point;
+        let first = self.status_of(caller, &dir)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut next = Ok(first);
+            loop {
+                let end = next.is_err();
+                if tx.send(next).await.is_err() || end {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                next = api.status_of(caller, &dir);
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+        assert!(!same(b"", b"x"));
+    }
+}
