@@ -53,6 +53,20 @@ struct Args {
     /// The mount helper's socket (`cafs-mount serve`), through which mounts are made and unmounted.
     #[arg(long, value_name = "PATH", default_value = "/run/cafs/mount.sock")]
     helper: PathBuf,
+    /// Also serve the API on this TCP address, for remote control: only with TLS and a token (--tls-cert,
+    /// --tls-key and --token-file). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    listen_tcp: Option<std::net::SocketAddr>,
+    /// With --listen-tcp: the server's certificate chain (PEM).
+    #[arg(long, value_name = "PEM", requires = "listen_tcp")]
+    tls_cert: Option<PathBuf>,
+    /// With --listen-tcp: the certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "listen_tcp")]
+    tls_key: Option<PathBuf>,
+    /// With --listen-tcp: a file holding the bearer token remote callers must present (at least 16
+    /// characters; the file must not be readable by group or others). A caller with the token is an operator.
+    #[arg(long, value_name = "FILE", requires = "listen_tcp")]
+    token_file: Option<PathBuf>,
     /// Commit a changed tree after this many seconds without changes (0: never).
     #[arg(long, default_value_t = 60)]
     autocommit: u64,
@@ -98,6 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(config) = &args.config {
         bail!("--config {}: configuration files are not supported yet; run without it", config.display());
     }
+    let remote = remote_config(&args)?;
     let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let socket = args.socket.clone().unwrap_or_else(default_socket);
     // Opening creates directories, fsyncs and may wait on SQLite's lock: keep it off the async workers.
@@ -148,26 +163,81 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .await??
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+        }
+    };
+    let api = Api::new(server.clone(), remote.as_ref().map(|r| r.token.clone()));
     let mut grpc = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(Api::new(server.clone(), None).into_service())
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async {
-                let _ = stopped.await;
-            }),
+            .add_service(api.clone().into_service())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), until_stopped()),
     );
     tracing::info!(socket = %socket.display(), helper = %args.helper.display(), "serving the gRPC API");
+    let mut tcp = match remote {
+        Some(r) => {
+            let listener =
+                tokio::net::TcpListener::bind(r.addr).await.with_context(|| format!("--listen-tcp {}", r.addr))?;
+            tracing::info!(address = %listener.local_addr()?, "serving the gRPC API over TCP (TLS, bearer token)");
+            let tls = tonic::transport::ServerTlsConfig::new().identity(r.identity);
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .tls_config(tls)
+                    .context("TLS configuration")?
+                    .add_service(api.into_service())
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        until_stopped(),
+                    ),
+            )
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: committing, unmounting and exiting"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: committing, unmounting and exiting"),
         r = &mut grpc => bail!("the gRPC server stopped: {:?}", r),
+        r = &mut tcp => bail!("the TCP gRPC server stopped: {:?}", r),
     }
     shut_down(&server).await;
-    let _ = stop.send(());
+    let _ = stop.send(true);
     let _ = grpc.await;
+    let _ = tcp.await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The remote listener's settings.
+struct Remote {
+    addr: std::net::SocketAddr,
+    identity: tonic::transport::Identity,
+    token: String,
+}
+
+/// Checks the remote listener's flags: all or nothing, and a token worth the name.
+fn remote_config(args: &Args) -> anyhow::Result<Option<Remote>> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(addr) = args.listen_tcp else { return Ok(None) };
+    let (Some(cert), Some(key), Some(token_file)) = (&args.tls_cert, &args.tls_key, &args.token_file) else {
+        bail!(
+            "--listen-tcp needs --tls-cert, --tls-key and --token-file: the API is never served remotely without TLS and a token"
+        );
+    };
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| p.display().to_string());
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    let mode = std::fs::metadata(token_file).with_context(|| token_file.display().to_string())?.mode();
+    if mode & 0o077 != 0 {
+        bail!("{}: a token file must not be readable by group or others (chmod 600)", token_file.display());
+    }
+    let token = String::from_utf8(read(token_file)?).context("the token file is not UTF-8")?.trim().to_string();
+    if token.len() < 16 {
+        bail!("{}: the token must be at least 16 characters", token_file.display());
+    }
+    Ok(Some(Remote { addr, identity, token }))
 }
 
 /// Commits and unmounts every mount (through the helper; directly when cafsd is root and the helper is not

@@ -13,14 +13,24 @@ use clap::{Parser, Subcommand};
 use proto::v1::cafs_client::CafsClient;
 use proto::v1::{self as pb, mount_request::Source};
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 #[derive(Parser, Debug)]
 #[command(name = "fsctl", version, about = "Control a running cafsd")]
 struct Args {
-    /// cafsd's gRPC socket [default: $XDG_RUNTIME_DIR/cafs/cafsd.sock if it exists, else /run/cafs/cafsd.sock]
-    #[arg(long, global = true, value_name = "PATH")]
-    server: Option<PathBuf>,
+    /// cafsd's gRPC socket, or https://HOST:PORT for a remote cafsd's TCP listener
+    /// [default: $XDG_RUNTIME_DIR/cafs/cafsd.sock if it exists, else /run/cafs/cafsd.sock]
+    #[arg(long, global = true, value_name = "PATH|URL")]
+    server: Option<String>,
+    /// With an https:// server: the certificate (PEM) of the server or of its CA.
+    #[arg(long, global = true, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// With an https:// server: a file holding the bearer token.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,20 +160,56 @@ fn default_socket() -> PathBuf {
     PathBuf::from("/run/cafs/cafsd.sock")
 }
 
-async fn connect(socket: PathBuf) -> anyhow::Result<CafsClient<Channel>> {
-    let shown = socket.display().to_string();
-    // The URI is a placeholder: the connector below ignores it and dials the socket.
-    let channel = Endpoint::from_static("http://cafsd.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(&socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .with_context(|| format!("cannot reach cafsd at {shown}"))?;
-    Ok(CafsClient::new(channel))
+/// The API client; every call carries the bearer token, if there is one.
+type Client = CafsClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Connects to cafsd: a Unix socket path, or `https://HOST:PORT` (TLS with `ca`, and the token).
+async fn connect(server: &str, ca: Option<&Path>, token_file: Option<&Path>) -> anyhow::Result<Client> {
+    let bearer = match token_file {
+        Some(f) => {
+            let token = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+            Some(format!("Bearer {}", token.trim()).parse().context("the token is not valid header text")?)
+        }
+        None => None,
+    };
+    let channel = if server.starts_with("https://") {
+        let ca = ca.context("an https:// server needs --ca PEM (its certificate or its CA's)")?;
+        let pem = std::fs::read(ca).with_context(|| ca.display().to_string())?;
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+        Endpoint::from_shared(server.to_string())?
+            .tls_config(tls)?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach cafsd at {server}"))?
+    } else if server.contains("://") {
+        bail!("{server}: remote control needs https:// (cafsd serves TCP only with TLS)");
+    } else {
+        let socket = PathBuf::from(server);
+        // The URI is a placeholder: the connector below ignores it and dials the socket.
+        Endpoint::from_static("http://cafsd.invalid")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(&socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot reach cafsd at {server}"))?
+    };
+    Ok(CafsClient::with_interceptor(channel, Bearer(bearer)))
 }
 
 /// DIR as the server should see it: absolute, symlinks resolved (the helper refuses symlinks in a mount point).
@@ -173,8 +219,17 @@ fn absolute(dir: &Path) -> anyhow::Result<String> {
 }
 
 async fn run(args: Args) -> Result<u8, Failure> {
-    let socket = args.server.clone().unwrap_or_else(default_socket);
-    let mut c = connect(socket).await?;
+    let server = args.server.clone().unwrap_or_else(|| default_socket().to_string_lossy().into_owned());
+    let mut c = connect(&server, args.ca.as_deref(), args.token_file.as_deref()).await?;
+    let remote = server.contains("://");
+    // A remote server's directories are not here to resolve: they go as given, and must be absolute.
+    let absolute = |d: &Path| -> anyhow::Result<String> {
+        if !remote {
+            return absolute(d);
+        }
+        anyhow::ensure!(d.is_absolute(), "{}: a remote mount point must be an absolute path", d.display());
+        d.to_str().map(str::to_string).ok_or_else(|| anyhow!("{}: not UTF-8", d.display()))
+    };
     match args.command {
         Command::Mount { source, dir, ro, autocommit, json } => {
             let source = match cafs::Pdh::parse(&source) {
@@ -291,6 +346,12 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 }
             }
         }
+        Command::Run { .. } if remote => {
+            return Err(Failure {
+                code: 2,
+                error: anyhow!("fsctl run mounts here: it needs the local cafsd, not {server}"),
+            });
+        }
         Command::Run { ref_name, dir, cmd } => return job::run(c, ref_name, dir, cmd).await,
     }
     Ok(0)
@@ -360,7 +421,7 @@ fn iso_time(ms: i64) -> String {
 }
 
 /// A progress bar of the bytes stored while a flush drains the mount's buffers; drawn only on a terminal.
-async fn show_progress(mut c: CafsClient<Channel>, mount_point: String) {
+async fn show_progress(mut c: Client, mount_point: String) {
     let Ok(stream) = c.watch_status(pb::StatusRequest { mount_point }).await else { return };
     let mut stream = stream.into_inner();
     let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
@@ -391,7 +452,7 @@ mod job {
     use super::*;
 
     pub async fn run(
-        mut c: CafsClient<Channel>,
+        mut c: Client,
         ref_name: Option<String>,
         dir: Option<PathBuf>,
         cmd: Vec<String>,
@@ -475,12 +536,7 @@ mod job {
 
     /// Commits (into `into`, when given) and unmounts; on failure the mount is left in place with its data, and
     /// the error says so.
-    async fn finish(
-        c: &mut CafsClient<Channel>,
-        mount_point: &str,
-        into: Option<&str>,
-        message: &str,
-    ) -> anyhow::Result<String> {
+    async fn finish(c: &mut Client, mount_point: &str, into: Option<&str>, message: &str) -> anyhow::Result<String> {
         let req = pb::CommitRequest {
             mount_point: mount_point.to_string(),
             message: message.to_string(),
