@@ -6,6 +6,7 @@
 
 pub mod mount;
 pub mod sdk;
+pub mod stack;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

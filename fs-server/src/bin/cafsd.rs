@@ -194,7 +194,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     ),
             )
         }
-        None => tokio::spawn(std::future::pending()),
+        // Without a TCP listener, a task that just ends with the others.
+        None => {
+            let stopped = until_stopped();
+            tokio::spawn(async move {
+                stopped.await;
+                Ok(())
+            })
+        }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

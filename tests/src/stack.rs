@@ -1,0 +1,201 @@
+//! The real stack for tests, in the shape a worker node runs it: `cafs-mount serve` as root and cafsd as
+//! `nobody`, each on sockets under a test directory, driven with the real `fsctl` as whichever user a test
+//! chooses. Dropping the stack detaches every mount under its directory and stops both processes by PID, also
+//! when the test fails. A process that does not come up fails the test.
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::mount::bin;
+use crate::run_bounded;
+
+/// The unprivileged user cafsd runs as.
+pub const NOBODY: u32 = 65534;
+
+pub struct Stack {
+    /// Everything the stack makes lives below this directory.
+    pub base: PathBuf,
+    /// cafsd's gRPC socket.
+    pub socket: PathBuf,
+    /// The helper daemon's socket.
+    pub helper_socket: PathBuf,
+    state: PathBuf,
+    cafsd: Option<Child>,
+    helper: Option<Child>,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn wait_for(path: &Path, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited ({status}) before listening on {}", path.display());
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{what} did not listen within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Stack {
+    /// Starts the helper (mounts allowed below `base`/jobs, which it creates world-writable with the sticky
+    /// bit, like /tmp) and cafsd with `cafsd_args` added.
+    pub fn start(base: &Path, cafsd_args: &[&str]) -> Self {
+        assert!(is_root(), "the stack needs root (it starts cafs-mount)");
+        std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (state, run, jobs) = (base.join("state"), base.join("run"), base.join("jobs"));
+        for d in [&state, &run] {
+            std::fs::create_dir_all(d).unwrap();
+            chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        std::fs::create_dir_all(&jobs).unwrap();
+        std::fs::set_permissions(&jobs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let mut stack = Self {
+            base: base.to_path_buf(),
+            socket: run.join("cafsd.sock"),
+            helper_socket: run.join("mount.sock"),
+            state,
+            cafsd: None,
+            helper: None,
+        };
+        let mut helper = Command::new(bin("cafs-mount"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(&stack.helper_socket)
+            .arg("--server")
+            .arg(&stack.socket)
+            .arg("--allow-root")
+            .arg(&jobs)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start cafs-mount serve");
+        wait_for(&stack.helper_socket, &mut helper, "cafs-mount serve");
+        stack.helper = Some(helper);
+        stack.start_cafsd(cafsd_args);
+        stack
+    }
+
+    /// (Re)starts cafsd as `nobody` on the stack's state directory.
+    pub fn start_cafsd(&mut self, args: &[&str]) {
+        assert!(self.cafsd.is_none(), "cafsd is running");
+        let mut cafsd = Command::new(bin("cafsd"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--helper")
+            .arg(&self.helper_socket)
+            .args(args)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start cafsd as nobody");
+        wait_for(&self.socket, &mut cafsd, "cafsd");
+        self.cafsd = Some(cafsd);
+    }
+
+    pub fn cafsd_pid(&self) -> u32 {
+        self.cafsd.as_ref().expect("cafsd runs").id()
+    }
+
+    /// SIGTERM to cafsd, and its exit status (it must exit within 60 s).
+    pub fn stop_cafsd(&mut self) -> ExitStatus {
+        let mut child = self.cafsd.take().expect("cafsd runs");
+        terminate(&mut child, Duration::from_secs(60)).expect("cafsd exits within 60 s of SIGTERM")
+    }
+
+    /// A directory for mounts below the helper's allowed root, owned by `uid`.
+    pub fn job_dir(&self, name: &str, uid: u32) -> PathBuf {
+        let d = self.base.join("jobs").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        chown(&d, Some(uid), Some(uid)).unwrap();
+        d
+    }
+
+    /// A `fsctl` command aimed at this stack's cafsd, run as `uid`.
+    pub fn fsctl_cmd(&self, uid: u32, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("fsctl"));
+        cmd.arg("--server").arg(&self.socket).args(args).uid(uid).gid(uid).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `fsctl ARGS` as `uid` (at most 5 minutes).
+    pub fn fsctl(&self, uid: u32, args: &[&str]) -> Output {
+        run_bounded(&mut self.fsctl_cmd(uid, args), Duration::from_secs(300))
+    }
+
+    /// Mount points below the stack's directory, as the kernel lists them.
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .map(PathBuf::from)
+            .filter(|p| p.starts_with(&self.base))
+            .collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for m in self.mounts() {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+        if let Some(mut c) = self.cafsd.take() {
+            let _ = terminate(&mut c, Duration::from_secs(20));
+        }
+        if let Some(mut h) = self.helper.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
+}
+
+/// SIGTERM, then waits up to `limit` for the exit; past it, SIGKILL and `None`.
+fn terminate(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Runs a shell script as `uid` in `dir` (at most 5 minutes).
+pub fn sh_as(uid: u32, dir: &Path, script: &str) -> Output {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]).current_dir(dir).uid(uid).gid(uid).stdin(Stdio::null());
+    run_bounded(&mut cmd, Duration::from_secs(300))
+}
+
+/// The output's stdout, asserting that it succeeded (its stderr in the message if not).
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({}): {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The output's stderr, asserting that it failed with `code`.
+pub fn fails(o: &Output, code: i32) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(code), "expected exit {code}: {err}\n{}", String::from_utf8_lossy(&o.stdout));
+    err
+}

@@ -1,0 +1,376 @@
+//! fsctl against the real stack (cafsd as `nobody`, the helper as root, real mounts): every verb end to end, the
+//! job wrapper, who may drive whose mount, the TCP listener's refusals, and mounts that outlive their clients.
+//! Needs root and /dev/fuse.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cafs_tests::mount::{bin, is_mounted};
+use cafs_tests::stack::{Stack, fails, ok, sh_as};
+
+const JOB: u32 = 1000;
+const OTHER: u32 = 1001;
+
+fn json(o: &std::process::Output) -> serde_json::Value {
+    let text = ok(o);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn every_verb_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Stack::start(tmp.path(), &["--autocommit", "0"]);
+    let dir = stack.job_dir("out", JOB);
+
+    // --help for every verb, and usage errors exit 2.
+    for verb in ["mount", "umount", "commit", "flush", "status", "ls", "log", "run"] {
+        ok(&stack.fsctl(JOB, &[verb, "--help"]));
+    }
+    fails(&stack.fsctl(JOB, &["commit"]), 2);
+    fails(&stack.fsctl(JOB, &["mount", "bad ref!", s(&dir)]), 2);
+
+    // mount
+    let m = json(&stack.fsctl(JOB, &["mount", "results", s(&dir), "--json"]));
+    assert_eq!(
+        (m["ref"].as_str(), m["owner_uid"].as_u64(), m["read_only"].as_bool()),
+        (Some("results"), Some(1000), Some(false))
+    );
+    assert!(is_mounted(&dir));
+    ok(&sh_as(
+        JOB,
+        &dir,
+        "mkdir -p a/b && echo small > a/b/s.txt && head -c 20000000 /dev/urandom > big && cp big ../big.copy",
+    ));
+
+    // status: the tree changed; the server counts the mount.
+    let st = json(&stack.fsctl(JOB, &["status", "--json"]));
+    assert_eq!(st["server"]["mounts"], 1);
+    let mine = &st["mounts"][0];
+    assert_eq!((mine["mount"]["mount_point"].as_str(), mine["dirty"].as_bool()), (Some(s(&dir)), Some(true)));
+    let one = json(&stack.fsctl(JOB, &["status", s(&dir), "--json"]));
+    assert_eq!(one["mounts"].as_array().unwrap().len(), 1);
+    assert!(ok(&stack.fsctl(JOB, &["status"])).contains("changed since the last commit"));
+
+    // flush --wait: nothing is held afterwards, and the bytes were stored.
+    let f = json(&stack.fsctl(JOB, &["flush", s(&dir), "--wait", "--json"]));
+    assert_eq!(f["dirty_bytes"], 0, "{f}");
+    assert!(f["bytes_uploaded"].as_u64().unwrap() >= 20_000_000, "{f}");
+    assert_eq!(f["failed_blocks"], 0);
+    ok(&stack.fsctl(JOB, &["flush", s(&dir)]));
+
+    // commit -m prints the hash; an unchanged tree commits to the same hash without a new version.
+    let pdh = ok(&stack.fsctl(JOB, &["commit", s(&dir), "-m", "first results"])).trim().to_string();
+    cafs::Pdh::parse(&pdh).unwrap_or_else(|e| panic!("{pdh:?}: {e}"));
+    let again = json(&stack.fsctl(JOB, &["commit", s(&dir), "--json"]));
+    assert_eq!(
+        (again["pdh"].as_str(), again["changed"].as_bool(), again["version"].as_u64()),
+        (Some(pdh.as_str()), Some(false), Some(1))
+    );
+
+    // ls and log
+    let ls = json(&stack.fsctl(JOB, &["ls", "--json"]));
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    assert_eq!(ls[0]["pdh"].as_str(), Some(pdh.as_str()));
+    assert!(ok(&stack.fsctl(JOB, &["ls"])).contains(s(&dir)));
+    let log = json(&stack.fsctl(JOB, &["log", "results", "--json"]));
+    assert_eq!(log.as_array().unwrap().len(), 1);
+    assert_eq!((log[0]["pdh"].as_str(), log[0]["message"].as_str()), (Some(pdh.as_str()), Some("first results")));
+    assert!(ok(&stack.fsctl(JOB, &["log", "results"])).contains("first results"));
+    assert!(fails(&stack.fsctl(JOB, &["log", "no-such-ref"]), 1).contains("no versions"));
+
+    // umount commits the change made since, and prints the hash it ended at.
+    ok(&sh_as(JOB, &dir, "echo later > later.txt"));
+    let last = ok(&stack.fsctl(JOB, &["umount", s(&dir)])).trim().to_string();
+    assert_ne!(last, pdh);
+    assert!(!is_mounted(&dir));
+    assert_eq!(json(&stack.fsctl(JOB, &["log", "results", "--json"])).as_array().unwrap().len(), 2);
+    assert!(fails(&stack.fsctl(JOB, &["commit", s(&dir)]), 1).contains("not a mount of this cafsd"));
+
+    // The first hash, read-only elsewhere: byte for byte what was written, and nothing written later.
+    let ro = stack.job_dir("ro", JOB);
+    let m = json(&stack.fsctl(JOB, &["mount", &pdh, s(&ro), "--json"]));
+    assert_eq!(m["read_only"], true);
+    ok(&sh_as(JOB, &ro, "cmp big ../big.copy && test \"$(cat a/b/s.txt)\" = small && test ! -e later.txt"));
+    let w = sh_as(JOB, &ro, "echo x > new");
+    assert!(!w.status.success() && String::from_utf8_lossy(&w.stderr).contains("Read-only"), "{w:?}");
+    assert!(fails(&stack.fsctl(JOB, &["commit", s(&ro)]), 1).contains("read-only"));
+    ok(&stack.fsctl(JOB, &["umount", s(&ro)]));
+    // A ref mounted --ro shows its latest version.
+    ok(&stack.fsctl(JOB, &["mount", "results", s(&ro), "--ro"]));
+    ok(&sh_as(JOB, &ro, "test \"$(cat later.txt)\" = later"));
+    // umount --discard drops nothing here (read-only), and a writable mount's discarded change is gone.
+    ok(&stack.fsctl(JOB, &["umount", s(&ro)]));
+    ok(&stack.fsctl(JOB, &["mount", "results", s(&dir)]));
+    ok(&sh_as(JOB, &dir, "echo dropped > dropped.txt"));
+    assert_eq!(ok(&stack.fsctl(JOB, &["umount", "--discard", s(&dir)])).trim(), last);
+    ok(&stack.fsctl(JOB, &["mount", "results", s(&dir)]));
+    ok(&sh_as(JOB, &dir, "test ! -e dropped.txt && test -e later.txt"));
+    ok(&stack.fsctl(JOB, &["umount", s(&dir)]));
+    assert!(stack.mounts().is_empty());
+}
+
+#[test]
+fn run_commits_a_job_and_its_hash_reads_back_byte_for_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Stack::start(tmp.path(), &["--autocommit", "0"]);
+    let work = stack.job_dir("work", JOB);
+    let job = work.join("job");
+    // 3,000 small files in 30 directories and one 300 MiB file; a copy of the large one is kept outside.
+    let script = "for d in $(seq 30); do mkdir d$d; for f in $(seq 100); do echo \"$d/$f\" > d$d/f$f; done; done; \
+                  head -c 314572800 /dev/urandom | tee large > ../large.copy; echo job says hi";
+    let out = stack.fsctl(JOB, &["run", "--ref", "job-1", "--dir", s(&job), "--", "sh", "-c", script]);
+    let printed = ok(&out);
+    let mut lines = printed.lines();
+    assert_eq!(lines.next(), Some("job says hi"), "the command's own output comes first");
+    let pdh = lines.next().expect("the hash").to_string();
+    cafs::Pdh::parse(&pdh).unwrap();
+    assert!(!is_mounted(&job), "unmounted after the job");
+    assert!(stack.mounts().is_empty());
+
+    let check = stack.job_dir("check", JOB);
+    ok(&stack.fsctl(JOB, &["mount", &pdh, s(&check), "--ro"]));
+    ok(&sh_as(
+        JOB,
+        &check,
+        "cmp large ../work/large.copy && n=0; for d in $(seq 30); do for f in $(seq 100); do \
+         test \"$(cat d$d/f$f)\" = \"$d/$f\" || exit 1; n=$((n+1)); done; done; test $n = 3000 && \
+         test $(ls | wc -l) = 31",
+    ));
+    ok(&stack.fsctl(JOB, &["umount", s(&check)]));
+    let log = json(&stack.fsctl(JOB, &["log", "job-1", "--json"]));
+    assert_eq!(log[0]["pdh"].as_str(), Some(pdh.as_str()));
+
+    // An existing ref is refused: a job gets a fresh collection.
+    let r = stack.fsctl(JOB, &["run", "--ref", "job-1", "--dir", s(&job), "--", "true"]);
+    assert!(fails(&r, 1).contains("exists already"));
+
+    // A failing job: its exit code, its partial output under job-2.failed, job-2 itself never made.
+    let r =
+        stack.fsctl(JOB, &["run", "--ref", "job-2", "--dir", s(&job), "--", "sh", "-c", "echo half > part; exit 7"]);
+    let err = fails(&r, 7);
+    assert!(err.contains("job-2.failed"), "{err}");
+    assert!(fails(&stack.fsctl(JOB, &["log", "job-2"]), 1).contains("no versions"));
+    let failed = json(&stack.fsctl(JOB, &["log", "job-2.failed", "--json"]));
+    let partial = failed[0]["pdh"].as_str().unwrap().to_string();
+    assert!(err.contains(&partial), "the partial hash is on stderr: {err}");
+    ok(&stack.fsctl(JOB, &["mount", &partial, s(&check)]));
+    ok(&sh_as(JOB, &check, "test \"$(cat part)\" = half"));
+    ok(&stack.fsctl(JOB, &["umount", s(&check)]));
+    // A command that cannot start commits nothing.
+    fails(&stack.fsctl(JOB, &["run", "--ref", "job-3", "--dir", s(&job), "--", "/no/such/command"]), 1);
+    fails(&stack.fsctl(JOB, &["log", "job-3"]), 1);
+    assert!(stack.mounts().is_empty());
+}
+
+#[test]
+fn only_the_owner_and_root_drive_a_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Stack::start(tmp.path(), &["--autocommit", "0"]);
+    let dir = stack.job_dir("mine", JOB);
+    let theirs = stack.job_dir("theirs", OTHER);
+    ok(&stack.fsctl(JOB, &["mount", "mine", s(&dir)]));
+    ok(&sh_as(JOB, &dir, "echo secret > f"));
+
+    for args in [
+        vec!["commit", s(&dir)],
+        vec!["flush", s(&dir), "--wait"],
+        vec!["umount", s(&dir)],
+        vec!["umount", "--discard", s(&dir)],
+        vec!["status", s(&dir)],
+        vec!["commit", s(&dir), "--into", "stolen"],
+    ] {
+        let err = fails(&stack.fsctl(OTHER, &args), 1);
+        assert!(err.contains("belongs to uid 1000; uid 1001 may not"), "{args:?}: {err}");
+    }
+    assert!(is_mounted(&dir));
+    // Others do not see it in their listing.
+    assert_eq!(json(&stack.fsctl(OTHER, &["ls", "--json"])), serde_json::json!([]));
+    assert_eq!(json(&stack.fsctl(OTHER, &["status", "--json"]))["mounts"], serde_json::json!([]));
+    // Nor mount over someone else's directory (the helper checks, for the uid cafsd names).
+    let err = fails(&stack.fsctl(JOB, &["mount", "x", s(&theirs)]), 1);
+    assert!(err.contains("owned by uid 1001"), "{err}");
+    assert!(!is_mounted(&theirs));
+    // Nobody but cafsd may relay requests to the helper for another uid.
+    let relay = format!(
+        r#"{{"relay":{{"uid":{OTHER},"request":{{"mount":{{"mountpoint":"{}","origin":{{"ref":"r"}}}}}}}}}}"#,
+        s(&theirs)
+    );
+    let r = helper_request(&stack.helper_socket, JOB, &relay);
+    assert!(r.contains(r#""ok":false"#) && r.contains("only cafsd"), "{r}");
+    assert!(!is_mounted(&theirs));
+
+    // Root drives every mount.
+    assert_eq!(json(&stack.fsctl(0, &["ls", "--json"])).as_array().unwrap().len(), 1);
+    let pdh = ok(&stack.fsctl(0, &["commit", s(&dir), "-m", "by root"])).trim().to_string();
+    let log = json(&stack.fsctl(JOB, &["log", "mine", "--json"]));
+    assert_eq!((log[0]["pdh"].as_str(), log[0]["committer"].as_str()), (Some(pdh.as_str()), Some("root")));
+    ok(&stack.fsctl(JOB, &["umount", s(&dir)]));
+}
+
+/// Sends one framed JSON request to the helper as `uid` (with python3, a client independent of ours) and returns
+/// the reply's text.
+fn helper_request(socket: &Path, uid: u32, request: &str) -> String {
+    const CLIENT: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = sys.argv[2].encode()
+s.sendall(struct.pack(">I", len(body)) + body)
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(data[4:].decode())
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    std::os::unix::process::CommandExt::uid(cmd.args(["-c", CLIENT]).arg(socket).arg(request), uid);
+    let out = cafs_tests::run_bounded(&mut cmd, Duration::from_secs(60));
+    format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
+}
+
+#[test]
+fn a_mount_outlives_a_killed_client_and_cafsd_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut stack = Stack::start(tmp.path(), &["--autocommit", "0"]);
+    let work = stack.job_dir("work", JOB);
+    let job = work.join("job");
+    let marker = work.join("started");
+    // A job wrapper killed (SIGKILL) while its command runs: the mount and what the job wrote stay.
+    let script = format!(
+        "head -c 50000000 /dev/urandom > data && cp data ../data.copy && echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep 300",
+        s(&marker)
+    );
+    let mut wrapper = stack
+        .fsctl_cmd(JOB, &["run", "--ref", "killed", "--dir", s(&job), "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(wrapper.try_wait().unwrap().is_none(), "fsctl run ended early");
+        assert!(start.elapsed() < Duration::from_secs(120), "the job did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wrapper.kill().unwrap();
+    wrapper.wait().unwrap();
+    let job_pid = std::fs::read_to_string(&marker).unwrap().trim().to_string();
+    assert!(std::process::Command::new("kill").arg(&job_pid).status().unwrap().success());
+
+    // A new client sees the same mount and state, and finishes the job's commit.
+    assert!(is_mounted(&job));
+    let ls = json(&stack.fsctl(JOB, &["ls", "--json"]));
+    assert_eq!((ls[0]["mount_point"].as_str(), ls[0]["ref"].as_str()), (Some(s(&job)), Some("killed")));
+    assert_eq!(json(&stack.fsctl(JOB, &["status", s(&job), "--json"]))["mounts"][0]["dirty"], true);
+    ok(&sh_as(JOB, &job, "cmp data ../data.copy"));
+    let pdh = ok(&stack.fsctl(JOB, &["commit", s(&job), "-m", "after the wrapper died"])).trim().to_string();
+
+    // Many mounts in one cafsd, of two users; SIGTERM commits each changed tree and unmounts them all.
+    let other = stack.job_dir("other", OTHER);
+    ok(&stack.fsctl(OTHER, &["mount", "other", s(&other)]));
+    ok(&sh_as(OTHER, &other, "echo theirs > t"));
+    ok(&sh_as(JOB, &job, "echo more > more"));
+    assert_eq!(stack.mounts().len(), 2);
+    assert!(stack.stop_cafsd().success());
+    assert!(stack.mounts().is_empty(), "cafsd unmounted everything through the helper");
+
+    // Restarted on the same state: both commits are there.
+    stack.start_cafsd(&["--autocommit", "0"]);
+    let log = json(&stack.fsctl(JOB, &["log", "killed", "--json"]));
+    assert_eq!(log.as_array().unwrap().len(), 2);
+    assert_eq!(log[0]["pdh"].as_str(), Some(pdh.as_str()));
+    ok(&stack.fsctl(OTHER, &["mount", "other", s(&other), "--ro"]));
+    ok(&sh_as(OTHER, &other, "test \"$(cat t)\" = theirs"));
+    ok(&stack.fsctl(OTHER, &["umount", s(&other)]));
+}
+
+#[test]
+fn the_tcp_listener_needs_tls_and_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cert, key, token, wrong) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("token"), dir.join("wrong"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    ok(&made);
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(&wrong, "fedcba9876543210fedcba9876543210\n").unwrap();
+    for f in [&token, &wrong] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    // cafsd refuses to serve TCP without all of TLS and a token, or with a token file others can read.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let cafsd = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin("cafsd"));
+        c.arg("--state-dir").arg(dir.join("state")).arg("--socket").arg(dir.join("run/cafsd.sock"));
+        c.args(["--listen-tcp", &addr]).args(extra).stdin(Stdio::null());
+        c
+    };
+    let no_token =
+        cafs_tests::run_bounded(&mut cafsd(&["--tls-cert", s(&cert), "--tls-key", s(&key)]), Duration::from_secs(60));
+    assert!(fails(&no_token, 1).contains("never served remotely without TLS and a token"));
+    let no_tls = cafs_tests::run_bounded(&mut cafsd(&["--token-file", s(&token)]), Duration::from_secs(60));
+    assert!(fails(&no_tls, 1).contains("--tls-cert"));
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let readable = cafs_tests::run_bounded(
+        &mut cafsd(&["--tls-cert", s(&cert), "--tls-key", s(&key), "--token-file", s(&token)]),
+        Duration::from_secs(60),
+    );
+    assert!(fails(&readable, 1).contains("chmod 600"));
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let mut server = cafsd(&["--tls-cert", s(&cert), "--tls-key", s(&key), "--token-file", s(&token)]).spawn().unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let start = Instant::now();
+            while self.0.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(server.try_wait().unwrap().is_none(), "cafsd exited");
+        assert!(start.elapsed() < Duration::from_secs(30), "cafsd did not listen on TCP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _server = Stop(server);
+    let url = format!("https://127.0.0.1:{port}");
+    let fsctl = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin("fsctl"));
+        c.args(["--server", &url]).args(extra).stdin(Stdio::null());
+        cafs_tests::run_bounded(&mut c, Duration::from_secs(60))
+    };
+    assert!(fails(&fsctl(&["--ca", s(&cert), "status"]), 1).contains("a bearer token is required"));
+    assert!(fails(&fsctl(&["--ca", s(&cert), "--token-file", s(&wrong), "ls"]), 1).contains("wrong token"));
+    // Without trusting the certificate there is no connection at all.
+    fails(&fsctl(&["--token-file", s(&token), "ls"]), 1);
+    // Plain HTTP is refused by fsctl.
+    let mut plain = std::process::Command::new(bin("fsctl"));
+    plain.args(["--server", &format!("http://127.0.0.1:{port}"), "ls"]).stdin(Stdio::null());
+    assert!(fails(&cafs_tests::run_bounded(&mut plain, Duration::from_secs(60)), 1).contains("https"));
+    let status = ok(&fsctl(&["--ca", s(&cert), "--token-file", s(&token), "status"]));
+    assert!(status.contains("0 mounts"), "{status}");
+}
