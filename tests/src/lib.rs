@@ -97,3 +97,27 @@ pub fn run_bounded(cmd: &mut std::process::Command, limit: std::time::Duration) 
     };
     std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
+
+/// SIGTERM, then waits up to `limit` for the exit; past it, SIGKILL and `None`.
+pub fn terminate(child: &mut std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A child process that is stopped when dropped (also when a test fails): SIGTERM, up to 20 s, then SIGKILL.
+pub struct Terminate(pub std::process::Child);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        let _ = terminate(&mut self.0, std::time::Duration::from_secs(20));
+    }
+}

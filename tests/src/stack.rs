@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::mount::bin;
-use crate::run_bounded;
+use crate::{run_bounded, terminate};
 
 /// The unprivileged user cafsd runs as.
 pub const NOBODY: u32 = 65534;
@@ -157,21 +157,6 @@ impl Drop for Stack {
             let _ = h.wait();
         }
     }
-}
-
-/// SIGTERM, then waits up to `limit` for the exit; past it, SIGKILL and `None`.
-fn terminate(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 /// Runs a shell script as `uid` in `dir` (at most 5 minutes).

@@ -337,26 +337,15 @@ fn the_tcp_listener_needs_tls_and_a_token() {
     assert!(fails(&readable, 1).contains("chmod 600"));
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
-    let mut server = cafsd(&["--tls-cert", s(&cert), "--tls-key", s(&key), "--token-file", s(&token)]).spawn().unwrap();
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-            let start = Instant::now();
-            while self.0.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(20) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    let mut server = cafs_tests::Terminate(
+        cafsd(&["--tls-cert", s(&cert), "--tls-key", s(&key), "--token-file", s(&token)]).spawn().unwrap(),
+    );
     let start = Instant::now();
     while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(server.try_wait().unwrap().is_none(), "cafsd exited");
+        assert!(server.0.try_wait().unwrap().is_none(), "cafsd exited");
         assert!(start.elapsed() < Duration::from_secs(30), "cafsd did not listen on TCP");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _server = Stop(server);
     let url = format!("https://127.0.0.1:{port}");
     let fsctl = |extra: &[&str]| {
         let mut c = std::process::Command::new(bin("fsctl"));

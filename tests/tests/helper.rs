@@ -6,75 +6,13 @@
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cafs_tests::mount::{bin, is_mounted};
+use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
 
-const NOBODY: u32 = 65534;
 const JOB_USER: u32 = 1000;
-
-/// cafsd as `nobody`, stopped (SIGTERM, then SIGKILL) and every listed mount detached when dropped.
-struct Stack {
-    cafsd: Child,
-    socket: PathBuf,
-    mounts: Vec<PathBuf>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for m in &self.mounts {
-            if is_mounted(m) {
-                let _ = Command::new("umount").arg("-l").arg(m).status();
-            }
-        }
-        let _ = Command::new("kill").args(["-TERM", &self.cafsd.id().to_string()]).status();
-        let start = Instant::now();
-        while self.cafsd.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.cafsd.kill();
-        let _ = self.cafsd.wait();
-    }
-}
-
-fn start(base: &Path) -> Stack {
-    assert!(nix_is_root(), "this test needs root (it starts cafs-mount)");
-    let (state, run) = (base.join("state"), base.join("run"));
-    for d in [&state, &run] {
-        std::fs::create_dir(d).unwrap();
-        chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-    let socket = run.join("cafsd.sock");
-    let cafsd = Command::new(bin("cafsd"))
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--autocommit", "0"])
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start cafsd as nobody");
-    let mut stack = Stack { cafsd, socket, mounts: Vec::new() };
-    let fd_sock = run.join("cafsd.fd.sock");
-    let start = Instant::now();
-    while !fd_sock.exists() {
-        if let Some(status) = stack.cafsd.try_wait().unwrap() {
-            panic!("cafsd exited ({status}) before listening");
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "cafsd did not listen within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stack
-}
-
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn helper(stack: &Stack, args: &[&str], roots: &Path) -> Output {
     Command::new(bin("cafs-mount"))
@@ -89,34 +27,28 @@ fn helper(stack: &Stack, args: &[&str], roots: &Path) -> Output {
 
 /// Runs a shell command as the job user, in `dir`.
 fn as_job_user(dir: &Path, script: &str) -> Output {
-    Command::new("sh").args(["-c", script]).current_dir(dir).uid(JOB_USER).gid(JOB_USER).output().unwrap()
+    sh_as(JOB_USER, dir, script)
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// A stack on `base` with cafsd as nobody (and the helper daemon, which the one-shot tests leave alone).
+fn start(base: &Path) -> Stack {
+    Stack::start(base, &["--autocommit", "0"])
 }
 
 #[test]
 fn an_unprivileged_cafsd_serves_what_the_helper_mounts() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut stack = start(tmp.path());
+    let stack = start(tmp.path());
     let jobs = tmp.path().join("jobs");
     let out = jobs.join("out");
     std::fs::create_dir_all(&out).unwrap();
     chown(&out, Some(JOB_USER), Some(JOB_USER)).unwrap();
-    stack.mounts.push(out.clone());
 
     let r = helper(&stack, &[out.to_str().unwrap(), "--ref", "results"], &jobs);
     ok(&r);
     assert!(is_mounted(&out));
-    let ps = std::fs::read_to_string(format!("/proc/{}/status", stack.cafsd.id())).unwrap();
+    let ps = std::fs::read_to_string(format!("/proc/{}/status", stack.cafsd_pid())).unwrap();
     assert!(ps.lines().any(|l| l.starts_with("Uid:") && l.contains(&NOBODY.to_string())), "cafsd runs as nobody");
 
     let pdh = ok(&as_job_user(&out, "printf 'job output' > result.txt && echo done > .cafs/commit && cat .cafs/hash"));
@@ -214,39 +146,15 @@ print(read(m).decode())
 fn the_helper_daemon_acts_for_the_connecting_uid_only() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut stack = start(tmp.path());
+    let stack = start(tmp.path());
     let jobs = tmp.path().join("jobs");
     let (mine, theirs) = (jobs.join("mine"), jobs.join("theirs"));
     for (d, uid) in [(&mine, JOB_USER), (&theirs, JOB_USER + 1)] {
         std::fs::create_dir_all(d).unwrap();
         chown(d, Some(uid), Some(uid)).unwrap();
-        stack.mounts.push(d.clone());
     }
-    let listen = tmp.path().join("run/mount.sock");
-    let daemon = Command::new(bin("cafs-mount"))
-        .arg("serve")
-        .arg("--listen")
-        .arg(&listen)
-        .arg("--server")
-        .arg(&stack.socket)
-        .arg("--allow-root")
-        .arg(&jobs)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _daemon = Kill(daemon);
-    let start = Instant::now();
-    while !listen.exists() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the helper daemon did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The stack's helper daemon, allowed below `jobs`.
+    let listen = stack.helper_socket.clone();
     let mount = |d: &Path| format!(r#"{{"mount":{{"mountpoint":"{}","origin":{{"ref":"r"}}}}}}"#, d.display());
     let umount = |d: &Path| format!(r#"{{"unmount":{{"mountpoint":"{}"}}}}"#, d.display());
 

@@ -34,3 +34,27 @@ fn unit_files_verify() {
     assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
     assert!(!stderr.contains("Unknown") && !stderr.contains("not executable"), "{stderr}");
 }
+
+/// `Type=notify`: cafsd says READY=1 on `$NOTIFY_SOCKET`, and only once its gRPC socket accepts connections.
+#[test]
+fn cafsd_notifies_systemd_when_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let notify = tmp.path().join("notify");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let socket = tmp.path().join("run/cafsd.sock");
+    let child = Command::new(bin("cafsd"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = cafs_tests::Terminate(child);
+    let mut buf = [0u8; 64];
+    let n = listener.recv(&mut buf).expect("READY=1 within 60 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    std::os::unix::net::UnixStream::connect(&socket).expect("the gRPC socket accepts once ready");
+}

@@ -177,6 +177,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), until_stopped()),
     );
     tracing::info!(socket = %socket.display(), helper = %args.helper.display(), "serving the gRPC API");
+    notify_ready();
     let mut tcp = match remote {
         Some(r) => {
             let listener =
@@ -216,6 +217,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = tcp.await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) that the sockets listen: `READY=1` to `$NOTIFY_SOCKET`, when there is one.
+fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        let path = std::path::Path::new(&path);
+        let addr = match path.as_os_str().as_encoded_bytes().strip_prefix(b"@") {
+            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
+            None => std::os::unix::net::SocketAddr::from_pathname(path)?,
+        };
+        sock.send_to_addr(b"READY=1", &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// The remote listener's settings.
