@@ -1,32 +1,70 @@
 #!/usr/bin/env bash
-# Bring cafs up on the embedded default (local block directory + SQLite catalog) and mount a writable
-# collection. Builds the binaries, then runs cafsd in the foreground; Ctrl-C unmounts (committing a changed
-# tree) and stops it. Mounting here is cafsd's development mode, which needs root; the unprivileged split
-# (cafs-mount + cafsd) comes with the privilege-split issue.
-#   CAFS_STATE_DIR  state directory      [default: $XDG_DATA_HOME/cafs, or ~/.local/share/cafs]
-#   CAFS_MOUNT      mount point          [default: /tmp/cafs]
-#   CAFS_REF        collection (ref) name [default: scratch]
+# Bring cafs up the way a worker node runs it, on the embedded default (local block directory + SQLite catalog):
+# build, start the privileged helper (cafs-mount serve) as root and cafsd as an unprivileged user, mount a
+# writable collection through cafsd with fsctl, and say what to do next. scripts/down.sh stops it all (cafsd
+# commits and unmounts every mount first). Run as root; running it again restarts the stack.
+#   CAFS_MOUNT      mount point                       [default: /tmp/cafs]
+#   CAFS_REF        collection (ref) name             [default: scratch]
+#   CAFS_OWNER      user the mount is for             [default: $SUDO_USER, else root]
+#   CAFS_USER       unprivileged user cafsd runs as   [default: cafs, created as a system user when missing]
+#   CAFS_STATE_DIR  cafsd's state directory           [default: /var/lib/cafs]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/deps.sh
-cafs_install_deps
-
-state=${CAFS_STATE_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/cafs}
-mnt=${CAFS_MOUNT:-/tmp/cafs}
-ref=${CAFS_REF:-scratch}
 if [ "$(id -u)" != 0 ]; then
-  echo "scripts/up.sh mounts with cafsd's development mode, which needs root (try: sudo $0)" >&2
+  echo "scripts/up.sh starts the mount helper, which needs root (try: sudo $0)" >&2
   exit 1
 fi
+cafs_install_deps
+
+mnt=${CAFS_MOUNT:-/tmp/cafs}
+ref=${CAFS_REF:-scratch}
+owner=${CAFS_OWNER:-${SUDO_USER:-root}}
+user=${CAFS_USER:-cafs}
+state=${CAFS_STATE_DIR:-/var/lib/cafs}
+run=/run/cafs
+bin=$PWD/target/release
+
 cafs_log "building cafsd, fsctl and cafs-mount (release)"
 cargo build --release --locked -q -p fs-server -p mount-helper
-target/release/cafsd --state-dir "$state" --check
+scripts/down.sh >/dev/null 2>&1 || true
+
+if ! id -u "$user" >/dev/null 2>&1; then
+  cafs_log "creating the system user $user for cafsd"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
+fi
+install -d -o "$user" -g "$(id -gn "$user")" -m 0755 "$run"
+install -d -o "$user" -g "$(id -gn "$user")" -m 0750 "$state"
+
+# The helper: root, allowed to mount below /home /mnt /scratch /tmp /var/tmp for the owner of the directory.
+setsid "$bin/cafs-mount" serve --listen "$run/mount.sock" --server "$run/cafsd.sock" \
+  </dev/null >>"$run/cafs-mount.log" 2>&1 &
+echo $! >"$run/cafs-mount.pid"
+# cafsd: unprivileged; gRPC on cafsd.sock, mounts handed over on cafsd.fd.sock.
+setsid setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups \
+  "$bin/cafsd" --state-dir "$state" --socket "$run/cafsd.sock" --helper "$run/mount.sock" \
+  </dev/null >>"$run/cafsd.log" 2>&1 &
+echo $! >"$run/cafsd.pid"
+for _ in $(seq 300); do
+  [ -S "$run/cafsd.sock" ] && [ -S "$run/mount.sock" ] && break
+  sleep 0.1
+done
+if ! [ -S "$run/cafsd.sock" ] || ! [ -S "$run/mount.sock" ]; then
+  echo "cafs did not come up; see $run/cafsd.log and $run/cafs-mount.log" >&2
+  exit 1
+fi
+
 mkdir -p "$mnt"
+chown "$owner:" "$mnt"
+"$bin/fsctl" --server "$run/cafsd.sock" mount "$ref" "$mnt"
 cat >&2 <<MSG
-==> mounting collection '$ref' at $mnt (state: $state). In another shell:
-      cd $mnt && echo hello > hello.txt           # ordinary file I/O; bytes stream to $state/blocks
-      echo "my message" > $mnt/.cafs/commit       # commit now (returns when durable)
-      cat $mnt/.cafs/hash $mnt/.cafs/status       # the collection's hash, and what is pending
-    It also commits after 60 s without changes. Ctrl-C here unmounts (committing a changed tree) and stops.
+==> cafsd runs as $user (pid $(cat "$run/cafsd.pid")), the helper as root (pid $(cat "$run/cafs-mount.pid"));
+    logs in $run/*.log, state in $state. The mount at $mnt is for $owner. Next, as $owner:
+      export PATH=$bin:\$PATH
+      sh -c 'echo hello > $mnt/hello.txt'   # ordinary file I/O: bytes stream into the block store
+      fsctl status                  # what is held, uploading, committed
+      fsctl commit $mnt -m first    # commit now: prints the collection's hash
+      fsctl umount $mnt             # commit a changed tree and unmount
+      scripts/down.sh                    # stop cafs (commits and unmounts every mount first)
+    A tree left unchanged for 60 s is committed automatically.
 MSG
-exec target/release/cafsd --state-dir "$state" --mount "$mnt" --ref "$ref"

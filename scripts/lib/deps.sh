@@ -20,6 +20,9 @@ cafs_install_deps() {
   # The Arvados SDK oracle runs in a virtualenv.
   command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
+  # The TLS test makes its certificate with the openssl command; scripts/up.sh switches users with setpriv.
+  command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+  command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
   # The unit files are checked with systemd-analyze verify.
   command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
   if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi

@@ -216,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = grpc.await;
     let _ = tcp.await;
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(fd_socket_path(&socket));
     Ok(())
 }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Stop what scripts/up.sh started: cafsd first (SIGTERM: it commits every changed tree and unmounts every mount
+# through the helper), then the helper. Processes are found by their PID files and stopped only if they still
+# run the binaries up.sh started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run=/run/cafs
+bin=$PWD/target/release
+
+stop() { # NAME BINARY
+  local pidfile=$run/$1.pid pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$2" ]; then
+    kill -TERM "$pid"
+    for _ in $(seq 1200); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "$1 (pid $pid) did not stop within 120 s" >&2
+      return 1
+    fi
+    echo "==> stopped $1 (pid $pid)" >&2
+  fi
+  rm -f "$pidfile"
+}
+stop cafsd "$bin/cafsd"
+stop cafs-mount "$bin/cafs-mount"
