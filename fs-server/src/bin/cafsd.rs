@@ -270,20 +270,35 @@ fn remote_config(args: &Args) -> anyhow::Result<Option<Remote>> {
 /// there), and waits for their sessions to end. A mount whose commit fails is left mounted, and said so: its
 /// data is still in memory only until cafsd exits.
 async fn shut_down(server: &Arc<Server>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut pending = Vec::new();
     for s in server.list() {
         let server = server.clone();
         pending.push(tokio::spawn(async move {
-            match server.unmount(&s, false).await {
-                Ok(pdh) => tracing::info!(mount = %s.dir.display(), pdh = ?pdh.map(|p| p.to_string()), "unmounted"),
-                Err(ServerError::HelperUnreachable { .. }) if umount(&s.dir, false).is_ok() => {
-                    let _ = s.ended().await;
+            loop {
+                match server.unmount(&s, false).await {
+                    Ok(pdh) => {
+                        tracing::info!(mount = %s.dir.display(), pdh = ?pdh.map(|p| p.to_string()), "unmounted");
+                    }
+                    Err(ServerError::HelperUnreachable { .. }) if umount(&s.dir, false).is_ok() => {
+                        let _ = s.ended().await;
+                    }
+                    // The store may come back: keep trying to commit until the deadline.
+                    Err(ServerError::Collection(e)) if Instant::now() + Duration::from_secs(2) < deadline => {
+                        tracing::warn!(mount = %s.dir.display(), error = %e, "commit before unmount failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
+                    Err(e) => tracing::error!(
+                        mount = %s.dir.display(),
+                        error = %e,
+                        "cannot unmount; uncommitted changes are lost when cafsd exits"
+                    ),
                 }
-                Err(e) => tracing::error!(mount = %s.dir.display(), error = %e, "cannot unmount"),
+                return;
             }
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
     for p in pending {
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = tokio::time::timeout(left, p).await;
