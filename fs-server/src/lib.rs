@@ -9,6 +9,7 @@
 //! - [`bigbuf`]: block-sized buffers backed by huge pages;
 //! - [`fs`]: the filesystem core (FUSE-free, store-agnostic);
 //! - [`collection`]: a tree bound to its ref or hash, and the commit logic;
+//! - [`journal`]: the per-mount log of uncommitted changes that a restarted cafsd rebuilds a tree from;
 //! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
 //! - [`api`]: the gRPC API over those mounts, and who may drive which;
 //! - [`transfer`]: moving a directory tree on disk into a collection and back.
@@ -20,6 +21,7 @@ pub mod collection;
 pub mod control;
 pub mod fs;
 pub mod fuse;
+pub mod journal;
 pub mod locator;
 pub mod manifest;
 pub mod mount;
