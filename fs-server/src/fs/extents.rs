@@ -173,15 +173,21 @@ impl Extents {
     }
 
     /// Replaces every reference to buffer `id` with the stored block `block`, whose bytes from `shift` on are
-    /// the buffer's (the buffer was packed into it with other small files).
-    pub fn buffer_stored_at(&mut self, id: BufId, block: &Locator, shift: u64) {
+    /// the buffer's (the buffer was packed into it with other small files). Returns the ranges that changed, as
+    /// `(offset in the file, length, offset in the block)`.
+    pub fn buffer_stored_at(&mut self, id: BufId, block: &Locator, shift: u64) -> Vec<(u64, u64, u64)> {
+        let mut changed = Vec::new();
+        let mut at = 0;
         for e in &mut self.list {
             if let Source::Buffer { id: b, offset } = e.src
                 && b == id
             {
                 e.src = Source::Stored { block: block.clone(), offset: offset + shift };
+                changed.push((at, e.len, offset + shift));
             }
+            at += e.len;
         }
+        changed
     }
 
     /// The ranges of buffer `id` the file still reads, as `(offset in the buffer, length)`, sorted and merged.
@@ -313,9 +319,12 @@ mod tests {
         x.write(20, 5, Source::Buffer { id: BufId(8), offset: 0 });
         assert!(x.uses_buffer(BufId(7)));
         let loc = Locator::of(&[1u8; 10]);
-        x.buffer_stored_at(BufId(7), &loc, 0);
+        assert_eq!(x.buffer_stored_at(BufId(7), &loc, 0), vec![(0, 10, 0)]);
         assert!(!x.uses_buffer(BufId(7)));
-        assert!(x.uses_buffer(BufId(8)));
+        // What changed is reported by file offset, with the shift of a pack applied.
+        let pack = Locator::of(&[2u8; 40]);
+        assert_eq!(x.buffer_stored_at(BufId(8), &pack, 30), vec![(20, 5, 30)]);
+        assert!(!x.uses_buffer(BufId(8)));
         assert_eq!(x.read_plan(2, 3), vec![Extent { len: 3, src: Source::Stored { block: loc, offset: 2 } }]);
         assert_eq!(x.read_plan(12, 3), vec![Extent { len: 3, src: Source::Hole }]);
     }

@@ -27,6 +27,7 @@ use super::cache::BlockCache;
 use super::extents::{BufId, Extents, Source};
 use super::inode::{Body, Ino, Kind, Meta, ROOT, RenameMode, Table};
 use super::sidecar::{self, EntryMeta, Sidecar};
+use crate::journal::{Journal, Made, MadeKind, Record, StoredRange};
 use crate::locator::{Locator, MAX_BLOCK_SIZE};
 use crate::manifest::{Dir, Entry, Manifest, Segment};
 use crate::store::{Block, BlockStore, StoreError};
@@ -207,9 +208,21 @@ struct Shared {
     rt: tokio::runtime::Handle,
     slots: Arc<Semaphore>,
     opts: FsOptions,
+    /// Where changes are recorded, once attached (see [`Filesystem::attach_journal`]).
+    journal: std::sync::OnceLock<Arc<Journal>>,
 }
 
 impl Shared {
+    /// Appends the record `make` builds, if there is a journal. Called with the state lock held, so records are
+    /// in the order of the changes.
+    fn log(&self, table: &Table, make: impl FnOnce(&Table) -> Option<Record>) {
+        if let Some(j) = self.journal.get()
+            && let Some(r) = make(table)
+        {
+            j.append(&r);
+        }
+    }
+
     /// Keeps the memory of a landed full-size buffer for the next streaming writer, when nothing else holds it
     /// and the budget has room.
     fn keep_spare(&self, st: &mut State, data: Bytes) {
@@ -285,6 +298,7 @@ impl Filesystem {
             store,
             rt,
             opts,
+            journal: std::sync::OnceLock::new(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -454,14 +468,19 @@ impl Filesystem {
 
     fn make(&self, parent: Ino, name: &[u8], body: Body, perm: u32, uid: u32, gid: u32) -> Result<Attr, FsError> {
         let t = now();
+        let kind = match &body {
+            Body::Dir(_) => MadeKind::Dir,
+            Body::File(_) => MadeKind::File,
+            Body::Symlink(target) => MadeKind::Symlink(target.to_vec()),
+        };
         let mut st = self.lock();
-        let ino = st.table.create(
-            parent,
-            name,
-            body,
-            Meta { perm: perm & 0o7777, uid, gid, mtime: t, ctime: t, atime: t },
-        )?;
+        let meta = Meta { perm: perm & 0o7777, uid, gid, mtime: t, ctime: t, atime: t };
+        let ino = st.table.create(parent, name, body, meta)?;
         st.generation += 1;
+        self.shared.log(&st.table, |table| {
+            let meta = Made { perm: perm & 0o7777, uid, gid, mtime_ns: to_ns(t) };
+            Some(Record::Make { path: table.path(ino)?, kind, meta })
+        });
         Self::attr(&st, ino)
     }
 
@@ -515,16 +534,20 @@ impl Filesystem {
 
     pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<(), FsError> {
         let mut st = self.lock();
+        let path = st.table.child_path(parent, name);
         st.table.unlink(parent, name, now())?;
         st.generation += 1;
+        self.shared.log(&st.table, |_| Some(Record::Unlink { path: path? }));
         Self::reap(&mut st);
         Ok(())
     }
 
     pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<(), FsError> {
         let mut st = self.lock();
+        let path = st.table.child_path(parent, name);
         st.table.rmdir(parent, name, now())?;
         st.generation += 1;
+        self.shared.log(&st.table, |_| Some(Record::Rmdir { path: path? }));
         Self::reap(&mut st);
         Ok(())
     }
@@ -538,8 +561,15 @@ impl Filesystem {
         mode: RenameMode,
     ) -> Result<(), FsError> {
         let mut st = self.lock();
+        let (from, to) = (st.table.child_path(parent, name), st.table.child_path(new_parent, new_name));
         st.table.rename(parent, name, new_parent, new_name, mode, now())?;
         st.generation += 1;
+        let mode = match mode {
+            RenameMode::Replace => 0,
+            RenameMode::NoReplace => 1,
+            RenameMode::Exchange => 2,
+        };
+        self.shared.log(&st.table, |_| Some(Record::Rename { from: from?, to: to?, mode }));
         Self::reap(&mut st);
         Ok(())
     }
@@ -562,8 +592,23 @@ impl Filesystem {
     }
 
     pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr, FsError> {
-        let t = now();
         let mut st = self.lock();
+        Self::set_attr(&mut st, ino, set, now())?;
+        self.shared.log(&st.table, |table| {
+            let mtime = table.get(ino).ok()?.meta.mtime;
+            Some(Record::SetAttr {
+                path: table.path(ino)?,
+                size: set.size,
+                perm: set.perm,
+                uid: set.uid,
+                gid: set.gid,
+                mtime_ns: (set.mtime.is_some() || set.size.is_some()).then(|| to_ns(mtime)),
+            })
+        });
+        Self::attr(&st, ino)
+    }
+
+    fn set_attr(st: &mut State, ino: Ino, set: &SetAttr, t: SystemTime) -> Result<(), FsError> {
         let i = st.table.get_mut(ino)?;
         if let Some(size) = set.size {
             match &mut i.body {
@@ -592,7 +637,7 @@ impl Filesystem {
         }
         i.meta.ctime = t;
         st.generation += 1;
-        Self::attr(&st, ino)
+        Ok(())
     }
 
     /// Writes `data` at `offset`. Returns once the bytes are in the file's buffer (not yet durable: see
@@ -779,7 +824,23 @@ impl Filesystem {
                             if let Ok(i) = st.table.get_mut(owner)
                                 && let Body::File(x) = &mut i.body
                             {
-                                x.buffer_stored_at(member, &locator, at);
+                                let changed = x.buffer_stored_at(member, &locator, at);
+                                let mtime_ns = to_ns(i.meta.mtime);
+                                shared.log(&st.table, |table| {
+                                    let ranges = changed
+                                        .into_iter()
+                                        .map(|(at, len, offset)| StoredRange {
+                                            at,
+                                            len,
+                                            locator: locator.to_string(),
+                                            offset,
+                                        })
+                                        .collect::<Vec<_>>();
+                                    if ranges.is_empty() {
+                                        return None;
+                                    }
+                                    Some(Record::Stored { path: table.path(owner)?, ranges, mtime_ns })
+                                });
                             }
                         }
                     }
@@ -819,7 +880,107 @@ impl Filesystem {
         let st = self.lock();
         st.table.get(ino)?;
         let mine = st.owned_by(ino).to_vec();
-        self.flush(st, mine)
+        self.flush(st, mine)?;
+        // The landing of each upload was journaled when it landed: now make that (and all before it) durable.
+        self.sync_journal()
+    }
+
+    /// Makes every change recorded so far durable in the journal (a no-op without one).
+    pub fn sync_journal(&self) -> Result<(), FsError> {
+        match self.shared.journal.get() {
+            Some(j) => j.sync().map_err(|e| FsError::Io(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records every later change in `journal`. At most one journal per tree; attach it after any replay.
+    pub fn attach_journal(&self, journal: Arc<Journal>) {
+        let _st = self.lock();
+        if self.shared.journal.set(journal).is_err() {
+            tracing::error!("a journal is already attached; keeping the first");
+        }
+    }
+
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.shared.journal.get()
+    }
+
+    /// Applies journal records on top of this tree (loaded from the journal's base), in order. Fails on a
+    /// record that does not apply, naming it.
+    pub fn replay(&self, records: &[Record]) -> Result<(), FsError> {
+        let mut st = self.lock();
+        assert!(self.shared.journal.get().is_none(), "replay before attaching a journal");
+        for (n, r) in records.iter().enumerate() {
+            Self::apply(&mut st, r).map_err(|e| FsError::Io(format!("journal record {} ({r:?}): {e}", n + 1)))?;
+            Self::reap(&mut st);
+        }
+        Ok(())
+    }
+
+    fn apply(st: &mut State, r: &Record) -> Result<(), FsError> {
+        let t = now();
+        match r {
+            Record::Header(_) => return Err(FsError::Invalid("a header inside the records")),
+            Record::Make { path, kind, meta } => {
+                let (dir, name) = st.table.resolve_parent(path)?;
+                let body = match kind {
+                    MadeKind::Dir => Body::Dir(Default::default()),
+                    MadeKind::File => Body::File(Extents::new()),
+                    MadeKind::Symlink(target) => Body::Symlink(target.clone().into()),
+                };
+                let m = from_ns(meta.mtime_ns);
+                let meta =
+                    Meta { perm: meta.perm & 0o7777, uid: meta.uid, gid: meta.gid, mtime: m, ctime: m, atime: m };
+                st.table.create(dir, &name, body, meta)?;
+            }
+            Record::Unlink { path } => {
+                let (dir, name) = st.table.resolve_parent(path)?;
+                st.table.unlink(dir, &name, t)?;
+            }
+            Record::Rmdir { path } => {
+                let (dir, name) = st.table.resolve_parent(path)?;
+                st.table.rmdir(dir, &name, t)?;
+            }
+            Record::Rename { from, to, mode } => {
+                let (a, an) = st.table.resolve_parent(from)?;
+                let (b, bn) = st.table.resolve_parent(to)?;
+                let mode = match mode {
+                    0 => RenameMode::Replace,
+                    1 => RenameMode::NoReplace,
+                    2 => RenameMode::Exchange,
+                    _ => return Err(FsError::Invalid("unknown rename mode")),
+                };
+                st.table.rename(a, &an, b, &bn, mode, t)?;
+            }
+            Record::SetAttr { path, size, perm, uid, gid, mtime_ns } => {
+                let (ino, ..) = st.table.resolve(path)?;
+                let set = SetAttr {
+                    size: *size,
+                    perm: *perm,
+                    uid: *uid,
+                    gid: *gid,
+                    mtime: mtime_ns.map(from_ns),
+                    ..SetAttr::default()
+                };
+                Self::set_attr(st, ino, &set, t)?;
+            }
+            Record::Stored { path, ranges, mtime_ns } => {
+                let (ino, ..) = st.table.resolve(path)?;
+                let i = st.table.get_mut(ino)?;
+                let Body::File(x) = &mut i.body else { return Err(FsError::Invalid("stored bytes for a non-file")) };
+                for r in ranges {
+                    r.at.checked_add(r.len).ok_or(FsError::Invalid("a stored range past the largest offset"))?;
+                    let block = Locator::parse(&r.locator).map_err(|e| FsError::Io(e.to_string()))?;
+                    if r.offset.checked_add(r.len).is_none_or(|end| end > block.size()) {
+                        return Err(FsError::Invalid("a stored range beyond its block"));
+                    }
+                    x.write(r.at, r.len, Source::Stored { block, offset: r.offset });
+                }
+                i.meta.mtime = from_ns(*mtime_ns);
+            }
+        }
+        st.generation += 1;
+        Ok(())
     }
 
     /// Packs small open buffers into shared buffers of up to `buffer_size`, and starts their uploads. Returns
@@ -1041,6 +1202,13 @@ impl Filesystem {
     /// The committed form of the tree: uploads every buffer, then builds the manifest and the sidecar. Holes are
     /// stored as references to a block of zeros.
     pub fn snapshot(&self) -> Result<(Manifest, Vec<u8>), FsError> {
+        self.snapshot_at().map(|(m, s, _)| (m, s))
+    }
+
+    /// [`Filesystem::snapshot`], and the sequence number of the last journal record the snapshot reflects (0
+    /// without a journal).
+    pub fn snapshot_at(&self) -> Result<(Manifest, Vec<u8>, u64), FsError> {
+        let seq = |_st: &State| self.shared.journal.get().map_or(0, |j| j.seq());
         let mut repacked = false;
         loop {
             let st = self.lock();
@@ -1074,9 +1242,11 @@ impl Filesystem {
                 if st.buffers.values().any(|b| b.len() > 0) {
                     continue;
                 }
-                return Ok(build(&st, Some(zeros.locator())));
+                let (m, s) = build(&st, Some(zeros.locator()));
+                return Ok((m, s, seq(&st)));
             }
-            return Ok(build(&st, None));
+            let (m, s) = build(&st, None);
+            return Ok((m, s, seq(&st)));
         }
     }
 }

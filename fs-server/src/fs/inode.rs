@@ -100,6 +100,8 @@ pub struct Table {
     freed: Vec<Ino>,
     /// Parent of each directory (the root is its own parent), for `..` and the rename-into-itself check.
     parents: HashMap<Ino, Ino>,
+    /// The one entry naming each linked inode but the root (there are no hard links): for its path.
+    names: HashMap<Ino, (Ino, Box<[u8]>)>,
     next: Ino,
 }
 
@@ -107,7 +109,13 @@ impl Table {
     pub fn new(root_meta: Meta) -> Self {
         let mut inodes = HashMap::new();
         inodes.insert(ROOT, Inode { meta: root_meta, body: Body::Dir(BTreeMap::new()), nlink: 2, opens: 0 });
-        Self { inodes, freed: Vec::new(), parents: HashMap::from([(ROOT, ROOT)]), next: ROOT + 1 }
+        Self {
+            inodes,
+            freed: Vec::new(),
+            parents: HashMap::from([(ROOT, ROOT)]),
+            names: HashMap::new(),
+            next: ROOT + 1,
+        }
     }
 
     pub fn get(&self, ino: Ino) -> Result<&Inode, FsError> {
@@ -120,6 +128,49 @@ impl Table {
 
     pub fn parent(&self, dir: Ino) -> Option<Ino> {
         self.parents.get(&dir).copied()
+    }
+
+    /// The path of a linked inode from the root, components joined by `/` (the root's is empty); `None` for an
+    /// inode no entry names (unlinked, still open).
+    pub fn path(&self, ino: Ino) -> Option<Vec<u8>> {
+        let mut names = Vec::new();
+        let mut at = ino;
+        while at != ROOT {
+            let (parent, name) = self.names.get(&at)?;
+            names.push(&name[..]);
+            at = *parent;
+        }
+        Some(join(names.into_iter().rev()))
+    }
+
+    /// The path `name` in `dir` has (or would have).
+    pub fn child_path(&self, dir: Ino, name: &[u8]) -> Option<Vec<u8>> {
+        let mut p = self.path(dir)?;
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        Some(p)
+    }
+
+    /// The inode at `path` (as [`Table::path`] writes it), and its parent and name.
+    pub fn resolve(&self, path: &[u8]) -> Result<(Ino, Ino, Vec<u8>), FsError> {
+        if path.is_empty() {
+            return Ok((ROOT, ROOT, Vec::new()));
+        }
+        let (dir, name) = self.resolve_parent(path)?;
+        Ok((self.lookup(dir, &name)?, dir, name))
+    }
+
+    /// The directory that holds `path`, and the last component.
+    pub fn resolve_parent(&self, path: &[u8]) -> Result<(Ino, Vec<u8>), FsError> {
+        let mut comps = path.split(|&b| b == b'/');
+        let last = comps.next_back().ok_or(FsError::NotFound)?;
+        let mut dir = ROOT;
+        for c in comps {
+            dir = self.lookup(dir, c)?;
+        }
+        Ok((dir, last.to_vec()))
     }
 
     fn dir(&self, ino: Ino) -> Result<&BTreeMap<Box<[u8]>, Ino>, FsError> {
@@ -164,6 +215,7 @@ impl Table {
             self.get_mut(parent)?.nlink += 1;
         }
         self.dir_mut(parent)?.insert(name.into(), ino);
+        self.names.insert(ino, (parent, name.into()));
         self.touch(parent, now);
         Ok(ino)
     }
@@ -183,6 +235,7 @@ impl Table {
             return Err(FsError::IsDir);
         }
         self.dir_mut(parent)?.remove(name);
+        self.names.remove(&ino);
         self.touch(parent, now);
         self.drop_link(ino, now);
         Ok(())
@@ -198,6 +251,7 @@ impl Table {
         self.get_mut(parent)?.nlink -= 1;
         self.touch(parent, now);
         self.parents.remove(&ino);
+        self.names.remove(&ino);
         let inode = self.get_mut(ino)?;
         inode.nlink = 0;
         self.release_if_unused(ino);
@@ -272,6 +326,8 @@ impl Table {
                 }
                 self.dir_mut(parent)?.insert(name.into(), t);
                 self.dir_mut(new_parent)?.insert(new_name.into(), src);
+                self.names.insert(t, (parent, name.into()));
+                self.names.insert(src, (new_parent, new_name.into()));
                 for (ino, is_dir, from, to) in
                     [(src, src_is_dir, parent, new_parent), (t, t_is_dir, new_parent, parent)]
                 {
@@ -300,11 +356,13 @@ impl Table {
                 self.rmdir(new_parent, new_name, now)?;
             } else {
                 self.dir_mut(new_parent)?.remove(new_name);
+                self.names.remove(&t);
                 self.drop_link(t, now);
             }
         }
         self.dir_mut(parent)?.remove(name);
         self.dir_mut(new_parent)?.insert(new_name.into(), src);
+        self.names.insert(src, (new_parent, new_name.into()));
         if src_is_dir && parent != new_parent {
             self.parents.insert(src, new_parent);
             self.get_mut(parent)?.nlink -= 1;
@@ -315,6 +373,18 @@ impl Table {
         self.touch(new_parent, now);
         Ok(())
     }
+}
+
+/// Components joined by `/`.
+fn join<'a>(names: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut p = Vec::new();
+    for n in names {
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(n);
+    }
+    p
 }
 
 #[cfg(test)]
@@ -426,5 +496,35 @@ mod tests {
         assert_eq!(t.parent(sub), Some(ROOT));
         assert_eq!((t.get(ROOT).unwrap().nlink, t.get(d).unwrap().nlink), (4, 2));
         assert!(matches!(t.rename(ROOT, b"d", d, b"sub", RenameMode::Exchange, now()), Err(FsError::Invalid(_))));
+    }
+
+    #[test]
+    fn paths_follow_renames_exchanges_and_unlinks() {
+        let mut t = Table::new(meta());
+        let d = t.create(ROOT, b"d", dir(), meta()).unwrap();
+        let e = t.create(d, b"e", dir(), meta()).unwrap();
+        let f = t.create(e, b"f", file(), meta()).unwrap();
+        let g = t.create(ROOT, b"g", file(), meta()).unwrap();
+        assert_eq!(t.path(ROOT), Some(Vec::new()));
+        assert_eq!(t.path(f).unwrap(), b"d/e/f");
+        assert_eq!(t.child_path(ROOT, b"x").unwrap(), b"x");
+        assert_eq!(t.child_path(e, b"x").unwrap(), b"d/e/x");
+        assert_eq!(t.resolve(b"d/e/f").unwrap(), (f, e, b"f".to_vec()));
+        assert_eq!(t.resolve(b"").unwrap().0, ROOT);
+        assert_eq!(t.resolve(b"d/none/f"), Err(FsError::NotFound));
+        // Moving a directory moves every path below it.
+        t.rename(d, b"e", ROOT, b"top", RenameMode::Replace, now()).unwrap();
+        assert_eq!(t.path(f).unwrap(), b"top/f");
+        t.rename(ROOT, b"g", e, b"f", RenameMode::Exchange, now()).unwrap();
+        assert_eq!((t.path(f).unwrap(), t.path(g).unwrap()), (b"g".to_vec(), b"top/f".to_vec()));
+        // A replaced target and an unlinked open file have no path.
+        t.get_mut(g).unwrap().opens += 1;
+        t.rename(ROOT, b"g", e, b"f", RenameMode::Replace, now()).unwrap();
+        assert_eq!((t.path(f).unwrap(), t.path(g)), (b"top/f".to_vec(), None));
+        t.get_mut(f).unwrap().opens += 1;
+        t.unlink(e, b"f", now()).unwrap();
+        assert_eq!(t.path(f), None);
+        t.rmdir(ROOT, b"top", now()).unwrap();
+        assert_eq!(t.path(e), None);
     }
 }
