@@ -416,8 +416,11 @@ fn commits_repack_blocks_that_are_mostly_garbage() {
     assert_eq!(f.getattr(a).unwrap().mtime, t, "repacking leaves times alone");
 }
 
-/// Every entry: path, inode, parent, name, kind (the root first).
-fn entries(f: &Filesystem) -> Vec<(Vec<u8>, Ino, Ino, Vec<u8>, Kind)> {
+/// An entry: path, inode, parent, name, kind.
+type Listed = (Vec<u8>, Ino, Ino, Vec<u8>, Kind);
+
+/// Every entry (the root first).
+fn entries(f: &Filesystem) -> Vec<Listed> {
     let mut out = vec![(Vec::new(), ROOT, ROOT, Vec::new(), Kind::Dir)];
     let mut i = 0;
     while i < out.len() {
@@ -564,7 +567,7 @@ fn fsync_makes_the_journal_durable_and_unsynced_records_may_be_lost() {
     let shown = describe(&g);
     assert_eq!(shown[&b"/a".to_vec()].5, b"durable");
     assert_eq!(shown[&b"/a".to_vec()].1, 0o600);
-    assert!(!shown.contains_key(&b"/b".to_vec()));
+    assert!(!shown.contains_key(b"/b".as_slice()));
     // A record that does not apply is an error naming it, not a silently different tree.
     let h = fs(&e, small(4096));
     let err = h.replay(&[Record::Unlink { path: b"missing".to_vec() }]).unwrap_err();
