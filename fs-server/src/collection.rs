@@ -9,8 +9,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use std::path::{Path, PathBuf};
+
 use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
 use crate::fs::{Filesystem, FsError, FsOptions};
+use crate::journal::{Header, Journal, JournalError};
 use crate::manifest::{Manifest, Pdh};
 use crate::store::BlockStore;
 
@@ -24,6 +27,21 @@ pub enum CollectionError {
     UnknownPdh(Pdh),
     #[error("this collection is read-only (mounted by hash)")]
     ReadOnly,
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("journal {path} belongs to ref {found}, not {wanted}")]
+    ForeignJournal { path: PathBuf, found: String, wanted: String },
+    #[error("journal {path} applies to version {version} of ref {name}, which the catalog does not have")]
+    UnknownBase { path: PathBuf, name: RefName, version: u64 },
+}
+
+/// How a journaled collection was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records replayed from a journal left by an earlier cafsd (0: a fresh journal).
+    pub records: usize,
+    /// The version they were applied to.
+    pub base_version: u64,
 }
 
 /// Where a tree came from.
@@ -96,6 +114,87 @@ impl Collection {
         let (manifest, sidecar) = Self::fetch(catalog.as_ref(), pdh, None).await?;
         let fs = Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid)?;
         Ok(Self::assemble(fs, Origin::Pdh(pdh), catalog, None))
+    }
+
+    /// Opens the ref `name` for a mount at `mount_point`, journaling its changes in `journal`. If that journal
+    /// exists (an earlier cafsd stopped without committing), the tree is its base version with its records
+    /// replayed — uncommitted, as it was; otherwise the ref's current version and a new journal.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open_ref_journaled(
+        catalog: Arc<dyn Catalog>,
+        store: Arc<dyn BlockStore>,
+        name: RefName,
+        opts: FsOptions,
+        uid: u32,
+        gid: u32,
+        journal: &Path,
+        mount_point: &Path,
+    ) -> Result<(Self, Recovered), CollectionError> {
+        use std::os::unix::ffi::OsStrExt;
+        let rt = tokio::runtime::Handle::current();
+        let opened = {
+            let path = journal.to_path_buf();
+            tokio::task::spawn_blocking(move || Journal::open(&path))
+                .await
+                .map_err(|e| FsError::Io(format!("journal task failed: {e}")))??
+        };
+        let Some((j, header, records)) = opened else {
+            let c = Self::open_ref(catalog, store, name.clone(), opts, uid, gid).await?;
+            let header = Header {
+                format: Header::FORMAT,
+                ref_name: name.to_string(),
+                mount_point: mount_point.as_os_str().as_bytes().to_vec(),
+                base_version: c.last_version().map_or(0, |v| v.version),
+            };
+            let j = Journal::create(journal, &header)?;
+            c.fs.attach_journal(Arc::new(j));
+            let base_version = header.base_version;
+            return Ok((c, Recovered { records: 0, base_version }));
+        };
+        if header.ref_name != name.as_str() {
+            return Err(CollectionError::ForeignJournal {
+                path: journal.to_path_buf(),
+                found: header.ref_name,
+                wanted: name.to_string(),
+            });
+        }
+        let base = match header.base_version {
+            0 => None,
+            v => Some(catalog.history(&name).await?.into_iter().find(|h| h.version == v).ok_or_else(|| {
+                CollectionError::UnknownBase { path: journal.to_path_buf(), name: name.clone(), version: v }
+            })?),
+        };
+        let loaded = match &base {
+            Some(v) => Some(Self::fetch(catalog.as_ref(), v.pdh, Some(v.sidecar)).await?),
+            None => None,
+        };
+        let n = records.len();
+        // Loading and replaying a large tree is CPU work under the tree's lock: off the async workers.
+        let (fs, generation) = tokio::task::spawn_blocking(move || -> Result<_, FsError> {
+            let fs = match loaded {
+                Some((manifest, sidecar)) => Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid)?,
+                None => Filesystem::new(store, rt, opts, uid, gid),
+            };
+            let generation = fs.generation();
+            fs.replay(&records)?;
+            Ok((fs, generation))
+        })
+        .await
+        .map_err(|e| FsError::Io(format!("replay task failed: {e}")))??;
+        fs.attach_journal(Arc::new(j));
+        let recovered = Recovered { records: n, base_version: header.base_version };
+        let mut c = Self::assemble(fs, Origin::Ref(name), catalog, base);
+        c.head.get_mut().unwrap_or_else(|p| p.into_inner()).generation = generation;
+        Ok((c, recovered))
+    }
+
+    /// Deletes the journal (after the tree was committed or deliberately dropped).
+    pub fn remove_journal(&self) {
+        if let Some(j) = self.fs.journal()
+            && let Err(e) = j.remove()
+        {
+            tracing::warn!(error = %e, "cannot delete the journal");
+        }
     }
 
     /// A collection whose tree `fs` is at the ref's `version` (None: never committed, or mounted by hash).
@@ -174,12 +273,13 @@ impl Collection {
         if unchanged && let (Some(version), Some(pdh)) = (expected, head_pdh) {
             return Ok(Committed { pdh, version, changed: false });
         }
-        let (record, sidecar) = self.snapshot().await?;
+        let (record, sidecar, seq) = self.snapshot().await?;
         if let (Some(version), Some(pdh), Some(sc)) = (expected, head_pdh, head_sidecar)
             && pdh == record.pdh()
             && sc == Pdh::of_text(&sidecar)
         {
             self.head().generation = generation;
+            self.checkpoint(version, seq).await;
             return Ok(Committed { pdh, version, changed: false });
         }
         let commit = Commit {
@@ -192,10 +292,24 @@ impl Collection {
         };
         let v = self.catalog.commit(&commit).await?;
         let out = Committed { pdh: v.pdh, version: v.version, changed: true };
-        let mut h = self.head();
-        h.version = Some(v);
-        h.generation = generation;
+        {
+            let mut h = self.head();
+            h.version = Some(v);
+            h.generation = generation;
+        }
+        self.checkpoint(out.version, seq).await;
         Ok(out)
+    }
+
+    /// Starts the journal from `version`, which holds the tree as of record `seq`. If that rewrite fails, the
+    /// old journal still rebuilds the same tree (its base plus every record), so the commit stands.
+    async fn checkpoint(&self, version: u64, seq: u64) {
+        let Some(j) = self.fs.journal().cloned() else { return };
+        match tokio::task::spawn_blocking(move || j.checkpoint(version, seq)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "journal checkpoint failed; keeping the longer journal"),
+            Err(e) => tracing::warn!(error = %e, "journal checkpoint task failed"),
+        }
     }
 
     /// Commits the tree as the next version of another ref, `name` (created when absent), leaving this
@@ -213,7 +327,7 @@ impl Collection {
             Origin::Ref(_) => {}
         }
         let _one_at_a_time = self.committing.lock().await;
-        let (record, sidecar) = self.snapshot().await?;
+        let (record, sidecar, _) = self.snapshot().await?;
         let head = self.catalog.head(name).await?;
         if let Some(h) = &head
             && h.pdh == record.pdh()
@@ -235,12 +349,12 @@ impl Collection {
 
     /// The tree's manifest record and sidecar, every block stored. The snapshot waits for uploads: it runs off
     /// the async workers.
-    async fn snapshot(&self) -> Result<(CollectionRecord, Vec<u8>), CollectionError> {
+    async fn snapshot(&self) -> Result<(CollectionRecord, Vec<u8>, u64), CollectionError> {
         let fs = self.fs.clone();
-        let (manifest, sidecar) = tokio::task::spawn_blocking(move || fs.snapshot())
+        let (manifest, sidecar, seq) = tokio::task::spawn_blocking(move || fs.snapshot_at())
             .await
             .map_err(|e| FsError::Io(format!("snapshot task failed: {e}")))??;
-        Ok((CollectionRecord::new(&manifest)?, sidecar))
+        Ok((CollectionRecord::new(&manifest)?, sidecar, seq))
     }
 }
 
@@ -353,6 +467,61 @@ mod tests {
         let own = e.rt.block_on(c.commit_into(&RefName::new("job").unwrap(), "t", "done")).unwrap();
         assert_eq!(own.version, 1);
         assert!(!c.is_dirty());
+    }
+
+    fn open_journaled(e: &Env, name: &str) -> (Collection, Recovered) {
+        let name = RefName::new(name).unwrap();
+        let journal = e._dir.path().join("journal/j.journal");
+        let (c, r) =
+            e.rt.block_on(Collection::open_ref_journaled(
+                e.catalog.clone(),
+                e.store.clone(),
+                name,
+                FsOptions::default(),
+                0,
+                0,
+                &journal,
+                Path::new("/mnt/job"),
+            ))
+            .unwrap();
+        (c, r)
+    }
+
+    fn read(c: &Collection, name: &[u8]) -> Vec<u8> {
+        let ino = c.fs().lookup(ROOT, name).unwrap().ino;
+        c.fs().read(ino, 0, 1 << 20).unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_journaled_tree_comes_back_uncommitted_after_a_crash() {
+        let e = env();
+        // Before any commit: the base is the empty tree.
+        let (c, r) = open_journaled(&e, "job");
+        assert_eq!(r, Recovered { records: 0, base_version: 0 });
+        write(&c, b"first", b"one");
+        c.fs().fsync(c.fs().lookup(ROOT, b"first").unwrap().ino).unwrap();
+        drop(c); // cafsd killed: nothing committed, the journal stays
+        let (c, r) = open_journaled(&e, "job");
+        assert!(r.records > 0 && r.base_version == 0, "{r:?}");
+        assert_eq!(read(&c, b"first"), b"one");
+        assert!(c.is_dirty());
+        // A commit moves the journal's base; later changes are journaled on top of it.
+        assert_eq!(e.rt.block_on(c.commit("t", "v1")).unwrap().version, 1);
+        write(&c, b"second", b"two");
+        c.fs().fsync(c.fs().lookup(ROOT, b"second").unwrap().ino).unwrap();
+        drop(c);
+        let (c, r) = open_journaled(&e, "job");
+        assert_eq!(r.base_version, 1);
+        assert_eq!((read(&c, b"first"), read(&c, b"second")), (b"one".to_vec(), b"two".to_vec()));
+        assert!(c.is_dirty());
+        assert_eq!(e.rt.block_on(c.commit("t", "v2")).unwrap().version, 2, "the recovered tree commits on its base");
+        // Committed and unmounted cleanly: the journal goes, and the next mount is the ref's head.
+        c.remove_journal();
+        drop(c);
+        let (c, r) = open_journaled(&e, "job");
+        assert_eq!(r, Recovered { records: 0, base_version: 2 });
+        assert!(!c.is_dirty());
+        assert_eq!(read(&c, b"second"), b"two");
     }
 
     #[test]

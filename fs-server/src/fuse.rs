@@ -506,7 +506,8 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply.ok();
+        // A directory's entries are journal records: make them (and everything before) durable.
+        self.empty(reply, self.coll.fs().sync_journal());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

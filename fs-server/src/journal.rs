@@ -154,6 +154,7 @@ pub fn decode(bytes: &[u8]) -> (Vec<Record>, usize) {
 
 #[derive(Debug)]
 struct Inner {
+    header: Header,
     file: File,
     /// Encoded records not yet written to the file.
     pending: Vec<u8>,
@@ -199,11 +200,11 @@ impl Journal {
         let mut bytes = Vec::new();
         encode(&Record::Header(header.clone()), &mut bytes);
         let file = replace_file(path, &bytes)?;
-        Ok(Self::with(path, file, 0))
+        Ok(Self::with(path, header.clone(), file, 0))
     }
 
-    fn with(path: &Path, file: File, appended: u64) -> Self {
-        let inner = Inner { file, pending: Vec::new(), appended, dropped: 0, broken: None };
+    fn with(path: &Path, header: Header, file: File, appended: u64) -> Self {
+        let inner = Inner { header, file, pending: Vec::new(), appended, dropped: 0, broken: None };
         Self { path: path.to_path_buf(), inner: Mutex::new(inner) }
     }
 
@@ -236,7 +237,7 @@ impl Journal {
         }
         file.seek(SeekFrom::End(0)).map_err(io(path))?;
         let n = records.len() as u64;
-        Ok(Some((Self::with(path, file, n), header, records)))
+        Ok(Some((Self::with(path, header.clone(), file, n), header, records)))
     }
 
     pub fn path(&self) -> &Path {
@@ -288,11 +289,16 @@ impl Journal {
         Ok(())
     }
 
+    pub fn header(&self) -> Header {
+        self.inner().header.clone()
+    }
+
     /// After a commit of the tree as it was at record `seq`, as version `base_version`: rewrites the journal to
-    /// start from that version, keeping only the records made after `seq`. Also clears an earlier failure (the
-    /// rewritten file reflects the tree again, if the records since `seq` all reached it).
-    pub fn checkpoint(&self, mut header: Header, seq: u64) -> Result<(), JournalError> {
+    /// start from that version, keeping only the records made after `seq`.
+    pub fn checkpoint(&self, base_version: u64, seq: u64) -> Result<(), JournalError> {
         let mut j = self.inner();
+        let mut header = j.header.clone();
+        header.base_version = base_version;
         // Records after `seq` may be pending or already in the file: read the file's records, add the pending.
         Self::write_pending(&self.path, &mut j);
         if let Some(why) = &j.broken {
@@ -306,12 +312,13 @@ impl Journal {
         let keep_from = (seq.saturating_sub(j.dropped) + 1) as usize;
         header.format = Header::FORMAT;
         let mut out = Vec::new();
-        encode(&Record::Header(header), &mut out);
+        encode(&Record::Header(header.clone()), &mut out);
         for r in records.iter().skip(keep_from) {
             encode(r, &mut out);
         }
         j.file = replace_file(&self.path, &out)?;
         j.dropped = seq.max(j.dropped);
+        j.header = header;
         Ok(())
     }
 

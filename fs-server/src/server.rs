@@ -23,6 +23,7 @@ use crate::collection::{Collection, CollectionError, Committed};
 use crate::control::Control;
 use crate::fs::{FsError, FsOptions};
 use crate::fuse::CafsFuse;
+use crate::journal;
 use crate::manifest::Pdh;
 use crate::mount::{MountOptions, serve_fd};
 use crate::store::BlockStore;
@@ -139,6 +140,8 @@ pub struct Server {
     autocommit: Duration,
     /// The helper's socket (`cafs-mount serve`), through which cafsd mounts and unmounts for its clients.
     helper: PathBuf,
+    /// Where writable mounts keep their journals.
+    journals: PathBuf,
     started: Instant,
     mounts: Mutex<HashMap<PathBuf, Arc<Served>>>,
     prefs: Mutex<HashMap<PathBuf, Prefs>>,
@@ -159,6 +162,7 @@ impl Server {
         rt: tokio::runtime::Handle,
         autocommit: Duration,
         helper: PathBuf,
+        journals: PathBuf,
     ) -> Arc<Self> {
         let server = Arc::new(Self {
             catalog,
@@ -166,6 +170,7 @@ impl Server {
             rt: rt.clone(),
             autocommit,
             helper,
+            journals,
             started: Instant::now(),
             mounts: Mutex::new(HashMap::new()),
             prefs: Mutex::new(HashMap::new()),
@@ -289,9 +294,21 @@ impl Server {
                     Origin::Ref(name) => {
                         let name = RefName::new(name.clone()).map_err(|e| e.to_string())?;
                         if !h.request.read_only {
-                            return Collection::open_ref(catalog, store, name, opts, h.uid, h.gid)
-                                .await
-                                .map_err(|e| e.to_string());
+                            let journal = journal::path_for(&self.journals, name.as_str(), &dir);
+                            let (c, r) = Collection::open_ref_journaled(
+                                catalog, store, name, opts, h.uid, h.gid, &journal, &dir,
+                            )
+                            .await
+                            .map_err(|e| e.to_string())?;
+                            if r.records > 0 {
+                                tracing::warn!(
+                                    mount = %dir.display(),
+                                    records = r.records,
+                                    base_version = r.base_version,
+                                    "recovered uncommitted changes from the journal"
+                                );
+                            }
+                            return Ok(c);
                         }
                         // A ref mounted read-only shows its current version.
                         match catalog.head(&name).await.map_err(|e| e.to_string())? {
@@ -348,10 +365,18 @@ impl Server {
                     outcome = Ok(Some(c.pdh));
                 }
                 Err(e) => {
-                    tracing::error!(mount = %s.dir.display(), error = %e, "commit on unmount failed");
+                    tracing::error!(
+                        mount = %s.dir.display(),
+                        error = %e,
+                        "commit on unmount failed; what was fsynced stays in the journal, recovered when the ref is \
+                         mounted there again"
+                    );
                     outcome = Err(format!("commit on unmount failed: {e}"));
                 }
             }
+        }
+        if outcome.is_ok() {
+            s.coll.remove_journal();
         }
         tracing::info!(mount = %s.dir.display(), "unmounted");
         s.ended.send_replace(Some(outcome));

@@ -34,7 +34,8 @@ fn is_root() -> bool {
 
 fn wait_for(path: &Path, child: &mut Child, what: &str) {
     let start = Instant::now();
-    while !path.exists() {
+    // Connect, not just exists: a crashed cafsd leaves its socket file behind.
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("{what} exited ({status}) before listening on {}", path.display());
         }
@@ -110,6 +111,21 @@ impl Stack {
     pub fn stop_cafsd(&mut self) -> ExitStatus {
         let mut child = self.cafsd.take().expect("cafsd runs");
         terminate(&mut child, Duration::from_secs(60)).expect("cafsd exits within 60 s of SIGTERM")
+    }
+
+    /// SIGKILL to cafsd (a crash): its mounts are left dead (`ENOTCONN`) until detached, which this does.
+    pub fn kill_cafsd(&mut self) {
+        let mut child = self.cafsd.take().expect("cafsd runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for m in self.mounts() {
+            assert!(Command::new("umount").arg("-l").arg(&m).status().unwrap().success(), "detaching {}", m.display());
+        }
+    }
+
+    /// cafsd's state directory.
+    pub fn state(&self) -> &Path {
+        &self.state
     }
 
     /// A directory for mounts below the helper's allowed root, owned by `uid`.

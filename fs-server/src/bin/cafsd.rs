@@ -142,7 +142,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(dir) = &args.mount {
-        return serve_mount(&args, dir, Arc::new(store), Arc::new(catalog)).await;
+        return serve_mount(&args, dir, &state, Arc::new(store), Arc::new(catalog)).await;
     }
     let server = Server::new(
         Arc::new(catalog),
@@ -150,6 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::runtime::Handle::current(),
         Duration::from_secs(args.autocommit),
         args.helper.clone(),
+        state.join("journal"),
     );
     server.listen(&fd_socket_path(&socket))?;
     let listener = {
@@ -310,6 +311,7 @@ async fn shut_down(server: &Arc<Server>) {
 async fn serve_mount(
     args: &Args,
     dir: &std::path::Path,
+    state: &std::path::Path,
     store: Arc<LocalDirStore>,
     catalog: Arc<SqliteCatalog>,
 ) -> anyhow::Result<()> {
@@ -322,7 +324,20 @@ async fn serve_mount(
     let (uid, gid) = (meta.uid(), meta.gid());
     let opts = FsOptions::default();
     let coll = match (&args.ref_name, &args.pdh) {
-        (Some(name), None) => Collection::open_ref(catalog, store, RefName::new(name.clone())?, opts, uid, gid).await?,
+        (Some(name), None) => {
+            let dir = dir.canonicalize().with_context(|| dir.display().to_string())?;
+            let journal = cafs::journal::path_for(&state.join("journal"), name, &dir);
+            let name = RefName::new(name.clone())?;
+            let (c, r) = Collection::open_ref_journaled(catalog, store, name, opts, uid, gid, &journal, &dir).await?;
+            if r.records > 0 {
+                tracing::warn!(
+                    records = r.records,
+                    base_version = r.base_version,
+                    "recovered uncommitted changes from the journal"
+                );
+            }
+            c
+        }
         (None, Some(pdh)) => Collection::open_pdh(catalog, store, Pdh::parse(pdh)?, opts, uid, gid).await?,
         _ => bail!("--mount needs --ref NAME or --pdh PDH"),
     };
@@ -363,8 +378,12 @@ async fn serve_mount(
         tracing::warn!(error = %e, "FUSE session ended with an error");
     }
     if coll.is_dirty() {
-        let c = control.commit(&coll, "cafsd", "unmount").await.context("commit on unmount failed")?;
+        let c = control
+            .commit(&coll, "cafsd", "unmount")
+            .await
+            .context("commit on unmount failed (what was fsynced stays in the journal)")?;
         println!("{}", c.pdh);
     }
+    coll.remove_journal();
     Ok(())
 }

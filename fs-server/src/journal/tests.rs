@@ -94,7 +94,7 @@ fn a_checkpoint_keeps_only_the_records_after_it() {
     j.append(&make("a"));
     let seq = j.append(&make("b"));
     j.append(&make("c"));
-    j.checkpoint(header(1), seq).unwrap();
+    j.checkpoint(1, seq).unwrap();
     j.append(&make("d"));
     j.sync().unwrap();
     let (_, h, recs) = Journal::open(&path).unwrap().unwrap();
@@ -102,9 +102,10 @@ fn a_checkpoint_keeps_only_the_records_after_it() {
     // A second checkpoint counts from the first.
     let seq = j.append(&make("e"));
     j.append(&make("f"));
-    j.checkpoint(header(2), seq).unwrap();
+    j.checkpoint(2, seq).unwrap();
     let (_, h, recs) = Journal::open(&path).unwrap().unwrap();
     assert_eq!((h.base_version, recs), (2, vec![make("f")]));
+    assert_eq!((h.ref_name.as_str(), j.header().base_version), ("job", 2));
     j.remove().unwrap();
     assert!(!path.exists());
 }
