@@ -159,7 +159,7 @@ fn status(e: ServerError) -> Status {
         ServerError::NotServed(_) => Status::not_found(msg),
         ServerError::NotOwner { .. } => Status::permission_denied(msg),
         ServerError::Helper(_) => Status::failed_precondition(msg),
-        ServerError::HelperUnreachable { .. } => Status::unavailable(msg),
+        ServerError::HelperUnreachable { .. } | ServerError::Stopping => Status::unavailable(msg),
         ServerError::Collection(c) => match c {
             CollectionError::Catalog(CatalogError::Conflict { .. }) => Status::aborted(msg),
             CollectionError::Catalog(CatalogError::InvalidRef { .. }) => Status::invalid_argument(msg),

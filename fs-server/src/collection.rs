@@ -158,12 +158,17 @@ impl Collection {
                 wanted: name.to_string(),
             });
         }
-        let base = match header.base_version {
-            0 => None,
-            v => Some(catalog.history(&name).await?.into_iter().find(|h| h.version == v).ok_or_else(|| {
-                CollectionError::UnknownBase { path: journal.to_path_buf(), name: name.clone(), version: v }
-            })?),
-        };
+        let history = catalog.history(&name).await?;
+        // A commit that landed just before cafsd died, without its checkpoint: start from that version.
+        let landed = |version: u64, pdh: &str| history.iter().any(|h| h.version == version && h.pdh.to_string() == pdh);
+        let (base_version, records) = crate::journal::rebase(header.base_version, records, landed);
+        let base =
+            match base_version {
+                0 => None,
+                v => Some(history.into_iter().find(|h| h.version == v).ok_or_else(|| {
+                    CollectionError::UnknownBase { path: journal.to_path_buf(), name: name.clone(), version: v }
+                })?),
+            };
         let loaded = match &base {
             Some(v) => Some(Self::fetch(catalog.as_ref(), v.pdh, Some(v.sidecar)).await?),
             None => None,
@@ -182,7 +187,7 @@ impl Collection {
         .await
         .map_err(|e| FsError::Io(format!("replay task failed: {e}")))??;
         fs.attach_journal(Arc::new(j));
-        let recovered = Recovered { records: n, base_version: header.base_version };
+        let recovered = Recovered { records: n, base_version };
         let mut c = Self::assemble(fs, Origin::Ref(name), catalog, base);
         c.head.get_mut().unwrap_or_else(|p| p.into_inner()).generation = generation;
         Ok((c, recovered))
@@ -281,6 +286,14 @@ impl Collection {
             self.head().generation = generation;
             self.checkpoint(version, seq).await;
             return Ok(Committed { pdh, version, changed: false });
+        }
+        // If cafsd dies between the catalog's commit and the journal's checkpoint, recovery must know that the
+        // commit landed (or the journal's old base would make every later commit a conflict).
+        if let Some(j) = self.fs.journal().cloned() {
+            let (version, pdh) = (expected.unwrap_or(0) + 1, record.pdh().to_string());
+            tokio::task::spawn_blocking(move || j.mark_commit(seq, version, &pdh))
+                .await
+                .map_err(|e| FsError::Io(format!("journal task failed: {e}")))??;
         }
         let commit = Commit {
             name: name.clone(),
@@ -522,6 +535,31 @@ mod tests {
         assert_eq!(r, Recovered { records: 0, base_version: 2 });
         assert!(!c.is_dirty());
         assert_eq!(read(&c, b"second"), b"two");
+    }
+
+    #[test]
+    fn a_commit_that_landed_just_before_a_crash_is_the_recovered_base() {
+        let e = env();
+        let journal = e._dir.path().join("journal/j.journal");
+        let (c, _) = open_journaled(&e, "job");
+        write(&c, b"a", b"one");
+        c.fs().fsync(c.fs().lookup(ROOT, b"a").unwrap().ino).unwrap();
+        // The journal as it is when the commit's marker is written, then the commit lands and cafsd dies
+        // before its checkpoint: rebuild exactly that journal.
+        let before = std::fs::read(&journal).unwrap();
+        let done = e.rt.block_on(c.commit("t", "v1")).unwrap();
+        drop(c);
+        std::fs::write(&journal, before).unwrap();
+        {
+            let (j, _, records) = Journal::open(&journal).unwrap().unwrap();
+            j.mark_commit(records.len() as u64, 1, &done.pdh.to_string()).unwrap();
+        }
+        let (c, r) = open_journaled(&e, "job");
+        assert_eq!(r.base_version, 1, "{r:?}");
+        assert!(!c.is_dirty(), "nothing after the commit");
+        assert_eq!(read(&c, b"a"), b"one");
+        write(&c, b"b", b"two");
+        assert_eq!(e.rt.block_on(c.commit("t", "v2")).unwrap().version, 2, "no conflict with its own commit");
     }
 
     #[test]

@@ -120,6 +120,30 @@ pub enum Record {
         ranges: Vec<StoredRange>,
         mtime_ns: i64,
     },
+    /// Written (and synced) just before a commit asks the catalog to make `version` with `pdh`: the tree as of
+    /// the record `after` records before this one. If cafsd dies before the checkpoint that follows a commit,
+    /// recovery finds whether the commit landed and, if so, starts from that version (see [`rebase`]).
+    Committing {
+        after: u64,
+        version: u64,
+        pdh: String,
+    },
+}
+
+/// The records to replay, and the base to replay them on, given `landed` (whether the catalog has `version` of
+/// the ref with `pdh`): after the last marker whose commit landed, the base is that version and the records it
+/// covered go; markers are never replayed.
+pub fn rebase(base_version: u64, records: Vec<Record>, landed: impl Fn(u64, &str) -> bool) -> (u64, Vec<Record>) {
+    let last_landed = records.iter().enumerate().rev().find_map(|(i, r)| match r {
+        Record::Committing { after, version, pdh } if landed(*version, pdh) => Some((i, *after, *version)),
+        _ => None,
+    });
+    let (from, base) = match last_landed {
+        Some((i, after, version)) => ((i as u64).saturating_sub(after) as usize, version),
+        None => (0, base_version),
+    };
+    let kept = records.into_iter().skip(from).filter(|r| !matches!(r, Record::Committing { .. })).collect();
+    (base, kept)
 }
 
 /// Appends `record` as one frame to `out`.
@@ -291,6 +315,17 @@ impl Journal {
 
     pub fn header(&self) -> Header {
         self.inner().header.clone()
+    }
+
+    /// Records that a commit of the tree as of record `seq` is about to make `version` with `pdh`, durably.
+    pub fn mark_commit(&self, seq: u64, version: u64, pdh: &str) -> Result<(), JournalError> {
+        {
+            let mut j = self.inner();
+            let after = j.appended.saturating_sub(seq);
+            encode(&Record::Committing { after, version, pdh: pdh.to_string() }, &mut j.pending);
+            j.appended += 1;
+        }
+        self.sync()
     }
 
     /// After a commit of the tree as it was at record `seq`, as version `base_version`: rewrites the journal to

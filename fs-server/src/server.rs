@@ -52,6 +52,8 @@ pub enum ServerError {
     Helper(String),
     #[error(transparent)]
     Collection(#[from] CollectionError),
+    #[error("cafsd is shutting down; it takes no new mounts")]
+    Stopping,
     #[error("{0}")]
     Internal(String),
 }
@@ -145,6 +147,8 @@ pub struct Server {
     started: Instant,
     mounts: Mutex<HashMap<PathBuf, Arc<Served>>>,
     prefs: Mutex<HashMap<PathBuf, Prefs>>,
+    /// Set once cafsd is shutting down: no new mounts.
+    stopping: AtomicBool,
 }
 
 /// `dir` as the helper names it: absolute, its components normalized.
@@ -174,6 +178,7 @@ impl Server {
             started: Instant::now(),
             mounts: Mutex::new(HashMap::new()),
             prefs: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
         });
         rt.spawn(sample_throughput(Arc::downgrade(&server)));
         server
@@ -279,7 +284,19 @@ impl Server {
         self.serve(h, fd).map(Some)
     }
 
+    /// Stops taking new mounts (the first step of a shutdown).
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     fn serve(self: &Arc<Self>, h: Handoff, dev: OwnedFd) -> Result<PathBuf, String> {
+        if self.is_stopping() {
+            return Err("cafsd is shutting down".into());
+        }
         let dir = normalize(&h.request.mountpoint).map_err(|e| e.to_string())?;
         let prefs = self.prefs.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
         if self.serves(&dir) {
@@ -391,6 +408,9 @@ impl Server {
         autocommit: Option<Duration>,
     ) -> Result<Arc<Served>, ServerError> {
         let dir = normalize(&request.mountpoint)?;
+        if self.is_stopping() {
+            return Err(ServerError::Stopping);
+        }
         if let Some(autocommit) = autocommit {
             self.prefs.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.clone(), Prefs { autocommit });
         }

@@ -94,6 +94,16 @@ impl MountedCafsd {
     }
 }
 
+impl MountedCafsd {
+    /// SIGKILL (a crash), then detach the dead mount.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(Command::new("umount").arg("-l").arg(&self.dir).status().unwrap().success());
+    }
+}
+
 impl Drop for MountedCafsd {
     fn drop(&mut self) {
         if is_mounted(&self.dir) {

@@ -118,3 +118,152 @@ fn fsynced_files_survive_kill_9_and_a_node_crash() {
     assert_eq!(python(&dir, VIEW), expected2);
     ok(&stack.fsctl(JOB, &["umount", d]));
 }
+
+/// The battery's workload, as root in the mount: write-once files of random sizes and modes, each fsynced and
+/// then recorded in the ledger (outside the mount, so it outlives cafsd); directories; a file that grows by
+/// fsynced appends (recorded as its length and the MD5 of that prefix); and now and then a commit through
+/// `.cafs/commit`. Runs until it is killed or the mount dies under it.
+const WORKLOAD: &str = r#"
+import hashlib, os, random, sys
+d, ledger, seed, it = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+rnd = random.Random(seed)
+led = open(ledger, "a")
+def note(line):
+    led.write(line + "\n")
+    led.flush()
+dirs = [""]
+for root, ds, _ in os.walk(d):
+    for x in ds:
+        if x != ".cafs":
+            dirs.append(os.path.relpath(os.path.join(root, x), d))
+app = os.path.join(d, "append.log")
+n = 0
+while True:
+    r = rnd.random()
+    if r < 0.1:
+        p = os.path.join(rnd.choice(dirs), f"d{it}_{n}")
+        os.mkdir(os.path.join(d, p))
+        dirs.append(p)
+    elif r < 0.2:
+        chunk = rnd.randbytes(rnd.randrange(1, 200_000))
+        before = os.stat(app).st_size if os.path.exists(app) else 0
+        fd = os.open(app, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        at = os.fstat(fd).st_size
+        os.write(fd, chunk)
+        os.fsync(fd)
+        os.close(fd)
+        with open(app, "rb") as f:
+            data = f.read()
+        if len(data) != before + len(chunk):
+            sys.exit(f"append.log was {before} ({at} once open), {len(chunk)} appended, reads {len(data)}")
+        note(f"APPEND {len(data)} {hashlib.md5(data).hexdigest()}")
+    elif r < 0.23:
+        with open(os.path.join(d, ".cafs/commit"), "w") as f:
+            f.write("battery")
+    else:
+        p = os.path.join(rnd.choice(dirs), f"f{it}_{n}")
+        size = rnd.choice([0, 1, 100, 4096, 70_000, rnd.randrange(1, 3_000_000)])
+        data = rnd.randbytes(size)
+        mode = rnd.choice([0o600, 0o644, 0o640, 0o755])
+        fd = os.open(os.path.join(d, p), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        note(f"FILE {p} {size} {oct(mode)} {hashlib.md5(data).hexdigest()}")
+    n += 1
+"#;
+
+/// Checks, in the mount, everything the ledger says was fsynced. Prints how many entries it checked.
+const CHECK: &str = r#"
+import hashlib, os, sys
+d, ledger = sys.argv[1], sys.argv[2]
+checked, append = 0, None
+for line in open(ledger):
+    f = line.split()
+    if len(f) == 0:
+        continue
+    if f[0] == "APPEND":
+        append = (int(f[1]), f[2])
+        continue
+    if f[0] != "FILE" or len(f) != 5:
+        continue  # a line torn by the kill
+    p = os.path.join(d, f[1])
+    st = os.stat(p)
+    data = open(p, "rb").read()
+    got = (st.st_size, oct(st.st_mode & 0o7777), hashlib.md5(data).hexdigest())
+    if got != (int(f[2]), f[3], f[4]):
+        sys.exit(f"{f[1]}: fsynced as {f[2:]} but reads as {got}")
+    checked += 1
+if append:
+    data = open(os.path.join(d, "append.log"), "rb").read()
+    if len(data) < append[0] or hashlib.md5(data[: append[0]]).hexdigest() != append[1]:
+        sys.exit(f"append.log: its first {append[0]} bytes were fsynced but differ (length now {len(data)})")
+    checked += 1
+print(checked)
+"#;
+
+/// Crash battery: random workloads, cafsd killed with SIGKILL at a random moment, restarted, and every promise
+/// checked after each restart (`CAFS_CRASH_ITERATIONS`, default 50; `CAFS_CRASH_SEED` to replay a run).
+#[test]
+fn random_workloads_killed_at_random_points_keep_what_they_fsynced() {
+    use cafs_tests::mount::MountedCafsd;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let iterations: u64 = std::env::var("CAFS_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let seed: u64 = std::env::var("CAFS_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20261122);
+    eprintln!("crash battery: {iterations} iterations, seed {seed}");
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, dir, ledger) = (tmp.path().join("state"), tmp.path().join("mnt"), tmp.path().join("ledger"));
+    std::fs::write(&ledger, "").unwrap();
+    let args = ["--ref", "battery", "--autocommit", "0"];
+    let check = |dir: &Path| -> usize {
+        let out = cafs_tests::run_bounded(
+            Command::new("python3").args(["-c", CHECK]).arg(dir).arg(&ledger),
+            Duration::from_secs(300),
+        );
+        ok(&out).trim().parse().unwrap()
+    };
+    let mut checked = 0;
+    for it in 0..iterations {
+        let m = MountedCafsd::start(&state, &dir, &args);
+        checked = check(&dir);
+        let mut writer = Command::new("python3")
+            .args(["-c", WORKLOAD])
+            .arg(&dir)
+            .arg(&ledger)
+            .arg((seed ^ it.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_string())
+            .arg(it.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("workload.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let wait = Duration::from_millis(100 + (seed.wrapping_add(it).wrapping_mul(2_654_435_761) % 1400));
+        let start = Instant::now();
+        while start.elapsed() < wait {
+            assert!(
+                writer.try_wait().unwrap().is_none(),
+                "the workload stopped on its own in iteration {it}: {}",
+                std::fs::read_to_string(tmp.path().join("workload.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        m.kill();
+        let _ = writer.kill();
+        writer.wait().unwrap();
+    }
+    // A last restart: everything checks, a commit works, and a clean stop leaves no journal.
+    let m = MountedCafsd::start(&state, &dir, &args);
+    let last = check(&dir);
+    assert!(last >= checked && last > iterations as usize, "{last} entries checked after {iterations} crashes");
+    ok(&cafs_tests::run_bounded(
+        Command::new("sh").arg("-c").arg(format!("echo done > {}/.cafs/commit", dir.display())),
+        Duration::from_secs(120),
+    ));
+    let (status, _) = m.stop();
+    assert!(status.success());
+    assert_eq!(std::fs::read_dir(state.join("journal")).unwrap().count(), 0);
+    let m = MountedCafsd::start(&state, &dir, &args);
+    assert_eq!(check(&dir), last, "the committed tree has every fsynced file");
+    drop(m);
+}

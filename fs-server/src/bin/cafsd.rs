@@ -67,6 +67,9 @@ struct Args {
     /// characters; the file must not be readable by group or others). A caller with the token is an operator.
     #[arg(long, value_name = "FILE", requires = "listen_tcp")]
     token_file: Option<PathBuf>,
+    /// On SIGTERM, how long to keep trying to commit and unmount every mount before exiting anyway.
+    #[arg(long, value_name = "SECS", default_value_t = 90)]
+    stop_timeout: u64,
     /// Commit a changed tree after this many seconds without changes (0: never).
     #[arg(long, default_value_t = 60)]
     autocommit: u64,
@@ -212,7 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         r = &mut grpc => bail!("the gRPC server stopped: {:?}", r),
         r = &mut tcp => bail!("the TCP gRPC server stopped: {:?}", r),
     }
-    shut_down(&server).await;
+    shut_down(&server, Duration::from_secs(args.stop_timeout)).await;
     let _ = stop.send(true);
     let _ = grpc.await;
     let _ = tcp.await;
@@ -267,11 +270,13 @@ fn remote_config(args: &Args) -> anyhow::Result<Option<Remote>> {
     Ok(Some(Remote { addr, identity, token }))
 }
 
-/// Commits and unmounts every mount (through the helper; directly when cafsd is root and the helper is not
-/// there), and waits for their sessions to end. A mount whose commit fails is left mounted, and said so: its
-/// data is still in memory only until cafsd exits.
-async fn shut_down(server: &Arc<Server>) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+/// Graceful shutdown: takes no new mounts, then commits and unmounts every mount (through the helper; directly
+/// when cafsd is root and the helper is not there), retrying a failing commit until `timeout`. A mount still
+/// there at the deadline gets its buffers uploaded and its journal synced, if the store allows, so that what
+/// was written is recovered when the ref is mounted there again; then cafsd exits regardless.
+async fn shut_down(server: &Arc<Server>, timeout: Duration) {
+    server.begin_stop();
+    let deadline = Instant::now() + timeout;
     let mut pending = Vec::new();
     for s in server.list() {
         let server = server.clone();
@@ -290,11 +295,7 @@ async fn shut_down(server: &Arc<Server>) {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         continue;
                     }
-                    Err(e) => tracing::error!(
-                        mount = %s.dir.display(),
-                        error = %e,
-                        "cannot unmount; uncommitted changes are lost when cafsd exits"
-                    ),
+                    Err(e) => tracing::error!(mount = %s.dir.display(), error = %e, "cannot unmount"),
                 }
                 return;
             }
@@ -303,6 +304,22 @@ async fn shut_down(server: &Arc<Server>) {
     for p in pending {
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = tokio::time::timeout(left, p).await;
+    }
+    for s in server.list() {
+        let fs = s.coll.fs().clone();
+        let saved = tokio::task::spawn_blocking(move || fs.flush_all().and_then(|()| fs.sync_journal()));
+        let outcome = tokio::time::timeout(Duration::from_secs(10), saved).await;
+        match outcome {
+            Ok(Ok(Ok(()))) => tracing::error!(
+                mount = %s.dir.display(),
+                "left uncommitted at shutdown; everything written is in the journal and comes back when the ref is \
+                 mounted there again"
+            ),
+            _ => tracing::error!(
+                mount = %s.dir.display(),
+                "left uncommitted at shutdown; only what was fsynced is in the journal"
+            ),
+        }
     }
 }
 

@@ -137,3 +137,17 @@ fn journals_are_per_ref_and_mount_point() {
     assert_ne!(a, path_for(d, "job2", Path::new("/scratch/a")));
     assert!(a.starts_with(d) && a.extension().unwrap() == "journal");
 }
+
+#[test]
+fn rebase_starts_from_the_last_commit_that_landed() {
+    let mark = |after, version, pdh: &str| Record::Committing { after, version, pdh: pdh.into() };
+    let records = vec![make("a"), make("b"), mark(1, 1, "p1"), make("c"), mark(0, 2, "p2"), make("d")];
+    // Neither landed: everything but the markers, on the old base.
+    assert_eq!(rebase(0, records.clone(), |_, _| false), (0, vec![make("a"), make("b"), make("c"), make("d")]));
+    // The first landed: it covered "a" (b came after its snapshot).
+    assert_eq!(rebase(0, records.clone(), |v, p| v == 1 && p == "p1"), (1, vec![make("b"), make("c"), make("d")]));
+    // The second landed (and so did the first): only "d" is new.
+    assert_eq!(rebase(0, records.clone(), |_, _| true), (2, vec![make("d")]));
+    // A marker whose hash differs did not land, whatever the version.
+    assert_eq!(rebase(0, records, |v, p| v == 2 && p == "other").0, 0);
+}
