@@ -95,11 +95,14 @@ impl MountedCafsd {
 }
 
 impl MountedCafsd {
-    /// SIGKILL (a crash), then detach the dead mount.
-    pub fn kill(mut self) {
+    /// SIGKILL (a crash); then `before_detach` (stop whatever still uses the mount: once the dead mount is
+    /// detached, its path names the directory underneath, and a process still writing there would write
+    /// there); then detach the dead mount.
+    pub fn kill(mut self, before_detach: impl FnOnce()) {
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+        before_detach();
         assert!(Command::new("umount").arg("-l").arg(&self.dir).status().unwrap().success());
     }
 }
