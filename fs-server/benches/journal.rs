@@ -21,8 +21,14 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let store: Arc<dyn BlockStore> = Arc::new(LocalDirStore::open(dir.path().join("blocks")).unwrap());
     let path = dir.path().join("j.journal");
-    let header =
-        Header { format: Header::FORMAT, ref_name: "bench".into(), mount_point: b"/m".to_vec(), base_version: 0 };
+    let header = Header {
+        format: Header::FORMAT,
+        ref_name: "bench".into(),
+        mount_point: b"/m".to_vec(),
+        base_version: 0,
+        inos: Vec::new(),
+        next_ino: 0,
+    };
 
     let live = Filesystem::new(store.clone(), rt.handle().clone(), FsOptions::default(), 1000, 1000);
     live.attach_journal(Arc::new(Journal::create(&path, &header).unwrap()));

@@ -14,6 +14,7 @@
 
 #[cfg(any(test, feature = "test-suite"))]
 pub mod conformance;
+pub mod faulty;
 mod sqlite;
 
 use std::fmt;

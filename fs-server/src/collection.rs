@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
 use crate::fs::{Filesystem, FsError, FsOptions};
-use crate::journal::{Header, Journal, JournalError};
+use crate::journal::{Header, Journal, JournalError, Numbering};
 use crate::manifest::{Manifest, Pdh};
 use crate::store::BlockStore;
 
@@ -76,6 +76,19 @@ pub struct Collection {
     head: Mutex<Head>,
     /// Serializes commits of this collection, so that two triggers at once make one version after the other.
     committing: tokio::sync::Mutex<()>,
+    /// A commit whose outcome is unknown: the catalog failed after it may have made the version (a timeout,
+    /// a lost reply). The next commit first looks whether it landed; else that one would conflict with it.
+    uncertain: Mutex<Option<Uncertain>>,
+}
+
+#[derive(Debug)]
+struct Uncertain {
+    version: u64,
+    pdh: Pdh,
+    sidecar: Pdh,
+    generation: u64,
+    seq: u64,
+    numbering: Numbering,
 }
 
 impl Collection {
@@ -145,6 +158,8 @@ impl Collection {
                 ref_name: name.to_string(),
                 mount_point: mount_point.as_os_str().as_bytes().to_vec(),
                 base_version: c.last_version().map_or(0, |v| v.version),
+                inos: Vec::new(),
+                next_ino: 0,
             };
             let j = Journal::create(journal, &header)?;
             c.fs.attach_journal(Arc::new(j));
@@ -159,36 +174,43 @@ impl Collection {
             });
         }
         let history = catalog.history(&name).await?;
-        // A commit that landed just before cafsd died, without its checkpoint: start from that version.
+        // A commit that landed just before cafsd died, without its checkpoint: that version is the head.
         let landed = |version: u64, pdh: &str| history.iter().any(|h| h.version == version && h.pdh.to_string() == pdh);
-        let (base_version, records) = crate::journal::rebase(header.base_version, records, landed);
-        let base =
-            match base_version {
-                0 => None,
-                v => Some(history.into_iter().find(|h| h.version == v).ok_or_else(|| {
-                    CollectionError::UnknownBase { path: journal.to_path_buf(), name: name.clone(), version: v }
-                })?),
-            };
+        let rebased = crate::journal::rebase(header.base_version, records, landed);
+        let find = |v: u64| match v {
+            0 => Ok(None),
+            v => history.iter().find(|h| h.version == v).cloned().map(Some).ok_or_else(|| {
+                CollectionError::UnknownBase { path: journal.to_path_buf(), name: name.clone(), version: v }
+            }),
+        };
+        let (base, head) = (find(header.base_version)?, find(rebased.head_version)?);
         let loaded = match &base {
             Some(v) => Some(Self::fetch(catalog.as_ref(), v.pdh, Some(v.sidecar)).await?),
             None => None,
         };
-        let n = records.len();
+        let n = rebased.records.len();
+        let base_version = rebased.head_version;
+        let numbering = Numbering { inos: header.inos, next: header.next_ino };
         // Loading and replaying a large tree is CPU work under the tree's lock: off the async workers.
         let (fs, generation) = tokio::task::spawn_blocking(move || -> Result<_, FsError> {
             let fs = match loaded {
-                Some((manifest, sidecar)) => Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid)?,
+                Some((manifest, sidecar)) => {
+                    Filesystem::load_numbered(&manifest, &sidecar, &numbering, store, rt, opts, uid, gid)?
+                }
                 None => Filesystem::new(store, rt, opts, uid, gid),
             };
+            let (covered, rest) = rebased.records.split_at(rebased.covered.min(rebased.records.len()));
+            fs.replay(covered)?;
+            // The head holds what the covered records made: the tree is clean unless more follow.
             let generation = fs.generation();
-            fs.replay(&records)?;
+            fs.replay(rest)?;
             Ok((fs, generation))
         })
         .await
         .map_err(|e| FsError::Io(format!("replay task failed: {e}")))??;
         fs.attach_journal(Arc::new(j));
         let recovered = Recovered { records: n, base_version };
-        let mut c = Self::assemble(fs, Origin::Ref(name), catalog, base);
+        let mut c = Self::assemble(fs, Origin::Ref(name), catalog, head);
         c.head.get_mut().unwrap_or_else(|p| p.into_inner()).generation = generation;
         Ok((c, recovered))
     }
@@ -211,6 +233,7 @@ impl Collection {
             catalog,
             head: Mutex::new(Head { version, generation }),
             committing: tokio::sync::Mutex::new(()),
+            uncertain: Mutex::new(None),
         }
     }
 
@@ -269,6 +292,7 @@ impl Collection {
     pub async fn commit(&self, committer: &str, message: &str) -> Result<Committed, CollectionError> {
         let Origin::Ref(name) = &self.origin else { return Err(CollectionError::ReadOnly) };
         let _one_at_a_time = self.committing.lock().await;
+        self.settle_uncertain(name).await;
         let generation = self.fs.generation();
         let (expected, head_pdh, head_sidecar, unchanged) = {
             let h = self.head();
@@ -278,13 +302,13 @@ impl Collection {
         if unchanged && let (Some(version), Some(pdh)) = (expected, head_pdh) {
             return Ok(Committed { pdh, version, changed: false });
         }
-        let (record, sidecar, seq) = self.snapshot().await?;
+        let (record, sidecar, seq, numbering) = self.snapshot().await?;
         if let (Some(version), Some(pdh), Some(sc)) = (expected, head_pdh, head_sidecar)
             && pdh == record.pdh()
             && sc == Pdh::of_text(&sidecar)
         {
             self.head().generation = generation;
-            self.checkpoint(version, seq).await;
+            self.checkpoint(version, seq, numbering).await;
             return Ok(Committed { pdh, version, changed: false });
         }
         // If cafsd dies between the catalog's commit and the journal's checkpoint, recovery must know that the
@@ -295,6 +319,7 @@ impl Collection {
                 .await
                 .map_err(|e| FsError::Io(format!("journal task failed: {e}")))??;
         }
+        let (pdh, sidecar_id, version) = (record.pdh(), Pdh::of_text(&sidecar), expected.unwrap_or(0) + 1);
         let commit = Commit {
             name: name.clone(),
             expected,
@@ -303,22 +328,65 @@ impl Collection {
             committer: committer.to_string(),
             message: message.to_string(),
         };
-        let v = self.catalog.commit(&commit).await?;
+        let v = match self.catalog.commit(&commit).await {
+            Ok(v) => v,
+            Err(e @ CatalogError::Conflict { .. }) => return Err(e.into()),
+            // The catalog failed: the version may have been made all the same. Ask; if the catalog cannot
+            // say either, the next commit asks again before it tries.
+            Err(e) => match self.catalog.head(name).await {
+                Ok(Some(h)) if h.version == version && h.pdh == pdh && h.sidecar == sidecar_id => {
+                    tracing::warn!(error = %e, version, "the catalog failed, but the commit landed");
+                    h
+                }
+                Ok(_) => return Err(e.into()),
+                Err(_) => {
+                    let u = Uncertain { version, pdh, sidecar: sidecar_id, generation, seq, numbering };
+                    *self.uncertain.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+                    return Err(e.into());
+                }
+            },
+        };
         let out = Committed { pdh: v.pdh, version: v.version, changed: true };
         {
             let mut h = self.head();
             h.version = Some(v);
             h.generation = generation;
         }
-        self.checkpoint(out.version, seq).await;
+        self.checkpoint(out.version, seq, numbering).await;
         Ok(out)
     }
 
-    /// Starts the journal from `version`, which holds the tree as of record `seq`. If that rewrite fails, the
-    /// old journal still rebuilds the same tree (its base plus every record), so the commit stands.
-    async fn checkpoint(&self, version: u64, seq: u64) {
+    /// Finds out whether a commit whose outcome was unknown landed: if the ref's head is that very version, it
+    /// becomes this tree's base (at the generation it was made from). If the catalog still cannot say, the
+    /// question stays for the next commit.
+    async fn settle_uncertain(&self, name: &RefName) {
+        let Some(u) = self.uncertain.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Ok(history) = self.catalog.history(name).await else {
+            *self.uncertain.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+            return;
+        };
+        let Some(v) = history.into_iter().find(|h| h.version == u.version) else { return };
+        if v.pdh != u.pdh || v.sidecar != u.sidecar {
+            return; // another writer made that version: a conflict, as it should be
+        }
+        tracing::warn!(version = v.version, pdh = %v.pdh, "a commit whose reply was lost had landed");
+        {
+            let mut h = self.head();
+            if h.version.as_ref().is_some_and(|cur| cur.version >= v.version) {
+                return;
+            }
+            h.version = Some(v);
+            h.generation = u.generation;
+        }
+        self.checkpoint(u.version, u.seq, u.numbering).await;
+    }
+
+    /// Starts the journal from `version`, which holds the tree as of record `seq`, numbered `numbering`. If that
+    /// rewrite fails, the old journal still rebuilds the same tree (its base plus every record), so the commit
+    /// stands.
+    async fn checkpoint(&self, version: u64, seq: u64, numbering: Numbering) {
         let Some(j) = self.fs.journal().cloned() else { return };
-        match tokio::task::spawn_blocking(move || j.checkpoint(version, seq)).await {
+        match tokio::task::spawn_blocking(move || j.checkpoint(version, seq, numbering)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "journal checkpoint failed; keeping the longer journal"),
             Err(e) => tracing::warn!(error = %e, "journal checkpoint task failed"),
@@ -340,7 +408,7 @@ impl Collection {
             Origin::Ref(_) => {}
         }
         let _one_at_a_time = self.committing.lock().await;
-        let (record, sidecar, _) = self.snapshot().await?;
+        let (record, sidecar, ..) = self.snapshot().await?;
         let head = self.catalog.head(name).await?;
         if let Some(h) = &head
             && h.pdh == record.pdh()
@@ -362,12 +430,12 @@ impl Collection {
 
     /// The tree's manifest record and sidecar, every block stored. The snapshot waits for uploads: it runs off
     /// the async workers.
-    async fn snapshot(&self) -> Result<(CollectionRecord, Vec<u8>, u64), CollectionError> {
+    async fn snapshot(&self) -> Result<(CollectionRecord, Vec<u8>, u64, Numbering), CollectionError> {
         let fs = self.fs.clone();
-        let (manifest, sidecar, seq) = tokio::task::spawn_blocking(move || fs.snapshot_at())
+        let s = tokio::task::spawn_blocking(move || fs.snapshot_at())
             .await
             .map_err(|e| FsError::Io(format!("snapshot task failed: {e}")))??;
-        Ok((CollectionRecord::new(&manifest)?, sidecar, seq))
+        Ok((CollectionRecord::new(&s.manifest)?, s.sidecar, s.seq, s.numbering))
     }
 }
 
@@ -375,7 +443,7 @@ impl Collection {
 mod tests {
     use crate::catalog::SqliteCatalog;
     use crate::fs::SetAttr;
-    use crate::fs::inode::ROOT;
+    use crate::fs::inode::{ROOT, RenameMode};
     use crate::store::LocalDirStore;
 
     use super::*;
@@ -537,6 +605,57 @@ mod tests {
         assert_eq!(read(&c, b"second"), b"two");
     }
 
+    /// Every entry's path and inode number.
+    fn numbers(c: &Collection) -> Vec<(Vec<u8>, u64)> {
+        let mut out = Vec::new();
+        let mut dirs = vec![(ROOT, Vec::new())];
+        while let Some((dir, path)) = dirs.pop() {
+            for (name, ino, kind) in c.fs().readdir(dir).unwrap() {
+                let mut p = path.clone();
+                p.extend_from_slice(b"/");
+                p.extend_from_slice(&name);
+                if kind == crate::fs::inode::Kind::Dir {
+                    dirs.push((ino, p.clone()));
+                }
+                out.push((p, ino));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_recovered_tree_keeps_the_inode_numbers_of_the_live_one() {
+        // A cafsd that takes over a live mount answers to the numbers the kernel holds: the recovered tree must
+        // give every entry the number the dead cafsd gave it, across commits (which restart the journal from
+        // the committed version) and the changes after them.
+        let e = env();
+        let (c, _) = open_journaled(&e, "job");
+        let fs = c.fs().clone();
+        let d = fs.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap().ino;
+        for n in 0..20u8 {
+            let f = fs.create(if n % 2 == 0 { ROOT } else { d }, &[b'f', b'a' + n], 0o644, 0, 0).unwrap().ino;
+            fs.write(f, 0, &[n; 100]).unwrap();
+        }
+        fs.symlink(d, b"link", b"../fa", 0, 0).unwrap();
+        e.rt.block_on(c.commit("t", "v1")).unwrap();
+        // After the commit: renames across directories, removals, new entries.
+        fs.rename(ROOT, b"fa", d, b"moved", RenameMode::Replace).unwrap();
+        fs.unlink(d, b"fb").unwrap();
+        let e2 = fs.mkdir(d, b"e", 0o755, 0, 0).unwrap().ino;
+        fs.create(e2, b"new", 0o600, 0, 0).unwrap();
+        fs.sync_journal().unwrap();
+        let live = numbers(&c);
+        assert!(live.len() > 20);
+        drop((c, fs));
+        let (c, r) = open_journaled(&e, "job");
+        assert_eq!(r.base_version, 1);
+        assert_eq!(numbers(&c), live);
+        // New entries get numbers no live entry had.
+        let n = c.fs().create(ROOT, b"later", 0o644, 0, 0).unwrap().ino;
+        assert!(live.iter().all(|(_, i)| *i < n));
+    }
+
     #[test]
     fn a_commit_that_landed_just_before_a_crash_is_the_recovered_base() {
         let e = env();
@@ -548,6 +667,7 @@ mod tests {
         // before its checkpoint: rebuild exactly that journal.
         let before = std::fs::read(&journal).unwrap();
         let done = e.rt.block_on(c.commit("t", "v1")).unwrap();
+        let live = numbers(&c);
         drop(c);
         std::fs::write(&journal, before).unwrap();
         {
@@ -557,9 +677,71 @@ mod tests {
         let (c, r) = open_journaled(&e, "job");
         assert_eq!(r.base_version, 1, "{r:?}");
         assert!(!c.is_dirty(), "nothing after the commit");
+        assert_eq!(numbers(&c), live, "the live tree's inode numbers");
         assert_eq!(read(&c, b"a"), b"one");
         write(&c, b"b", b"two");
         assert_eq!(e.rt.block_on(c.commit("t", "v2")).unwrap().version, 2, "no conflict with its own commit");
+    }
+
+    fn faulty_env() -> (Env, Arc<crate::catalog::faulty::FaultyCatalog<SqliteCatalog>>) {
+        let mut e = env();
+        let inner = SqliteCatalog::open(e._dir.path().join("faulty.sqlite")).unwrap();
+        let faulty = Arc::new(crate::catalog::faulty::FaultyCatalog::new(inner));
+        e.catalog = faulty.clone();
+        (e, faulty)
+    }
+
+    #[test]
+    fn a_catalog_that_is_down_fails_the_commit_and_keeps_the_tree() {
+        use std::sync::atomic::Ordering;
+        let (e, cat) = faulty_env();
+        let c = open(&e, "job");
+        write(&c, b"a", b"one");
+        cat.down.store(true, Ordering::SeqCst);
+        let err = e.rt.block_on(c.commit("t", "v1")).unwrap_err();
+        assert!(err.to_string().contains("down"), "{err}");
+        assert!(c.is_dirty() && c.last_version().is_none(), "nothing changed");
+        assert_eq!(read(&c, b"a"), b"one");
+        // Back, and slow: the commit works.
+        cat.down.store(false, Ordering::SeqCst);
+        cat.set_delay(std::time::Duration::from_millis(50));
+        assert_eq!(e.rt.block_on(c.commit("t", "v1")).unwrap().version, 1);
+        assert!(!c.is_dirty());
+        // A commit that fails before it reaches the catalog: an error, and the next one works.
+        write(&c, b"b", b"two");
+        cat.fail_next_commits.store(1, Ordering::SeqCst);
+        assert!(e.rt.block_on(c.commit("t", "v2")).is_err());
+        assert_eq!(e.rt.block_on(c.commit("t", "v2")).unwrap().version, 2);
+    }
+
+    #[test]
+    fn a_commit_whose_reply_was_lost_is_not_a_conflict() {
+        use std::sync::atomic::Ordering;
+        let (e, cat) = faulty_env();
+        let c = open(&e, "job");
+        write(&c, b"a", b"one");
+        // The reply is lost but the catalog answers the question right after: the commit stands.
+        cat.lose_next_commit_replies.store(1, Ordering::SeqCst);
+        let done = e.rt.block_on(c.commit("t", "v1")).unwrap();
+        assert_eq!((done.version, done.changed), (1, true));
+        assert!(!c.is_dirty());
+        // The reply is lost and the catalog goes down at once: the commit reports the error; once the
+        // catalog is back, the next commit finds that version 2 was its own and makes version 3 on it.
+        write(&c, b"b", b"two");
+        cat.lose_next_commit_replies.store(1, Ordering::SeqCst);
+        cat.down_after_lost_reply.store(true, Ordering::SeqCst);
+        assert!(e.rt.block_on(c.commit("t", "v2")).is_err());
+        cat.down.store(false, Ordering::SeqCst);
+        write(&c, b"c", b"three");
+        let done = e.rt.block_on(c.commit("t", "v3")).unwrap();
+        assert_eq!(done.version, 3, "no conflict with its own version 2");
+        let history = e.rt.block_on(e.catalog.history(&RefName::new("job").unwrap())).unwrap();
+        assert_eq!(history.len(), 3);
+        // Had the lost commit not landed (it failed before the catalog), the next commit makes that version.
+        write(&c, b"d", b"four");
+        cat.fail_next_commits.store(1, Ordering::SeqCst);
+        assert!(e.rt.block_on(c.commit("t", "v4")).is_err());
+        assert_eq!(e.rt.block_on(c.commit("t", "v4")).unwrap().version, 4);
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod filesystem;
 pub mod inode;
 pub mod sidecar;
 
-pub use filesystem::{Attr, Filesystem, FsOptions, SetAttr, UploadStats};
+pub use filesystem::{Attr, Filesystem, FsOptions, SetAttr, Snapshot, UploadStats};
 
 /// What a filesystem operation can fail with; [`FsError::errno`] is what the FUSE adapter answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

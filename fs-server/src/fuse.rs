@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -76,6 +76,39 @@ fn when(t: TimeOrNow) -> SystemTime {
     }
 }
 
+/// Lets kernel requests through while cafsd serves the mount; once closed (cafsd stopping with its mounts kept
+/// for the next one), holds every request it has read, unanswered, until the process ends. The kernel keeps
+/// those requests and sends them again to the next cafsd (`FUSE_NOTIFY_RESEND`), which then does them whole:
+/// closing waits for the requests in progress, so none is cut off halfway.
+#[derive(Debug, Default)]
+pub struct Gate(RwLock<()>);
+
+impl Gate {
+    fn enter(&self) -> RwLockReadGuard<'_, ()> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits up to `limit` for the requests in progress, then holds all later ones for good. Returns whether
+    /// the requests in progress finished in time.
+    pub fn close(self: &Arc<Self>, limit: Duration) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gate = self.clone();
+        // A blocking write lock: once it waits, new readers wait behind it, so a busy mount drains.
+        std::thread::spawn(move || {
+            let held = gate.0.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::forget(held);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(limit).is_ok()
+    }
+}
+
+/// Whether the kernel sends this request a second time (`FUSE_UNIQUE_RESEND`): it was read by a cafsd that
+/// stopped before answering, and may have been done, in part or whole, before it died.
+fn resent(req: &Request) -> bool {
+    req.unique().0 & (1 << 63) != 0
+}
+
 /// One mounted collection, as the kernel sees it.
 pub struct CafsFuse {
     coll: Arc<Collection>,
@@ -84,11 +117,34 @@ pub struct CafsFuse {
     /// Owner of the mount (the control files belong to it).
     uid: u32,
     gid: u32,
+    gate: Arc<Gate>,
 }
 
 impl CafsFuse {
     pub fn new(coll: Arc<Collection>, control: Arc<Control>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
-        Self { coll, control, rt, uid, gid }
+        Self { coll, control, rt, uid, gid, gate: Arc::default() }
+    }
+
+    /// The gate in front of this mount's requests.
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
+    }
+
+    /// A name-making request that the kernel sent again after a restart and that finds its name already
+    /// there: the first attempt made it (cafsd died before answering), so it succeeded.
+    fn made_again(&self, req: &Request, parent: u64, name: &OsStr, r: Result<Attr, FsError>) -> Result<Attr, FsError> {
+        match r {
+            Err(FsError::Exists) if resent(req) => self.coll.fs().lookup(parent, name.as_bytes()),
+            r => r,
+        }
+    }
+
+    /// A removal sent again that finds its name gone: the first attempt removed it.
+    fn removed_again(req: &Request, r: Result<(), FsError>) -> Result<(), FsError> {
+        match r {
+            Err(FsError::NotFound) if resent(req) => Ok(()),
+            r => r,
+        }
     }
 
     fn writable(&self) -> Result<(), Errno> {
@@ -168,6 +224,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _live = self.gate.enter();
         if self.is_control_name(parent.0, name) {
             return reply.entry(&Duration::ZERO, &self.virtual_attr(CONTROL_DIR).expect("virtual"), Generation(0));
         }
@@ -183,6 +240,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _live = self.gate.enter();
         if let Some(a) = self.virtual_attr(ino.0) {
             return reply.attr(&Duration::ZERO, &a);
         }
@@ -210,6 +268,7 @@ impl fuser::Filesystem for CafsFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _live = self.gate.enter();
         if let Some(a) = self.virtual_attr(ino.0) {
             // Truncating `.cafs/commit` (as `echo > .cafs/commit` does) is harmless; nothing else changes.
             return reply.attr(&Duration::ZERO, &a);
@@ -240,6 +299,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _live = self.gate.enter();
         match self.coll.fs().readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
@@ -256,6 +316,7 @@ impl fuser::Filesystem for CafsFuse {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _live = self.gate.enter();
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
@@ -263,44 +324,49 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _live = self.gate.enter();
         if let Err(e) = self.may_create(parent.0, name) {
             return reply.error(e);
         }
-        self.entry(reply, self.coll.fs().mkdir(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid()));
+        let r = self.coll.fs().mkdir(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid());
+        self.entry(reply, self.made_again(req, parent.0, name, r));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _live = self.gate.enter();
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
         if self.is_control_name(parent.0, name) || parent.0 == CONTROL_DIR {
             return reply.error(Errno::EPERM);
         }
-        self.empty(reply, self.coll.fs().unlink(parent.0, name.as_bytes()));
+        self.empty(reply, Self::removed_again(req, self.coll.fs().unlink(parent.0, name.as_bytes())));
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _live = self.gate.enter();
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
         if self.is_control_name(parent.0, name) {
             return reply.error(Errno::EPERM);
         }
-        self.empty(reply, self.coll.fs().rmdir(parent.0, name.as_bytes()));
+        self.empty(reply, Self::removed_again(req, self.coll.fs().rmdir(parent.0, name.as_bytes())));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let _live = self.gate.enter();
         if let Err(e) = self.may_create(parent.0, link_name) {
             return reply.error(e);
         }
         let r =
             self.coll.fs().symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), req.uid(), req.gid());
-        self.entry(reply, r);
+        self.entry(reply, self.made_again(req, parent.0, link_name, r));
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -308,6 +374,7 @@ impl fuser::Filesystem for CafsFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _live = self.gate.enter();
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
@@ -323,14 +390,24 @@ impl fuser::Filesystem for CafsFuse {
         } else {
             return reply.error(Errno::EINVAL);
         };
-        self.empty(reply, self.coll.fs().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode));
+        let r = self.coll.fs().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode);
+        // Sent again and the source is gone but the target is there: the first attempt moved it.
+        let r = match r {
+            Err(FsError::NotFound) if resent(req) && self.coll.fs().lookup(newparent.0, newname.as_bytes()).is_ok() => {
+                Ok(())
+            }
+            r => r,
+        };
+        self.empty(reply, r);
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        let _live = self.gate.enter();
         reply.error(Errno::EPERM);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _live = self.gate.enter();
         if control_file(ino.0).is_some() {
             return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
         }
@@ -359,6 +436,7 @@ impl fuser::Filesystem for CafsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _live = self.gate.enter();
         if let Some(f) = control_file(ino.0) {
             return match self.control.read(&self.coll, f) {
                 Ok(bytes) => {
@@ -390,6 +468,7 @@ impl fuser::Filesystem for CafsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _live = self.gate.enter();
         if let Some(f) = control_file(ino.0) {
             if f != ControlFile::Commit {
                 return reply.error(Errno::EACCES);
@@ -411,6 +490,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _live = self.gate.enter();
         // close(): report a failed upload; never a commit.
         if control_file(ino.0).is_some() {
             return reply.ok();
@@ -428,6 +508,7 @@ impl fuser::Filesystem for CafsFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _live = self.gate.enter();
         if control_file(ino.0).is_some() {
             return reply.ok();
         }
@@ -435,6 +516,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _live = self.gate.enter();
         if control_file(ino.0).is_some() {
             return reply.ok();
         }
@@ -442,6 +524,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _live = self.gate.enter();
         let mut entries: Vec<(u64, FileType, Vec<u8>)> = Vec::new();
         if ino.0 == CONTROL_DIR {
             entries.push((CONTROL_DIR, FileType::Directory, b".".to_vec()));
@@ -470,6 +553,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _live = self.gate.enter();
         // (name, attributes, how long the kernel may keep them)
         let mut entries: Vec<(Vec<u8>, FileAttr, Duration)> = Vec::new();
         if ino.0 == CONTROL_DIR {
@@ -506,11 +590,13 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _live = self.gate.enter();
         // A directory's entries are journal records: make them (and everything before) durable.
         self.empty(reply, self.coll.fs().sync_journal());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _live = self.gate.enter();
         // A block store has no fixed size: report plenty of room.
         let blocks = u64::MAX / 2 / 4096;
         reply.statfs(blocks, blocks, blocks, u64::MAX / 2, u64::MAX / 2, 4096, 255, 4096);
@@ -526,11 +612,12 @@ impl fuser::Filesystem for CafsFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _live = self.gate.enter();
         if let Err(e) = self.may_create(parent.0, name) {
             return reply.error(e);
         }
         let r = self.coll.fs().create(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid());
-        match r.and_then(|a| self.coll.fs().open(a.ino)) {
+        match self.made_again(req, parent.0, name, r).and_then(|a| self.coll.fs().open(a.ino)) {
             Ok(a) => reply.created(&TTL, &file_attr(&a), Generation(0), FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -542,6 +629,7 @@ impl CafsFuse {
         if let Err(e) = self.may_create(parent.0, name) {
             return reply.error(e);
         }
-        self.entry(reply, self.coll.fs().create(parent.0, name.as_bytes(), perm, req.uid(), req.gid()));
+        let r = self.coll.fs().create(parent.0, name.as_bytes(), perm, req.uid(), req.gid());
+        self.entry(reply, self.made_again(req, parent.0, name, r));
     }
 }

@@ -26,10 +26,6 @@ use serde::{Deserialize, Serialize};
 /// one upload, is far smaller).
 pub const MAX_RECORD: usize = 16 << 20;
 
-/// Pending records are written out (without fsync) once they reach this size, so memory stays bounded between
-/// syncs.
-const WRITE_AT: usize = 1 << 20;
-
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {path}: {source}")]
@@ -54,10 +50,15 @@ pub struct Header {
     pub mount_point: Vec<u8>,
     /// The ref's version the records apply to (0: the empty tree of a ref never committed).
     pub base_version: u64,
+    /// The inode numbers the base's entries had in the live tree (by path), and the next number it would have
+    /// given. Empty for the tree as first loaded, whose numbers loading gives again. A restarted cafsd that takes
+    /// over a live mount must answer to the numbers the kernel already holds.
+    pub inos: Vec<(Vec<u8>, u64)>,
+    pub next_ino: u64,
 }
 
 impl Header {
-    pub const FORMAT: u32 = 1;
+    pub const FORMAT: u32 = 2;
 }
 
 /// Metadata of a made entry.
@@ -91,6 +92,8 @@ pub enum Record {
     Header(Header),
     Make {
         path: Vec<u8>,
+        /// The inode number it was given (see [`Header::inos`]).
+        ino: u64,
         kind: MadeKind,
         meta: Made,
     },
@@ -130,20 +133,34 @@ pub enum Record {
     },
 }
 
-/// The records to replay, and the base to replay them on, given `landed` (whether the catalog has `version` of
-/// the ref with `pdh`): after the last marker whose commit landed, the base is that version and the records it
-/// covered go; markers are never replayed.
-pub fn rebase(base_version: u64, records: Vec<Record>, landed: impl Fn(u64, &str) -> bool) -> (u64, Vec<Record>) {
+/// What recovery replays and which version the result starts clean at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebased {
+    /// The records to replay on the journal's base, markers left out.
+    pub records: Vec<Record>,
+    /// The ref's version that the first `covered` records (replayed on the base) make: the base itself (and
+    /// `covered` 0) unless a commit landed after the last checkpoint.
+    pub head_version: u64,
+    pub covered: usize,
+}
+
+/// Sorts the records of a journal whose base is `base_version`, given `landed` (whether the catalog has
+/// `version` of the ref with `pdh`): the last marker whose commit landed tells which records that version
+/// already holds. Every record is still replayed on the journal's own base — the tree comes out the same as
+/// loading the landed version and replaying the rest, but with the inode numbers of the live tree.
+pub fn rebase(base_version: u64, records: Vec<Record>, landed: impl Fn(u64, &str) -> bool) -> Rebased {
     let last_landed = records.iter().enumerate().rev().find_map(|(i, r)| match r {
         Record::Committing { after, version, pdh } if landed(*version, pdh) => Some((i, *after, *version)),
         _ => None,
     });
-    let (from, base) = match last_landed {
+    let (covered_raw, head_version) = match last_landed {
         Some((i, after, version)) => ((i as u64).saturating_sub(after) as usize, version),
         None => (0, base_version),
     };
-    let kept = records.into_iter().skip(from).filter(|r| !matches!(r, Record::Committing { .. })).collect();
-    (base, kept)
+    // `covered_raw` counts records (markers too) before the covered point; drop the markers among them.
+    let markers = records.iter().take(covered_raw).filter(|r| matches!(r, Record::Committing { .. })).count();
+    let records = records.into_iter().filter(|r| !matches!(r, Record::Committing { .. })).collect();
+    Rebased { records, head_version, covered: covered_raw - markers }
 }
 
 /// Appends `record` as one frame to `out`.
@@ -187,6 +204,13 @@ struct Inner {
     appended: u64,
     dropped: u64,
     broken: Option<String>,
+}
+
+/// The inode numbers of a tree's entries, by path, and the next free number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Numbering {
+    pub inos: Vec<(Vec<u8>, u64)>,
+    pub next: u64,
 }
 
 /// One mount's journal file, open for appending.
@@ -272,14 +296,14 @@ impl Journal {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a record (in memory; see [`Journal::sync`]). Returns its sequence number.
+    /// Adds a record: written to the file at once, durable at the next [`Journal::sync`]. Returns its sequence
+    /// number. Written at once because a record in the page cache outlives a killed cafsd: the cafsd that takes
+    /// over a live mount must know every name the kernel was told about, fsynced or not.
     pub fn append(&self, record: &Record) -> u64 {
         let mut j = self.inner();
         encode(record, &mut j.pending);
         j.appended += 1;
-        if j.pending.len() >= WRITE_AT {
-            Self::write_pending(&self.path, &mut j);
-        }
+        Self::write_pending(&self.path, &mut j);
         j.appended
     }
 
@@ -328,12 +352,15 @@ impl Journal {
         self.sync()
     }
 
-    /// After a commit of the tree as it was at record `seq`, as version `base_version`: rewrites the journal to
-    /// start from that version, keeping only the records made after `seq`.
-    pub fn checkpoint(&self, base_version: u64, seq: u64) -> Result<(), JournalError> {
+    /// After a commit of the tree as it was at record `seq`, as version `base_version`, whose entries had the
+    /// inode numbers `inos` then: rewrites the journal to start from that version, keeping only the records
+    /// made after `seq`.
+    pub fn checkpoint(&self, base_version: u64, seq: u64, inos: Numbering) -> Result<(), JournalError> {
         let mut j = self.inner();
         let mut header = j.header.clone();
         header.base_version = base_version;
+        header.inos = inos.inos;
+        header.next_ino = inos.next;
         // Records after `seq` may be pending or already in the file: read the file's records, add the pending.
         Self::write_pending(&self.path, &mut j);
         if let Some(why) = &j.broken {

@@ -107,6 +107,37 @@ pub fn serve_fd(dir: &Path, dev: OwnedFd, fs: CafsFuse, opts: &MountOptions) -> 
     Ok(Mounted { target: dir.to_path_buf(), session })
 }
 
+/// Serves `fs` on `dev`, the fd of a mount on `dir` that an earlier cafsd served (the helper kept a duplicate,
+/// so the kernel kept the connection): no INIT handshake — the kernel made it with the earlier cafsd — and then
+/// `FUSE_NOTIFY_RESEND`, so that the requests the earlier cafsd had read but not answered come again. On
+/// failure the mount is left alone: the helper decides what becomes of it.
+pub fn resume_fd(dir: &Path, dev: OwnedFd, fs: CafsFuse, opts: &MountOptions) -> Result<Mounted, MountError> {
+    let mut config = Config::default();
+    config.n_threads = Some(opts.threads.max(1));
+    let notify = dev.try_clone().map_err(io(dir))?;
+    let session = Session::resume(fs, dev, SessionACL::All, config).spawn().map_err(io(dir))?;
+    if let Err(e) = notify_resend(&notify) {
+        // Kernels before 6.9 do not know it: requests in flight at the restart then wait until interrupted.
+        tracing::warn!(mount = %dir.display(), error = %e, "FUSE_NOTIFY_RESEND failed");
+    }
+    Ok(Mounted { target: dir.to_path_buf(), session })
+}
+
+/// Asks the kernel to queue again every request of this connection that was read but not answered
+/// (`FUSE_NOTIFY_RESEND`, Linux 6.9): a notification is a bare `fuse_out_header` with unique 0 and the code in
+/// its error field.
+fn notify_resend(dev: &OwnedFd) -> std::io::Result<()> {
+    const FUSE_NOTIFY_RESEND: i32 = 7;
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(&16u32.to_ne_bytes());
+    header[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+    let n = nix::unistd::write(dev, &header)?;
+    if n != header.len() {
+        return Err(std::io::Error::other(format!("short write of a notification: {n} bytes")));
+    }
+    Ok(())
+}
+
 /// Unmounts `dir`; `lazy` detaches it even while in use.
 pub fn umount(dir: &Path, lazy: bool) -> std::io::Result<()> {
     cafs_mount::mount::unmount(dir, lazy).map_err(|e| match e {

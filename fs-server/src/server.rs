@@ -22,10 +22,10 @@ use crate::catalog::{Catalog, RefName};
 use crate::collection::{Collection, CollectionError, Committed};
 use crate::control::Control;
 use crate::fs::{FsError, FsOptions};
-use crate::fuse::CafsFuse;
+use crate::fuse::{CafsFuse, Gate};
 use crate::journal;
 use crate::manifest::Pdh;
-use crate::mount::{MountOptions, serve_fd};
+use crate::mount::{MountOptions, resume_fd, serve_fd};
 use crate::store::BlockStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,9 @@ pub struct Served {
     pub gid: u32,
     /// Zero: never.
     pub autocommit: Duration,
+    /// The helper holds a duplicate of the mount's fd: the mount can outlive this cafsd.
+    pub held: bool,
+    gate: Arc<Gate>,
     /// Set by an unmount that drops uncommitted changes.
     discard: AtomicBool,
     throughput: Mutex<Throughput>,
@@ -340,8 +343,15 @@ impl Server {
             .map(Arc::new)?;
         let control = Arc::new(Control::default());
         let fuse = CafsFuse::new(coll.clone(), control.clone(), self.rt.clone(), h.uid, h.gid);
+        let gate = fuse.gate();
         let opts = MountOptions { read_only: coll.is_read_only(), ..MountOptions::default() };
-        let mounted = serve_fd(&dir, dev, fuse, &opts).map_err(|e| e.to_string())?;
+        let mounted = if h.resume {
+            tracing::info!(mount = %dir.display(), "taking over a live mount");
+            resume_fd(&dir, dev, fuse, &opts)
+        } else {
+            serve_fd(&dir, dev, fuse, &opts)
+        }
+        .map_err(|e| e.to_string())?;
         let autocommit =
             if coll.is_read_only() { Duration::ZERO } else { prefs.map_or(self.autocommit, |p| p.autocommit) };
         let served = Arc::new(Served {
@@ -351,6 +361,8 @@ impl Server {
             uid: h.uid,
             gid: h.gid,
             autocommit,
+            held: h.held,
+            gate,
             discard: AtomicBool::new(false),
             throughput: Mutex::new(Throughput::default()),
             ended: tokio::sync::watch::channel(None).0,
@@ -397,6 +409,40 @@ impl Server {
         }
         tracing::info!(mount = %s.dir.display(), "unmounted");
         s.ended.send_replace(Some(outcome));
+    }
+
+    /// Asks the helper for the mounts it holds from an earlier cafsd (after a restart): each comes back through
+    /// the fd socket and is served on, its journal recovered. Blocking. Returns the helper's account.
+    pub fn reclaim(&self) -> Result<String, ServerError> {
+        let stream = UnixStream::connect(&self.helper)
+            .map_err(|source| ServerError::HelperUnreachable { path: self.helper.clone(), source })?;
+        stream.set_read_timeout(Some(Duration::from_secs(600))).map_err(|e| ServerError::Internal(e.to_string()))?;
+        wire::send(&stream, &HelperRequest::Reclaim, None).map_err(|e| ServerError::Helper(e.to_string()))?;
+        match wire::recv::<Reply>(&stream).map_err(|e| ServerError::Helper(e.to_string()))? {
+            (Reply { ok: true, message }, _) => Ok(message),
+            (Reply { message, .. }, _) => Err(ServerError::Helper(message)),
+        }
+    }
+
+    /// Leaves the mount for the next cafsd: waits (up to `limit`) for the requests in progress, holds every
+    /// later one unanswered, stores every buffer, commits a changed tree if the mount commits by itself, and
+    /// syncs the journal. The kernel keeps the held requests and sends them to the next cafsd.
+    pub async fn keep(&self, s: &Served, limit: Duration) -> Result<(), ServerError> {
+        let gate = s.gate.clone();
+        let drained = tokio::task::spawn_blocking(move || gate.close(limit))
+            .await
+            .map_err(|e| ServerError::Internal(format!("gate task failed: {e}")))?;
+        if !drained {
+            tracing::warn!(mount = %s.dir.display(), "requests still in progress at the deadline");
+        }
+        if !s.autocommit.is_zero() && s.coll.is_dirty() {
+            s.control.commit(&s.coll, "cafsd", "stop").await?;
+        }
+        let fs = s.coll.fs().clone();
+        tokio::task::spawn_blocking(move || fs.flush_all().and_then(|()| fs.sync_journal()))
+            .await
+            .map_err(|e| ServerError::Internal(format!("flush task failed: {e}")))?
+            .map_err(|e: FsError| ServerError::Collection(e.into()))
     }
 
     /// Asks the helper to mount `request` for `uid` (who must own the mount point, unless root) and hand it

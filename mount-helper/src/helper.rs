@@ -2,8 +2,13 @@
 //! the daemon): mount — check the mount point, `mount(2)`, hand the fd to cafsd, wait for its answer — and
 //! unmount, of a cafs mount that belongs to the peer (root: any cafs mount). Nothing else is ever unmounted.
 //! And the daemon loop that serves them on a socket.
+//!
+//! The daemon keeps a duplicate of every mount's `/dev/fuse` fd ([`Held`]). A FUSE connection lives while any
+//! fd of it is open, so when cafsd stops (an upgrade, a crash, `kill -9`) the kernel keeps the mount and queues
+//! its requests; the next cafsd asks for the mounts back ([`HelperRequest::Reclaim`]) and serves them on.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,9 +28,37 @@ pub struct Config {
     pub cafsd: PathBuf,
 }
 
+/// The mounts the daemon holds a duplicate fd of, by mount point, with what was handed over.
+#[derive(Debug, Default)]
+pub struct Held {
+    mounts: std::sync::Mutex<HashMap<PathBuf, (Handoff, OwnedFd)>>,
+}
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Handoff, OwnedFd)>> {
+        self.mounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets mounts whose connection ended (unmounted by anyone, or aborted): the device reports an error
+    /// once the kernel has torn the connection down.
+    fn prune(&self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        self.lock().retain(|dir, (_, fd)| {
+            let mut p = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+            let dead = matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0
+                && p[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)));
+            if dead {
+                tracing::info!(mount = %dir.display(), "mount gone; no longer held");
+            }
+            !dead
+        });
+    }
+}
+
 /// Mounts `req` for `peer` (a uid) and hands it to cafsd. On any failure after `mount(2)` the mount is
-/// detached again, so a refused request leaves nothing behind.
-pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config) -> Result<(), String> {
+/// detached again, so a refused request leaves nothing behind. With `held`, the fd is kept for later
+/// hand-overs.
+pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config, held: Option<&Held>) -> Result<(), String> {
     let target = check(&req.mountpoint, peer, &cfg.policy).map_err(|e| e.to_string())?;
     let read_only = req.read_only || matches!(req.origin, Origin::Pdh(_));
     let request = MountRequest { mountpoint: target.path.clone(), origin: req.origin.clone(), read_only };
@@ -36,9 +69,8 @@ pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config) -> Result<(), Stri
         UnixStream::connect(&sock_path).map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
     let dev = mount_fuse(&target.proc_path(), &fuse).map_err(|e| e.to_string())?;
-    let handoff = Handoff { request, uid: target.uid, gid: target.gid };
+    let handoff = Handoff { request, uid: target.uid, gid: target.gid, resume: false, held: held.is_some() };
     let answer = wire::send(&stream, &handoff, Some(dev.as_fd())).and_then(|()| wire::recv::<Reply>(&stream));
-    drop(dev);
     let fail = |message: String| {
         let _ = unmount(&target.path, true);
         Err(message)
@@ -47,6 +79,12 @@ pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config) -> Result<(), Stri
         Ok((Reply { ok: true, .. }, _)) => {}
         Ok((Reply { message, .. }, _)) => return fail(format!("cafsd refused the mount: {message}")),
         Err(e) => return fail(format!("handing the mount to cafsd: {e}")),
+    }
+    match held {
+        Some(h) => {
+            h.lock().insert(target.path.clone(), (handoff, dev));
+        }
+        None => drop(dev),
     }
     let start = Instant::now();
     loop {
@@ -130,17 +168,50 @@ pub fn relay_allowed(uid: u32, pid: i32, cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Hands every held mount to cafsd again, marked as resumed. A mount cafsd refuses is detached (lazily): a
+/// mount nobody serves would leave its users waiting forever. Returns how many were handed over.
+pub fn reclaim(cfg: &Config, held: &Held) -> Result<usize, String> {
+    held.prune();
+    let sock_path = wire::fd_socket_path(&cfg.cafsd);
+    let mounts: Vec<(PathBuf, Handoff, OwnedFd)> =
+        held.lock().iter().filter_map(|(dir, (h, fd))| Some((dir.clone(), h.clone(), fd.try_clone().ok()?))).collect();
+    let mut handed = 0;
+    for (dir, mut h, fd) in mounts {
+        h.resume = true;
+        let answer = UnixStream::connect(&sock_path)
+            .map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))
+            .and_then(|stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+                wire::send(&stream, &h, Some(fd.as_fd())).map_err(|e| e.to_string())?;
+                wire::recv::<Reply>(&stream).map_err(|e| e.to_string())
+            });
+        match answer {
+            Ok((Reply { ok: true, .. }, _)) => {
+                tracing::info!(mount = %dir.display(), "handed to cafsd again");
+                handed += 1;
+            }
+            Ok((Reply { message, .. }, _)) | Err(message) => {
+                tracing::error!(mount = %dir.display(), %message, "cafsd did not take the mount back; detaching it");
+                held.lock().remove(&dir);
+                let _ = unmount(&dir, true);
+            }
+        }
+    }
+    Ok(handed)
+}
+
 /// Serves requests on `listener` until the process ends: one thread per connection, one request each.
 pub fn serve(listener: UnixListener, cfg: Arc<Config>) -> std::io::Result<()> {
+    let held = Arc::new(Held::default());
     for conn in listener.incoming() {
         let stream = conn?;
-        let cfg = cfg.clone();
-        std::thread::spawn(move || handle(&stream, &cfg));
+        let (cfg, held) = (cfg.clone(), held.clone());
+        std::thread::spawn(move || handle(&stream, &cfg, &held));
     }
     Ok(())
 }
 
-fn handle(stream: &UnixStream, cfg: &Config) {
+fn handle(stream: &UnixStream, cfg: &Config, held: &Held) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let result = wire::peer(stream).map_err(|e| e.to_string()).and_then(|(uid, _, pid)| {
         let (req, fd) = wire::recv::<HelperRequest>(stream).map_err(|e| e.to_string())?;
@@ -153,16 +224,25 @@ fn handle(stream: &UnixStream, cfg: &Config) {
                 relay_allowed(uid, pid, cfg)?;
                 (client, *request)
             }
+            HelperRequest::Reclaim => {
+                relay_allowed(uid, pid, cfg)?;
+                return reclaim(cfg, held).map(|n| format!("{n} mounts handed over"));
+            }
             req => (uid, req),
         };
         match req {
-            HelperRequest::Mount(m) => mount_for(uid, &m, cfg),
-            HelperRequest::Unmount { mountpoint } => unmount_for(uid, &mountpoint),
-            HelperRequest::Relay { .. } => Err("a relayed request cannot relay another".into()),
+            HelperRequest::Mount(m) => mount_for(uid, &m, cfg, Some(held)).map(|()| String::new()),
+            HelperRequest::Unmount { mountpoint } => unmount_for(uid, &mountpoint).map(|()| {
+                held.prune();
+                String::new()
+            }),
+            HelperRequest::Relay { .. } | HelperRequest::Reclaim => {
+                Err("a relayed request cannot relay another".into())
+            }
         }
     });
     let reply = match result {
-        Ok(()) => Reply { ok: true, message: String::new() },
+        Ok(message) => Reply { ok: true, message },
         Err(message) => {
             tracing::warn!(%message, "refused");
             Reply { ok: false, message }

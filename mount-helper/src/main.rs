@@ -123,7 +123,8 @@ fn once(o: Once) -> Result<(), String> {
     };
     let req = MountRequest { mountpoint: o.mountpoint, origin, read_only: o.ro };
     let common = Common { server: o.server, allow_roots: o.allow_roots };
-    helper::mount_for(nix::unistd::getuid().as_raw(), &req, &config(common))
+    // One-shot: nothing stays behind to hold the fd, so the mount lives and dies with cafsd's session.
+    helper::mount_for(nix::unistd::getuid().as_raw(), &req, &config(common), None)
 }
 
 fn serve(listen: PathBuf, cfg: Config) -> Result<(), String> {

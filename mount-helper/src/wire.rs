@@ -71,6 +71,9 @@ pub enum HelperRequest {
         uid: u32,
         request: Box<HelperRequest>,
     },
+    /// A (re)started cafsd asking for the mounts the helper holds: each is handed over again, with
+    /// [`Handoff::resume`] set. Honoured only from root or from the process serving cafsd's fd socket.
+    Reclaim,
 }
 
 /// What the helper sends cafsd with the `/dev/fuse` fd of a mount it made: the request and whose mount it is.
@@ -81,6 +84,13 @@ pub struct Handoff {
     /// The requesting peer, who owns the mount.
     pub uid: u32,
     pub gid: u32,
+    /// The mount was served before, by a cafsd that has stopped: its FUSE connection is live and initialized,
+    /// and the kernel may hold requests that were read but never answered.
+    #[serde(default)]
+    pub resume: bool,
+    /// The helper keeps a duplicate of the fd, so the mount outlives cafsd and can be handed over again.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// The answer to a request: success, or why not.
@@ -127,7 +137,11 @@ pub fn send(stream: &UnixStream, msg: &impl Serialize, fd: Option<BorrowedFd<'_>
 pub fn recv<T: DeserializeOwned>(stream: &UnixStream) -> Result<(T, Option<OwnedFd>), WireError> {
     let mut header = [0u8; 4];
     let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut cmsg_buf = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    // Room for every fd one read can bring: a sendmsg carries at most SCM_MAX_FD (253), and one read takes the
+    // fds of one sendmsg at most. With less room the kernel installs the fds that fit and flags the message
+    // truncated, and nix then refuses to list them: they were left open (2 per message of 3 fds; found by the
+    // helper_request fuzz target).
+    let mut cmsg_buf = nix::cmsg_space!([std::os::fd::RawFd; 253]);
     let got = {
         let mut iov = [IoSliceMut::new(&mut header)];
         let msg = socket::recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC)?;

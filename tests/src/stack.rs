@@ -123,6 +123,13 @@ impl Stack {
         }
     }
 
+    /// SIGKILL to cafsd, leaving its mounts as they are (the helper holds them for the next cafsd).
+    pub fn kill_cafsd_only(&mut self) {
+        let mut child = self.cafsd.take().expect("cafsd runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// cafsd's state directory.
     pub fn state(&self) -> &Path {
         &self.state

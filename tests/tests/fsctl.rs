@@ -238,7 +238,8 @@ print(data[4:].decode())
 #[test]
 fn a_mount_outlives_a_killed_client_and_cafsd_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut stack = Stack::start(tmp.path(), &["--autocommit", "0"]);
+    // `--on-stop unmount`: this test is about stopping for good (tests/tests/restart.rs keeps mounts).
+    let mut stack = Stack::start(tmp.path(), &["--autocommit", "0", "--on-stop", "unmount"]);
     let work = stack.job_dir("work", JOB);
     let job = work.join("job");
     let marker = work.join("started");

@@ -3,8 +3,11 @@
 //! It owns the state directory (block store + catalog on the embedded default). It opens and checks both,
 //! reports what they hold, serves the gRPC API on its socket, serves every mount that `cafs-mount` hands over
 //! on its fd socket (beside the gRPC socket: `cafsd.sock` → `cafsd.fd.sock`), and runs until SIGTERM or
-//! SIGINT, when it commits and unmounts every mount (through the helper) before exiting. With `--mount`
-//! (development mode, as root) it mounts one collection itself.
+//! SIGINT. Then, by default (`--on-stop keep`), it leaves every mount the helper holds to the next cafsd:
+//! requests in progress finish, later ones wait in the kernel, buffers are stored and journals synced; the next
+//! cafsd takes the mounts back from the helper at start. With `--on-stop unmount` (and for mounts nobody
+//! holds) it commits and unmounts instead. With `--mount` (development mode, as root) it mounts one collection
+//! itself.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -67,7 +70,11 @@ struct Args {
     /// characters; the file must not be readable by group or others). A caller with the token is an operator.
     #[arg(long, value_name = "FILE", requires = "listen_tcp")]
     token_file: Option<PathBuf>,
-    /// On SIGTERM, how long to keep trying to commit and unmount every mount before exiting anyway.
+    /// On SIGTERM: `keep` leaves the mounts the helper holds to the next cafsd (a restart or upgrade that
+    /// workloads do not notice); `unmount` commits and unmounts every mount.
+    #[arg(long, value_enum, default_value_t = OnStop::Keep)]
+    on_stop: OnStop,
+    /// On SIGTERM, how long to keep trying to commit and unmount (or save) every mount before exiting anyway.
     #[arg(long, value_name = "SECS", default_value_t = 90)]
     stop_timeout: u64,
     /// Commit a changed tree after this many seconds without changes (0: never).
@@ -76,6 +83,12 @@ struct Args {
     /// With --mount: let users other than the directory's owner in (permission bits still apply).
     #[arg(long, requires = "mount")]
     allow_other: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnStop {
+    Keep,
+    Unmount,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -156,6 +169,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state.join("journal"),
     );
     server.listen(&fd_socket_path(&socket))?;
+    // Mounts an earlier cafsd left (the helper kept them): served again before we say we are ready.
+    let taking = server.clone();
+    match tokio::task::spawn_blocking(move || taking.reclaim()).await? {
+        Ok(account) => tracing::info!(%account, "took over the mounts the helper held"),
+        Err(ServerError::HelperUnreachable { .. }) => tracing::info!("no mount helper yet: no mounts to take over"),
+        Err(e) => tracing::warn!(error = %e, "could not take over the mounts the helper holds"),
+    }
     let listener = {
         let socket = socket.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -210,17 +230,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: committing, unmounting and exiting"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: committing, unmounting and exiting"),
+        _ = term.recv() => tracing::info!(on_stop = ?args.on_stop, "SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(on_stop = ?args.on_stop, "SIGINT: stopping"),
         r = &mut grpc => bail!("the gRPC server stopped: {:?}", r),
         r = &mut tcp => bail!("the TCP gRPC server stopped: {:?}", r),
     }
-    shut_down(&server, Duration::from_secs(args.stop_timeout)).await;
+    let kept = shut_down(&server, Duration::from_secs(args.stop_timeout), args.on_stop).await;
     let _ = stop.send(true);
     let _ = grpc.await;
     let _ = tcp.await;
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(fd_socket_path(&socket));
+    if kept > 0 {
+        // The kept mounts' request threads wait at their gates for good: end the process without waiting
+        // for them (the kernel keeps their requests for the next cafsd).
+        tracing::info!(mounts = kept, "exiting; the mounts wait for the next cafsd");
+        std::process::exit(0);
+    }
     Ok(())
 }
 
@@ -274,11 +300,29 @@ fn remote_config(args: &Args) -> anyhow::Result<Option<Remote>> {
 /// when cafsd is root and the helper is not there), retrying a failing commit until `timeout`. A mount still
 /// there at the deadline gets its buffers uploaded and its journal synced, if the store allows, so that what
 /// was written is recovered when the ref is mounted there again; then cafsd exits regardless.
-async fn shut_down(server: &Arc<Server>, timeout: Duration) {
+///
+/// With `OnStop::Keep`, mounts the helper holds are kept for the next cafsd instead ([`Server::keep`]).
+/// Returns how many were.
+async fn shut_down(server: &Arc<Server>, timeout: Duration, on_stop: OnStop) -> usize {
     server.begin_stop();
     let deadline = Instant::now() + timeout;
+    let (kept, others): (Vec<_>, Vec<_>) = server.list().into_iter().partition(|s| on_stop == OnStop::Keep && s.held);
+    let mut keeping = Vec::new();
+    for s in &kept {
+        let (server, s) = (server.clone(), s.clone());
+        keeping.push(tokio::spawn(async move {
+            match server.keep(&s, timeout).await {
+                Ok(()) => tracing::info!(mount = %s.dir.display(), "kept for the next cafsd; journal synced"),
+                Err(e) => tracing::error!(
+                    mount = %s.dir.display(),
+                    error = %e,
+                    "kept for the next cafsd, but saving failed: only what was fsynced is sure to be in the journal"
+                ),
+            }
+        }));
+    }
     let mut pending = Vec::new();
-    for s in server.list() {
+    for s in others {
         let server = server.clone();
         pending.push(tokio::spawn(async move {
             loop {
@@ -301,11 +345,11 @@ async fn shut_down(server: &Arc<Server>, timeout: Duration) {
             }
         }));
     }
-    for p in pending {
+    for p in pending.into_iter().chain(keeping) {
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = tokio::time::timeout(left, p).await;
     }
-    for s in server.list() {
+    for s in server.list().into_iter().filter(|s| !kept.iter().any(|k| Arc::ptr_eq(k, s))) {
         let fs = s.coll.fs().clone();
         let saved = tokio::task::spawn_blocking(move || fs.flush_all().and_then(|()| fs.sync_journal()));
         let outcome = tokio::time::timeout(Duration::from_secs(10), saved).await;
@@ -321,6 +365,7 @@ async fn shut_down(server: &Arc<Server>, timeout: Duration) {
             ),
         }
     }
+    kept.len()
 }
 
 /// Development mode: mount one collection, serve it, and on SIGTERM or an external unmount commit a changed

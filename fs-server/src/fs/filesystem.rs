@@ -27,7 +27,7 @@ use super::cache::BlockCache;
 use super::extents::{BufId, Extents, Source};
 use super::inode::{Body, Ino, Kind, Meta, ROOT, RenameMode, Table};
 use super::sidecar::{self, EntryMeta, Sidecar};
-use crate::journal::{Journal, Made, MadeKind, Record, StoredRange};
+use crate::journal::{Journal, Made, MadeKind, Numbering, Record, StoredRange};
 use crate::locator::{Locator, MAX_BLOCK_SIZE};
 use crate::manifest::{Dir, Entry, Manifest, Segment};
 use crate::store::{Block, BlockStore, StoreError};
@@ -314,6 +314,30 @@ impl Filesystem {
         uid: u32,
         gid: u32,
     ) -> Result<Self, FsError> {
+        Self::load_numbered(manifest, sidecar, &Numbering::default(), store, rt, opts, uid, gid)
+    }
+
+    /// [`Filesystem::load`], giving the entries the inode numbers `numbering` names (by path): the numbers a
+    /// live tree had when it was committed, which the kernel may still hold after cafsd restarted. Entries it
+    /// does not name get numbers from its `next` on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_numbered(
+        manifest: &Manifest,
+        sidecar: &[u8],
+        numbering: &Numbering,
+        store: Arc<dyn BlockStore>,
+        rt: tokio::runtime::Handle,
+        opts: FsOptions,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Self, FsError> {
+        let numbers: HashMap<&[u8], Ino> = numbering.inos.iter().map(|(p, i)| (&p[..], *i)).collect();
+        let number = |comps: &[&[u8]]| {
+            if numbers.is_empty() {
+                return None;
+            }
+            numbers.get(&super::inode::join(comps.iter().copied())[..]).copied()
+        };
         let sc = Sidecar::from_bytes(sidecar).map_err(|e| FsError::Io(e.to_string()))?;
         let t = now();
         let meta_for = |key: &str, default_perm: u32| match sc.entries.get(key) {
@@ -324,6 +348,7 @@ impl Filesystem {
             None => Meta { perm: default_perm, uid, gid, mtime: t, ctime: t, atime: t },
         };
         let mut table = Table::new(meta_for("", 0o755));
+        table.reserve_below(numbering.next);
         let mut stack: Vec<(&Dir, Ino, Vec<&[u8]>)> = vec![(manifest.root(), ROOT, Vec::new())];
         while let Some((dir, ino, path)) = stack.pop() {
             for (name, entry) in dir.iter() {
@@ -332,7 +357,13 @@ impl Filesystem {
                 let key = sidecar::key(p.iter().copied());
                 match entry {
                     Entry::Dir(d) => {
-                        let child = table.create(ino, name, Body::Dir(Default::default()), meta_for(&key, 0o755))?;
+                        let child = table.create_as(
+                            ino,
+                            name,
+                            Body::Dir(Default::default()),
+                            meta_for(&key, 0o755),
+                            number(&p),
+                        )?;
                         stack.push((d, child, p));
                     }
                     Entry::File(f) => {
@@ -340,7 +371,7 @@ impl Filesystem {
                         for s in f.segments() {
                             x.push(s.len, Source::Stored { block: manifest.block(s.block).clone(), offset: s.offset });
                         }
-                        table.create(ino, name, Body::File(x), meta_for(&key, 0o644))?;
+                        table.create_as(ino, name, Body::File(x), meta_for(&key, 0o644), number(&p))?;
                     }
                 }
             }
@@ -355,7 +386,8 @@ impl Filesystem {
                 parent = table.lookup(parent, d)?;
             }
             let target = sidecar::unescape_target(target).map_err(|e| FsError::Io(e.to_string()))?;
-            table.create(parent, name, Body::Symlink(target.into()), meta_for(key, 0o777))?;
+            let comps: Vec<&[u8]> = comps.iter().map(|c| &c[..]).collect();
+            table.create_as(parent, name, Body::Symlink(target.into()), meta_for(key, 0o777), number(&comps))?;
         }
         // Creating entries touched their directories: put back the committed times.
         let dirs: Vec<(Ino, String)> = {
@@ -479,7 +511,7 @@ impl Filesystem {
         st.generation += 1;
         self.shared.log(&st.table, |table| {
             let meta = Made { perm: perm & 0o7777, uid, gid, mtime_ns: to_ns(t) };
-            Some(Record::Make { path: table.path(ino)?, kind, meta })
+            Some(Record::Make { path: table.path(ino)?, ino, kind, meta })
         });
         Self::attr(&st, ino)
     }
@@ -923,7 +955,7 @@ impl Filesystem {
             Record::Header(_) => return Err(FsError::Invalid("a header inside the records")),
             // A commit marker changes nothing in the tree (see `journal::rebase`).
             Record::Committing { .. } => return Ok(()),
-            Record::Make { path, kind, meta } => {
+            Record::Make { path, ino, kind, meta } => {
                 let (dir, name) = st.table.resolve_parent(path)?;
                 let body = match kind {
                     MadeKind::Dir => Body::Dir(Default::default()),
@@ -933,7 +965,7 @@ impl Filesystem {
                 let m = from_ns(meta.mtime_ns);
                 let meta =
                     Meta { perm: meta.perm & 0o7777, uid: meta.uid, gid: meta.gid, mtime: m, ctime: m, atime: m };
-                st.table.create(dir, &name, body, meta)?;
+                st.table.create_as(dir, &name, body, meta, Some(*ino))?;
             }
             Record::Unlink { path } => {
                 let (dir, name) = st.table.resolve_parent(path)?;
@@ -1204,13 +1236,17 @@ impl Filesystem {
     /// The committed form of the tree: uploads every buffer, then builds the manifest and the sidecar. Holes are
     /// stored as references to a block of zeros.
     pub fn snapshot(&self) -> Result<(Manifest, Vec<u8>), FsError> {
-        self.snapshot_at().map(|(m, s, _)| (m, s))
+        self.snapshot_at().map(|s| (s.manifest, s.sidecar))
     }
 
-    /// [`Filesystem::snapshot`], and the sequence number of the last journal record the snapshot reflects (0
-    /// without a journal).
-    pub fn snapshot_at(&self) -> Result<(Manifest, Vec<u8>, u64), FsError> {
+    /// [`Filesystem::snapshot`], with the sequence number of the last journal record the snapshot reflects (0
+    /// without a journal) and the entries' inode numbers then.
+    pub fn snapshot_at(&self) -> Result<Snapshot, FsError> {
         let seq = |_st: &State| self.shared.journal.get().map_or(0, |j| j.seq());
+        let done = |st: &State, (manifest, sidecar): (Manifest, Vec<u8>)| {
+            let (inos, next) = st.table.numbering();
+            Ok(Snapshot { manifest, sidecar, seq: seq(st), numbering: Numbering { inos, next } })
+        };
         let mut repacked = false;
         loop {
             let st = self.lock();
@@ -1244,13 +1280,23 @@ impl Filesystem {
                 if st.buffers.values().any(|b| b.len() > 0) {
                     continue;
                 }
-                let (m, s) = build(&st, Some(zeros.locator()));
-                return Ok((m, s, seq(&st)));
+                let built = build(&st, Some(zeros.locator()));
+                return done(&st, built);
             }
-            let (m, s) = build(&st, None);
-            return Ok((m, s, seq(&st)));
+            let built = build(&st, None);
+            return done(&st, built);
         }
     }
+}
+
+/// The committed form of a tree, and where it stands in the journal.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub manifest: Manifest,
+    pub sidecar: Vec<u8>,
+    /// The last journal record the snapshot reflects.
+    pub seq: u64,
+    pub numbering: Numbering,
 }
 
 /// A stored piece of a file that is to be rewritten: file, offset in it, block, offset in the block, length.
@@ -1397,7 +1443,13 @@ async fn upload(shared: &Shared, data: Bytes) -> Result<Locator, StoreError> {
     Ok(block.locator().clone())
 }
 
-/// Puts a block, retrying errors that may go away with exponential backoff.
+/// A retry's wait: `delay` less up to half of it at random, so that many uploads failing together (a store
+/// that went down) do not come back at the same instant.
+pub(crate) fn jittered(delay: Duration) -> Duration {
+    delay.saturating_sub(delay.mul_f64(fastrand::f64() / 2.0))
+}
+
+/// Puts a block, retrying errors that may go away with exponential backoff and jitter.
 async fn put_with_retry(shared: &Shared, block: &Block) -> Result<(), StoreError> {
     let mut delay = shared.opts.retry_delay;
     let mut attempt = 1;
@@ -1406,7 +1458,7 @@ async fn put_with_retry(shared: &Shared, block: &Block) -> Result<(), StoreError
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && attempt < shared.opts.upload_attempts => {
                 tracing::info!(attempt, error = %e, "upload failed; retrying");
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(jittered(delay)).await;
                 delay *= 2;
                 attempt += 1;
             }

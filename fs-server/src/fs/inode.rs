@@ -143,6 +143,18 @@ impl Table {
         Some(join(names.into_iter().rev()))
     }
 
+    /// Every linked inode's number by path, and the next number to give: what a restarted cafsd needs to answer
+    /// to the numbers the kernel holds.
+    pub fn numbering(&self) -> (Vec<(Vec<u8>, Ino)>, Ino) {
+        let inos = self.names.keys().filter_map(|&ino| Some((self.path(ino)?, ino))).collect();
+        (inos, self.next)
+    }
+
+    /// Numbers from now on start at `next` at least.
+    pub fn reserve_below(&mut self, next: Ino) {
+        self.next = self.next.max(next);
+    }
+
     /// The path `name` in `dir` has (or would have).
     pub fn child_path(&self, dir: Ino, name: &[u8]) -> Option<Vec<u8>> {
         let mut p = self.path(dir)?;
@@ -201,12 +213,31 @@ impl Table {
 
     /// Creates `name` in `parent`.
     pub fn create(&mut self, parent: Ino, name: &[u8], body: Body, meta: Meta) -> Result<Ino, FsError> {
+        self.create_as(parent, name, body, meta, None)
+    }
+
+    /// Creates `name` in `parent` with the inode number `ino` when given (the number a live tree gave it before
+    /// cafsd restarted), else the next free one.
+    pub fn create_as(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        body: Body,
+        meta: Meta,
+        ino: Option<Ino>,
+    ) -> Result<Ino, FsError> {
         check_name(name)?;
         if self.dir(parent)?.contains_key(name) {
             return Err(FsError::Exists);
         }
-        let ino = self.next;
-        self.next += 1;
+        let ino = match ino {
+            Some(n) if n <= ROOT || self.inodes.contains_key(&n) => {
+                return Err(FsError::Invalid("an inode number given twice"));
+            }
+            Some(n) => n,
+            None => self.next,
+        };
+        self.next = self.next.max(ino + 1);
         let is_dir = matches!(body, Body::Dir(_));
         let now = meta.mtime;
         self.inodes.insert(ino, Inode { meta, body, nlink: if is_dir { 2 } else { 1 }, opens: 0 });
@@ -376,7 +407,7 @@ impl Table {
 }
 
 /// Components joined by `/`.
-fn join<'a>(names: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+pub(crate) fn join<'a>(names: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut p = Vec::new();
     for n in names {
         if !p.is_empty() {

@@ -1,12 +1,20 @@
 use super::*;
 
 fn header(v: u64) -> Header {
-    Header { format: Header::FORMAT, ref_name: "job".into(), mount_point: b"/scratch/job".to_vec(), base_version: v }
+    Header {
+        format: Header::FORMAT,
+        ref_name: "job".into(),
+        mount_point: b"/scratch/job".to_vec(),
+        base_version: v,
+        inos: Vec::new(),
+        next_ino: 0,
+    }
 }
 
 fn make(name: &str) -> Record {
     Record::Make {
         path: name.as_bytes().to_vec(),
+        ino: 100 + name.len() as u64,
         kind: MadeKind::File,
         meta: Made { perm: 0o644, uid: 1, gid: 2, mtime_ns: -5 },
     }
@@ -24,9 +32,9 @@ fn records_survive_a_reopen_and_sync_makes_them_durable() {
     };
     assert_eq!(j.append(&make("a")), 1);
     assert_eq!(j.append(&stored), 2);
-    // Not synced: the file has only the header.
+    // Written at once (a killed cafsd leaves them in the page cache), durable only after sync.
     let (_, h, recs) = Journal::open(&path).unwrap().unwrap();
-    assert_eq!((h, recs.len()), (header(0), 0));
+    assert_eq!((h, recs.len()), (header(0), 2));
     j.sync().unwrap();
     drop(j);
     let (j, h, recs) = Journal::open(&path).unwrap().unwrap();
@@ -94,15 +102,18 @@ fn a_checkpoint_keeps_only_the_records_after_it() {
     j.append(&make("a"));
     let seq = j.append(&make("b"));
     j.append(&make("c"));
-    j.checkpoint(1, seq).unwrap();
+    let numbering = Numbering { inos: vec![(b"a".to_vec(), 7), (b"b".to_vec(), 3)], next: 9 };
+    j.checkpoint(1, seq, numbering).unwrap();
     j.append(&make("d"));
     j.sync().unwrap();
     let (_, h, recs) = Journal::open(&path).unwrap().unwrap();
     assert_eq!((h.base_version, recs), (1, vec![make("c"), make("d")]));
+    // The base's inode numbers, for a cafsd that takes over the live mount.
+    assert_eq!((h.inos, h.next_ino), (vec![(b"a".to_vec(), 7), (b"b".to_vec(), 3)], 9));
     // A second checkpoint counts from the first.
     let seq = j.append(&make("e"));
     j.append(&make("f"));
-    j.checkpoint(2, seq).unwrap();
+    j.checkpoint(2, seq, Numbering::default()).unwrap();
     let (_, h, recs) = Journal::open(&path).unwrap().unwrap();
     assert_eq!((h.base_version, recs), (2, vec![make("f")]));
     assert_eq!((h.ref_name.as_str(), j.header().base_version), ("job", 2));
@@ -142,12 +153,15 @@ fn journals_are_per_ref_and_mount_point() {
 fn rebase_starts_from_the_last_commit_that_landed() {
     let mark = |after, version, pdh: &str| Record::Committing { after, version, pdh: pdh.into() };
     let records = vec![make("a"), make("b"), mark(1, 1, "p1"), make("c"), mark(0, 2, "p2"), make("d")];
-    // Neither landed: everything but the markers, on the old base.
-    assert_eq!(rebase(0, records.clone(), |_, _| false), (0, vec![make("a"), make("b"), make("c"), make("d")]));
+    let all = vec![make("a"), make("b"), make("c"), make("d")];
+    let rebased = |head_version, covered| Rebased { records: all.clone(), head_version, covered };
+    // Every record but the markers is replayed on the journal's own base, whatever landed.
+    // Neither landed: the head is the base.
+    assert_eq!(rebase(0, records.clone(), |_, _| false), rebased(0, 0));
     // The first landed: it covered "a" (b came after its snapshot).
-    assert_eq!(rebase(0, records.clone(), |v, p| v == 1 && p == "p1"), (1, vec![make("b"), make("c"), make("d")]));
-    // The second landed (and so did the first): only "d" is new.
-    assert_eq!(rebase(0, records.clone(), |_, _| true), (2, vec![make("d")]));
+    assert_eq!(rebase(0, records.clone(), |v, p| v == 1 && p == "p1"), rebased(1, 1));
+    // The second landed (and so did the first): it covered a, b and c; only "d" is new.
+    assert_eq!(rebase(0, records.clone(), |_, _| true), rebased(2, 3));
     // A marker whose hash differs did not land, whatever the version.
-    assert_eq!(rebase(0, records, |v, p| v == 2 && p == "other").0, 0);
+    assert_eq!(rebase(0, records, |v, p| v == 2 && p == "other").head_version, 0);
 }

@@ -10,7 +10,7 @@ fn request() -> MountRequest {
 fn a_message_and_its_fd_arrive_together() {
     let (a, b) = UnixStream::pair().unwrap();
     let (r, w) = std::io::pipe().unwrap();
-    let h = Handoff { request: request(), uid: 1000, gid: 1000 };
+    let h = Handoff { request: request(), uid: 1000, gid: 1000, resume: false, held: true };
     send(&a, &h, Some(std::os::fd::AsFd::as_fd(&w))).unwrap();
     drop(w);
     let (got, fd): (Handoff, _) = recv(&b).unwrap();
@@ -65,7 +65,8 @@ fn malformed_and_truncated_messages_are_refused() {
 
 #[test]
 fn the_json_is_the_documented_shape() {
-    let text = serde_json::to_string(&Handoff { request: request(), uid: 7, gid: 8 }).unwrap();
+    let text =
+        serde_json::to_string(&Handoff { request: request(), uid: 7, gid: 8, resume: false, held: false }).unwrap();
     assert_eq!(
         text,
         r#"{"request":{"mountpoint":"/scratch/job 1","origin":{"ref":"results"},"read_only":false},"uid":7,"gid":8}"#

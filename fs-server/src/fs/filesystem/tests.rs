@@ -526,7 +526,7 @@ proptest! {
         let load = || Filesystem::load(&manifest, &sidecar, e.store.clone(), e.rt.handle().clone(), small(4096), 1, 1).unwrap();
 
         let path = e._dir.path().join("j.journal");
-        let header = crate::journal::Header { format: 1, ref_name: "r".into(), mount_point: b"/m".to_vec(), base_version: 1 };
+        let header = crate::journal::Header { format: crate::journal::Header::FORMAT, ref_name: "r".into(), mount_point: b"/m".to_vec(), base_version: 1, inos: Vec::new(), next_ino: 0 };
         let live = load();
         live.attach_journal(Arc::new(Journal::create(&path, &header).unwrap()));
         for op in &ops {
@@ -548,28 +548,46 @@ proptest! {
 }
 
 #[test]
-fn fsync_makes_the_journal_durable_and_unsynced_records_may_be_lost() {
+fn fsync_makes_the_journal_durable_and_unsynced_bytes_may_be_lost() {
     let e = env();
     let f = fs(&e, small(4096));
     let path = e._dir.path().join("j.journal");
-    let header =
-        crate::journal::Header { format: 1, ref_name: "r".into(), mount_point: b"/m".to_vec(), base_version: 0 };
+    let header = crate::journal::Header {
+        format: crate::journal::Header::FORMAT,
+        ref_name: "r".into(),
+        mount_point: b"/m".to_vec(),
+        base_version: 0,
+        inos: Vec::new(),
+        next_ino: 0,
+    };
     f.attach_journal(Arc::new(Journal::create(&path, &header).unwrap()));
     let a = f.create(ROOT, b"a", 0o600, 1, 1).unwrap().ino;
     f.write(a, 0, b"durable").unwrap();
     f.fsync(a).unwrap();
     let b = f.create(ROOT, b"b", 0o600, 1, 1).unwrap().ino;
     f.write(b, 0, b"not yet").unwrap();
-    // What a crash now leaves: a, whole; not b.
+    // What a crash of cafsd now leaves: a, whole; b's name (records are written at once, for a cafsd that takes
+    // over the live mount), but not its unsynced bytes, which were only in memory.
     let (_, _, records) = Journal::open(&path).unwrap().unwrap();
     let g = fs(&e, small(4096));
     g.replay(&records).unwrap();
     let shown = describe(&g);
     assert_eq!(shown[&b"/a".to_vec()].5, b"durable");
     assert_eq!(shown[&b"/a".to_vec()].1, 0o600);
-    assert!(!shown.contains_key(b"/b".as_slice()));
+    assert_eq!(shown[&b"/b".to_vec()].5, b"");
+    // Under the inode numbers the live tree gave them.
+    assert_eq!((g.lookup(ROOT, b"a").unwrap().ino, g.lookup(ROOT, b"b").unwrap().ino), (a, b));
     // A record that does not apply is an error naming it, not a silently different tree.
     let h = fs(&e, small(4096));
     let err = h.replay(&[Record::Unlink { path: b"missing".to_vec() }]).unwrap_err();
     assert!(err.to_string().contains("journal record 1"), "{err}");
+}
+
+#[test]
+fn retry_waits_are_jittered_within_half_the_delay() {
+    let d = Duration::from_millis(400);
+    let waits: Vec<Duration> = (0..200).map(|_| super::jittered(d)).collect();
+    assert!(waits.iter().all(|w| *w >= d / 2 && *w <= d), "{waits:?}");
+    let distinct: std::collections::HashSet<_> = waits.iter().collect();
+    assert!(distinct.len() > 100, "not spread: {} distinct of 200", distinct.len());
 }
