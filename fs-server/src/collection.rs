@@ -315,9 +315,14 @@ impl Collection {
         // commit landed (or the journal's old base would make every later commit a conflict).
         if let Some(j) = self.fs.journal().cloned() {
             let (version, pdh) = (expected.unwrap_or(0) + 1, record.pdh().to_string());
-            tokio::task::spawn_blocking(move || j.mark_commit(seq, version, &pdh))
+            let marked = tokio::task::spawn_blocking(move || j.mark_commit(seq, version, &pdh))
                 .await
-                .map_err(|e| FsError::Io(format!("journal task failed: {e}")))??;
+                .map_err(|e| FsError::Io(format!("journal task failed: {e}")))?;
+            // A journal that cannot be written (a full disk) must not stop the commit: the commit is what
+            // makes the tree safe, and its checkpoint then starts the journal afresh.
+            if let Err(e) = marked {
+                tracing::warn!(error = %e, "cannot write the commit marker to the journal; committing anyway");
+            }
         }
         let (pdh, sidecar_id, version) = (record.pdh(), Pdh::of_text(&sidecar), expected.unwrap_or(0) + 1);
         let commit = Commit {
@@ -742,6 +747,83 @@ mod tests {
         cat.fail_next_commits.store(1, Ordering::SeqCst);
         assert!(e.rt.block_on(c.commit("t", "v4")).is_err());
         assert_eq!(e.rt.block_on(c.commit("t", "v4")).unwrap().version, 4);
+    }
+
+    /// A tmpfs of `size` bytes mounted on `dir` (root only), detached when dropped.
+    struct SmallDisk(std::path::PathBuf);
+
+    impl SmallDisk {
+        fn mount(dir: &Path, size: &str) -> Self {
+            std::fs::create_dir_all(dir).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={size}").as_str()),
+            )
+            .expect("mounting a small tmpfs (the test needs root)");
+            Self(dir.to_path_buf())
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_full_state_disk_fails_fsync_with_enospc_and_corrupts_nothing() {
+        let e = env();
+        let disk = e._dir.path().join("small");
+        let _small = SmallDisk::mount(&disk, "512k");
+        // Room for the checkpoint once this goes: it lists every entry's inode number, so it needs about as
+        // much room as the journal had.
+        std::fs::write(disk.join("filler"), vec![1u8; 320 << 10]).unwrap();
+        let journal = disk.join("journal/j.journal");
+        let name = RefName::new("job").unwrap();
+        let (c, _) =
+            e.rt.block_on(Collection::open_ref_journaled(
+                e.catalog.clone(),
+                e.store.clone(),
+                name,
+                FsOptions::default(),
+                0,
+                0,
+                &journal,
+                Path::new("/mnt/job"),
+            ))
+            .unwrap();
+        let fs = c.fs().clone();
+        // Make entries with long names, syncing the journal after each, until the disk is full.
+        let mut made = 0;
+        let err = loop {
+            let n = format!("{made:06}-{}", "x".repeat(200));
+            fs.create(ROOT, n.as_bytes(), 0o644, 0, 0).unwrap();
+            made += 1;
+            if let Err(e) = fs.sync_journal() {
+                break e;
+            }
+            assert!(made < 100_000, "the disk never filled");
+        };
+        assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+        assert!(err.to_string().contains("No space left"), "a clear error: {err}");
+        // The tree itself is whole; later syncs keep saying so rather than pretending.
+        assert_eq!(fs.readdir(ROOT).unwrap().len(), made);
+        assert_eq!(fs.sync_journal().unwrap_err().errno(), libc::ENOSPC);
+        // What is on disk is a valid journal (a prefix of the changes) that replays cleanly.
+        let (_, _, records) = Journal::open(&journal).unwrap().unwrap();
+        assert!(!records.is_empty() && records.len() < made);
+        let replayed = Filesystem::new(e.store.clone(), e.rt.handle().clone(), FsOptions::default(), 0, 0);
+        replayed.replay(&records).unwrap();
+        // Room again, and a commit: the journal starts afresh from it and works again.
+        std::fs::remove_file(disk.join("filler")).unwrap();
+        assert_eq!(e.rt.block_on(c.commit("t", "v1")).unwrap().version, 1);
+        fs.create(ROOT, b"after", 0o644, 0, 0).unwrap();
+        fs.sync_journal().unwrap();
+        let (_, h, records) = Journal::open(&journal).unwrap().unwrap();
+        assert_eq!((h.base_version, records.len()), (1, 1));
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum FsError {
     ReadOnly,
     #[error("I/O error: {0}")]
     Io(String),
+    /// The state directory's disk is full (the journal could not be written).
+    #[error("no space left: {0}")]
+    NoSpace(String),
 }
 
 impl FsError {
@@ -53,6 +56,7 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::ReadOnly => libc::EROFS,
             FsError::Io(_) => libc::EIO,
+            FsError::NoSpace(_) => libc::ENOSPC,
         }
     }
 }

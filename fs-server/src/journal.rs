@@ -36,9 +36,21 @@ pub enum JournalError {
     },
     #[error("journal {path}: {why}")]
     Corrupt { path: PathBuf, why: String },
-    /// An earlier write failed; the journal no longer reflects the tree, and says so until it is rewritten.
+    /// An earlier write failed; the journal no longer reflects the tree, and says so until a commit rewrites
+    /// it ([`Journal::checkpoint`]).
     #[error("journal {path} failed earlier: {why}")]
-    Broken { path: PathBuf, why: String },
+    Broken { path: PathBuf, why: String, errno: Option<i32> },
+}
+
+impl JournalError {
+    /// The OS error behind it, if any (`ENOSPC` for a full disk).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            JournalError::Io { source, .. } => source.raw_os_error(),
+            JournalError::Broken { errno, .. } => *errno,
+            JournalError::Corrupt { .. } => None,
+        }
+    }
 }
 
 /// What a journal belongs to and what its records apply to.
@@ -203,7 +215,8 @@ struct Inner {
     /// file starts from already contains (they were dropped by a checkpoint).
     appended: u64,
     dropped: u64,
-    broken: Option<String>,
+    /// Why an earlier write failed, and its OS error.
+    broken: Option<(String, Option<i32>)>,
 }
 
 /// The inode numbers of a tree's entries, by path, and the next free number.
@@ -301,8 +314,12 @@ impl Journal {
     /// over a live mount must know every name the kernel was told about, fsynced or not.
     pub fn append(&self, record: &Record) -> u64 {
         let mut j = self.inner();
-        encode(record, &mut j.pending);
         j.appended += 1;
+        if j.broken.is_some() {
+            // It could not follow the lost records anyway; holding it would only grow memory.
+            return j.appended;
+        }
+        encode(record, &mut j.pending);
         Self::write_pending(&self.path, &mut j);
         j.appended
     }
@@ -319,7 +336,7 @@ impl Journal {
         let pending = std::mem::take(&mut j.pending);
         if let Err(e) = j.file.write_all(&pending) {
             tracing::error!(journal = %path.display(), error = %e, "journal write failed");
-            j.broken = Some(e.to_string());
+            j.broken = Some((e.to_string(), e.raw_os_error()));
         }
     }
 
@@ -327,11 +344,11 @@ impl Journal {
     pub fn sync(&self) -> Result<(), JournalError> {
         let mut j = self.inner();
         Self::write_pending(&self.path, &mut j);
-        if let Some(why) = &j.broken {
-            return Err(JournalError::Broken { path: self.path.clone(), why: why.clone() });
+        if let Some((why, errno)) = &j.broken {
+            return Err(JournalError::Broken { path: self.path.clone(), why: why.clone(), errno: *errno });
         }
         if let Err(e) = j.file.sync_data() {
-            j.broken = Some(e.to_string());
+            j.broken = Some((e.to_string(), e.raw_os_error()));
             return Err(io(&self.path)(e));
         }
         Ok(())
@@ -342,14 +359,24 @@ impl Journal {
     }
 
     /// Records that a commit of the tree as of record `seq` is about to make `version` with `pdh`, durably.
+    /// A marker that cannot be written is not counted: the file then ends with the records before it (and
+    /// perhaps a torn frame, cut off when read).
     pub fn mark_commit(&self, seq: u64, version: u64, pdh: &str) -> Result<(), JournalError> {
         {
             let mut j = self.inner();
+            if let Some((why, errno)) = &j.broken {
+                return Err(JournalError::Broken { path: self.path.clone(), why: why.clone(), errno: *errno });
+            }
             let after = j.appended.saturating_sub(seq);
             encode(&Record::Committing { after, version, pdh: pdh.to_string() }, &mut j.pending);
             j.appended += 1;
         }
-        self.sync()
+        let synced = self.sync();
+        if synced.is_err() {
+            let mut j = self.inner();
+            j.appended -= 1;
+        }
+        synced
     }
 
     /// After a commit of the tree as it was at record `seq`, as version `base_version`, whose entries had the
@@ -363,8 +390,23 @@ impl Journal {
         header.next_ino = inos.next;
         // Records after `seq` may be pending or already in the file: read the file's records, add the pending.
         Self::write_pending(&self.path, &mut j);
-        if let Some(why) = &j.broken {
-            return Err(JournalError::Broken { path: self.path.clone(), why: why.clone() });
+        if let Some((why, errno)) = &j.broken {
+            // Records were lost, but a commit of the tree as of the last record needs none of them: start
+            // afresh from it. With records after the commit's snapshot, the journal stays broken (the next
+            // commit tries again).
+            if seq < j.appended {
+                return Err(JournalError::Broken { path: self.path.clone(), why: why.clone(), errno: *errno });
+            }
+            header.format = Header::FORMAT;
+            let mut out = Vec::new();
+            encode(&Record::Header(header.clone()), &mut out);
+            j.file = replace_file(&self.path, &out)?;
+            j.pending.clear();
+            tracing::info!(journal = %self.path.display(), "journal rewritten after a failed write");
+            j.dropped = j.appended;
+            j.header = header;
+            j.broken = None;
+            return Ok(());
         }
         let mut bytes = Vec::new();
         let mut file = File::open(&self.path).map_err(io(&self.path))?;

@@ -920,7 +920,10 @@ impl Filesystem {
     /// Makes every change recorded so far durable in the journal (a no-op without one).
     pub fn sync_journal(&self) -> Result<(), FsError> {
         match self.shared.journal.get() {
-            Some(j) => j.sync().map_err(|e| FsError::Io(e.to_string())),
+            Some(j) => j.sync().map_err(|e| match e.errno() {
+                Some(libc::ENOSPC) => FsError::NoSpace(e.to_string()),
+                _ => FsError::Io(e.to_string()),
+            }),
             None => Ok(()),
         }
     }
