@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stop what scripts/up.sh started: cafsd first (SIGTERM: it commits every changed tree and unmounts every mount
-# through the helper), then the helper. Processes are found by their PID files and stopped only if they still
-# run the binaries up.sh started.
+# Stop what scripts/up.sh started: unmount every mount through cafsd (each changed tree is committed first),
+# then stop cafsd and the helper. (SIGTERM alone would leave the mounts to a next cafsd, held by the helper; this
+# script stops for good.) Processes are found by their PID files and stopped only if they still run the
+# binaries up.sh started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=/run/cafs
@@ -25,5 +26,11 @@ stop() { # NAME BINARY
   fi
   rm -f "$pidfile"
 }
+if [ -S "$run/cafsd.sock" ] && [ -x "$bin/fsctl" ]; then
+  "$bin/fsctl" --server "$run/cafsd.sock" ls 2>/dev/null | cut -f1 | while IFS= read -r m; do
+    "$bin/fsctl" --server "$run/cafsd.sock" umount "$m" && echo "==> unmounted $m" >&2 ||
+      echo "could not unmount $m" >&2
+  done
+fi
 stop cafsd "$bin/cafsd"
 stop cafs-mount "$bin/cafs-mount"

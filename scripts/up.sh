@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Bring cafs up the way a worker node runs it, on the embedded default (local block directory + SQLite catalog):
 # build, start the privileged helper (cafs-mount serve) as root and cafsd as an unprivileged user, mount a
-# writable collection through cafsd with fsctl, and say what to do next. scripts/down.sh stops it all (cafsd
-# commits and unmounts every mount first). Run as root; running it again restarts the stack.
+# writable collection through cafsd with fsctl, and say what to do next. scripts/down.sh stops it all (every
+# mount is committed and unmounted first). Run as root; running it again restarts the stack.
 #   CAFS_MOUNT      mount point                       [default: /tmp/cafs]
 #   CAFS_REF        collection (ref) name             [default: scratch]
 #   CAFS_OWNER      user the mount is for             [default: $SUDO_USER, else root]
