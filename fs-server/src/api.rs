@@ -6,8 +6,11 @@
 //! listener has no peer credentials: a caller there must present the configured bearer token, and then acts as
 //! an operator (all mounts). Operations that change state run as tasks of their own, so that a client that
 //! goes away mid-call (a killed `fsctl`) cancels nothing half-done.
+//!
+//! Every field a request carries is checked before anything is looked up, relayed or changed, and a refusal
+//! repeats at most the first few dozen bytes of what it refuses (a status message travels in an HTTP/2 header).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,8 +24,18 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{CatalogError, RefName};
 use crate::collection::CollectionError;
+use crate::control::check_message;
 use crate::fs::FsError;
+use crate::fs::inode::NAME_MAX;
+use crate::manifest::Pdh;
 use crate::server::{Served, Server, ServerError};
+
+/// The largest request decoded (tonic's default, stated here): a larger one is refused before any handler runs.
+/// The largest sensible request is a commit message of [`crate::control::MAX_MESSAGE`].
+const MAX_REQUEST: usize = 4 << 20;
+
+/// How many bytes of a refused input an error message repeats.
+const SHOWN: usize = 64;
 
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +80,7 @@ impl Api {
     }
 
     pub fn into_service(self) -> CafsServer<Self> {
-        CafsServer::new(self)
+        CafsServer::new(self).max_decoding_message_size(MAX_REQUEST)
     }
 
     fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
@@ -86,7 +99,7 @@ impl Api {
 
     /// The mount at `dir`, if `caller` may `what` it.
     fn mount_of(&self, caller: Caller, dir: &str, what: &'static str) -> Result<Arc<Served>, Status> {
-        let s = self.server.get(Path::new(dir)).map_err(status)?;
+        let s = self.server.get(mount_point(dir)?).map_err(status)?;
         s.check_owner(caller.uid(), what).map_err(status)?;
         Ok(s)
     }
@@ -106,6 +119,51 @@ impl Api {
             mounts: mounts.iter().map(|s| mount_status(s)).collect(),
         })
     }
+}
+
+/// `s` as an error message repeats it: quoted, and cut after [`SHOWN`] bytes.
+fn shown(s: &str) -> String {
+    if s.len() <= SHOWN {
+        return format!("{s:?}");
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &s[..end], s.len())
+}
+
+/// A ref name from a request.
+fn ref_name(name: String) -> Result<RefName, Status> {
+    RefName::new(name).map_err(|e| match e {
+        CatalogError::InvalidRef { name, why } => {
+            Status::invalid_argument(format!("invalid ref name {}: {why}", shown(&name)))
+        }
+        e => Status::invalid_argument(e.to_string()),
+    })
+}
+
+/// A mount point from a request, checked as a path before it is looked up: absolute, no NUL, no `.` or `..`
+/// component (the helper refuses those too; a lookup would only say "not a mount"), and within the kernel's
+/// limits on a path and on a name.
+fn mount_point(dir: &str) -> Result<&Path, Status> {
+    let bad = |why: String| Err(Status::invalid_argument(format!("mount point {}: {why}", shown(dir))));
+    if dir.len() >= libc::PATH_MAX as usize {
+        return bad(format!("longer than {} bytes", libc::PATH_MAX - 1));
+    }
+    if dir.contains('\0') {
+        return bad("contains a NUL byte".into());
+    }
+    if !dir.starts_with('/') {
+        return bad("must be an absolute path".into());
+    }
+    if dir.split('/').any(|c| c == "." || c == "..") {
+        return bad("must not contain '.' or '..' components".into());
+    }
+    if dir.split('/').any(|c| c.len() > NAME_MAX) {
+        return bad(format!("has a component longer than {NAME_MAX} bytes"));
+    }
+    Ok(Path::new(dir))
 }
 
 /// Compares without an early exit, so that the time taken says nothing about how much of a token matched.
@@ -187,18 +245,35 @@ impl Cafs for Api {
     async fn mount(&self, req: Request<pb::MountRequest>) -> Result<Response<pb::MountReply>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
+        let dir = mount_point(&r.mount_point)?;
+        // A new mount point shows up in the mount table, `fsctl ls` and logs, all line- and tab-separated.
+        if r.mount_point.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "mount point {}: contains a control character",
+                shown(&r.mount_point)
+            )));
+        }
+        let catalog = self.server.catalog();
+        // What cannot be mounted is refused here, before the helper mounts and then has to unmount again.
         let origin = match r.source {
             Some(Source::RefName(name)) => {
-                RefName::new(name.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                Origin::Ref(name)
+                let name = ref_name(name)?;
+                if r.read_only && catalog.head(&name).await.map_err(|e| Status::internal(e.to_string()))?.is_none() {
+                    return Err(Status::not_found(format!("ref {name} has no committed version to mount read-only")));
+                }
+                Origin::Ref(name.as_str().to_string())
             }
-            Some(Source::Pdh(pdh)) => {
-                crate::manifest::Pdh::parse(&pdh).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                Origin::Pdh(pdh)
+            Some(Source::Pdh(text)) => {
+                let pdh = Pdh::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                // Reads the manifest a second time (the mount reads it again): the price of a clean refusal.
+                if catalog.get_collection(&pdh).await.map_err(|e| Status::internal(e.to_string()))?.is_none() {
+                    return Err(Status::not_found(format!("collection {pdh} is not in the catalog")));
+                }
+                Origin::Pdh(text)
             }
             None => return Err(Status::invalid_argument("a mount needs a ref name or a hash")),
         };
-        let request = HelperMount { mountpoint: PathBuf::from(r.mount_point), origin, read_only: r.read_only };
+        let request = HelperMount { mountpoint: dir.to_path_buf(), origin, read_only: r.read_only };
         let autocommit = r.autocommit_secs.map(|s| Duration::from_secs(s.into()));
         let server = self.server.clone();
         let s = detached(async move {
@@ -223,11 +298,10 @@ impl Cafs for Api {
     async fn commit(&self, req: Request<pb::CommitRequest>) -> Result<Response<pb::CommitReply>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
+        mount_point(&r.mount_point)?;
+        let into = if r.into_ref.is_empty() { None } else { Some(ref_name(r.into_ref.clone())?) };
+        check_message(&r.message).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let s = self.mount_of(caller, &r.mount_point, "commit")?;
-        let into = match r.into_ref.as_str() {
-            "" => None,
-            name => Some(RefName::new(name).map_err(|e| Status::invalid_argument(e.to_string()))?),
-        };
         let server = self.server.clone();
         let c =
             detached(async move { server.commit(&s, into.as_ref(), &caller.name(), &r.message).await.map_err(status) })
@@ -260,7 +334,7 @@ impl Cafs for Api {
 
     async fn log(&self, req: Request<pb::LogRequest>) -> Result<Response<pb::LogReply>, Status> {
         self.caller(&req)?;
-        let name = RefName::new(req.into_inner().ref_name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let name = ref_name(req.into_inner().ref_name)?;
         let history = self.server.catalog().history(&name).await.map_err(|e| Status::internal(e.to_string()))?;
         if history.is_empty() {
             return Err(Status::not_found(format!("ref {name} has no versions")));

@@ -1,7 +1,10 @@
 //! The control files of a writable mount, reachable by path under `.cafs/` but never listed and never
-//! committed: `commit` (write anything: commit, and the write returns when the commit is durable or fails with
+//! committed: `commit` (write a message: commit, and the write returns when the commit is durable or fails with
 //! its error), `dirty` (`0` or `1`), `hash` (the last commit's PDH), `manifest` (the current tree's manifest
 //! text, which uploads what is buffered), `status` (JSON). FUSE-free: the adapter routes names and bytes here.
+//!
+//! Each write to `commit` is one commit request and its bytes are the message: at most [`MAX_MESSAGE`] bytes
+//! (else `EFBIG`) of UTF-8 text without NUL (else `EINVAL`); a refused write commits nothing.
 
 use std::sync::Mutex;
 
@@ -11,6 +14,54 @@ use crate::collection::{Collection, CollectionError, Committed};
 
 /// The directory that holds the control files, in the mount's root.
 pub const DIR_NAME: &[u8] = b".cafs";
+
+/// The longest commit message, in bytes, however the commit is asked for. A message describes a version;
+/// anything longer is data sent to the wrong place, and it would be repeated in every listing of the history.
+pub const MAX_MESSAGE: usize = 64 << 10;
+
+/// Why a commit message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("the commit message is {0} bytes; the limit is {MAX_MESSAGE}")]
+    TooLong(usize),
+    #[error("the commit message is not UTF-8 text")]
+    NotText,
+    #[error("the commit message contains a NUL byte")]
+    Nul,
+}
+
+impl MessageError {
+    /// The errno a write to `.cafs/commit` fails with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            MessageError::TooLong(_) => libc::EFBIG,
+            MessageError::NotText | MessageError::Nul => libc::EINVAL,
+        }
+    }
+}
+
+/// Checks a commit message (from any client) against [`MAX_MESSAGE`]; NUL is refused because the C tools that
+/// read the catalog and the terminals that show `fsctl log` stop or misbehave at it.
+pub fn check_message(message: &str) -> Result<(), MessageError> {
+    if message.len() > MAX_MESSAGE {
+        return Err(MessageError::TooLong(message.len()));
+    }
+    if message.contains('\0') {
+        return Err(MessageError::Nul);
+    }
+    Ok(())
+}
+
+/// The message one write of `data` to `commit` carries: the bytes as text, trimmed. Judged write by write,
+/// not by offset: a writer may keep the file open and commit through it again and again.
+pub fn commit_message(data: &[u8]) -> Result<String, MessageError> {
+    if data.len() > MAX_MESSAGE {
+        return Err(MessageError::TooLong(data.len()));
+    }
+    let text = std::str::from_utf8(data).map_err(|_| MessageError::NotText)?;
+    check_message(text)?;
+    Ok(text.trim().to_string())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlFile {
@@ -133,6 +184,17 @@ mod tests {
     use crate::fs::FsOptions;
     use crate::fs::inode::ROOT;
     use crate::store::{BlockStore, LocalDirStore};
+
+    #[test]
+    fn commit_messages_are_bounded_text() {
+        assert_eq!(commit_message(b"  first results\n").unwrap(), "first results");
+        assert_eq!(commit_message(&[b'a'; MAX_MESSAGE]).unwrap().len(), MAX_MESSAGE);
+        let long = commit_message(&[b'a'; MAX_MESSAGE + 1]).unwrap_err();
+        assert_eq!((long.clone(), long.errno()), (MessageError::TooLong(MAX_MESSAGE + 1), libc::EFBIG));
+        assert_eq!(commit_message(b"caf\xff").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(commit_message(b"a\0b").unwrap_err(), MessageError::Nul);
+        assert_eq!(check_message("tab\tand\nnewline"), Ok(()));
+    }
 
     #[test]
     fn control_files_report_and_commit() {

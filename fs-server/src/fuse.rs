@@ -473,8 +473,14 @@ impl fuser::Filesystem for CafsFuse {
             if f != ControlFile::Commit {
                 return reply.error(Errno::EACCES);
             }
+            let message = match control::commit_message(data) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "write to .cafs/commit refused; nothing committed");
+                    return reply.error(Errno::from_i32(e.errno()));
+                }
+            };
             let committer = format!("uid {}", req.uid());
-            let message = String::from_utf8_lossy(data).trim().to_string();
             return match self.rt.block_on(self.control.commit(&self.coll, &committer, &message)) {
                 Ok(_) => reply.written(data.len() as u32),
                 Err(_) => reply.error(Errno::EIO),

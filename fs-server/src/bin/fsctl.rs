@@ -534,12 +534,25 @@ mod job {
         }
     }
 
+    /// `message` cut to what cafsd accepts (a command line may be longer than a commit message may be).
+    fn fitted(message: &str) -> String {
+        const MORE: &str = " ...";
+        if message.len() <= cafs::control::MAX_MESSAGE {
+            return message.to_string();
+        }
+        let mut end = cafs::control::MAX_MESSAGE - MORE.len();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}{MORE}", &message[..end])
+    }
+
     /// Commits (into `into`, when given) and unmounts; on failure the mount is left in place with its data, and
     /// the error says so.
     async fn finish(c: &mut Client, mount_point: &str, into: Option<&str>, message: &str) -> anyhow::Result<String> {
         let req = pb::CommitRequest {
             mount_point: mount_point.to_string(),
-            message: message.to_string(),
+            message: fitted(message),
             into_ref: into.unwrap_or_default().to_string(),
         };
         let pdh = match c.commit(req).await {

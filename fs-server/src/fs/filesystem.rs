@@ -49,6 +49,9 @@ pub struct FsOptions {
     pub upload_attempts: u32,
     /// Wait before the second attempt; doubles for each further one.
     pub retry_delay: Duration,
+    /// An upload attempt that takes longer has failed (a store that hangs is a store that is down): it is
+    /// abandoned and retried like any transient error.
+    pub upload_timeout: Duration,
 }
 
 impl Default for FsOptions {
@@ -61,6 +64,7 @@ impl Default for FsOptions {
             readahead: 128 << 20,
             upload_attempts: 4,
             retry_delay: Duration::from_millis(200),
+            upload_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -1457,7 +1461,12 @@ async fn put_with_retry(shared: &Shared, block: &Block) -> Result<(), StoreError
     let mut delay = shared.opts.retry_delay;
     let mut attempt = 1;
     loop {
-        match shared.store.put(block).await {
+        let limit = shared.opts.upload_timeout;
+        let attempt_result = match tokio::time::timeout(limit, shared.store.put(block)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!("the upload took over {} s", limit.as_secs_f64()))),
+        };
+        match attempt_result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && attempt < shared.opts.upload_attempts => {
                 tracing::info!(attempt, error = %e, "upload failed; retrying");

@@ -158,6 +158,27 @@ fn a_failing_store_reaches_fsync_and_loses_nothing() {
 }
 
 #[test]
+fn a_store_that_hangs_times_out_into_eio_and_loses_nothing() {
+    let e = env();
+    let f = fs(&e, FsOptions { upload_timeout: Duration::from_millis(100), ..small(4096) });
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    // Every put takes an hour: without a limit, fsync would wait as long.
+    e.store.set_put_delay(Duration::from_secs(3600));
+    let data = vec![7u8; 10_000];
+    f.write(ino, 0, &data).unwrap();
+    let started = std::time::Instant::now();
+    let err = f.fsync(ino).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    assert!(err.to_string().contains("took over"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());
+    assert_eq!(f.read(ino, 0, u64::MAX).unwrap(), data, "held");
+    // The store answers again: the next fsync stores it.
+    e.store.set_put_delay(Duration::ZERO);
+    f.fsync(ino).unwrap();
+    assert!(all_stored(&f, ino));
+}
+
+#[test]
 fn corrupted_store_reads_are_errors_not_bytes() {
     let e = env();
     let f = fs(&e, FsOptions { cache_size: 0, ..small(4096) });
