@@ -142,9 +142,15 @@ pub fn recv<T: DeserializeOwned>(stream: &UnixStream) -> Result<(T, Option<Owned
     // truncated, and nix then refuses to list them: they were left open (2 per message of 3 fds; found by the
     // helper_request fuzz target).
     let mut cmsg_buf = nix::cmsg_space!([std::os::fd::RawFd; 253]);
-    let got = {
+    let got = loop {
         let mut iov = [IoSliceMut::new(&mut header)];
-        let msg = socket::recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let msg = socket::recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC);
+        let msg = match msg {
+            // A signal handled while waiting, nothing received (a socket with a read timeout is never restarted,
+            // whatever the handler's flags): wait on, as `read_full` does (found by the helper_request fuzz target).
+            Err(nix::errno::Errno::EINTR) => continue,
+            msg => msg?,
+        };
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 for r in raw {
@@ -154,7 +160,7 @@ pub fn recv<T: DeserializeOwned>(stream: &UnixStream) -> Result<(T, Option<Owned
                 }
             }
         }
-        msg.bytes
+        break msg.bytes;
     };
     if got == 0 {
         return Err(WireError::Closed);

@@ -11,7 +11,21 @@ pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        // What cargo test sets for this test binary describes this package, not the build: left in, it makes
+        // build scripts that watch it (ring's) rerun, rebuilding TLS in every test binary.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_BIN_EXE_")
+                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE"]
+                    .contains(&k.as_ref())
+                || ["CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR", "OUT_DIR"].contains(&k.as_ref())
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
+        let status = cmd
             .args(["build", "-q", "-p", "fs-server", "-p", "mount-helper", "--bins"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()

@@ -161,7 +161,7 @@ impl Stack {
         mounts
             .lines()
             .filter_map(|l| l.split(' ').nth(1))
-            .map(PathBuf::from)
+            .map(unescape_mount_path)
             .filter(|p| p.starts_with(&self.base))
             .collect()
     }
@@ -180,6 +180,27 @@ impl Drop for Stack {
             let _ = h.wait();
         }
     }
+}
+
+/// A mount point as `/proc/self/mounts` writes it, with space, tab, newline and backslash as octal escapes.
+fn unescape_mount_path(p: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = p.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(b.len()), 0);
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// Runs a shell script as `uid` in `dir` (at most 5 minutes).

@@ -69,8 +69,14 @@ fn the_json_is_the_documented_shape() {
         serde_json::to_string(&Handoff { request: request(), uid: 7, gid: 8, resume: false, held: false }).unwrap();
     assert_eq!(
         text,
-        r#"{"request":{"mountpoint":"/scratch/job 1","origin":{"ref":"results"},"read_only":false},"uid":7,"gid":8}"#
+        r#"{"request":{"mountpoint":"/scratch/job 1","origin":{"ref":"results"},"read_only":false},"uid":7,"gid":8,"resume":false,"held":false}"#
     );
+    // A hand-over from a helper that predates live restart: a fresh mount nobody holds.
+    let old: Handoff = serde_json::from_str(
+        r#"{"request":{"mountpoint":"/m","origin":{"ref":"r"},"read_only":false},"uid":7,"gid":8}"#,
+    )
+    .unwrap();
+    assert!(!old.resume && !old.held);
     let pdh: MountRequest =
         serde_json::from_str(r#"{"mountpoint":"/m","origin":{"pdh":"d41d8cd98f00b204e9800998ecf8427e+0"}}"#).unwrap();
     assert_eq!(pdh.origin, Origin::Pdh("d41d8cd98f00b204e9800998ecf8427e+0".into()));
