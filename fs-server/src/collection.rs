@@ -556,8 +556,11 @@ mod tests {
     }
 
     fn open_journaled(e: &Env, name: &str) -> (Collection, Recovered) {
+        open_journaled_at(e, name, &e._dir.path().join("journal/j.journal"))
+    }
+
+    fn open_journaled_at(e: &Env, name: &str, journal: &Path) -> (Collection, Recovered) {
         let name = RefName::new(name).unwrap();
-        let journal = e._dir.path().join("journal/j.journal");
         let (c, r) =
             e.rt.block_on(Collection::open_ref_journaled(
                 e.catalog.clone(),
@@ -566,7 +569,7 @@ mod tests {
                 FsOptions::default(),
                 0,
                 0,
-                &journal,
+                journal,
                 Path::new("/mnt/job"),
             ))
             .unwrap();
@@ -608,6 +611,49 @@ mod tests {
         assert_eq!(r, Recovered { records: 0, base_version: 2 });
         assert!(!c.is_dirty());
         assert_eq!(read(&c, b"second"), b"two");
+    }
+
+    #[test]
+    fn writes_that_died_unstored_fail_the_next_fsync_or_close_once() {
+        let e = env();
+        let (c, _) = open_journaled(&e, "job");
+        let ino = |c: &Collection, n: &[u8]| c.fs().lookup(ROOT, n).unwrap().ino;
+        write(&c, b"synced", b"safe");
+        c.fs().fsync(ino(&c, b"synced")).unwrap();
+        write(&c, b"memory", b"only in memory");
+        write(&c, b"grown", b"v1");
+        c.fs().fsync(ino(&c, b"grown")).unwrap();
+        let g = ino(&c, b"grown");
+        c.fs().write(g, 2, b" and more, unsynced").unwrap();
+        write(&c, b"committed", b"stored by the commit");
+        e.rt.block_on(c.commit("t", "v1")).unwrap();
+        write(&c, b"late", b"after the commit, in memory");
+        drop(c); // cafsd killed: what was only in memory is gone
+        let (c, _) = open_journaled(&e, "job");
+        let mut lost = c.fs().lost_writes();
+        lost.sort();
+        assert_eq!(lost, vec![b"late".to_vec()], "the commit stored everything written before it");
+        // Once reported, it is reported no more: the next fsync works.
+        let late = ino(&c, b"late");
+        assert_eq!(c.fs().fsync(late).unwrap_err().errno(), libc::EIO);
+        c.fs().fsync(late).unwrap();
+        c.fs().close_error(late).unwrap();
+        assert_eq!(read(&c, b"synced"), b"safe");
+        assert_eq!(read(&c, b"committed"), b"stored by the commit");
+
+        // Without a commit in between: the unsynced files are reported, by close too.
+        write(&c, b"memory2", b"only in memory");
+        let s = ino(&c, b"synced");
+        c.fs().write(s, 4, b", then more").unwrap();
+        c.fs().fsync(s).unwrap();
+        drop(c);
+        let (c, _) = open_journaled(&e, "job");
+        assert_eq!(c.fs().lost_writes(), vec![b"memory2".to_vec()], "a file fsynced again is whole");
+        let m = ino(&c, b"memory2");
+        assert_eq!(c.fs().close_error(m).unwrap_err().errno(), libc::EIO);
+        c.fs().close_error(m).unwrap();
+        c.fs().fsync(m).unwrap();
+        assert_eq!(read(&c, b"synced"), b"safe, then more");
     }
 
     /// Every entry's path and inode number.
@@ -782,19 +828,7 @@ mod tests {
         // much room as the journal had.
         std::fs::write(disk.join("filler"), vec![1u8; 320 << 10]).unwrap();
         let journal = disk.join("journal/j.journal");
-        let name = RefName::new("job").unwrap();
-        let (c, _) =
-            e.rt.block_on(Collection::open_ref_journaled(
-                e.catalog.clone(),
-                e.store.clone(),
-                name,
-                FsOptions::default(),
-                0,
-                0,
-                &journal,
-                Path::new("/mnt/job"),
-            ))
-            .unwrap();
+        let (c, _) = open_journaled_at(&e, "job", &journal);
         let fs = c.fs().clone();
         // Make entries with long names, syncing the journal after each, until the disk is full.
         let mut made = 0;

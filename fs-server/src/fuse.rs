@@ -25,6 +25,10 @@ use crate::fs::{Attr, FsError, SetAttr};
 /// How long the kernel may cache names and attributes. Every change goes through this mount, so the kernel's
 /// cache stays right; the control files are exempt (their contents change by themselves).
 const TTL: Duration = Duration::from_secs(1);
+/// File handles say how a file was opened (cafs keeps no per-handle state): only a writer's `close` reports
+/// write errors. Stable across restarts, since the kernel keeps the handles an earlier cafsd gave.
+const READER: FileHandle = FileHandle(0);
+const WRITER: FileHandle = FileHandle(1);
 
 const CONTROL_DIR: u64 = u64::MAX - 1;
 
@@ -420,7 +424,7 @@ impl fuser::Filesystem for CafsFuse {
                 let _ = self.coll.fs().release(ino.0);
                 reply.error(Errno::EISDIR)
             }
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.opened(if wants_write { WRITER } else { READER }, FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -495,13 +499,14 @@ impl fuser::Filesystem for CafsFuse {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let _live = self.gate.enter();
-        // close(): report a failed upload; never a commit.
-        if control_file(ino.0).is_some() {
+        // close(): a writer hears of a failed upload or of writes lost with a dead cafsd; never a commit. A
+        // reader's close has nothing to report.
+        if control_file(ino.0).is_some() || fh != WRITER {
             return reply.ok();
         }
-        self.empty(reply, self.coll.fs().upload_error(ino.0));
+        self.empty(reply, self.coll.fs().close_error(ino.0));
     }
 
     fn release(
@@ -624,7 +629,7 @@ impl fuser::Filesystem for CafsFuse {
         }
         let r = self.coll.fs().create(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         match self.made_again(req, parent.0, name, r).and_then(|a| self.coll.fs().open(a.ino)) {
-            Ok(a) => reply.created(&TTL, &file_attr(&a), Generation(0), FileHandle(0), FopenFlags::empty()),
+            Ok(a) => reply.created(&TTL, &file_attr(&a), Generation(0), WRITER, FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -143,6 +143,17 @@ pub enum Record {
         version: u64,
         pdh: String,
     },
+    /// The file at `path` took writes whose bytes are only in cafsd's memory (written once per change from
+    /// "all stored" to "some in memory", not per write). If cafsd dies before the matching [`Record::Synced`],
+    /// recovery knows the file may have lost acknowledged writes, and its next `fsync` or `close` says so.
+    /// (Added after the format's first records: older journals decode unchanged.)
+    Unsynced {
+        path: Vec<u8>,
+    },
+    /// Every byte written to the file at `path` is stored again (its `Stored` records precede this one).
+    Synced {
+        path: Vec<u8>,
+    },
 }
 
 /// What recovery replays and which version the result starts clean at.

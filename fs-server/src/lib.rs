@@ -11,6 +11,7 @@
 //! - [`collection`]: a tree bound to its ref or hash, and the commit logic;
 //! - [`journal`]: the per-mount log of uncommitted changes that a restarted cafsd rebuilds a tree from;
 //! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
+//! - [`systemd`]: readiness and the file descriptor store that keeps mounts across cafsd restarts;
 //! - [`api`]: the gRPC API over those mounts, and who may drive which;
 //! - [`transfer`]: moving a directory tree on disk into a collection and back.
 
@@ -27,6 +28,7 @@ pub mod manifest;
 pub mod mount;
 pub mod server;
 pub mod store;
+pub mod systemd;
 pub mod transfer;
 
 pub use locator::Locator;

@@ -8,7 +8,7 @@
 //! then unmounts).
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +27,7 @@ use crate::journal;
 use crate::manifest::Pdh;
 use crate::mount::{MountOptions, resume_fd, serve_fd};
 use crate::store::BlockStore;
+use crate::systemd::{FdStore, Restored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -68,8 +69,10 @@ pub struct Served {
     pub gid: u32,
     /// Zero: never.
     pub autocommit: Duration,
-    /// The helper holds a duplicate of the mount's fd: the mount can outlive this cafsd.
+    /// The helper, or systemd's fd store, holds a duplicate of the mount's fd: the mount can outlive this cafsd.
     pub held: bool,
+    /// The name systemd's fd store keeps the mount's fd under, when it does.
+    fdname: Option<String>,
     gate: Arc<Gate>,
     /// Set by an unmount that drops uncommitted changes.
     discard: AtomicBool,
@@ -152,6 +155,9 @@ pub struct Server {
     prefs: Mutex<HashMap<PathBuf, Prefs>>,
     /// Set once cafsd is shutting down: no new mounts.
     stopping: AtomicBool,
+    /// systemd's file descriptor store, when cafsd runs under systemd with one: every mount's fd is kept there
+    /// too, so mounts outlive cafsd even when no helper daemon holds them.
+    fdstore: Option<FdStore>,
 }
 
 /// `dir` as the helper names it: absolute, its components normalized.
@@ -170,6 +176,7 @@ impl Server {
         autocommit: Duration,
         helper: PathBuf,
         journals: PathBuf,
+        fdstore: Option<FdStore>,
     ) -> Arc<Self> {
         let server = Arc::new(Self {
             catalog,
@@ -182,6 +189,7 @@ impl Server {
             mounts: Mutex::new(HashMap::new()),
             prefs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            fdstore,
         });
         rt.spawn(sample_throughput(Arc::downgrade(&server)));
         server
@@ -296,13 +304,19 @@ impl Server {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    fn serve(self: &Arc<Self>, h: Handoff, dev: OwnedFd) -> Result<PathBuf, String> {
+    fn serve(self: &Arc<Self>, mut h: Handoff, dev: OwnedFd) -> Result<PathBuf, String> {
         if self.is_stopping() {
             return Err("cafsd is shutting down".into());
         }
         let dir = normalize(&h.request.mountpoint).map_err(|e| e.to_string())?;
+        h.request.mountpoint = dir.clone();
         let prefs = self.prefs.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
         if self.serves(&dir) {
+            // The helper handing back a mount that systemd's fd store already gave back: the same connection,
+            // taken over once. Refusing would have the helper detach a live mount.
+            if h.resume {
+                return Ok(dir);
+            }
             return Err(format!("{} is already served", dir.display()));
         }
         let opts = FsOptions::default();
@@ -345,13 +359,34 @@ impl Server {
         let fuse = CafsFuse::new(coll.clone(), control.clone(), self.rt.clone(), h.uid, h.gid);
         let gate = fuse.gate();
         let opts = MountOptions { read_only: coll.is_read_only(), ..MountOptions::default() };
+        // Kept in systemd's store before it is served: a mount is never served without a holder that outlives
+        // this cafsd, once there is a store.
+        let fdname = match (&self.fdstore, dev.try_clone()) {
+            (Some(store), Ok(dup)) => match store.keep(&h, dup.as_fd()) {
+                Ok(name) => Some(name),
+                Err(e) => {
+                    tracing::warn!(mount = %dir.display(), error = %e, "could not keep the mount in systemd's fd store");
+                    None
+                }
+            },
+            (Some(_), Err(e)) => {
+                tracing::warn!(mount = %dir.display(), error = %e, "could not duplicate the mount's fd");
+                None
+            }
+            (None, _) => None,
+        };
         let mounted = if h.resume {
             tracing::info!(mount = %dir.display(), "taking over a live mount");
             resume_fd(&dir, dev, fuse, &opts)
         } else {
             serve_fd(&dir, dev, fuse, &opts)
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            if let (Some(store), Some(name)) = (&self.fdstore, &fdname) {
+                store.forget(name);
+            }
+            e.to_string()
+        })?;
         let autocommit =
             if coll.is_read_only() { Duration::ZERO } else { prefs.map_or(self.autocommit, |p| p.autocommit) };
         let served = Arc::new(Served {
@@ -361,7 +396,8 @@ impl Server {
             uid: h.uid,
             gid: h.gid,
             autocommit,
-            held: h.held,
+            held: h.held || fdname.is_some(),
+            fdname,
             gate,
             discard: AtomicBool::new(false),
             throughput: Mutex::new(Throughput::default()),
@@ -407,8 +443,33 @@ impl Server {
         if outcome.is_ok() {
             s.coll.remove_journal();
         }
+        if let (Some(store), Some(name)) = (&self.fdstore, &s.fdname) {
+            store.forget(name);
+        }
         tracing::info!(mount = %s.dir.display(), "unmounted");
         s.ended.send_replace(Some(outcome));
+    }
+
+    /// Serves again the mounts systemd's fd store handed back at start (see [`FdStore::restore`]). A mount that
+    /// cannot be served is dropped from the store and detached. Blocking. Returns how many are served.
+    pub fn restore_stored(self: &Arc<Self>) -> usize {
+        let Some(store) = &self.fdstore else { return 0 };
+        let mut served = 0;
+        for Restored { name, handoff, fd } in store.restore() {
+            let dir = handoff.request.mountpoint.clone();
+            match self.serve(handoff, fd) {
+                Ok(_) => {
+                    tracing::info!(mount = %dir.display(), "took over a mount from systemd's fd store");
+                    served += 1;
+                }
+                Err(message) => {
+                    tracing::error!(mount = %dir.display(), %message, "cannot serve a mount from the fd store; detaching it");
+                    store.forget(&name);
+                    let _ = crate::mount::umount(&dir, true);
+                }
+            }
+        }
+        served
     }
 
     /// Asks the helper for the mounts it holds from an earlier cafsd (after a restart): each comes back through

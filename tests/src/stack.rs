@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::manager::Manager;
 use crate::mount::bin;
 use crate::{run_bounded, terminate};
 
@@ -25,6 +26,8 @@ pub struct Stack {
     state: PathBuf,
     cafsd: Option<Child>,
     helper: Option<Child>,
+    /// When set, cafsd is started as systemd starts it with a file descriptor store.
+    manager: Option<Manager>,
 }
 
 fn is_root() -> bool {
@@ -48,6 +51,16 @@ impl Stack {
     /// Starts the helper (mounts allowed below `base`/jobs, which it creates world-writable with the sticky
     /// bit, like /tmp) and cafsd with `cafsd_args` added.
     pub fn start(base: &Path, cafsd_args: &[&str]) -> Self {
+        Self::start_with(base, cafsd_args, None)
+    }
+
+    /// As [`Stack::start`], with cafsd started (every time) as systemd starts it with a file descriptor store
+    /// that `manager` keeps.
+    pub fn start_managed(base: &Path, cafsd_args: &[&str], manager: Manager) -> Self {
+        Self::start_with(base, cafsd_args, Some(manager))
+    }
+
+    fn start_with(base: &Path, cafsd_args: &[&str], manager: Option<Manager>) -> Self {
         assert!(is_root(), "the stack needs root (it starts cafs-mount)");
         std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (state, run, jobs) = (base.join("state"), base.join("run"), base.join("jobs"));
@@ -64,6 +77,7 @@ impl Stack {
             state,
             cafsd: None,
             helper: None,
+            manager,
         };
         let mut helper = Command::new(bin("cafs-mount"))
             .arg("serve")
@@ -85,20 +99,34 @@ impl Stack {
     /// (Re)starts cafsd as `nobody` on the stack's state directory.
     pub fn start_cafsd(&mut self, args: &[&str]) {
         assert!(self.cafsd.is_none(), "cafsd is running");
-        let mut cafsd = Command::new(bin("cafsd"))
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--helper")
-            .arg(&self.helper_socket)
-            .args(args)
+        let mut argv: Vec<std::ffi::OsString> = vec!["--state-dir".into(), self.state.clone().into()];
+        argv.extend([
+            "--socket".into(),
+            self.socket.clone().into(),
+            "--helper".into(),
+            self.helper_socket.clone().into(),
+        ]);
+        argv.extend(args.iter().map(Into::into));
+        let (mut cmd, passed) = match &self.manager {
+            Some(m) => {
+                let mut cmd = Manager::service_command(&bin("cafsd"), &argv);
+                let passed = m.prepare(&mut cmd, 64);
+                (cmd, passed)
+            }
+            None => {
+                let mut cmd = Command::new(bin("cafsd"));
+                cmd.args(&argv);
+                (cmd, Vec::new())
+            }
+        };
+        let mut cafsd = cmd
             .uid(NOBODY)
             .gid(NOBODY)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .expect("start cafsd as nobody");
+        drop(passed);
         wait_for(&self.socket, &mut cafsd, "cafsd");
         self.cafsd = Some(cafsd);
     }
@@ -128,6 +156,11 @@ impl Stack {
         let mut child = self.cafsd.take().expect("cafsd runs");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// The service manager cafsd runs under, if any.
+    pub fn manager(&self) -> Option<&Manager> {
+        self.manager.as_ref()
     }
 
     /// cafsd's state directory.

@@ -27,6 +27,7 @@ use cafs::manifest::Pdh;
 use cafs::mount::{MountOptions, mount_as_root, umount};
 use cafs::server::{Server, ServerError, autocommit, bind_unix, fd_socket_path};
 use cafs::store::LocalDirStore;
+use cafs::systemd::FdStore;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -74,6 +75,10 @@ struct Args {
     /// workloads do not notice); `unmount` commits and unmounts every mount.
     #[arg(long, value_enum, default_value_t = OnStop::Keep)]
     on_stop: OnStop,
+    /// Keep every mount's fd in systemd's file descriptor store too (needs `FileDescriptorStoreMax=` in the
+    /// unit), so mounts outlive cafsd without the helper daemon. On by itself where systemd sets `$FDSTORE`.
+    #[arg(long)]
+    fd_store: bool,
     /// On SIGTERM, how long to keep trying to commit and unmount (or save) every mount before exiting anyway.
     #[arg(long, value_name = "SECS", default_value_t = 90)]
     stop_timeout: u64,
@@ -167,7 +172,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(args.autocommit),
         args.helper.clone(),
         state.join("journal"),
+        FdStore::from_env(&state.join("fdstore"), args.fd_store).context("systemd's file descriptor store")?,
     );
+    // Mounts an earlier cafsd left in systemd's fd store: taken first, while their fds still have the numbers
+    // systemd gave them.
+    let taking = server.clone();
+    let restored = tokio::task::spawn_blocking(move || taking.restore_stored()).await?;
+    if restored > 0 {
+        tracing::info!(mounts = restored, "took over the mounts systemd's fd store held");
+    }
     server.listen(&fd_socket_path(&socket))?;
     // Mounts an earlier cafsd left (the helper kept them): served again before we say we are ready.
     let taking = server.clone();
@@ -201,7 +214,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), until_stopped()),
     );
     tracing::info!(socket = %socket.display(), helper = %args.helper.display(), "serving the gRPC API");
-    notify_ready();
+    if let Err(e) = cafs::systemd::notify_ready() {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
     let mut tcp = match remote {
         Some(r) => {
             let listener =
@@ -248,23 +263,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::process::exit(0);
     }
     Ok(())
-}
-
-/// Tells systemd (`Type=notify`) that the sockets listen: `READY=1` to `$NOTIFY_SOCKET`, when there is one.
-fn notify_ready() {
-    use std::os::linux::net::SocketAddrExt;
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
-        let path = std::path::Path::new(&path);
-        let addr = match path.as_os_str().as_encoded_bytes().strip_prefix(b"@") {
-            Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name)?,
-            None => std::os::unix::net::SocketAddr::from_pathname(path)?,
-        };
-        sock.send_to_addr(b"READY=1", &addr)
-    });
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
 }
 
 /// The remote listener's settings.

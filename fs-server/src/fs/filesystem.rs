@@ -15,7 +15,7 @@
 //! Methods block the calling thread (they are called from FUSE worker threads); they must not be called from
 //! inside the tokio runtime whose handle the filesystem was given.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -178,6 +178,11 @@ struct State {
     read_ends: HashMap<Ino, u64>,
     /// Bumped by every change to the tree; see [`Filesystem::generation`].
     generation: u64,
+    /// Files journaled as holding bytes only in memory ([`Record::Unsynced`] written, its `Synced` not yet).
+    unsynced: HashSet<Ino>,
+    /// Files a recovery found unsynced: they may have lost writes acknowledged by the cafsd that died. Their
+    /// next `fsync` or `close` fails with `EIO`, once (as a disk that lost its write cache reports it).
+    lost: HashSet<Ino>,
 }
 
 impl State {
@@ -199,6 +204,11 @@ impl State {
 
     fn owned_by(&self, ino: Ino) -> &[BufId] {
         self.by_owner.get(&ino).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether some of the file's bytes are only in memory.
+    fn holds_unstored(&self, ino: Ino) -> bool {
+        self.owned_by(ino).iter().any(|id| self.buffers.get(id).is_some_and(|b| b.len() > 0))
     }
 }
 
@@ -293,6 +303,8 @@ impl Filesystem {
             uploaded_bytes: 0,
             read_ends: HashMap::new(),
             generation: 0,
+            unsynced: HashSet::new(),
+            lost: HashSet::new(),
         };
         let shared = Shared {
             state: Mutex::new(state),
@@ -687,6 +699,9 @@ impl Filesystem {
         }
         offset.checked_add(data.len() as u64).ok_or(FsError::Invalid("write past the largest file offset"))?;
         self.buffer_bytes(&mut st, ino, offset, data)?;
+        if self.shared.journal.get().is_some() && st.unsynced.insert(ino) {
+            self.shared.log(&st.table, |table| Some(Record::Unsynced { path: table.path(ino)? }));
+        }
         let t = now();
         let i = st.table.get_mut(ino)?;
         i.meta.mtime = t;
@@ -878,6 +893,9 @@ impl Filesystem {
                                     Some(Record::Stored { path: table.path(owner)?, ranges, mtime_ns })
                                 });
                             }
+                            if !st.holds_unstored(owner) && st.unsynced.remove(&owner) {
+                                shared.log(&st.table, |table| Some(Record::Synced { path: table.path(owner)? }));
+                            }
                         }
                     }
                 }
@@ -910,13 +928,42 @@ impl Filesystem {
         Ok(())
     }
 
+    /// What `close` reports: writes lost with a cafsd that died (once, see [`Filesystem::fsync`]), or a failed
+    /// upload of this file's bytes.
+    pub fn close_error(&self, ino: Ino) -> Result<(), FsError> {
+        self.take_lost(&mut self.lock(), ino)?;
+        self.upload_error(ino)
+    }
+
+    /// Reports, once, that a recovery found this file holding bytes only in the memory of the cafsd that died:
+    /// writes that cafsd acknowledged may be missing. Once reported, the journal says the file is whole as it
+    /// stands (so a later recovery does not report it again); until then a recovery reports it again.
+    fn take_lost(&self, st: &mut State, ino: Ino) -> Result<(), FsError> {
+        if st.lost.remove(&ino) {
+            // (Written to since: its own `Synced` comes when those bytes land.)
+            if !st.unsynced.contains(&ino) {
+                self.shared.log(&st.table, |table| Some(Record::Synced { path: table.path(ino)? }));
+            }
+            return Err(FsError::Io(
+                "writes to this file that were not yet stored were lost when cafsd stopped abruptly (kill -9 or a \
+                 crash); what was fsynced is intact"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Makes the file's bytes durable in the block store: seals its buffer, (re)starts its uploads and waits for
-    /// them. Fails with the store's error if an upload fails after retries; the data stays held.
+    /// them. Fails with the store's error if an upload fails after retries; the data stays held. After a
+    /// recovery, the first `fsync` (or `close`) of a file whose unstored writes died with the old cafsd fails
+    /// with `EIO`: a resent `fsync` must not claim bytes that are gone.
     pub fn fsync(&self, ino: Ino) -> Result<(), FsError> {
-        let st = self.lock();
+        let mut st = self.lock();
         st.table.get(ino)?;
+        let lost = self.take_lost(&mut st, ino);
         let mine = st.owned_by(ino).to_vec();
         self.flush(st, mine)?;
+        lost?;
         // The landing of each upload was journaled when it landed: now make that (and all before it) durable.
         self.sync_journal()
     }
@@ -946,6 +993,8 @@ impl Filesystem {
 
     /// Applies journal records on top of this tree (loaded from the journal's base), in order. Fails on a
     /// record that does not apply, naming it.
+    ///
+    /// Files the records leave unsynced (see [`Record::Unsynced`]) come out marked as having lost writes.
     pub fn replay(&self, records: &[Record]) -> Result<(), FsError> {
         let mut st = self.lock();
         assert!(self.shared.journal.get().is_none(), "replay before attaching a journal");
@@ -953,7 +1002,31 @@ impl Filesystem {
             Self::apply(&mut st, r).map_err(|e| FsError::Io(format!("journal record {} ({r:?}): {e}", n + 1)))?;
             Self::reap(&mut st);
         }
+        let unsynced = std::mem::take(&mut st.unsynced);
+        let mut named = Vec::new();
+        for ino in unsynced {
+            if let Some(path) = st.table.path(ino) {
+                if named.len() < 5 {
+                    named.push(String::from_utf8_lossy(&path).into_owned());
+                }
+                st.lost.insert(ino);
+            }
+        }
+        if !st.lost.is_empty() {
+            tracing::warn!(
+                files = st.lost.len(),
+                some = ?named,
+                "bytes written to these files but not yet stored died with the previous cafsd; the next fsync or \
+                 close of each fails with EIO"
+            );
+        }
         Ok(())
+    }
+
+    /// Files a recovery marked as having lost writes (paths), for status and tests.
+    pub fn lost_writes(&self) -> Vec<Vec<u8>> {
+        let st = self.lock();
+        st.lost.iter().filter_map(|&ino| st.table.path(ino)).collect()
     }
 
     fn apply(st: &mut State, r: &Record) -> Result<(), FsError> {
@@ -962,6 +1035,16 @@ impl Filesystem {
             Record::Header(_) => return Err(FsError::Invalid("a header inside the records")),
             // A commit marker changes nothing in the tree (see `journal::rebase`).
             Record::Committing { .. } => return Ok(()),
+            Record::Unsynced { path } => {
+                let (ino, ..) = st.table.resolve(path)?;
+                st.unsynced.insert(ino);
+                return Ok(());
+            }
+            Record::Synced { path } => {
+                let (ino, ..) = st.table.resolve(path)?;
+                st.unsynced.remove(&ino);
+                return Ok(());
+            }
             Record::Make { path, ino, kind, meta } => {
                 let (dir, name) = st.table.resolve_parent(path)?;
                 let body = match kind {
@@ -1250,7 +1333,13 @@ impl Filesystem {
     /// without a journal) and the entries' inode numbers then.
     pub fn snapshot_at(&self) -> Result<Snapshot, FsError> {
         let seq = |_st: &State| self.shared.journal.get().map_or(0, |j| j.seq());
-        let done = |st: &State, (manifest, sidecar): (Manifest, Vec<u8>)| {
+        let done = |st: &mut State, (manifest, sidecar): (Manifest, Vec<u8>)| {
+            // Everything is stored now: a file still marked unsynced (a buffer emptied without landing) is not,
+            // and must say so before the checkpoint drops its `Unsynced` record, or its next writes would go
+            // unjournaled as such.
+            for ino in std::mem::take(&mut st.unsynced) {
+                self.shared.log(&st.table, |table| Some(Record::Synced { path: table.path(ino)? }));
+            }
             let (inos, next) = st.table.numbering();
             Ok(Snapshot { manifest, sidecar, seq: seq(st), numbering: Numbering { inos, next } })
         };
@@ -1259,7 +1348,7 @@ impl Filesystem {
             let st = self.lock();
             let all = st.buffers.keys().copied().collect();
             self.flush(st, all)?;
-            let st = self.lock();
+            let mut st = self.lock();
             if st.buffers.values().any(|b| !matches!(&b.data, BufData::Open(v) if v.is_empty())) {
                 // Written meanwhile: flush again.
                 continue;
@@ -1282,16 +1371,16 @@ impl Filesystem {
                     .rt
                     .block_on(put_with_retry(&self.shared, &zeros))
                     .map_err(|e| FsError::Io(e.to_string()))?;
-                let st = self.lock();
+                let mut st = self.lock();
                 // Holes of any length map onto the zero block in pieces; only new writes send us round again.
                 if st.buffers.values().any(|b| b.len() > 0) {
                     continue;
                 }
                 let built = build(&st, Some(zeros.locator()));
-                return done(&st, built);
+                return done(&mut st, built);
             }
             let built = build(&st, None);
-            return done(&st, built);
+            return done(&mut st, built);
         }
     }
 }

@@ -192,6 +192,49 @@ fn corrupted_store_reads_are_errors_not_bytes() {
 }
 
 #[test]
+fn a_torn_put_is_repaired_by_the_retry_and_never_read() {
+    let e = env();
+    let f = fs(&e, FsOptions { cache_size: 0, ..small(4096) });
+    // The part a torn put leaves lands where the local store keeps the block: same name, half the bytes.
+    let blocks = e.store.inner().clone();
+    e.store.on_tear(move |loc, part| std::fs::write(blocks.block_path(loc), part).unwrap());
+    e.store.tear_next_puts.store(1, Ordering::SeqCst);
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+    f.write(ino, 0, &data).unwrap();
+    // The first put tears; the retry must replace the part, not take it for the block.
+    f.fsync(ino).unwrap();
+    assert_eq!(e.store.tear_next_puts.load(Ordering::SeqCst), 0, "a put was torn");
+    assert!(all_stored(&f, ino));
+    assert_eq!(&f.read(ino, 0, data.len() as u64).unwrap()[..], &data[..]);
+    // Every block the file names verifies in the store itself.
+    let st = f.lock();
+    let Body::File(x) = &st.table.get(ino).unwrap().body else { panic!() };
+    let locators: Vec<Locator> = x
+        .iter()
+        .filter_map(|e| if let Source::Stored { block, .. } = &e.src { Some(block.clone()) } else { None })
+        .collect();
+    drop(st);
+    assert!(!locators.is_empty());
+    for l in locators {
+        e.rt.block_on(e.store.inner().get(&l)).unwrap();
+    }
+}
+
+#[test]
+fn a_slow_store_delays_reads_but_serves_them() {
+    let e = env();
+    let f = fs(&e, FsOptions { cache_size: 0, ..small(4096) });
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    f.write(ino, 0, b"slowly but surely").unwrap();
+    f.fsync(ino).unwrap();
+    e.store.set_get_delay(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    assert_eq!(&f.read(ino, 0, 17).unwrap()[..], b"slowly but surely");
+    assert!(t.elapsed() >= Duration::from_millis(300), "the read went to the store");
+}
+
+#[test]
 fn unlinked_open_files_stay_usable_then_go() {
     let e = env();
     let f = fs(&e, small(4096));
