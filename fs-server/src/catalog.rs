@@ -9,12 +9,13 @@
 //! [`CatalogError::Conflict`] and nothing changes — two writers never lose a commit silently. Versions are numbers
 //! rather than hashes so that A→B→A histories cannot fool the check.
 //!
-//! [`SqliteCatalog`] is the embedded default. [`conformance`] is the backend-independent test suite every
-//! implementation must pass.
+//! [`SqliteCatalog`] is the embedded default; [`PostgresCatalog`] is shared by a cluster's nodes. [`conformance`] is
+//! the backend-independent test suite every implementation must pass.
 
 #[cfg(any(test, feature = "test-suite"))]
 pub mod conformance;
 pub mod faulty;
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -22,6 +23,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub use postgres::PostgresCatalog;
 pub use sqlite::SqliteCatalog;
 
 use crate::manifest::{MAX_DEPTH, Manifest, ParseError, Pdh};

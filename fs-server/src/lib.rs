@@ -7,6 +7,7 @@
 //! - [`store`]: the block store trait and its local-directory implementation;
 //! - [`catalog`]: named, versioned collections (refs and history) and their SQLite implementation;
 //! - [`bigbuf`]: block-sized buffers backed by huge pages;
+//! - [`config`]: the configuration file that selects a node's block store and catalog;
 //! - [`fs`]: the filesystem core (FUSE-free, store-agnostic);
 //! - [`collection`]: a tree bound to its ref or hash, and the commit logic;
 //! - [`journal`]: the per-mount log of uncommitted changes that a restarted cafsd rebuilds a tree from;
@@ -19,6 +20,7 @@ pub mod api;
 pub mod bigbuf;
 pub mod catalog;
 pub mod collection;
+pub mod config;
 pub mod control;
 pub mod fs;
 pub mod fuse;

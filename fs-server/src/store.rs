@@ -7,8 +7,11 @@
 //! checked against its locator.
 
 #[cfg(any(test, feature = "test-suite"))]
+pub mod conformance;
+#[cfg(any(test, feature = "test-suite"))]
 pub mod faulty;
 mod local;
+mod s3;
 
 use std::fmt;
 
@@ -16,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use local::{LocalDirStore, LocalDirStoreOptions};
+pub use s3::{S3Config, S3Store};
 
 use crate::locator::{Locator, MAX_BLOCK_SIZE};
 
@@ -38,6 +42,9 @@ pub enum StoreError {
     },
     #[error("block store unavailable: {0}")]
     Unavailable(String),
+    /// The store answered, and will answer the same again: bad credentials, no such bucket, a refused request.
+    #[error("block store: {0}")]
+    Refused(String),
 }
 
 impl StoreError {
@@ -73,6 +80,7 @@ impl StoreError {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+            StoreError::Refused(s) => StoreError::Refused(s.clone()),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod manager;
 pub mod mount;
 pub mod sdk;
+pub mod servers;
 pub mod stack;
 
 use std::collections::BTreeMap;

@@ -294,6 +294,17 @@ mod tests {
         assert_eq!(s.get(empty.locator()).await.unwrap().len(), 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_the_conformance_suite() {
+        let (_d, s) = store();
+        let files = s.clone();
+        crate::store::conformance::run_all(Arc::new(s), move |loc, bytes| {
+            let path = files.block_path(&loc);
+            async move { fs::write(path, bytes).unwrap() }
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn corruption_is_detected_never_served() {
         let (_d, s) = store();

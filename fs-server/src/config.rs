@@ -1,0 +1,261 @@
+//! cafsd's configuration file: which block store and which catalog a node uses.
+//!
+//! One TOML file selects the backends. With no file (or empty sections) a node runs on the embedded default: a
+//! local block directory and a SQLite catalog in the state directory. A cluster's nodes share an S3 bucket and
+//! a PostgreSQL database:
+//!
+//! ```toml
+//! [store]
+//! kind = "s3"
+//! endpoint = "http://10.0.0.5:3900"
+//! bucket = "cafs"
+//! prefix = "blocks"            # optional
+//! region = "garage"            # optional
+//! credentials_file = "/etc/cafs/s3.toml"   # access_key_id = "...", secret_access_key = "..."
+//!
+//! [catalog]
+//! kind = "postgres"
+//! url = "postgresql://cafs@10.0.0.6:5432/cafs?sslmode=prefer"
+//! password_file = "/etc/cafs/pg.password"
+//! ```
+//!
+//! Secrets never sit in this file and are never logged: the S3 keys come from `credentials_file` or from
+//! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, the database password from `password_file` or `PGPASSWORD`
+//! (or the URL, discouraged). A secret file must not be readable by group or others. Unknown keys are errors, so
+//! a typo does not silently select the default.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::catalog::{Catalog, CatalogError, PostgresCatalog, SqliteCatalog};
+use crate::store::{BlockStore, LocalDirStore, S3Config, S3Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("block store: {0}")]
+    Store(#[from] StoreError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    /// How often a read-only mount of a ref looks for a newer version (seconds; 0: never).
+    #[serde(default = "default_refresh")]
+    pub ref_refresh_seconds: u64,
+}
+
+fn default_refresh() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// Blocks as files under `path` (default `STATE/blocks`).
+    Local {
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    S3 {
+        endpoint: String,
+        bucket: String,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        region: Option<String>,
+        #[serde(default)]
+        credentials_file: Option<PathBuf>,
+        #[serde(default)]
+        max_concurrency: Option<usize>,
+        #[serde(default)]
+        request_timeout_seconds: Option<u64>,
+    },
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Local { path: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CatalogConfig {
+    /// A SQLite file (default `STATE/catalog.sqlite`).
+    Sqlite {
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    Postgres {
+        url: String,
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+        #[serde(default)]
+        max_connections: Option<usize>,
+    },
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig::Sqlite { path: None }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Credentials {
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+/// Reads a secret file, refusing one that group or others can read.
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    let err = |source| ConfigError::Read { path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "{}: a secret file must not be readable by group or others (chmod 600)",
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(err)
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Syntax { path: path.into(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// What the node runs on, in a line for logs (no secrets).
+    pub fn describe(&self) -> String {
+        let store = match &self.store {
+            StoreConfig::Local { path } => {
+                format!("local blocks ({})", path.as_deref().map_or("STATE/blocks".into(), |p| p.display().to_string()))
+            }
+            StoreConfig::S3 { endpoint, bucket, .. } => format!("S3 {endpoint} bucket {bucket}"),
+        };
+        let catalog = match &self.catalog {
+            CatalogConfig::Sqlite { path } => format!(
+                "SQLite ({})",
+                path.as_deref().map_or("STATE/catalog.sqlite".into(), |p| p.display().to_string())
+            ),
+            CatalogConfig::Postgres { .. } => "PostgreSQL".to_string(),
+        };
+        format!("{store} + {catalog}")
+    }
+
+    /// The S3 settings with credentials resolved (file, else environment).
+    pub fn s3(&self) -> Result<Option<S3Config>, ConfigError> {
+        let StoreConfig::S3 {
+            endpoint,
+            bucket,
+            prefix,
+            region,
+            credentials_file,
+            max_concurrency,
+            request_timeout_seconds,
+        } = &self.store
+        else {
+            return Ok(None);
+        };
+        let (access_key_id, secret_access_key) = match credentials_file {
+            Some(f) => {
+                let c: S3Credentials = toml::from_str(&read_secret(f)?)
+                    .map_err(|e| ConfigError::Syntax { path: f.clone(), message: e.to_string() })?;
+                (c.access_key_id, c.secret_access_key)
+            }
+            None => match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+                (Ok(id), Ok(secret)) => (id, secret),
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "[store] kind = \"s3\" needs credentials: credentials_file, or AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY in the environment"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        let d = S3Config::default();
+        Ok(Some(S3Config {
+            endpoint: endpoint.clone(),
+            bucket: bucket.clone(),
+            prefix: prefix.clone().unwrap_or(d.prefix),
+            region: region.clone().unwrap_or(d.region),
+            access_key_id,
+            secret_access_key,
+            max_concurrency: max_concurrency.unwrap_or(d.max_concurrency),
+            request_timeout: request_timeout_seconds.map_or(d.request_timeout, Duration::from_secs),
+            max_retries: d.max_retries,
+        }))
+    }
+
+    /// Opens the block store. Blocking for the local store (it makes and syncs directories).
+    pub fn open_store(&self, state: &Path) -> Result<Arc<dyn BlockStore>, ConfigError> {
+        match &self.store {
+            StoreConfig::Local { path } => {
+                let root = path.clone().unwrap_or_else(|| state.join("blocks"));
+                let store = LocalDirStore::open(&root).map_err(ConfigError::Store)?;
+                Ok(Arc::new(store))
+            }
+            StoreConfig::S3 { .. } => {
+                let cfg = self.s3()?.expect("an S3 store has S3 settings");
+                Ok(Arc::new(S3Store::new(&cfg)?))
+            }
+        }
+    }
+
+    /// Opens (connects to) the catalog.
+    pub async fn open_catalog(&self, state: &Path) -> Result<Arc<dyn Catalog>, ConfigError> {
+        match &self.catalog {
+            CatalogConfig::Sqlite { path } => {
+                let file = path.clone().unwrap_or_else(|| state.join("catalog.sqlite"));
+                let catalog = tokio::task::spawn_blocking(move || SqliteCatalog::open(file))
+                    .await
+                    .map_err(|e| ConfigError::Invalid(format!("opening the catalog: {e}")))??;
+                Ok(Arc::new(catalog))
+            }
+            CatalogConfig::Postgres { url, password_file, max_connections } => {
+                let mut config: tokio_postgres::Config =
+                    url.parse().map_err(|e| ConfigError::Invalid(format!("[catalog] url: {e}")))?;
+                if let Some(f) = password_file {
+                    config.password(read_secret(f)?.trim_end_matches(['\n', '\r']));
+                } else if config.get_password().is_none()
+                    && let Ok(p) = std::env::var("PGPASSWORD")
+                {
+                    config.password(p);
+                }
+                let catalog = PostgresCatalog::connect_with(config, max_connections.unwrap_or(8)).await?;
+                Ok(Arc::new(catalog))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
