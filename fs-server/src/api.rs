@@ -177,7 +177,7 @@ fn unix_ms(t: SystemTime) -> i64 {
 
 fn mount_info(s: &Served) -> pb::MountInfo {
     let (ref_name, pdh) = match s.coll.origin() {
-        crate::collection::Origin::Ref(r) => (r.to_string(), s.coll.last_pdh()),
+        crate::collection::Origin::Ref(r) | crate::collection::Origin::Follow(r) => (r.to_string(), s.coll.last_pdh()),
         crate::collection::Origin::Pdh(p) => (String::new(), Some(*p)),
     };
     pb::MountInfo {

@@ -1,5 +1,6 @@
-//! A collection open for use: a [`Filesystem`] tree bound to where it came from — a named ref (writable) or a
-//! portable data hash (read-only) — and the commit logic that the control file `.cafs/commit`, unmount,
+//! A collection open for use: a [`Filesystem`] tree bound to where it came from — a named ref (writable), a
+//! portable data hash (read-only), or a ref followed read-only (the tree is replaced by each new version the
+//! ref gets, see [`Collection::refresh`]) — and the commit logic that the control file `.cafs/commit`, unmount,
 //! auto-commit and the gRPC API all call.
 //!
 //! A commit snapshots the tree (every buffer uploaded, so every block it names is stored), stores the manifest
@@ -25,8 +26,10 @@ pub enum CollectionError {
     Fs(#[from] FsError),
     #[error("collection {0} is not in the catalog")]
     UnknownPdh(Pdh),
-    #[error("this collection is read-only (mounted by hash)")]
+    #[error("this collection is read-only (mounted by hash, or a ref mounted read-only)")]
     ReadOnly,
+    #[error("ref {0} has no committed version to mount read-only")]
+    NoVersion(RefName),
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("journal {path} belongs to ref {found}, not {wanted}")]
@@ -49,6 +52,8 @@ pub struct Recovered {
 pub enum Origin {
     Ref(RefName),
     Pdh(Pdh),
+    /// A ref's current version, read-only, following new versions.
+    Follow(RefName),
 }
 
 /// The outcome of a commit.
@@ -70,8 +75,11 @@ struct Head {
 
 #[derive(Debug)]
 pub struct Collection {
-    fs: Filesystem,
+    /// Replaced only when a followed ref gets a new version; everything else keeps one tree.
+    fs: std::sync::RwLock<Filesystem>,
     origin: Origin,
+    /// Whose tree it is (defaults for entries a sidecar does not describe).
+    owner: (u32, u32),
     catalog: Arc<dyn Catalog>,
     head: Mutex<Head>,
     /// Serializes commits of this collection, so that two triggers at once make one version after the other.
@@ -111,6 +119,48 @@ impl Collection {
             None => Filesystem::new(store, rt, opts, uid, gid),
         };
         Ok(Self::assemble(fs, Origin::Ref(name), catalog, head))
+    }
+
+    /// Opens the current version of the ref `name` read-only, to follow it: [`Collection::refresh`] moves the
+    /// tree to each newer version. Unlike a mount by hash, the version's sidecar (modes, times, symlinks) is
+    /// shown.
+    pub async fn open_following(
+        catalog: Arc<dyn Catalog>,
+        store: Arc<dyn BlockStore>,
+        name: RefName,
+        opts: FsOptions,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Self, CollectionError> {
+        let rt = tokio::runtime::Handle::current();
+        let head = catalog.head(&name).await?.ok_or_else(|| CollectionError::NoVersion(name.clone()))?;
+        let (manifest, sidecar) = Self::fetch(catalog.as_ref(), head.pdh, Some(head.sidecar)).await?;
+        let fs = tokio::task::spawn_blocking(move || Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid))
+            .await
+            .map_err(|e| FsError::Io(format!("load task failed: {e}")))??;
+        let mut c = Self::assemble(fs, Origin::Follow(name), catalog, Some(head));
+        c.owner = (uid, gid);
+        Ok(c)
+    }
+
+    /// For a followed ref: if the ref has a newer version, loads it and makes it the tree, keeping the inode
+    /// number of every path that is in both (so the kernel's cached numbers still mean the same names). Returns
+    /// the version now shown when it changed. Anything else: nothing to do.
+    pub async fn refresh(&self) -> Result<Option<Version>, CollectionError> {
+        let Origin::Follow(name) = &self.origin else { return Ok(None) };
+        let Some(head) = self.catalog.head(name).await? else { return Ok(None) };
+        if self.head().version.as_ref().is_some_and(|v| v.version >= head.version) {
+            return Ok(None);
+        }
+        let (manifest, sidecar) = Self::fetch(self.catalog.as_ref(), head.pdh, Some(head.sidecar)).await?;
+        let (old, (uid, gid)) = (self.fs(), self.owner);
+        let fs = tokio::task::spawn_blocking(move || old.reload(&manifest, &sidecar, uid, gid))
+            .await
+            .map_err(|e| FsError::Io(format!("load task failed: {e}")))??;
+        let generation = fs.generation();
+        *self.fs.write().unwrap_or_else(|p| p.into_inner()) = fs;
+        *self.head() = Head { version: Some(head.clone()), generation };
+        Ok(Some(head))
     }
 
     /// Opens a committed collection by its hash, read-only (with default metadata: a hash names a manifest, not
@@ -162,7 +212,7 @@ impl Collection {
                 next_ino: 0,
             };
             let j = Journal::create(journal, &header)?;
-            c.fs.attach_journal(Arc::new(j));
+            c.fs().attach_journal(Arc::new(j));
             let base_version = header.base_version;
             return Ok((c, Recovered { records: 0, base_version }));
         };
@@ -217,7 +267,7 @@ impl Collection {
 
     /// Deletes the journal (after the tree was committed or deliberately dropped).
     pub fn remove_journal(&self) {
-        if let Some(j) = self.fs.journal()
+        if let Some(j) = self.fs().journal()
             && let Err(e) = j.remove()
         {
             tracing::warn!(error = %e, "cannot delete the journal");
@@ -227,9 +277,11 @@ impl Collection {
     /// A collection whose tree `fs` is at the ref's `version` (None: never committed, or mounted by hash).
     fn assemble(fs: Filesystem, origin: Origin, catalog: Arc<dyn Catalog>, version: Option<Version>) -> Self {
         let generation = fs.generation();
+        let owner = fs.root_owner();
         Self {
-            fs,
+            fs: std::sync::RwLock::new(fs),
             origin,
+            owner,
             catalog,
             head: Mutex::new(Head { version, generation }),
             committing: tokio::sync::Mutex::new(()),
@@ -253,8 +305,10 @@ impl Collection {
         Ok((record.manifest()?, sidecar))
     }
 
-    pub fn fs(&self) -> &Filesystem {
-        &self.fs
+    /// The tree (a handle: a followed ref's tree may be replaced after this returns; the handle keeps the one
+    /// it got, as an open file keeps reading the version it opened).
+    pub fn fs(&self) -> Filesystem {
+        self.fs.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn origin(&self) -> &Origin {
@@ -262,7 +316,7 @@ impl Collection {
     }
 
     pub fn is_read_only(&self) -> bool {
-        matches!(self.origin, Origin::Pdh(_))
+        matches!(self.origin, Origin::Pdh(_) | Origin::Follow(_))
     }
 
     fn head(&self) -> std::sync::MutexGuard<'_, Head> {
@@ -271,7 +325,7 @@ impl Collection {
 
     /// Whether the tree changed since it was loaded or last committed.
     pub fn is_dirty(&self) -> bool {
-        !self.is_read_only() && self.fs.generation() != self.head().generation
+        !self.is_read_only() && self.fs().generation() != self.head().generation
     }
 
     /// The hash of the last committed version (or of the collection mounted by hash); `None` for a ref that
@@ -279,7 +333,7 @@ impl Collection {
     pub fn last_pdh(&self) -> Option<Pdh> {
         match &self.origin {
             Origin::Pdh(p) => Some(*p),
-            Origin::Ref(_) => self.head().version.as_ref().map(|v| v.pdh),
+            Origin::Ref(_) | Origin::Follow(_) => self.head().version.as_ref().map(|v| v.pdh),
         }
     }
 
@@ -293,7 +347,7 @@ impl Collection {
         let Origin::Ref(name) = &self.origin else { return Err(CollectionError::ReadOnly) };
         let _one_at_a_time = self.committing.lock().await;
         self.settle_uncertain(name).await;
-        let generation = self.fs.generation();
+        let generation = self.fs().generation();
         let (expected, head_pdh, head_sidecar, unchanged) = {
             let h = self.head();
             let v = h.version.as_ref();
@@ -313,7 +367,7 @@ impl Collection {
         }
         // If cafsd dies between the catalog's commit and the journal's checkpoint, recovery must know that the
         // commit landed (or the journal's old base would make every later commit a conflict).
-        if let Some(j) = self.fs.journal().cloned() {
+        if let Some(j) = self.fs().journal().cloned() {
             let (version, pdh) = (expected.unwrap_or(0) + 1, record.pdh().to_string());
             let marked = tokio::task::spawn_blocking(move || j.mark_commit(seq, version, &pdh))
                 .await
@@ -390,7 +444,7 @@ impl Collection {
     /// rewrite fails, the old journal still rebuilds the same tree (its base plus every record), so the commit
     /// stands.
     async fn checkpoint(&self, version: u64, seq: u64, numbering: Numbering) {
-        let Some(j) = self.fs.journal().cloned() else { return };
+        let Some(j) = self.fs().journal().cloned() else { return };
         match tokio::task::spawn_blocking(move || j.checkpoint(version, seq, numbering)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "journal checkpoint failed; keeping the longer journal"),
@@ -408,7 +462,7 @@ impl Collection {
         message: &str,
     ) -> Result<Committed, CollectionError> {
         match &self.origin {
-            Origin::Pdh(_) => return Err(CollectionError::ReadOnly),
+            Origin::Pdh(_) | Origin::Follow(_) => return Err(CollectionError::ReadOnly),
             Origin::Ref(own) if own == name => return self.commit(committer, message).await,
             Origin::Ref(_) => {}
         }
@@ -436,7 +490,7 @@ impl Collection {
     /// The tree's manifest record and sidecar, every block stored. The snapshot waits for uploads: it runs off
     /// the async workers.
     async fn snapshot(&self) -> Result<(CollectionRecord, Vec<u8>, u64, Numbering), CollectionError> {
-        let fs = self.fs.clone();
+        let fs = self.fs();
         let s = tokio::task::spawn_blocking(move || fs.snapshot_at())
             .await
             .map_err(|e| FsError::Io(format!("snapshot task failed: {e}")))??;
@@ -530,6 +584,47 @@ mod tests {
         assert_eq!(&b.fs().read(ino, 0, 100).unwrap()[..], b"from b");
         let head = e.rt.block_on(e.catalog.head(&RefName::new("shared").unwrap())).unwrap().unwrap();
         assert_eq!(head.message, "a wins");
+    }
+
+    #[test]
+    fn a_followed_ref_moves_to_each_new_version_keeping_inode_numbers() {
+        let e = env();
+        let name = RefName::new("shared").unwrap();
+        let follow = || {
+            e.rt.block_on(Collection::open_following(
+                e.catalog.clone(),
+                e.store.clone(),
+                name.clone(),
+                FsOptions::default(),
+                7,
+                7,
+            ))
+        };
+        assert!(matches!(follow(), Err(CollectionError::NoVersion(_))), "nothing to show before a commit");
+        let w = open(&e, "shared");
+        write(&w, b"kept", b"v1 kept");
+        write(&w, b"gone", b"v1 only");
+        e.rt.block_on(w.commit("t", "v1")).unwrap();
+        let f = follow().unwrap();
+        assert!(f.is_read_only() && !f.is_dirty());
+        assert!(matches!(e.rt.block_on(f.commit("t", "no")), Err(CollectionError::ReadOnly)));
+        let kept = f.fs().lookup(ROOT, b"kept").unwrap().ino;
+        let gone = f.fs().lookup(ROOT, b"gone").unwrap().ino;
+        assert!(e.rt.block_on(f.refresh()).unwrap().is_none(), "no newer version yet");
+
+        write(&w, b"kept", b"v2 kept");
+        w.fs().unlink(ROOT, b"gone").unwrap();
+        write(&w, b"new", b"v2 new");
+        e.rt.block_on(w.commit("t", "v2")).unwrap();
+        let v = e.rt.block_on(f.refresh()).unwrap().expect("moved to v2");
+        assert_eq!(v.version, 2);
+        assert_eq!(f.last_pdh(), Some(v.pdh));
+        assert_eq!(f.fs().lookup(ROOT, b"kept").unwrap().ino, kept, "same path, same number");
+        assert_eq!(&f.fs().read(kept, 0, 100).unwrap()[..], b"v2 kept");
+        assert!(f.fs().lookup(ROOT, b"gone").is_err());
+        let new = f.fs().lookup(ROOT, b"new").unwrap().ino;
+        assert!(new != kept && new != gone, "a new path never takes an old number");
+        assert!(!f.is_dirty());
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub enum ConfigError {
     Catalog(#[from] CatalogError),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -68,7 +68,7 @@ fn default_refresh() -> u64 {
     5
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
     /// Blocks as files under `path` (default `STATE/blocks`).
@@ -98,7 +98,7 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum CatalogConfig {
     /// A SQLite file (default `STATE/catalog.sqlite`).

@@ -150,6 +150,8 @@ pub struct Server {
     helper: PathBuf,
     /// Where writable mounts keep their journals.
     journals: PathBuf,
+    /// How often a read-only mount of a ref looks for a newer version (zero: never).
+    refresh: Duration,
     started: Instant,
     mounts: Mutex<HashMap<PathBuf, Arc<Served>>>,
     prefs: Mutex<HashMap<PathBuf, Prefs>>,
@@ -168,16 +170,29 @@ pub fn normalize(dir: &Path) -> Result<PathBuf, ServerError> {
     Ok(dir.components().collect())
 }
 
+/// How a [`Server`] runs its mounts.
+#[derive(Debug)]
+pub struct ServerOptions {
+    /// The helper's socket (`cafs-mount serve`).
+    pub helper: PathBuf,
+    /// Where writable mounts keep their journals.
+    pub journals: PathBuf,
+    /// Commit a changed tree after this long without changes (zero: never), unless a mount asks otherwise.
+    pub autocommit: Duration,
+    /// How often a read-only mount of a ref looks for a newer version (zero: never).
+    pub ref_refresh: Duration,
+    /// systemd's file descriptor store, when cafsd runs under systemd with one.
+    pub fdstore: Option<FdStore>,
+}
+
 impl Server {
     pub fn new(
         catalog: Arc<dyn Catalog>,
         store: Arc<dyn BlockStore>,
         rt: tokio::runtime::Handle,
-        autocommit: Duration,
-        helper: PathBuf,
-        journals: PathBuf,
-        fdstore: Option<FdStore>,
+        opts: ServerOptions,
     ) -> Arc<Self> {
+        let ServerOptions { helper, journals, autocommit, ref_refresh: refresh, fdstore } = opts;
         let server = Arc::new(Self {
             catalog,
             store,
@@ -185,6 +200,7 @@ impl Server {
             autocommit,
             helper,
             journals,
+            refresh,
             started: Instant::now(),
             mounts: Mutex::new(HashMap::new()),
             prefs: Mutex::new(HashMap::new()),
@@ -344,11 +360,10 @@ impl Server {
                             }
                             return Ok(c);
                         }
-                        // A ref mounted read-only shows its current version.
-                        match catalog.head(&name).await.map_err(|e| e.to_string())? {
-                            Some(v) => v.pdh,
-                            None => return Err(format!("ref {name} has no committed version to mount read-only")),
-                        }
+                        // A ref mounted read-only shows its current version, and then each newer one.
+                        return Collection::open_following(catalog, store, name, opts, h.uid, h.gid)
+                            .await
+                            .map_err(|e| e.to_string());
                     }
                     Origin::Pdh(pdh) => Pdh::parse(pdh).map_err(|e| e.to_string())?,
                 };
@@ -407,7 +422,12 @@ impl Server {
         if !autocommit.is_zero() {
             let (server, at) = (Arc::downgrade(self), dir.clone());
             let alive = move || server.upgrade().is_some_and(|s| s.serves(&at));
-            self.rt.spawn(self::autocommit(coll, control, autocommit, alive));
+            self.rt.spawn(self::autocommit(coll.clone(), control, autocommit, alive));
+        }
+        if matches!(coll.origin(), crate::collection::Origin::Follow(_)) && !self.refresh.is_zero() {
+            let (server, at) = (Arc::downgrade(self), dir.clone());
+            let alive = move || server.upgrade().is_some_and(|s| s.serves(&at));
+            self.rt.spawn(follow(coll, self.refresh, alive));
         }
         // When the mount goes away (whoever unmounts it), commit a changed tree and forget the mount.
         let server = self.clone();
@@ -622,6 +642,24 @@ async fn sample_throughput(server: Weak<Server>) {
         for s in server.list() {
             let bytes = s.coll.fs().upload_stats().uploaded_bytes;
             s.throughput.lock().unwrap_or_else(|p| p.into_inner()).sample(now, bytes);
+        }
+    }
+}
+
+/// Moves a followed ref's tree to each newer version, looking every `every`; stops once `alive` says the mount
+/// is gone. A failed look (the catalog or store is down) is logged and tried again at the next tick.
+async fn follow(coll: Arc<Collection>, every: Duration, alive: impl Fn() -> bool) {
+    loop {
+        tokio::time::sleep(every).await;
+        if !alive() {
+            return;
+        }
+        match coll.refresh().await {
+            Ok(Some(v)) => {
+                tracing::info!(r#ref = %v.name, version = v.version, pdh = %v.pdh, "showing a newer version")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look for a newer version; trying again later"),
         }
     }
 }

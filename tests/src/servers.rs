@@ -114,36 +114,46 @@ impl Garage {
         }
         let mut g = Self { nodes, bucket: "cafs".into(), key_id: String::new(), secret: String::new() };
         for i in 0..n {
-            let id = ok(g.cli(i, &["node", "id", "-q"]), "garage node id");
+            let id = g.setup(i, &["node", "id", "-q"]);
             g.nodes[i].id = id.trim().split('@').next().unwrap().to_string();
         }
         for i in 1..n {
             let addr = format!("{}@127.0.0.1:{}", g.nodes[i].id, g.nodes[i].rpc_port);
-            ok(g.cli(0, &["node", "connect", &addr]), "garage node connect");
+            g.setup(0, &["node", "connect", &addr]);
         }
         for i in 0..n {
             let id = g.nodes[i].id.clone();
-            ok(g.cli(0, &["layout", "assign", "-z", &format!("dc{i}"), "-c", "1G", &id]), "garage layout assign");
+            g.setup(0, &["layout", "assign", "-z", &format!("dc{i}"), "-c", "1G", &id]);
         }
-        ok(g.cli(0, &["layout", "apply", "--version", "1"]), "garage layout apply");
-        // The layout reaches every node in a moment; until then bucket creation can fail.
-        let start = Instant::now();
-        while !g.cli(0, &["bucket", "create", "cafs"]).status.success() {
-            assert!(start.elapsed() < Duration::from_secs(60), "garage would not create the bucket");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let key = ok(g.cli(0, &["key", "create", "cafs-key"]), "garage key create");
+        g.setup(0, &["layout", "apply", "--version", "1"]);
+        g.setup(0, &["bucket", "create", "cafs"]);
+        let key = g.setup(0, &["key", "create", "cafs-key"]);
         let field = |name: &str| {
             key.lines()
                 .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
                 .unwrap_or_else(|| panic!("no {name} in: {key}"))
         };
         (g.key_id, g.secret) = (field("Key ID:"), field("Secret key:"));
-        ok(
-            g.cli(0, &["bucket", "allow", "--read", "--write", "--owner", "cafs", "--key", "cafs-key"]),
-            "garage bucket allow",
-        );
+        g.setup(0, &["bucket", "allow", "--read", "--write", "--owner", "cafs", "--key", "cafs-key"]);
         g
+    }
+
+    /// A setup step, tried again for up to a minute: a node that just started listening may not serve its RPC
+    /// handlers yet ("No handler"), and a layout takes a moment to reach every node. Its output.
+    fn setup(&self, i: usize, args: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.cli(i, args);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "garage {args:?} failed for a minute: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Runs the `garage` CLI against node `i` (at most a minute).

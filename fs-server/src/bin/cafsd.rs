@@ -17,23 +17,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cafs::api::Api;
+use cafs::catalog::Catalog;
 use cafs::catalog::RefName;
-use cafs::catalog::{Catalog, SqliteCatalog};
 use cafs::collection::Collection;
+use cafs::config::Config;
 use cafs::control::Control;
 use cafs::fs::FsOptions;
 use cafs::fuse::CafsFuse;
 use cafs::manifest::Pdh;
 use cafs::mount::{MountOptions, mount_as_root, umount};
-use cafs::server::{Server, ServerError, autocommit, bind_unix, fd_socket_path};
-use cafs::store::LocalDirStore;
+use cafs::server::{Server, ServerError, ServerOptions, autocommit, bind_unix, fd_socket_path};
+use cafs::store::BlockStore;
 use cafs::systemd::FdStore;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
 #[command(name = "cafsd", version, about = "The cafs filesystem server")]
 struct Args {
-    /// Configuration file (TOML). Not supported yet: the embedded default is used.
+    /// Configuration file (TOML): the block store and catalog this node uses (see the README). Without one, the
+    /// embedded default: a local block directory and a SQLite catalog in the state directory.
     #[arg(long)]
     config: Option<PathBuf>,
     /// State directory: blocks/ and catalog.sqlite live here [default: $XDG_DATA_HOME/cafs or /var/lib/cafs]
@@ -42,8 +44,9 @@ struct Args {
     /// gRPC socket [default: $XDG_RUNTIME_DIR/cafs/cafsd.sock or /run/cafs/cafsd.sock]
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Open and check the state directory, print a summary, and exit.
-    #[arg(long)]
+    /// Open the state directory, the block store and the catalog as configured, check that each works (a probe
+    /// block is stored and read back; the catalog is read), print a line for each, and exit: 0 when all work.
+    #[arg(long = "check-config", visible_alias = "check")]
     check: bool,
     /// Development mode (root only): mount a collection on DIR and serve it until SIGTERM or unmount.
     #[arg(long, value_name = "DIR")]
@@ -130,49 +133,50 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(config) = &args.config {
-        bail!("--config {}: configuration files are not supported yet; run without it", config.display());
-    }
+    let config = match &args.config {
+        Some(path) => Config::load(path).with_context(|| format!("--config {}", path.display()))?,
+        None => Config::default(),
+    };
     let remote = remote_config(&args)?;
     let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let socket = args.socket.clone().unwrap_or_else(default_socket);
-    // Opening creates directories, fsyncs and may wait on SQLite's lock: keep it off the async workers.
-    let (store, catalog) = {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let store = LocalDirStore::open(state.join("blocks"))
-                .with_context(|| format!("block store in {}", state.display()))?;
-            let catalog = SqliteCatalog::open(state.join("catalog.sqlite")).context("catalog")?;
-            Ok((store, catalog))
-        })
-        .await??
+    std::fs::create_dir_all(&state).with_context(|| format!("block store: state directory {}", state.display()))?;
+    // Opening creates directories and fsyncs: keep it off the async workers.
+    let store = {
+        let (state, c) = (state.clone(), config.clone());
+        tokio::task::spawn_blocking(move || c.open_store(&state))
+            .await?
+            .with_context(|| format!("block store ({})", config.describe()))?
     };
+    let catalog = config.open_catalog(&state).await.context("catalog")?;
+    if args.check {
+        return check_config(&config, &state, store, catalog).await;
+    }
     let refs = catalog.list_refs().await.context("reading the catalog")?;
     tracing::info!(
         state_dir = %state.display(),
-        blocks = %store.root().display(),
-        catalog = %catalog.path().display(),
+        backends = %config.describe(),
         refs = refs.len(),
         "state directory ready"
     );
     for r in &refs {
         tracing::info!(r#ref = %r.name, version = r.version, pdh = %r.pdh, "ref");
     }
-    if args.check {
-        println!("state directory {} ok: {} refs", state.display(), refs.len());
-        return Ok(());
-    }
     if let Some(dir) = &args.mount {
-        return serve_mount(&args, dir, &state, Arc::new(store), Arc::new(catalog)).await;
+        return serve_mount(&args, dir, &state, store, catalog).await;
     }
     let server = Server::new(
-        Arc::new(catalog),
-        Arc::new(store),
+        catalog,
+        store,
         tokio::runtime::Handle::current(),
-        Duration::from_secs(args.autocommit),
-        args.helper.clone(),
-        state.join("journal"),
-        FdStore::from_env(&state.join("fdstore"), args.fd_store).context("systemd's file descriptor store")?,
+        ServerOptions {
+            helper: args.helper.clone(),
+            journals: state.join("journal"),
+            autocommit: Duration::from_secs(args.autocommit),
+            ref_refresh: Duration::from_secs(config.ref_refresh_seconds),
+            fdstore: FdStore::from_env(&state.join("fdstore"), args.fd_store)
+                .context("systemd's file descriptor store")?,
+        },
     );
     // Mounts an earlier cafsd left in systemd's fd store: taken first, while their fds still have the numbers
     // systemd gave them.
@@ -262,6 +266,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(mounts = kept, "exiting; the mounts wait for the next cafsd");
         std::process::exit(0);
     }
+    Ok(())
+}
+
+/// `--check-config`: each backend does what cafsd needs of it — the store takes a probe block and gives it back
+/// verified, the catalog answers — each reported on a line; the first failure is the error.
+async fn check_config(
+    config: &Config,
+    state: &std::path::Path,
+    store: Arc<dyn BlockStore>,
+    catalog: Arc<dyn Catalog>,
+) -> anyhow::Result<()> {
+    println!("configuration: {}", config.describe());
+    println!("state directory {}: ok", state.display());
+    let probe = cafs::store::Block::new(&b"cafs check-config probe\n"[..])?;
+    store.put(&probe).await.context("block store: storing a probe block")?;
+    let back = store.get(probe.locator()).await.context("block store: reading the probe block back")?;
+    anyhow::ensure!(back == *probe.data(), "block store: the probe block came back different");
+    println!("block store: ok (stored and read back {})", probe.locator());
+    let refs = catalog.list_refs().await.context("catalog: listing refs")?;
+    println!("catalog: ok: {} refs", refs.len());
     Ok(())
 }
 
@@ -372,8 +396,8 @@ async fn serve_mount(
     args: &Args,
     dir: &std::path::Path,
     state: &std::path::Path,
-    store: Arc<LocalDirStore>,
-    catalog: Arc<SqliteCatalog>,
+    store: Arc<dyn BlockStore>,
+    catalog: Arc<dyn Catalog>,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.

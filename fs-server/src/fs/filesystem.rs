@@ -333,6 +333,29 @@ impl Filesystem {
         Self::load_numbered(manifest, sidecar, &Numbering::default(), store, rt, opts, uid, gid)
     }
 
+    /// A tree of another version of the same collection, with this tree's store and options, and this tree's
+    /// inode number for every path both have (new paths get numbers this tree never gave).
+    pub fn reload(&self, manifest: &Manifest, sidecar: &[u8], uid: u32, gid: u32) -> Result<Self, FsError> {
+        let (inos, next) = self.lock().table.numbering();
+        let sh = &self.shared;
+        Self::load_numbered(
+            manifest,
+            sidecar,
+            &Numbering { inos, next },
+            sh.store.clone(),
+            sh.rt.clone(),
+            sh.opts.clone(),
+            uid,
+            gid,
+        )
+    }
+
+    /// Who owns the root directory.
+    pub fn root_owner(&self) -> (u32, u32) {
+        let st = self.lock();
+        st.table.get(crate::fs::inode::ROOT).map_or((0, 0), |i| (i.meta.uid, i.meta.gid))
+    }
+
     /// [`Filesystem::load`], giving the entries the inode numbers `numbering` names (by path): the numbers a
     /// live tree had when it was committed, which the kernel may still hold after cafsd restarted. Entries it
     /// does not name get numbers from its `next` on.

@@ -181,17 +181,6 @@ impl S3Store {
             Err(e) => Err(store_error("head", locator, e)),
         }
     }
-
-    /// Writes, reads back and deletes a probe object: that the bucket is there and these credentials may use it.
-    pub async fn check(&self) -> Result<(), StoreError> {
-        let probe = Block::new(Bytes::from_static(b"cafs check-config probe\n"))?;
-        self.put_raw(probe.locator(), probe.data().clone()).await?;
-        let back =
-            self.client.get(&self.key(probe.locator())).await.map_err(|e| store_error("get", probe.locator(), e))?;
-        let bytes = back.bytes().await.map_err(|e| store_error("get", probe.locator(), e))?;
-        verify(probe.locator(), &bytes)?;
-        self.client.delete(&self.key(probe.locator())).await.map_err(|e| store_error("delete", probe.locator(), e))
-    }
 }
 
 #[async_trait]

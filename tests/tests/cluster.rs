@@ -1,0 +1,190 @@
+//! Two worker nodes, one cluster: two cafsd instances, each with its own state directory and its own helper,
+//! sharing one Garage bucket and one PostgreSQL database that the test starts on loopback ports. Node A writes
+//! and commits; node B mounts the ref read-only and reads identical bytes, then follows A's later commits; both
+//! writing one ref, exactly one commit wins and the other node keeps its tree. Also `cafsd --check-config`
+//! against the real servers. Needs root and /dev/fuse.
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cafs_tests::servers::{Garage, Postgres};
+use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
+
+const JOB: u32 = 1000;
+
+/// Writes a node's configuration (S3 on `garage`, PostgreSQL database `db`), its secrets readable only by the
+/// user cafsd runs as. Returns the config file.
+fn node_config(dir: &Path, garage: &Garage, pg: &Postgres, db: &str, refresh: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let secret = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+        p
+    };
+    let creds = secret(
+        "s3.toml",
+        &format!("access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n", garage.key_id, garage.secret),
+    );
+    let password = secret("pg.password", &format!("{}\n", pg.password));
+    let config = dir.join("cafsd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "ref_refresh_seconds = {refresh}\n[store]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\n\
+             prefix = \"blocks\"\ncredentials_file = \"{}\"\n[catalog]\nkind = \"postgres\"\nurl = \"{}\"\n\
+             password_file = \"{}\"\n",
+            garage.endpoint(0),
+            garage.bucket,
+            creds.display(),
+            pg.url(db),
+            password.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    config
+}
+
+/// Every entry below `dir` with its type, size, mode and (for a file) MD5, read as the job user (the mounts are
+/// theirs: nobody else may enter them).
+fn tree(dir: &Path) -> String {
+    ok(&sh_as(
+        JOB,
+        dir,
+        "find . -mindepth 1 -printf '%P %y %s %m ' -exec sh -c 'if [ -f \"$1\" ]; then md5sum < \"$1\"; else echo; fi' _ {} \\; | sort",
+    ))
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_nodes_share_blocks_and_collections() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let garage = Garage::start(&tmp.path().join("servers"), 1);
+    let pg = Postgres::start(&tmp.path().join("servers"));
+    pg.create_db("cluster");
+    let (base_a, base_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&base_a).unwrap();
+    std::fs::create_dir_all(&base_b).unwrap();
+    let conf_a = node_config(&tmp.path().join("conf-a"), &garage, &pg, "cluster", 1);
+    let conf_b = node_config(&tmp.path().join("conf-b"), &garage, &pg, "cluster", 1);
+    let a = Stack::start(&base_a, &["--autocommit", "0", "--config", conf_a.to_str().unwrap()]);
+    let b = Stack::start(&base_b, &["--autocommit", "0", "--config", conf_b.to_str().unwrap()]);
+
+    // Node A writes a large file (several blocks), small files and a tree, and commits.
+    let dir_a = a.job_dir("out", JOB);
+    let da = dir_a.to_str().unwrap().to_string();
+    ok(&a.fsctl(JOB, &["mount", "results", &da]));
+    ok(&sh_as(
+        JOB,
+        &dir_a,
+        "head -c 150000000 /dev/urandom > big.bin && mkdir -p sub/deep && for i in $(seq 200); do echo \"file $i\" > sub/f$i.txt; done \
+         && echo deep > sub/deep/x && chmod 640 sub/f7.txt",
+    ));
+    let v1 = ok(&a.fsctl(JOB, &["commit", &da, "-m", "from node A"])).trim().to_string();
+
+    // Node B, its own state directory, mounts the ref read-only: the same bytes, modes and hash.
+    let dir_b = b.job_dir("view", JOB);
+    let db_ = dir_b.to_str().unwrap().to_string();
+    ok(&b.fsctl(JOB, &["mount", "results", &db_, "--ro"]));
+    let (ta, tb) = (tree(&dir_a), tree(&dir_b));
+    assert!(ta.lines().count() > 200, "{ta}");
+    assert_eq!(ta, tb, "node B reads what node A committed");
+    let status_b = ok(&b.fsctl(JOB, &["status", &db_, "--json"]));
+    assert!(status_b.contains(&v1), "B shows A's hash {v1}: {status_b}");
+    // No block lives on B's disk: they are all in the shared bucket.
+    assert!(!b.state().join("blocks").exists(), "node B keeps no local block store");
+
+    // A commits again; B follows within its refresh interval (1 s here) without remounting.
+    ok(&sh_as(JOB, &dir_a, "echo changed > sub/f1.txt && rm sub/f2.txt && echo added > new.txt"));
+    let v2 = ok(&a.fsctl(JOB, &["commit", &da, "-m", "second"])).trim().to_string();
+    assert_ne!(v1, v2);
+    let read_b = |script: &str| String::from_utf8_lossy(&sh_as(JOB, &dir_b, script).stdout).into_owned();
+    wait_for("node B shows the new version", Duration::from_secs(15), || {
+        read_b("cat new.txt 2>/dev/null") == "added\n"
+    });
+    assert_eq!(read_b("cat sub/f1.txt"), "changed\n");
+    assert_eq!(read_b("test -e sub/f2.txt || echo gone"), "gone\n");
+    assert_eq!(tree(&dir_a), tree(&dir_b), "node B shows exactly A's second version");
+    assert!(ok(&b.fsctl(JOB, &["status", &db_, "--json"])).contains(&v2));
+    // The read-only view refuses writes.
+    let w = sh_as(JOB, &dir_b, "echo x > nope.txt");
+    assert!(!w.status.success());
+
+    // Both nodes write the same ref: exactly one commit wins, the other is refused and keeps its tree.
+    let dir_b2 = b.job_dir("writer", JOB);
+    let db2 = dir_b2.to_str().unwrap().to_string();
+    ok(&b.fsctl(JOB, &["mount", "results", &db2]));
+    ok(&sh_as(JOB, &dir_a, "echo from-a > race.txt"));
+    ok(&sh_as(JOB, &dir_b2, "echo from-b > race.txt"));
+    ok(&a.fsctl(JOB, &["commit", &da, "-m", "A wins"]));
+    let lost = b.fsctl(JOB, &["commit", &db2, "-m", "B loses"]);
+    assert_eq!(lost.status.code(), Some(1), "the later commit is refused: {}", String::from_utf8_lossy(&lost.stderr));
+    assert!(String::from_utf8_lossy(&lost.stderr).contains("conflict"), "{}", String::from_utf8_lossy(&lost.stderr));
+    assert_eq!(ok(&sh_as(JOB, &dir_b2, "cat race.txt")), "from-b\n", "B's tree is kept");
+    let log = ok(&a.fsctl(JOB, &["log", "results"]));
+    assert_eq!(log.lines().filter(|l| !l.trim().is_empty()).count(), 3, "three versions, none lost: {log}");
+    // B keeps its work under another ref.
+    ok(&b.fsctl(JOB, &["commit", &db2, "--into", "results.conflict", "-m", "B's tree"]));
+
+    ok(&b.fsctl(JOB, &["umount", &db2, "--discard"]));
+    ok(&b.fsctl(JOB, &["umount", &db_]));
+    ok(&a.fsctl(JOB, &["umount", &da]));
+}
+
+#[test]
+fn check_config_tests_each_backend_with_clear_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut garage = Garage::start(&tmp.path().join("servers"), 1);
+    let pg = Postgres::start(&tmp.path().join("servers"));
+    pg.create_db("checked");
+    let conf = node_config(&tmp.path().join("conf"), &garage, &pg, "checked", 5);
+    let state = tmp.path().join("state");
+    let check = |conf: &Path| {
+        let mut cmd = std::process::Command::new(cafs_tests::mount::bin("cafsd"));
+        cmd.arg("--config").arg(conf).arg("--state-dir").arg(&state).arg("--check-config");
+        cafs_tests::run_bounded(&mut cmd, Duration::from_secs(120))
+    };
+    let out = check(&conf);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{}", text, String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("block store: ok") && text.contains("catalog: ok"), "{text}");
+    assert!(!text.contains(&garage.secret) && !text.contains(&pg.password), "no secret is printed");
+
+    // A wrong database password: exit 1, saying so, and no secret printed.
+    let bad = tmp.path().join("conf/bad-pg.toml");
+    std::fs::write(&bad, std::fs::read_to_string(&conf).unwrap().replace("pg.password", "wrong.password")).unwrap();
+    let wrong = tmp.path().join("conf/wrong.password");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("catalog") && err.contains("password authentication failed"), "{err}");
+    // A secret file others can read is refused.
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = String::from_utf8_lossy(&check(&bad).stderr).into_owned();
+    assert!(err.contains("chmod 600"), "{err}");
+    // The store down: exit 1, naming the block store.
+    garage.kill_node(0);
+    let out = check(&conf);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("block store"), "{err}");
+    // A typo in the file: exit 1, naming the key.
+    let typo = tmp.path().join("conf/typo.toml");
+    std::fs::write(&typo, "[store]\nkind = \"s3\"\nendpiont = \"http://x\"\nbucket = \"b\"\n").unwrap();
+    let err = String::from_utf8_lossy(&check(&typo).stderr).into_owned();
+    assert!(err.contains("endpiont"), "{err}");
+}
