@@ -89,6 +89,9 @@ pub enum StoreConfig {
         max_concurrency: Option<usize>,
         #[serde(default)]
         request_timeout_seconds: Option<u64>,
+        /// Sign request payloads (see [`S3Config::sign_payload`]).
+        #[serde(default)]
+        sign_payload: bool,
     },
 }
 
@@ -180,6 +183,7 @@ impl Config {
             credentials_file,
             max_concurrency,
             request_timeout_seconds,
+            sign_payload,
         } = &self.store
         else {
             return Ok(None);
@@ -212,6 +216,7 @@ impl Config {
             max_concurrency: max_concurrency.unwrap_or(d.max_concurrency),
             request_timeout: request_timeout_seconds.map_or(d.request_timeout, Duration::from_secs),
             max_retries: d.max_retries,
+            sign_payload: *sign_payload,
         }))
     }
 

@@ -376,20 +376,13 @@ impl Server {
         let opts = MountOptions { read_only: coll.is_read_only(), ..MountOptions::default() };
         // Kept in systemd's store before it is served: a mount is never served without a holder that outlives
         // this cafsd, once there is a store.
-        let fdname = match (&self.fdstore, dev.try_clone()) {
-            (Some(store), Ok(dup)) => match store.keep(&h, dup.as_fd()) {
-                Ok(name) => Some(name),
-                Err(e) => {
-                    tracing::warn!(mount = %dir.display(), error = %e, "could not keep the mount in systemd's fd store");
-                    None
-                }
-            },
-            (Some(_), Err(e)) => {
-                tracing::warn!(mount = %dir.display(), error = %e, "could not duplicate the mount's fd");
+        let fdname = self.fdstore.as_ref().and_then(|store| match store.keep(&h, dev.as_fd()) {
+            Ok(name) => Some(name),
+            Err(e) => {
+                tracing::warn!(mount = %dir.display(), error = %e, "could not keep the mount in systemd's fd store");
                 None
             }
-            (None, _) => None,
-        };
+        });
         let mounted = if h.resume {
             tracing::info!(mount = %dir.display(), "taking over a live mount");
             resume_fd(&dir, dev, fuse, &opts)
