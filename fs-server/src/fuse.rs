@@ -25,10 +25,18 @@ use crate::fs::{Attr, FsError, SetAttr};
 /// How long the kernel may cache names and attributes. Every change goes through this mount, so the kernel's
 /// cache stays right; the control files are exempt (their contents change by themselves).
 const TTL: Duration = Duration::from_secs(1);
-/// File handles say how a file was opened (cafs keeps no per-handle state): only a writer's `close` reports
-/// write errors. Stable across restarts, since the kernel keeps the handles an earlier cafsd gave.
-const READER: FileHandle = FileHandle(0);
-const WRITER: FileHandle = FileHandle(1);
+/// File handles say how a file was opened and by which cafsd (cafs keeps no per-handle state): bit 0 is set
+/// for a writer (only a writer's `close` reports write errors), the rest is the serving process's epoch. The
+/// kernel keeps handles across a restart, so a handle from another epoch was opened before it: only such a
+/// handle hears, from `fsync` or `close`, of writes that died unstored with that cafsd — a file opened since
+/// never held them (as Linux reports a writeback error only to files open when it happened).
+fn handle(epoch: u64, writer: bool) -> FileHandle {
+    FileHandle(epoch << 1 | u64::from(writer))
+}
+
+fn is_writer(fh: FileHandle) -> bool {
+    fh.0 & 1 == 1
+}
 
 const CONTROL_DIR: u64 = u64::MAX - 1;
 
@@ -122,11 +130,22 @@ pub struct CafsFuse {
     uid: u32,
     gid: u32,
     gate: Arc<Gate>,
+    /// This process's mark in the file handles it gives (see [`handle`]).
+    epoch: u64,
 }
 
 impl CafsFuse {
     pub fn new(coll: Arc<Collection>, control: Arc<Control>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
-        Self { coll, control, rt, uid, gid, gate: Arc::default() }
+        // Distinct per process start: the time in ms, folded to leave bit 0 for the writer flag; never 0, which
+        // older cafsd versions used for every handle.
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
+        let epoch = (ms ^ u64::from(std::process::id()) << 40) & (u64::MAX >> 1) | 1;
+        Self { coll, control, rt, uid, gid, gate: Arc::default(), epoch }
+    }
+
+    /// Whether `fh` was given by an earlier cafsd.
+    fn stale(&self, fh: FileHandle) -> bool {
+        fh.0 >> 1 != self.epoch
     }
 
     /// The gate in front of this mount's requests.
@@ -424,7 +443,7 @@ impl fuser::Filesystem for CafsFuse {
                 let _ = self.coll.fs().release(ino.0);
                 reply.error(Errno::EISDIR)
             }
-            Ok(_) => reply.opened(if wants_write { WRITER } else { READER }, FopenFlags::empty()),
+            Ok(_) => reply.opened(handle(self.epoch, wants_write), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -503,10 +522,10 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         // close(): a writer hears of a failed upload or of writes lost with a dead cafsd; never a commit. A
         // reader's close has nothing to report.
-        if control_file(ino.0).is_some() || fh != WRITER {
+        if control_file(ino.0).is_some() || !is_writer(fh) {
             return reply.ok();
         }
-        self.empty(reply, self.coll.fs().close_error(ino.0));
+        self.empty(reply, self.coll.fs().close_error(ino.0, self.stale(fh)));
     }
 
     fn release(
@@ -526,12 +545,12 @@ impl fuser::Filesystem for CafsFuse {
         self.empty(reply, self.coll.fs().release(ino.0));
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _live = self.gate.enter();
         if control_file(ino.0).is_some() {
             return reply.ok();
         }
-        self.empty(reply, self.coll.fs().fsync(ino.0));
+        self.empty(reply, self.coll.fs().fsync_handle(ino.0, self.stale(fh)));
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -629,7 +648,7 @@ impl fuser::Filesystem for CafsFuse {
         }
         let r = self.coll.fs().create(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         match self.made_again(req, parent.0, name, r).and_then(|a| self.coll.fs().open(a.ino)) {
-            Ok(a) => reply.created(&TTL, &file_attr(&a), Generation(0), WRITER, FopenFlags::empty()),
+            Ok(a) => reply.created(&TTL, &file_attr(&a), Generation(0), handle(self.epoch, true), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }

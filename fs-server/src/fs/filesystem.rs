@@ -951,10 +951,12 @@ impl Filesystem {
         Ok(())
     }
 
-    /// What `close` reports: writes lost with a cafsd that died (once, see [`Filesystem::fsync`]), or a failed
-    /// upload of this file's bytes.
-    pub fn close_error(&self, ino: Ino) -> Result<(), FsError> {
-        self.take_lost(&mut self.lock(), ino)?;
+    /// What `close` of a writer reports: writes lost with a cafsd that died (once, and only to a handle opened
+    /// before the restart: `stale`; see [`Filesystem::fsync_handle`]), or a failed upload of this file's bytes.
+    pub fn close_error(&self, ino: Ino, stale: bool) -> Result<(), FsError> {
+        if stale {
+            self.take_lost(&mut self.lock(), ino)?;
+        }
         self.upload_error(ino)
     }
 
@@ -977,16 +979,28 @@ impl Filesystem {
     }
 
     /// Makes the file's bytes durable in the block store: seals its buffer, (re)starts its uploads and waits for
-    /// them. Fails with the store's error if an upload fails after retries; the data stays held. After a
-    /// recovery, the first `fsync` (or `close`) of a file whose unstored writes died with the old cafsd fails
-    /// with `EIO`: a resent `fsync` must not claim bytes that are gone.
+    /// them. Fails with the store's error if an upload fails after retries; the data stays held.
     pub fn fsync(&self, ino: Ino) -> Result<(), FsError> {
+        self.fsync_handle(ino, false)
+    }
+
+    /// [`Filesystem::fsync`] through a file handle; `stale` when the handle was opened before cafsd restarted.
+    /// After a recovery, the first `fsync` (or `close`) through such a handle of a file whose unstored writes
+    /// died with the old cafsd fails with `EIO`: a resent `fsync` must not claim bytes that are gone. A handle
+    /// opened since never held those writes and is not told; its successful `fsync` makes the journal say the
+    /// file is whole as it stands.
+    pub fn fsync_handle(&self, ino: Ino, stale: bool) -> Result<(), FsError> {
         let mut st = self.lock();
         st.table.get(ino)?;
-        let lost = self.take_lost(&mut st, ino);
+        let lost = if stale { self.take_lost(&mut st, ino) } else { Ok(()) };
         let mine = st.owned_by(ino).to_vec();
         self.flush(st, mine)?;
         lost?;
+        let st = self.lock();
+        if st.lost.contains(&ino) && !st.unsynced.contains(&ino) {
+            self.shared.log(&st.table, |table| Some(Record::Synced { path: table.path(ino)? }));
+        }
+        drop(st);
         // The landing of each upload was journaled when it landed: now make that (and all before it) durable.
         self.sync_journal()
     }
