@@ -19,7 +19,7 @@ mod postgres;
 mod sqlite;
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
@@ -42,6 +42,20 @@ pub enum CatalogError {
     Corrupt(String),
     #[error("catalog backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Commit times as the backends store them: microseconds since the epoch.
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn from_micros(us: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+/// A hash read back from a backend: one that does not parse is corruption, not bad input.
+fn parse_pdh(s: &str) -> Result<Pdh, CatalogError> {
+    Pdh::parse(s).map_err(|e| CatalogError::Corrupt(e.to_string()))
 }
 
 fn show_version(v: Option<u64>) -> String {

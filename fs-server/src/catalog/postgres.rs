@@ -11,13 +11,13 @@
 //! `sslmode` asks. The schema is created on first use under an advisory lock, so two nodes starting at once do
 //! not race, and a database made by a newer cafs is refused rather than misread.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
-use super::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
+use super::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version, from_micros, micros, parse_pdh};
 use crate::manifest::Pdh;
 
 const SCHEMA_VERSION: i32 = 1;
@@ -75,18 +75,6 @@ fn pg(e: tokio_postgres::Error) -> CatalogError {
         (None, None) => String::new(),
     };
     CatalogError::Backend(format!("PostgreSQL: {e}{detail}").into())
-}
-
-fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-fn from_micros(us: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
-}
-
-fn parse_pdh(s: &str) -> Result<Pdh, CatalogError> {
-    Pdh::parse(s).map_err(|e| CatalogError::Corrupt(e.to_string()))
 }
 
 fn to_version(r: &tokio_postgres::Row) -> Result<Version, CatalogError> {

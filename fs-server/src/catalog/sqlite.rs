@@ -7,12 +7,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
+use super::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version, from_micros, micros, parse_pdh};
 use crate::manifest::Pdh;
 
 const SCHEMA_VERSION: i64 = 1;
@@ -48,18 +48,6 @@ pub struct SqliteCatalog {
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> CatalogError {
     CatalogError::Backend(Box::new(e))
-}
-
-fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-fn from_micros(us: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(u64::try_from(us).unwrap_or(0))
-}
-
-fn parse_pdh(s: &str) -> Result<Pdh, CatalogError> {
-    Pdh::parse(s).map_err(|e| CatalogError::Corrupt(e.to_string()))
 }
 
 impl SqliteCatalog {
