@@ -132,13 +132,11 @@ impl Collection {
         uid: u32,
         gid: u32,
     ) -> Result<Self, CollectionError> {
-        let rt = tokio::runtime::Handle::current();
-        let head = catalog.head(&name).await?.ok_or_else(|| CollectionError::NoVersion(name.clone()))?;
-        let (manifest, sidecar) = Self::fetch(catalog.as_ref(), head.pdh, Some(head.sidecar)).await?;
-        let fs = tokio::task::spawn_blocking(move || Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid))
-            .await
-            .map_err(|e| FsError::Io(format!("load task failed: {e}")))??;
-        let mut c = Self::assemble(fs, Origin::Follow(name), catalog, Some(head));
+        let mut c = Self::open_ref(catalog, store, name.clone(), opts, uid, gid).await?;
+        if c.last_version().is_none() {
+            return Err(CollectionError::NoVersion(name));
+        }
+        c.origin = Origin::Follow(name);
         c.owner = (uid, gid);
         Ok(c)
     }
