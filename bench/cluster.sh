@@ -23,7 +23,13 @@ pids=()
 mounts=()
 cleanup() {
   for m in "${mounts[@]}"; do grep -q " $m " /proc/mounts && umount -l "$m" || true; done
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+  # SIGTERM, up to 10 s, then SIGKILL: a server must not outlive the run.
+  for p in "${pids[@]}"; do
+    kill "$p" 2>/dev/null || continue
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   rm -rf "$work" "${rand:-}" "${tarball:-}"
 }
 trap cleanup EXIT
@@ -61,7 +67,8 @@ api_bind_addr = "127.0.0.1:$s3_port"
 root_domain = ".s3.garage.localhost"
 EOF
 g() { "$garage" -c "$work/garage/garage.toml" "$@"; }
-g server > "$work/garage/server.log" 2>&1 &
+# Started directly, not through g(): $! must be garage's own PID, for cleanup to stop it.
+"$garage" -c "$work/garage/garage.toml" server > "$work/garage/server.log" 2>&1 &
 pids+=($!)
 wait_port "$rpc_port"; wait_port "$s3_port"
 node=$(retry g node id -q; g node id -q | cut -d@ -f1)
