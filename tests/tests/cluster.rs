@@ -59,6 +59,17 @@ fn tree(dir: &Path) -> String {
     ))
 }
 
+/// A test directory (others may enter it: cafsd and PostgreSQL run unprivileged), a Garage cluster of `nodes`
+/// nodes and a PostgreSQL server with an empty database `db`.
+fn servers(nodes: usize, db: &str) -> (tempfile::TempDir, Garage, Postgres) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let garage = Garage::start(&tmp.path().join("servers"), nodes);
+    let pg = Postgres::start(&tmp.path().join("servers"));
+    pg.create_db(db);
+    (tmp, garage, pg)
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -69,11 +80,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn two_nodes_share_blocks_and_collections() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let garage = Garage::start(&tmp.path().join("servers"), 1);
-    let pg = Postgres::start(&tmp.path().join("servers"));
-    pg.create_db("cluster");
+    let (tmp, garage, pg) = servers(1, "cluster");
     let (base_a, base_b) = (tmp.path().join("a"), tmp.path().join("b"));
     std::fs::create_dir_all(&base_a).unwrap();
     std::fs::create_dir_all(&base_b).unwrap();
@@ -145,11 +152,7 @@ fn two_nodes_share_blocks_and_collections() {
 
 #[test]
 fn check_config_tests_each_backend_with_clear_messages() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut garage = Garage::start(&tmp.path().join("servers"), 1);
-    let pg = Postgres::start(&tmp.path().join("servers"));
-    pg.create_db("checked");
+    let (tmp, mut garage, pg) = servers(1, "checked");
     let conf = node_config(&tmp.path().join("conf"), &garage, &pg, "checked", 5);
     let state = tmp.path().join("state");
     let check = |conf: &Path| {
@@ -195,11 +198,7 @@ fn check_config_tests_each_backend_with_clear_messages() {
 /// back intact — mounted again, from the store — while that node is still down.
 #[test]
 fn losing_a_storage_node_mid_write_loses_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut garage = Garage::start(&tmp.path().join("servers"), 3);
-    let pg = Postgres::start(&tmp.path().join("servers"));
-    pg.create_db("nodeloss");
+    let (tmp, mut garage, pg) = servers(3, "nodeloss");
     let conf = node_config(&tmp.path().join("conf"), &garage, &pg, "nodeloss", 1);
     std::fs::create_dir_all(tmp.path().join("node")).unwrap();
     let node = Stack::start(&tmp.path().join("node"), &["--autocommit", "0", "--config", conf.to_str().unwrap()]);
