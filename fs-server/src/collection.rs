@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
+use crate::fs::sidecar;
 use crate::fs::{Filesystem, FsError, FsOptions};
 use crate::journal::{Header, Journal, JournalError, Numbering};
 use crate::manifest::{Manifest, Pdh};
@@ -99,6 +100,14 @@ struct Uncertain {
     numbering: Numbering,
 }
 
+/// Frees a loaded tree's manifest and sidecar on a thread of their own: for a million files, a few tenths of a
+/// second that the mount need not wait for.
+fn drop_later<T: Send + 'static>(x: T) {
+    if std::thread::Builder::new().name("cafs-free".into()).spawn(move || drop(x)).is_err() {
+        tracing::debug!("no thread to free a loaded tree on; freed in place");
+    }
+}
+
 impl Collection {
     /// Opens the ref `name` (its current version, or an empty tree if it does not exist yet).
     pub async fn open_ref(
@@ -114,7 +123,10 @@ impl Collection {
         let fs = match &head {
             Some(v) => {
                 let (manifest, sidecar) = Self::fetch(catalog.as_ref(), v.pdh, Some(v.sidecar)).await?;
-                Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid)?
+                let numbering = Numbering::default();
+                let fs = Filesystem::load_numbered(&manifest, &sidecar, &numbering, store, rt, opts, uid, gid)?;
+                drop_later((manifest, sidecar));
+                fs
             }
             None => Filesystem::new(store, rt, opts, uid, gid),
         };
@@ -173,7 +185,8 @@ impl Collection {
     ) -> Result<Self, CollectionError> {
         let rt = tokio::runtime::Handle::current();
         let (manifest, sidecar) = Self::fetch(catalog.as_ref(), pdh, None).await?;
-        let fs = Filesystem::load(&manifest, &sidecar, store, rt, opts, uid, gid)?;
+        let fs = Filesystem::load_numbered(&manifest, &sidecar, &Numbering::default(), store, rt, opts, uid, gid)?;
+        drop_later((manifest, sidecar));
         Ok(Self::assemble(fs, Origin::Pdh(pdh), catalog, None))
     }
 
@@ -291,7 +304,7 @@ impl Collection {
         catalog: &dyn Catalog,
         pdh: Pdh,
         sidecar: Option<Pdh>,
-    ) -> Result<(Manifest, Vec<u8>), CollectionError> {
+    ) -> Result<(Manifest, sidecar::Index), CollectionError> {
         let record = catalog.get_collection(&pdh).await?.ok_or(CollectionError::UnknownPdh(pdh))?;
         let sidecar = match sidecar {
             Some(id) => catalog
@@ -300,7 +313,14 @@ impl Collection {
                 .ok_or_else(|| CatalogError::Corrupt(format!("sidecar {id} of collection {pdh} is missing")))?,
             None => Vec::new(),
         };
-        Ok((record.manifest()?, sidecar))
+        // Both are CPU work that grows with the tree (a second each for a million files): side by side, off the
+        // async workers.
+        let index = tokio::task::spawn_blocking(move || sidecar::Index::from_bytes(&sidecar));
+        let manifest = tokio::task::spawn_blocking(move || record.manifest());
+        let failed = |e: tokio::task::JoinError| FsError::Io(format!("parsing task failed: {e}"));
+        let manifest = manifest.await.map_err(failed)??;
+        let index = index.await.map_err(failed)?.map_err(|e| FsError::Io(e.to_string()))?;
+        Ok((manifest, index))
     }
 
     /// The tree (a handle: a followed ref's tree may be replaced after this returns; the handle keeps the one

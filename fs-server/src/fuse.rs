@@ -6,9 +6,11 @@
 //! created or removed. Hard links are refused with `EPERM` (a collection has no way to say two names share
 //! bytes that later change together).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -132,7 +134,15 @@ pub struct CafsFuse {
     gate: Arc<Gate>,
     /// This process's mark in the file handles it gives (see [`handle`]).
     epoch: u64,
+    /// Directory listings by (directory, handle), made at `opendir`: `readdir` then serves a page from the
+    /// offset it is given instead of listing the directory again, which made listing a directory of n entries
+    /// cost n²/page. Also what makes a listing stable while it is read.
+    listings: Mutex<HashMap<(u64, u64), Arc<Listing>>>,
+    next_dir_handle: AtomicU64,
 }
+
+/// A directory's entries for `readdir`: name, inode, kind.
+type Listing = Vec<(Vec<u8>, u64, FileType)>;
 
 impl CafsFuse {
     pub fn new(coll: Arc<Collection>, control: Arc<Control>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
@@ -140,7 +150,10 @@ impl CafsFuse {
         // older cafsd versions used for every handle.
         let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
         let epoch = (ms ^ u64::from(std::process::id()) << 40) & (u64::MAX >> 1) | 1;
-        Self { coll, control, rt, uid, gid, gate: Arc::default(), epoch }
+        // Directory handles start at a per-process point too, so that one given before a restart is unlikely to
+        // meet a new one for the same directory (and then both name a listing of that directory anyway).
+        let next_dir_handle = AtomicU64::new(epoch << 20);
+        Self { coll, control, rt, uid, gid, gate: Arc::default(), epoch, listings: Mutex::default(), next_dir_handle }
     }
 
     /// Whether `fh` was given by an earlier cafsd.
@@ -213,6 +226,42 @@ impl CafsFuse {
 
     fn is_control_name(&self, parent: u64, name: &OsStr) -> bool {
         parent == ROOT && name.as_bytes() == control::DIR_NAME && !self.coll.is_read_only()
+    }
+
+    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), Arc<Listing>>> {
+        self.listings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A directory's entries, `.` and `..` first, as one `opendir` sees them.
+    fn listing(&self, ino: u64) -> Result<Listing, Errno> {
+        let mut entries: Listing = Vec::new();
+        if ino == CONTROL_DIR {
+            entries.push((b".".to_vec(), CONTROL_DIR, FileType::Directory));
+            entries.push((b"..".to_vec(), ROOT, FileType::Directory));
+            for f in ControlFile::ALL {
+                entries.push((f.name().as_bytes().to_vec(), control_ino(f), FileType::RegularFile));
+            }
+            return Ok(entries);
+        }
+        let fs = self.coll.fs();
+        let parent = fs.parent(ino).map_err(|e| errno(&e))?;
+        let list = fs.readdir(ino).map_err(|e| errno(&e))?;
+        entries.reserve(list.len() + 2);
+        entries.push((b".".to_vec(), ino, FileType::Directory));
+        entries.push((b"..".to_vec(), parent, FileType::Directory));
+        entries.extend(list.into_iter().map(|(name, i, k)| (name, i, kind(k))));
+        Ok(entries)
+    }
+
+    /// The listing `opendir` made for this handle; one made now for a handle this process did not give (the
+    /// directory was opened before a restart), kept until its `releasedir`.
+    fn opened_listing(&self, ino: u64, fh: FileHandle) -> Result<Arc<Listing>, Errno> {
+        if let Some(l) = self.listings().get(&(ino, fh.0)) {
+            return Ok(l.clone());
+        }
+        let list = Arc::new(self.listing(ino)?);
+        self.listings().insert((ino, fh.0), list.clone());
+        Ok(list)
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
@@ -553,28 +602,31 @@ impl fuser::Filesystem for CafsFuse {
         self.empty(reply, self.coll.fs().fsync_handle(ino.0, self.stale(fh)));
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _live = self.gate.enter();
-        let mut entries: Vec<(u64, FileType, Vec<u8>)> = Vec::new();
-        if ino.0 == CONTROL_DIR {
-            entries.push((CONTROL_DIR, FileType::Directory, b".".to_vec()));
-            entries.push((ROOT, FileType::Directory, b"..".to_vec()));
-            for f in ControlFile::ALL {
-                entries.push((control_ino(f), FileType::RegularFile, f.name().as_bytes().to_vec()));
+        let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
+        match self.listing(ino.0) {
+            Ok(list) => {
+                self.listings().insert((ino.0, fh), Arc::new(list));
+                reply.opened(FileHandle(fh), FopenFlags::empty())
             }
-        } else {
-            let parent = match self.coll.fs().parent(ino.0) {
-                Ok(p) => p,
-                Err(e) => return reply.error(errno(&e)),
-            };
-            entries.push((ino.0, FileType::Directory, b".".to_vec()));
-            entries.push((parent, FileType::Directory, b"..".to_vec()));
-            match self.coll.fs().readdir(ino.0) {
-                Ok(list) => entries.extend(list.into_iter().map(|(name, i, k)| (i, kind(k), name))),
-                Err(e) => return reply.error(errno(&e)),
-            }
+            Err(e) => reply.error(e),
         }
-        for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+    }
+
+    fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let _live = self.gate.enter();
+        self.listings().remove(&(ino.0, fh.0));
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _live = self.gate.enter();
+        let list = match self.opened_listing(ino.0, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (name, child, kind)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*child), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
                 break;
             }
@@ -582,37 +634,23 @@ impl fuser::Filesystem for CafsFuse {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _live = self.gate.enter();
-        // (name, attributes, how long the kernel may keep them)
-        let mut entries: Vec<(Vec<u8>, FileAttr, Duration)> = Vec::new();
-        if ino.0 == CONTROL_DIR {
-            let dir = self.virtual_attr(CONTROL_DIR).expect("virtual");
-            entries.push((b".".to_vec(), dir, Duration::ZERO));
-            match self.coll.fs().getattr(ROOT) {
-                Ok(a) => entries.push((b"..".to_vec(), file_attr(&a), TTL)),
-                Err(e) => return reply.error(errno(&e)),
-            }
-            for f in ControlFile::ALL {
-                let a = self.virtual_attr(control_ino(f)).expect("virtual");
-                entries.push((f.name().as_bytes().to_vec(), a, Duration::ZERO));
-            }
-        } else {
-            let fs = self.coll.fs();
-            let here = fs.getattr(ino.0).and_then(|a| Ok((a, fs.getattr(fs.parent(ino.0)?)?)));
-            let (here, parent) = match here {
-                Ok(x) => x,
-                Err(e) => return reply.error(errno(&e)),
+        let list = match self.opened_listing(ino.0, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        let fs = self.coll.fs();
+        for (i, (name, child, _)) in list.iter().enumerate().skip(offset as usize) {
+            // Attributes as they are now, page by page: an entry removed since the listing was made is skipped.
+            let (attr, ttl) = match self.virtual_attr(*child) {
+                Some(a) => (a, Duration::ZERO),
+                None => match fs.getattr(*child) {
+                    Ok(a) => (file_attr(&a), TTL),
+                    Err(_) => continue,
+                },
             };
-            entries.push((b".".to_vec(), file_attr(&here), TTL));
-            entries.push((b"..".to_vec(), file_attr(&parent), TTL));
-            match fs.readdir_attrs(ino.0) {
-                Ok(list) => entries.extend(list.into_iter().map(|(name, a)| (name, file_attr(&a), TTL))),
-                Err(e) => return reply.error(errno(&e)),
-            }
-        }
-        for (i, (name, attr, ttl)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), ttl, attr, Generation(0)) {
+            if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }
         }

@@ -14,7 +14,7 @@ mod write;
 
 use std::fmt;
 
-pub use escape::{escape_name, unescape};
+pub use escape::{escape_into, escape_name, unescape};
 pub use parse::{MAX_DEPTH, ParseError, ParseErrorKind};
 pub use tree::{BlockId, Dir, Entry, File, Name, Segment, TreeError};
 
@@ -114,6 +114,20 @@ impl Manifest {
             }
         }
         deepest
+    }
+
+    /// How many files and directories the tree holds, the root not counted.
+    pub fn entries(&self) -> usize {
+        let mut n = 0;
+        let mut stack: Vec<&Dir> = vec![&self.root];
+        while let Some(dir) = stack.pop() {
+            n += dir.len();
+            stack.extend(dir.iter().filter_map(|(_, e)| match e {
+                Entry::Dir(d) => Some(d),
+                Entry::File(_) => None,
+            }));
+        }
+        n
     }
 
     /// Every file with its path (`a/b/c`), depth-first in name order.

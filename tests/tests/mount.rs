@@ -199,3 +199,46 @@ fn the_arvados_sdk_reads_what_a_mount_committed() {
     assert_eq!(by_sdk.pdh, pdh, "the SDK's hash of the committed manifest is cafs's");
     assert_eq!(cafs_tests::snapshot(&out), expected, "the SDK reads identical bytes");
 }
+
+/// A listing read while entries are removed returns every entry that was there when it started exactly once:
+/// each `opendir` lists the directory once and `readdir` serves pages of that listing. Before, every page listed
+/// the directory again and skipped to its offset, so names removed behind the reader shifted the rest forward
+/// and entries it had not reached yet were never returned.
+#[test]
+fn a_listing_survives_removals_behind_the_reader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "r", "--autocommit", "0"]);
+    let dir = mnt.join("many");
+    fs::create_dir(&dir).unwrap();
+    let names: Vec<String> = (0..6000).map(|i| format!("entry-{i:05}")).collect();
+    for n in &names {
+        fs::write(dir.join(n), b"").unwrap();
+    }
+    let mut listing = nix::dir::Dir::open(&dir, nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty()).unwrap();
+    let mut seen = Vec::new();
+    let mut removed = false;
+    for e in listing.iter() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            seen.push(name);
+        }
+        // One getdents call fills libc's buffer with the first few hundred names; remove them (all behind the
+        // reader) before it asks for the next page.
+        if seen.len() == 100 && !removed {
+            for n in &seen {
+                fs::remove_file(dir.join(n)).unwrap();
+            }
+            removed = true;
+        }
+    }
+    drop(listing);
+    assert!(removed);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "no entry is returned twice");
+    assert_eq!(sorted, names, "every entry there when the listing started is returned");
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), names.len() - 100);
+    cafsd.stop();
+}

@@ -330,12 +330,13 @@ impl Filesystem {
         uid: u32,
         gid: u32,
     ) -> Result<Self, FsError> {
-        Self::load_numbered(manifest, sidecar, &Numbering::default(), store, rt, opts, uid, gid)
+        let index = sidecar::Index::from_bytes(sidecar).map_err(|e| FsError::Io(e.to_string()))?;
+        Self::load_numbered(manifest, &index, &Numbering::default(), store, rt, opts, uid, gid)
     }
 
     /// A tree of another version of the same collection, with this tree's store and options, and this tree's
     /// inode number for every path both have (new paths get numbers this tree never gave).
-    pub fn reload(&self, manifest: &Manifest, sidecar: &[u8], uid: u32, gid: u32) -> Result<Self, FsError> {
+    pub fn reload(&self, manifest: &Manifest, sidecar: &sidecar::Index, uid: u32, gid: u32) -> Result<Self, FsError> {
         let (inos, next) = self.lock().table.numbering();
         let sh = &self.shared;
         Self::load_numbered(
@@ -362,7 +363,7 @@ impl Filesystem {
     #[allow(clippy::too_many_arguments)]
     pub fn load_numbered(
         manifest: &Manifest,
-        sidecar: &[u8],
+        sidecar: &sidecar::Index,
         numbering: &Numbering,
         store: Arc<dyn BlockStore>,
         rt: tokio::runtime::Handle,
@@ -377,9 +378,8 @@ impl Filesystem {
             }
             numbers.get(&super::inode::join(comps.iter().copied())[..]).copied()
         };
-        let sc = Sidecar::from_bytes(sidecar).map_err(|e| FsError::Io(e.to_string()))?;
         let t = now();
-        let meta_for = |key: &str, default_perm: u32| match sc.entries.get(key) {
+        let meta_for = |key: &str, default_perm: u32| match sidecar.get(key) {
             Some(e) => {
                 let m = from_ns(e.mtime_ns);
                 Meta { perm: e.perm & 0o7777, uid: e.uid, gid: e.gid, mtime: m, ctime: m, atime: m }
@@ -388,36 +388,59 @@ impl Filesystem {
         };
         let mut table = Table::new(meta_for("", 0o755));
         table.reserve_below(numbering.next);
-        let mut stack: Vec<(&Dir, Ino, Vec<&[u8]>)> = vec![(manifest.root(), ROOT, Vec::new())];
-        while let Some((dir, ino, path)) = stack.pop() {
+        table.reserve(manifest.entries());
+        // (directory, its inode, its path, its sidecar key)
+        let mut stack: Vec<(&Dir, Ino, Vec<&[u8]>, String)> = vec![(manifest.root(), ROOT, Vec::new(), String::new())];
+        let mut key = String::new();
+        let mut name_buf = Vec::new();
+        while let Some((dir, ino, path, dir_key)) = stack.pop() {
+            let mut made = Vec::with_capacity(dir.len());
             for (name, entry) in dir.iter() {
-                let mut p = path.clone();
-                p.push(name);
-                let key = sidecar::key(p.iter().copied());
+                key.clear();
+                // A sidecar-less tree (a mount by hash) has no key to look up; only directories need theirs.
+                if !sidecar.is_empty() || matches!(entry, Entry::Dir(_)) {
+                    if !dir_key.is_empty() {
+                        key.push_str(&dir_key);
+                        key.push('/');
+                    }
+                    name_buf.clear();
+                    crate::manifest::escape_into(&mut name_buf, name);
+                    key.push_str(std::str::from_utf8(&name_buf).expect("escaping leaves only valid UTF-8"));
+                }
+                let path_of = || {
+                    let mut p = path.clone();
+                    p.push(&name[..]);
+                    p
+                };
+                let number_of = || if numbers.is_empty() { None } else { number(&path_of()) };
                 match entry {
                     Entry::Dir(d) => {
-                        let child = table.create_as(
-                            ino,
-                            name,
-                            Body::Dir(Default::default()),
-                            meta_for(&key, 0o755),
-                            number(&p),
-                        )?;
-                        stack.push((d, child, p));
+                        let body = Body::Dir(Default::default());
+                        made.push((&name[..], body, meta_for(&key, 0o755), number_of()));
+                        stack.push((d, 0, path_of(), key.clone()));
                     }
                     Entry::File(f) => {
                         let mut x = Extents::new();
                         for s in f.segments() {
                             x.push(s.len, Source::Stored { block: manifest.block(s.block).clone(), offset: s.offset });
                         }
-                        table.create_as(ino, name, Body::File(x), meta_for(&key, 0o644), number(&p))?;
+                        made.push((&name[..], Body::File(x), meta_for(&key, 0o644), number_of()));
                     }
+                }
+            }
+            // The directories just pushed learn their inode numbers now.
+            let first_new_dir = stack.len() - made.iter().filter(|m| matches!(m.1, Body::Dir(_))).count();
+            let inos = table.create_sorted(ino, made)?;
+            let mut next_dir = first_new_dir;
+            for (child, is_dir) in inos {
+                if is_dir {
+                    stack[next_dir].1 = child;
+                    next_dir += 1;
                 }
             }
         }
         // Symlinks live only in the sidecar.
-        for (key, e) in &sc.entries {
-            let Some(target) = &e.symlink else { continue };
+        for (key, target) in sidecar.symlinks() {
             let comps = sidecar::components(key).map_err(|e| FsError::Io(e.to_string()))?;
             let Some((name, dirs)) = comps.split_last() else { continue };
             let mut parent = ROOT;

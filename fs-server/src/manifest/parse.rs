@@ -9,7 +9,7 @@
 use std::fmt;
 
 use super::escape::{UnescapeError, unescape_into};
-use super::tree::{Dir, Segment, TreeError, valid_name};
+use super::tree::{Dir, File, Name, Segment, TreeError, valid_name};
 use super::{BlockId, Manifest};
 use crate::locator::{Locator, LocatorError, parse_decimal_lenient};
 
@@ -95,6 +95,11 @@ struct Parser<'a> {
     /// text; one piece per byte of text bounds it linearly while leaving real manifests far inside.
     pieces: u64,
     max_pieces: u64,
+    /// Files of the current stream gathered in name order, while the stream's directory started empty and every
+    /// name so far is plain and past the one before (always, for normalized text): built into the directory in
+    /// one pass at the end of the line instead of a tree search per file. `bulk` is off once that fails.
+    pending: Vec<(Name, File)>,
+    bulk: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -152,6 +157,8 @@ pub(super) fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
         name: Vec::new(),
         pieces: 0,
         max_pieces: text.len() as u64,
+        pending: Vec::new(),
+        bulk: false,
     };
     if text.last() != Some(&b'\n') {
         let last_line = text.rsplit(|&b| b == b'\n').next().unwrap_or(text);
@@ -247,12 +254,22 @@ fn parse_line<'a>(m: &mut Manifest, p: &mut Parser<'a>, line: &'a [u8]) -> Resul
         kind: k,
     })?;
     let mut cursor = 0usize;
+    p.bulk = stream_dir.is_empty();
     p.token = first_file;
     parse_file_token(p, stream_dir, stream_depth, stream_len, &mut cursor, first_file)?;
     for tok in tokens {
         p.token_no += 1;
         p.token = tok;
         parse_file_token(p, stream_dir, stream_depth, stream_len, &mut cursor, tok)?;
+    }
+    flush_pending(p, stream_dir)
+}
+
+/// Puts the gathered files into their (still empty) directory and ends gathering for this line.
+fn flush_pending(p: &mut Parser<'_>, dir: &mut Dir) -> Result<(), ParseError> {
+    if p.bulk {
+        p.bulk = false;
+        dir.fill_sorted(std::mem::take(&mut p.pending)).map_err(|e| p.err(ParseErrorKind::Conflict(e)))?;
     }
     Ok(())
 }
@@ -319,12 +336,30 @@ fn place(
     if !is_marker && let Some(kind) = component_error(last) {
         return Err(p.err(kind));
     }
+    let plain = dirs.is_none() && !is_marker;
+    let gather = p.bulk && plain && p.pending.last().is_none_or(|(prev, _)| &prev[..] <= last);
+    if p.bulk && !gather {
+        flush_pending(p, stream_dir)?;
+    }
+    if gather {
+        let mut pending = std::mem::take(&mut p.pending);
+        if pending.last().is_none_or(|(prev, _)| &prev[..] < last) {
+            pending.push((last.into(), File::new()));
+        }
+        let r = map_segments(p, &mut pending.last_mut().expect("just made sure").1, pos, len, cursor);
+        p.pending = pending;
+        return r;
+    }
     let dir = walk(stream_dir, components()).map_err(|k| p.err(k))?;
     if is_marker {
         return Ok(());
     }
     let file = dir.file(last).map_err(|e| p.err(ParseErrorKind::Conflict(e)))?;
+    map_segments(p, file, pos, len, cursor)
+}
 
+/// Maps [pos, pos+len) of the stream onto its blocks, appending the pieces to `file`.
+fn map_segments(p: &mut Parser<'_>, file: &mut File, pos: u64, len: u64, cursor: &mut usize) -> Result<(), ParseError> {
     // Map [pos, pos+len) of the stream onto its blocks. File tokens usually advance through the stream in order,
     // so try the block where the previous token ended before searching.
     let blocks = &p.blocks;

@@ -149,8 +149,15 @@ impl Dir {
         if !valid_name(name) {
             return Err(TreeError::InvalidName(show(name)));
         }
-        // Lookups first: the common case (appending to the last file) must not allocate a key.
-        let entry = if self.entries.contains_key(name) {
+        // The common cases, a name past every other (normalized text lists names in order) and the last file
+        // again, cost one comparison with the last key instead of tree searches; neither allocates a key.
+        let past_last = match self.entries.last_key_value() {
+            None => true,
+            Some((last, _)) => &last[..] < name,
+        };
+        let entry = if past_last {
+            self.entries.entry(name.into()).or_insert_with(|| Entry::File(File::new()))
+        } else if self.entries.contains_key(name) {
             self.entries.get_mut(name).expect("checked above")
         } else {
             self.entries.entry(name.into()).or_insert_with(|| Entry::File(File::new()))
@@ -159,6 +166,23 @@ impl Dir {
             Entry::File(f) => Ok(f),
             Entry::Dir(_) => Err(TreeError::IsADirectory(show(name))),
         }
+    }
+
+    /// Fills an empty directory with files given in strictly increasing name order, each name valid (the
+    /// parser's fast path), in one pass. Into a directory that has entries, they are added one by one.
+    pub(crate) fn fill_sorted(&mut self, files: Vec<(Name, File)>) -> Result<(), TreeError> {
+        let sorted = files.windows(2).all(|w| w[0].0 < w[1].0);
+        if self.entries.is_empty() && sorted && files.iter().all(|(n, _)| valid_name(n)) {
+            self.entries = files.into_iter().map(|(n, f)| (n, Entry::File(f))).collect();
+            return Ok(());
+        }
+        for (name, f) in files {
+            let into = self.file(&name)?;
+            for seg in f.segments {
+                into.push(seg);
+            }
+        }
+        Ok(())
     }
 
     /// Inserts `entry` as `name`, replacing what was there; returns the old entry.
