@@ -88,6 +88,9 @@ pub struct Collection {
     /// A commit whose outcome is unknown: the catalog failed after it may have made the version (a timeout,
     /// a lost reply). The next commit first looks whether it landed; else that one would conflict with it.
     uncertain: Mutex<Option<Uncertain>>,
+    /// Earlier trees of a followed ref that still have files open whose bytes changed since: those handles
+    /// keep reading the version they opened, from here, until they close.
+    retired: std::sync::RwLock<Vec<Filesystem>>,
 }
 
 #[derive(Debug)]
@@ -168,9 +171,33 @@ impl Collection {
             .await
             .map_err(|e| FsError::Io(format!("load task failed: {e}")))??;
         let generation = fs.generation();
-        *self.fs.write().unwrap_or_else(|p| p.into_inner()) = fs;
+        let old = std::mem::replace(&mut *self.fs.write().unwrap_or_else(|p| p.into_inner()), fs.clone());
+        // Checked after the swap, so that a file opened meanwhile (on the old tree) is counted too.
+        if old.open_elsewhere(&fs) {
+            self.retired.write().unwrap_or_else(|p| p.into_inner()).push(old);
+        }
         *self.head() = Head { version: Some(head.clone()), generation };
         Ok(Some(head))
+    }
+
+    /// The tree that holds inode `ino`: the current one, or an earlier one of a followed ref where a handle
+    /// opened before a refresh still reads a file that has changed since.
+    pub fn fs_for(&self, ino: u64) -> Filesystem {
+        let current = self.fs();
+        let retired = self.retired.read().unwrap_or_else(|p| p.into_inner());
+        if retired.is_empty() || current.has(ino) {
+            return current;
+        }
+        retired.iter().rev().find(|t| t.has(ino)).cloned().unwrap_or(current)
+    }
+
+    /// After a handle closed: lets go of earlier trees that nothing has open any more.
+    pub fn released(&self) {
+        if self.retired.read().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return;
+        }
+        let current = self.fs();
+        self.retired.write().unwrap_or_else(|p| p.into_inner()).retain(|t| t.open_elsewhere(&current));
     }
 
     /// Opens a committed collection by its hash, read-only (with default metadata: a hash names a manifest, not
@@ -297,6 +324,7 @@ impl Collection {
             head: Mutex::new(Head { version, generation }),
             committing: tokio::sync::Mutex::new(()),
             uncertain: Mutex::new(None),
+            retired: Default::default(),
         }
     }
 
@@ -605,7 +633,7 @@ mod tests {
     }
 
     #[test]
-    fn a_followed_ref_moves_to_each_new_version_keeping_inode_numbers() {
+    fn a_followed_ref_moves_to_each_new_version_and_open_files_keep_theirs() {
         let e = env();
         let name = RefName::new("shared").unwrap();
         let follow = || {
@@ -620,28 +648,51 @@ mod tests {
         };
         assert!(matches!(follow(), Err(CollectionError::NoVersion(_))), "nothing to show before a commit");
         let w = open(&e, "shared");
-        write(&w, b"kept", b"v1 kept");
+        write(&w, b"same", b"in both versions");
+        write(&w, b"changed", b"v1 changed");
         write(&w, b"gone", b"v1 only");
+        w.fs().mkdir(ROOT, b"dir", 0o755, 7, 7).unwrap();
         e.rt.block_on(w.commit("t", "v1")).unwrap();
         let f = follow().unwrap();
         assert!(f.is_read_only() && !f.is_dirty());
         assert!(matches!(e.rt.block_on(f.commit("t", "no")), Err(CollectionError::ReadOnly)));
-        let kept = f.fs().lookup(ROOT, b"kept").unwrap().ino;
-        let gone = f.fs().lookup(ROOT, b"gone").unwrap().ino;
+        let ino = |name: &[u8]| f.fs().lookup(ROOT, name).unwrap().ino;
+        let (same, changed, gone, dir) = (ino(b"same"), ino(b"changed"), ino(b"gone"), ino(b"dir"));
         assert!(e.rt.block_on(f.refresh()).unwrap().is_none(), "no newer version yet");
+        // Handles open across the refresh: on a file that changes, one that goes, one that stays.
+        for i in [changed, gone, same] {
+            f.fs_for(i).open(i).unwrap();
+        }
 
-        write(&w, b"kept", b"v2 kept");
+        write(&w, b"changed", b"v2 changed, longer");
         w.fs().unlink(ROOT, b"gone").unwrap();
         write(&w, b"new", b"v2 new");
         e.rt.block_on(w.commit("t", "v2")).unwrap();
         let v = e.rt.block_on(f.refresh()).unwrap().expect("moved to v2");
         assert_eq!(v.version, 2);
         assert_eq!(f.last_pdh(), Some(v.pdh));
-        assert_eq!(f.fs().lookup(ROOT, b"kept").unwrap().ino, kept, "same path, same number");
-        assert_eq!(&f.fs().read(kept, 0, 100).unwrap()[..], b"v2 kept");
+        assert_eq!(ino(b"same"), same, "an unchanged file keeps its number");
+        assert_eq!(ino(b"dir"), dir, "so does a directory");
+        let changed2 = ino(b"changed");
+        assert_ne!(changed2, changed, "a changed file gets a new number");
+        assert_eq!(&f.fs().read(changed2, 0, 100).unwrap()[..], b"v2 changed, longer");
         assert!(f.fs().lookup(ROOT, b"gone").is_err());
-        let new = f.fs().lookup(ROOT, b"new").unwrap().ino;
-        assert!(new != kept && new != gone, "a new path never takes an old number");
+        let new = ino(b"new");
+        assert!(![same, changed, gone, dir, changed2].contains(&new), "a new path never takes an old number");
+        // The handles opened before read what they opened.
+        let read = |i: u64| f.fs_for(i).read(i, 0, 100).unwrap();
+        assert_eq!(&read(changed)[..], b"v1 changed");
+        assert_eq!(&read(gone)[..], b"v1 only");
+        assert_eq!(&read(same)[..], b"in both versions");
+        assert_eq!(f.fs_for(changed).getattr(changed).unwrap().size, 10);
+        // Closing them lets the old tree go; the unchanged file's handle moved to the new tree.
+        for i in [changed, gone] {
+            f.fs_for(i).release(i).unwrap();
+            f.released();
+        }
+        assert!(f.retired.read().unwrap().is_empty(), "nothing holds the old tree");
+        assert!(f.fs_for(changed).getattr(changed).is_err());
+        f.fs_for(same).release(same).unwrap();
         assert!(!f.is_dirty());
     }
 

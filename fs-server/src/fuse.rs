@@ -27,6 +27,8 @@ use crate::fs::{Attr, FsError, SetAttr};
 /// How long the kernel may cache names and attributes. Every change goes through this mount, so the kernel's
 /// cache stays right; the control files are exempt (their contents change by themselves).
 const TTL: Duration = Duration::from_secs(1);
+/// For a mount by hash, whose names and attributes never change.
+const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
 /// File handles say how a file was opened and by which cafsd (cafs keeps no per-handle state): bit 0 is set
 /// for a writer (only a writer's `close` reports write errors), the rest is the serving process's epoch. The
 /// kernel keeps handles across a restart, so a handle from another epoch was opened before it: only such a
@@ -243,7 +245,7 @@ impl CafsFuse {
             }
             return Ok(entries);
         }
-        let fs = self.coll.fs();
+        let fs = self.coll.fs_for(ino);
         let parent = fs.parent(ino).map_err(|e| errno(&e))?;
         let list = fs.readdir(ino).map_err(|e| errno(&e))?;
         entries.reserve(list.len() + 2);
@@ -264,9 +266,14 @@ impl CafsFuse {
         Ok(list)
     }
 
+    /// How long the kernel may keep names and attributes: a mount by hash never changes, so for long.
+    fn ttl(&self) -> Duration {
+        if matches!(self.coll.origin(), crate::collection::Origin::Pdh(_)) { IMMUTABLE_TTL } else { TTL }
+    }
+
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
         match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -308,7 +315,7 @@ impl fuser::Filesystem for CafsFuse {
                 None => reply.error(Errno::ENOENT),
             };
         }
-        self.entry(reply, self.coll.fs().lookup(parent.0, name.as_bytes()));
+        self.entry(reply, self.coll.fs_for(parent.0).lookup(parent.0, name.as_bytes()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -316,8 +323,8 @@ impl fuser::Filesystem for CafsFuse {
         if let Some(a) = self.virtual_attr(ino.0) {
             return reply.attr(&Duration::ZERO, &a);
         }
-        match self.coll.fs().getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        match self.coll.fs_for(ino.0).getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -372,7 +379,7 @@ impl fuser::Filesystem for CafsFuse {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _live = self.gate.enter();
-        match self.coll.fs().readlink(ino.0) {
+        match self.coll.fs_for(ino.0).readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
@@ -487,11 +494,15 @@ impl fuser::Filesystem for CafsFuse {
         if wants_write && let Err(e) = self.writable() {
             return reply.error(e);
         }
-        match self.coll.fs().open(ino.0) {
+        let fs = self.coll.fs_for(ino.0);
+        match fs.open(ino.0) {
             Ok(a) if a.kind == Kind::Dir => {
-                let _ = self.coll.fs().release(ino.0);
+                let _ = fs.release(ino.0);
                 reply.error(Errno::EISDIR)
             }
+            // What an inode number of a read-only mount holds never changes (a changed file of a followed ref
+            // gets a new number), so the kernel may keep its cached pages across opens.
+            Ok(_) if self.coll.is_read_only() => reply.opened(handle(self.epoch, false), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(_) => reply.opened(handle(self.epoch, wants_write), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -522,7 +533,7 @@ impl fuser::Filesystem for CafsFuse {
                 }
             };
         }
-        match self.coll.fs().read(ino.0, offset, u64::from(size)) {
+        match self.coll.fs_for(ino.0).read(ino.0, offset, u64::from(size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
@@ -591,7 +602,9 @@ impl fuser::Filesystem for CafsFuse {
         if control_file(ino.0).is_some() {
             return reply.ok();
         }
-        self.empty(reply, self.coll.fs().release(ino.0));
+        let r = self.coll.fs_for(ino.0).release(ino.0);
+        self.coll.released();
+        self.empty(reply, r);
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -599,7 +612,7 @@ impl fuser::Filesystem for CafsFuse {
         if control_file(ino.0).is_some() {
             return reply.ok();
         }
-        self.empty(reply, self.coll.fs().fsync_handle(ino.0, self.stale(fh)));
+        self.empty(reply, self.coll.fs_for(ino.0).fsync_handle(ino.0, self.stale(fh)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -640,13 +653,13 @@ impl fuser::Filesystem for CafsFuse {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        let fs = self.coll.fs();
+        let fs = self.coll.fs_for(ino.0);
         for (i, (name, child, _)) in list.iter().enumerate().skip(offset as usize) {
             // Attributes as they are now, page by page: an entry removed since the listing was made is skipped.
             let (attr, ttl) = match self.virtual_attr(*child) {
                 Some(a) => (a, Duration::ZERO),
                 None => match fs.getattr(*child) {
-                    Ok(a) => (file_attr(&a), TTL),
+                    Ok(a) => (file_attr(&a), self.ttl()),
                     Err(_) => continue,
                 },
             };

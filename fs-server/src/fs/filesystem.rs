@@ -334,12 +334,21 @@ impl Filesystem {
         Self::load_numbered(manifest, &index, &Numbering::default(), store, rt, opts, uid, gid)
     }
 
-    /// A tree of another version of the same collection, with this tree's store and options, and this tree's
-    /// inode number for every path both have (new paths get numbers this tree never gave).
+    /// A tree of another version of the same collection, with this tree's store and options. Whatever is the
+    /// same in both keeps its inode number (and its count of open handles): directories, and files and symlinks
+    /// with the same bytes or target. A file whose bytes changed gets a number this tree never gave, so that a
+    /// handle opened on the old number (which stays with this tree, see [`Filesystem::open_elsewhere`]) keeps
+    /// reading the version it opened, and the kernel's cached pages of the old number never stand for the new
+    /// bytes.
     pub fn reload(&self, manifest: &Manifest, sidecar: &sidecar::Index, uid: u32, gid: u32) -> Result<Self, FsError> {
-        let (inos, next) = self.lock().table.numbering();
+        let (inos, next) = {
+            let st = self.lock();
+            let (inos, next) = st.table.numbering();
+            let inos = inos.into_iter().filter(|(path, ino)| same_entry(&st.table, *ino, path, manifest, sidecar));
+            (inos.collect(), next)
+        };
         let sh = &self.shared;
-        Self::load_numbered(
+        let new = Self::load_numbered(
             manifest,
             sidecar,
             &Numbering { inos, next },
@@ -348,7 +357,30 @@ impl Filesystem {
             sh.opts.clone(),
             uid,
             gid,
-        )
+        )?;
+        {
+            let old = self.lock();
+            let mut st = new.lock();
+            for (ino, opens) in old.table.open_inodes() {
+                if let Ok(i) = st.table.get_mut(ino) {
+                    i.opens = opens;
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    /// Whether an inode open here is not in `newer` (its file changed or went): then this tree must stay for
+    /// as long as that handle lives.
+    pub fn open_elsewhere(&self, newer: &Filesystem) -> bool {
+        let open = self.lock().table.open_inodes();
+        let st = newer.lock();
+        open.iter().any(|(ino, _)| st.table.get(*ino).is_err())
+    }
+
+    /// Whether `ino` is an inode of this tree.
+    pub fn has(&self, ino: Ino) -> bool {
+        self.lock().table.get(ino).is_ok()
     }
 
     /// Who owns the root directory.
@@ -1587,6 +1619,60 @@ fn build(st: &State, zeros: Option<&Locator>) -> (Manifest, Vec<u8>) {
         }
     }
     (m, sc.to_bytes())
+}
+
+/// Whether the entry `ino` of `table` at `path` is the same in `manifest` + `sidecar`: a directory still a
+/// directory, a file with the same bytes (the same pieces of the same blocks), a symlink with the same target.
+fn same_entry(table: &Table, ino: Ino, path: &[u8], manifest: &Manifest, sidecar: &sidecar::Index) -> bool {
+    let Ok(inode) = table.get(ino) else { return false };
+    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    let mut dir = manifest.root();
+    let mut found = None;
+    for (i, c) in comps.iter().enumerate() {
+        match dir.get(c) {
+            Some(Entry::Dir(d)) if i + 1 < comps.len() => dir = d,
+            Some(e) if i + 1 == comps.len() => found = Some(e),
+            _ => break,
+        }
+    }
+    match (&inode.body, found) {
+        (Body::Dir(_), Some(Entry::Dir(_))) => true,
+        (Body::File(x), Some(Entry::File(f))) => {
+            // Both as (block, offset, length) runs, adjacent pieces of one block merged.
+            let mut old: Vec<(Option<&Locator>, u64, u64)> = Vec::new();
+            let plan = x.read_plan(0, x.size());
+            for piece in &plan {
+                let (block, off) = match &piece.src {
+                    Source::Stored { block, offset } => (Some(block), *offset),
+                    Source::Hole => (None, 0),
+                    Source::Buffer { .. } => return false,
+                };
+                push_run(&mut old, block, off, piece.len);
+            }
+            let mut new: Vec<(Option<&Locator>, u64, u64)> = Vec::new();
+            for seg in f.segments() {
+                push_run(&mut new, Some(manifest.block(seg.block)), seg.offset, seg.len);
+            }
+            old == new
+        }
+        (Body::Symlink(target), None) => {
+            let key = sidecar::key(comps.iter().copied());
+            sidecar.get(&key).and_then(|e| e.symlink.as_deref()).and_then(|t| sidecar::unescape_target(t).ok())
+                == Some(target.to_vec())
+        }
+        _ => false,
+    }
+}
+
+fn push_run<'a>(runs: &mut Vec<(Option<&'a Locator>, u64, u64)>, block: Option<&'a Locator>, off: u64, len: u64) {
+    if let Some(last) = runs.last_mut()
+        && last.0 == block
+        && (block.is_none() || last.1 + last.2 == off)
+    {
+        last.2 += len;
+        return;
+    }
+    runs.push((block, off, len));
 }
 
 /// Hashes and stores one sealed buffer, with retries.

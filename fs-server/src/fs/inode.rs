@@ -153,6 +153,11 @@ impl Table {
         (inos, self.next)
     }
 
+    /// Inodes with open handles, and how many each.
+    pub fn open_inodes(&self) -> Vec<(Ino, u32)> {
+        self.inodes.iter().filter(|(_, i)| i.opens > 0).map(|(&n, i)| (n, i.opens)).collect()
+    }
+
     /// Numbers from now on start at `next` at least.
     pub fn reserve_below(&mut self, next: Ino) {
         self.next = self.next.max(next);
