@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
-use crate::fs::sidecar;
+use crate::fs::inode::Kind;
 use crate::fs::{Filesystem, FsError, FsOptions};
+use crate::fs::{sidecar, xattr};
 use crate::journal::{Header, Journal, JournalError, Numbering};
 use crate::manifest::{Manifest, Pdh};
 use crate::store::BlockStore;
@@ -372,6 +373,61 @@ impl Collection {
     /// Whether the tree changed since it was loaded or last committed.
     pub fn is_dirty(&self) -> bool {
         !self.is_read_only() && self.fs().generation() != self.head().generation
+    }
+
+    /// The extended attribute `name` of `ino`: computed for `user.cafs.*` (see [`xattr`]), else stored.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let fs = self.fs_for(ino);
+        match xattr::classify(name) {
+            xattr::Class::Cafs => {
+                let kind = fs.getattr(ino)?.kind;
+                let value = match &name[xattr::CAFS_PREFIX.len()..] {
+                    b"hash" => self.last_pdh().ok_or(FsError::NoAttr)?.to_string(),
+                    b"state" => if self.is_dirty() { "dirty" } else { "committed" }.to_string(),
+                    b"segments" if kind == Kind::File => fs.pieces(ino)?,
+                    b"locators" if kind == Kind::File => {
+                        let pieces = fs.pieces(ino)?;
+                        let mut seen = Vec::new();
+                        for line in pieces.lines() {
+                            let loc = line.split(' ').next().unwrap_or_default();
+                            if loc != "buffered" && loc != "zeros" && !seen.contains(&loc) {
+                                seen.push(loc);
+                            }
+                        }
+                        seen.iter().map(|l| format!("{l}\n")).collect()
+                    }
+                    _ => return Err(FsError::NoAttr),
+                };
+                Ok(value.into_bytes())
+            }
+            xattr::Class::User => fs.getxattr(ino, name),
+            xattr::Class::Other => Err(FsError::NoAttr),
+        }
+    }
+
+    /// The names `listxattr` shows for `ino`: cafs's own that apply, then the stored ones.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        let fs = self.fs_for(ino);
+        let kind = fs.getattr(ino)?.kind;
+        let mut names: Vec<&[u8]> = Vec::new();
+        if self.last_pdh().is_some() {
+            names.push(b"hash");
+        }
+        names.push(b"state");
+        if kind == Kind::File {
+            names.extend([&b"locators"[..], b"segments"]);
+        }
+        let mut out: Vec<Vec<u8>> = names.into_iter().map(|n| [xattr::CAFS_PREFIX, n].concat()).collect();
+        out.extend(fs.listxattr(ino)?);
+        Ok(out)
+    }
+
+    /// Sets or removes (`None`) a stored attribute: only on a writable collection.
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: Option<&[u8]>, mode: xattr::SetMode) -> Result<(), FsError> {
+        if self.is_read_only() {
+            return Err(FsError::ReadOnly);
+        }
+        self.fs().setxattr(ino, name, value, mode)
     }
 
     /// The hash of the last committed version (or of the collection mounted by hash); `None` for a ref that

@@ -12,6 +12,7 @@ pub mod extents;
 mod filesystem;
 pub mod inode;
 pub mod sidecar;
+pub mod xattr;
 
 pub use filesystem::{Attr, Filesystem, FsOptions, SetAttr, Snapshot, UploadStats};
 
@@ -41,6 +42,15 @@ pub enum FsError {
     /// The state directory's disk is full (the journal could not be written).
     #[error("no space left: {0}")]
     NoSpace(String),
+    /// No attribute of that name.
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("attribute value larger than 64 KiB")]
+    TooBig,
+    #[error("attribute name longer than 255 bytes")]
+    AttrNameTooLong,
+    #[error("not supported: {0}")]
+    NotSupported(&'static str),
 }
 
 impl FsError {
@@ -57,6 +67,10 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::Io(_) => libc::EIO,
             FsError::NoSpace(_) => libc::ENOSPC,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::TooBig => libc::E2BIG,
+            FsError::AttrNameTooLong => libc::ERANGE,
+            FsError::NotSupported(_) => libc::EOPNOTSUPP,
         }
     }
 }

@@ -16,13 +16,13 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::collection::Collection;
 use crate::control::{self, Control, ControlFile};
 use crate::fs::inode::{Kind, ROOT, RenameMode};
-use crate::fs::{Attr, FsError, SetAttr};
+use crate::fs::{Attr, FsError, SetAttr, xattr};
 
 /// How long the kernel may cache names and attributes. Every change goes through this mount, so the kernel's
 /// cache stays right; the control files are exempt (their contents change by themselves).
@@ -275,6 +275,18 @@ impl CafsFuse {
         match r {
             Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// An attribute value or name list as `getxattr`/`listxattr` answer: its size when asked for size 0,
+    /// `ERANGE` when it does not fit the caller's buffer.
+    fn sized(reply: ReplyXattr, size: u32, data: &[u8]) {
+        if size == 0 {
+            reply.size(data.len() as u32)
+        } else if data.len() > size as usize {
+            reply.error(Errno::ERANGE)
+        } else {
+            reply.data(data)
         }
     }
 
@@ -668,6 +680,68 @@ impl fuser::Filesystem for CafsFuse {
             }
         }
         reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _live = self.gate.enter();
+        if self.virtual_attr(ino.0).is_some() {
+            return reply.error(Errno::ENODATA);
+        }
+        match self.coll.getxattr(ino.0, name.as_bytes()) {
+            Ok(v) => Self::sized(reply, size, &v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _live = self.gate.enter();
+        if self.virtual_attr(ino.0).is_some() {
+            return Self::sized(reply, size, &[]);
+        }
+        match self.coll.listxattr(ino.0) {
+            Ok(names) => {
+                let mut list = Vec::new();
+                for n in names {
+                    list.extend_from_slice(&n);
+                    list.push(0);
+                }
+                Self::sized(reply, size, &list)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let _live = self.gate.enter();
+        if self.virtual_attr(ino.0).is_some() {
+            return reply.error(Errno::EPERM);
+        }
+        let r = xattr::SetMode::from_flags(flags)
+            .and_then(|mode| self.coll.setxattr(ino.0, name.as_bytes(), Some(value), mode));
+        self.empty(reply, r);
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _live = self.gate.enter();
+        if self.virtual_attr(ino.0).is_some() {
+            return reply.error(Errno::EPERM);
+        }
+        let r = self.coll.setxattr(ino.0, name.as_bytes(), None, xattr::SetMode::Any);
+        // Sent again after a restart and already gone: the first attempt removed it.
+        let r = match r {
+            Err(FsError::NoAttr) if resent(req) => Ok(()),
+            r => r,
+        };
+        self.empty(reply, r);
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

@@ -154,6 +154,12 @@ pub enum Record {
     Synced {
         path: Vec<u8>,
     },
+    /// The extended attribute `name` of the entry at `path` was set to `value`, or removed (`None`).
+    Xattr {
+        path: Vec<u8>,
+        name: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// What recovery replays and which version the result starts clean at.

@@ -28,6 +28,8 @@ cafs_install_deps() {
   # The PostgreSQL catalog is tested against a real server (started by the tests) and psql.
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
   command -v psql >/dev/null 2>&1 || pkgs+=(postgresql-client)
+  # Extended attributes are tested with the tools users have: getfattr/setfattr and attr.
+  command -v setfattr >/dev/null 2>&1 || pkgs+=(attr)
   if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: this project needs the machine's Rust toolchain (rustup)" >&2

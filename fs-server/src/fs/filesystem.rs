@@ -27,6 +27,7 @@ use super::cache::BlockCache;
 use super::extents::{BufId, Extents, Source};
 use super::inode::{Body, Ino, Kind, Meta, ROOT, RenameMode, Table};
 use super::sidecar::{self, EntryMeta, Sidecar};
+use super::xattr::{self, SetMode};
 use crate::journal::{Journal, Made, MadeKind, Numbering, Record, StoredRange};
 use crate::locator::{Locator, MAX_BLOCK_SIZE};
 use crate::manifest::{Dir, Entry, Manifest, Segment};
@@ -418,7 +419,12 @@ impl Filesystem {
             }
             None => Meta { perm: default_perm, uid, gid, mtime: t, ctime: t, atime: t },
         };
+        let xattrs_for = |key: &str| match sidecar.get(key) {
+            Some(e) => e.xattrs().map_err(|e| FsError::Io(e.to_string())),
+            None => Ok(None),
+        };
         let mut table = Table::new(meta_for("", 0o755));
+        table.get_mut(ROOT)?.xattrs = xattrs_for("")?;
         table.reserve_below(numbering.next);
         table.reserve(manifest.entries());
         // (directory, its inode, its path, its sidecar key)
@@ -448,7 +454,7 @@ impl Filesystem {
                 match entry {
                     Entry::Dir(d) => {
                         let body = Body::Dir(Default::default());
-                        made.push((&name[..], body, meta_for(&key, 0o755), number_of()));
+                        made.push((&name[..], body, meta_for(&key, 0o755), number_of(), xattrs_for(&key)?));
                         stack.push((d, 0, path_of(), key.clone()));
                     }
                     Entry::File(f) => {
@@ -456,7 +462,7 @@ impl Filesystem {
                         for s in f.segments() {
                             x.push(s.len, Source::Stored { block: manifest.block(s.block).clone(), offset: s.offset });
                         }
-                        made.push((&name[..], Body::File(x), meta_for(&key, 0o644), number_of()));
+                        made.push((&name[..], Body::File(x), meta_for(&key, 0o644), number_of(), xattrs_for(&key)?));
                     }
                 }
             }
@@ -714,6 +720,59 @@ impl Filesystem {
         i.opens = i.opens.saturating_sub(1);
         st.table.release_if_unused(ino);
         Self::reap(&mut st);
+        Ok(())
+    }
+
+    /// The stored attribute `name` of `ino` (see [`xattr`] for which names are stored).
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let st = self.lock();
+        let i = st.table.get(ino)?;
+        i.xattrs.as_ref().and_then(|a| a.get(name)).map(|v| v.to_vec()).ok_or(FsError::NoAttr)
+    }
+
+    /// The names of `ino`'s stored attributes, in order.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, FsError> {
+        let st = self.lock();
+        let i = st.table.get(ino)?;
+        Ok(i.xattrs.as_ref().map_or_else(Vec::new, |a| a.keys().map(|k| k.to_vec()).collect()))
+    }
+
+    /// Where a file's bytes are, piece by piece: `LOCATOR OFFSET LENGTH` for bytes stored in a block (the
+    /// offset within it), `buffered - LENGTH` for bytes not stored yet, `zeros - LENGTH` for a hole. One line
+    /// each, in file order (what `user.cafs.segments` shows).
+    pub fn pieces(&self, ino: Ino) -> Result<String, FsError> {
+        use std::fmt::Write;
+        let st = self.lock();
+        let Body::File(x) = &st.table.get(ino)?.body else { return Err(FsError::NoAttr) };
+        let mut out = String::new();
+        for p in x.read_plan(0, x.size()) {
+            let _ = match &p.src {
+                Source::Stored { block, offset } => writeln!(out, "{block} {offset} {}", p.len),
+                Source::Buffer { .. } => writeln!(out, "buffered - {}", p.len),
+                Source::Hole => writeln!(out, "zeros - {}", p.len),
+            };
+        }
+        Ok(out)
+    }
+
+    /// Sets (`Some`) or removes (`None`) the attribute `name` of `ino`; journaled, and committed with the tree.
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: Option<&[u8]>, mode: SetMode) -> Result<(), FsError> {
+        let mut st = self.lock();
+        let i = st.table.get_mut(ino)?;
+        let attrs = i.xattrs.get_or_insert_default();
+        let r = match value {
+            Some(v) => xattr::set(attrs, name, v, mode),
+            None => xattr::writable_name(name).and_then(|()| attrs.remove(name).map(drop).ok_or(FsError::NoAttr)),
+        };
+        if attrs.is_empty() {
+            i.xattrs = None;
+        }
+        r?;
+        i.meta.ctime = now();
+        st.generation += 1;
+        self.shared.log(&st.table, |table| {
+            Some(Record::Xattr { path: table.path(ino)?, name: name.to_vec(), value: value.map(<[u8]>::to_vec) })
+        });
         Ok(())
     }
 
@@ -1137,6 +1196,20 @@ impl Filesystem {
                 st.unsynced.remove(&ino);
                 return Ok(());
             }
+            Record::Xattr { path, name, value } => {
+                let (ino, ..) = st.table.resolve(path)?;
+                let i = st.table.get_mut(ino)?;
+                let attrs = i.xattrs.get_or_insert_default();
+                match value {
+                    Some(v) => xattr::set(attrs, name, v, xattr::SetMode::Any)?,
+                    None => {
+                        attrs.remove(&name[..]);
+                    }
+                }
+                if attrs.is_empty() {
+                    i.xattrs = None;
+                }
+            }
             Record::Make { path, ino, kind, meta } => {
                 let (dir, name) = st.table.resolve_parent(path)?;
                 let body = match kind {
@@ -1559,6 +1632,7 @@ fn build(st: &State, zeros: Option<&Locator>) -> (Manifest, Vec<u8>) {
         gid: i.meta.gid,
         mtime_ns: to_ns(i.meta.mtime),
         symlink,
+        xattrs: EntryMeta::escape_xattrs(i.xattrs.as_deref()),
     };
     if let Ok(root) = st.table.get(ROOT) {
         sc.entries.insert(String::new(), meta(root, None));

@@ -45,6 +45,10 @@ pub enum Body {
     Symlink(Box<[u8]>),
 }
 
+/// An entry for [`Table::create_sorted`]: name, body, metadata, the inode number to give it (if any) and its
+/// extended attributes.
+pub type NewEntry<'a> = (&'a [u8], Body, Meta, Option<Ino>, Option<Box<super::xattr::Xattrs>>);
+
 #[derive(Debug)]
 pub struct Inode {
     pub meta: Meta,
@@ -53,6 +57,8 @@ pub struct Inode {
     pub nlink: u32,
     /// Open handles.
     pub opens: u32,
+    /// Stored extended attributes (boxed: most entries have none, and a million-entry tree pays a word each).
+    pub xattrs: Option<Box<super::xattr::Xattrs>>,
 }
 
 impl Inode {
@@ -111,7 +117,10 @@ pub struct Table {
 impl Table {
     pub fn new(root_meta: Meta) -> Self {
         let mut inodes = InoMap::default();
-        inodes.insert(ROOT, Inode { meta: root_meta, body: Body::Dir(BTreeMap::new()), nlink: 2, opens: 0 });
+        inodes.insert(
+            ROOT,
+            Inode { meta: root_meta, body: Body::Dir(BTreeMap::new()), nlink: 2, opens: 0, xattrs: None },
+        );
         Self {
             inodes,
             freed: Vec::new(),
@@ -254,7 +263,7 @@ impl Table {
         self.next = self.next.max(ino + 1);
         let is_dir = matches!(body, Body::Dir(_));
         let now = meta.mtime;
-        self.inodes.insert(ino, Inode { meta, body, nlink: if is_dir { 2 } else { 1 }, opens: 0 });
+        self.inodes.insert(ino, Inode { meta, body, nlink: if is_dir { 2 } else { 1 }, opens: 0, xattrs: None });
         if is_dir {
             self.parents.insert(ino, parent);
             self.get_mut(parent)?.nlink += 1;
@@ -269,11 +278,7 @@ impl Table {
     /// manifest's directory iterates), each with the inode number to give it if any; built in one pass rather
     /// than entry by entry, which for a directory of a million entries is two tree searches each saved.
     /// Returns each entry's inode number and whether it is a directory.
-    pub fn create_sorted(
-        &mut self,
-        parent: Ino,
-        entries: Vec<(&[u8], Body, Meta, Option<Ino>)>,
-    ) -> Result<Vec<(Ino, bool)>, FsError> {
+    pub fn create_sorted(&mut self, parent: Ino, entries: Vec<NewEntry<'_>>) -> Result<Vec<(Ino, bool)>, FsError> {
         if !self.dir(parent)?.is_empty() {
             return Err(FsError::Invalid("bulk creation into a directory that has entries"));
         }
@@ -284,7 +289,7 @@ impl Table {
         let mut children = Vec::with_capacity(entries.len());
         let mut subdirs = 0;
         let mut latest = None;
-        for (name, body, meta, ino) in entries {
+        for (name, body, meta, ino, xattrs) in entries {
             check_name(name)?;
             let ino = match ino {
                 Some(n) if n <= ROOT || self.inodes.contains_key(&n) => {
@@ -296,7 +301,7 @@ impl Table {
             self.next = self.next.max(ino + 1);
             let is_dir = matches!(body, Body::Dir(_));
             latest = Some(meta.mtime);
-            self.inodes.insert(ino, Inode { meta, body, nlink: if is_dir { 2 } else { 1 }, opens: 0 });
+            self.inodes.insert(ino, Inode { meta, body, nlink: if is_dir { 2 } else { 1 }, opens: 0, xattrs });
             if is_dir {
                 self.parents.insert(ino, parent);
                 subdirs += 1;

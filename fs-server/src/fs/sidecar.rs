@@ -48,6 +48,29 @@ pub struct EntryMeta {
     /// The target, escaped, when the entry is a symlink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symlink: Option<String>,
+    /// Extended attributes (`user.*`), names and values escaped as symlink targets are. Absent from sidecars
+    /// written before cafs kept them, which read as none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, String>,
+}
+
+impl EntryMeta {
+    /// The stored attributes, unescaped; `None` when there are none.
+    pub fn xattrs(&self) -> Result<Option<Box<crate::fs::xattr::Xattrs>>, SidecarError> {
+        if self.xattrs.is_empty() {
+            return Ok(None);
+        }
+        let mut out = crate::fs::xattr::Xattrs::new();
+        for (n, v) in &self.xattrs {
+            out.insert(unescape_target(n)?.into(), unescape_target(v)?.into());
+        }
+        Ok(Some(Box::new(out)))
+    }
+
+    /// `attrs`, escaped for the sidecar.
+    pub fn escape_xattrs(attrs: Option<&crate::fs::xattr::Xattrs>) -> BTreeMap<String, String> {
+        attrs.map_or_else(BTreeMap::new, |a| a.iter().map(|(n, v)| (escape_target(n), escape_target(v))).collect())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
