@@ -239,6 +239,19 @@ impl Table {
         self.create_as(parent, name, body, meta, None)
     }
 
+    /// The number for a new inode: `ino` when given (and free), else the next one; numbers after it come later.
+    fn take_number(&mut self, ino: Option<Ino>) -> Result<Ino, FsError> {
+        let ino = match ino {
+            Some(n) if n <= ROOT || self.inodes.contains_key(&n) => {
+                return Err(FsError::Invalid("an inode number given twice"));
+            }
+            Some(n) => n,
+            None => self.next,
+        };
+        self.next = self.next.max(ino + 1);
+        Ok(ino)
+    }
+
     /// Creates `name` in `parent` with the inode number `ino` when given (the number a live tree gave it before
     /// cafsd restarted), else the next free one.
     pub fn create_as(
@@ -253,14 +266,7 @@ impl Table {
         if self.dir(parent)?.contains_key(name) {
             return Err(FsError::Exists);
         }
-        let ino = match ino {
-            Some(n) if n <= ROOT || self.inodes.contains_key(&n) => {
-                return Err(FsError::Invalid("an inode number given twice"));
-            }
-            Some(n) => n,
-            None => self.next,
-        };
-        self.next = self.next.max(ino + 1);
+        let ino = self.take_number(ino)?;
         let is_dir = matches!(body, Body::Dir(_));
         let now = meta.mtime;
         self.inodes.insert(ino, Inode { meta, body, nlink: if is_dir { 2 } else { 1 }, opens: 0, xattrs: None });
@@ -291,14 +297,7 @@ impl Table {
         let mut latest = None;
         for (name, body, meta, ino, xattrs) in entries {
             check_name(name)?;
-            let ino = match ino {
-                Some(n) if n <= ROOT || self.inodes.contains_key(&n) => {
-                    return Err(FsError::Invalid("an inode number given twice"));
-                }
-                Some(n) => n,
-                None => self.next,
-            };
-            self.next = self.next.max(ino + 1);
+            let ino = self.take_number(ino)?;
             let is_dir = matches!(body, Body::Dir(_));
             latest = Some(meta.mtime);
             self.inodes.insert(ino, Inode { meta, body, nlink: if is_dir { 2 } else { 1 }, opens: 0, xattrs });
