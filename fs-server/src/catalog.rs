@@ -149,6 +149,23 @@ impl CollectionRecord {
     pub fn manifest(&self) -> Result<Manifest, CatalogError> {
         Ok(Manifest::parse(self.manifest.as_bytes())?)
     }
+
+    /// The tree to show for this record: as [`CollectionRecord::manifest`] reads it, except that a manifest
+    /// another writer put in the catalog may hold names POSIX cannot (see [`Manifest::parse_foreign`]); those
+    /// are presented under other names, each with a warning in the log, instead of refusing to mount.
+    pub fn presented_manifest(&self) -> Result<Manifest, CatalogError> {
+        let (m, renamed) = Manifest::parse_foreign(self.manifest.as_bytes())?;
+        for r in &renamed {
+            tracing::warn!(
+                collection = %self.pdh,
+                original = %String::from_utf8_lossy(&r.original),
+                shown_as = %String::from_utf8_lossy(&r.presented),
+                why = r.why,
+                "a name of this collection is shown differently"
+            );
+        }
+        Ok(m)
+    }
 }
 
 impl fmt::Debug for CollectionRecord {

@@ -172,10 +172,14 @@ impl Collection {
             .await
             .map_err(|e| FsError::Io(format!("load task failed: {e}")))??;
         let generation = fs.generation();
-        let old = std::mem::replace(&mut *self.fs.write().unwrap_or_else(|p| p.into_inner()), fs.clone());
-        // Checked after the swap, so that a file opened meanwhile (on the old tree) is counted too.
-        if old.open_elsewhere(&fs) {
-            self.retired.write().unwrap_or_else(|p| p.into_inner()).push(old);
+        {
+            // Retired before the swap is visible, so that an open of an old number racing the swap finds its
+            // tree; kept only if a handle on a changed or removed file holds it (checked after the swap, so
+            // that a file opened on the old tree meanwhile counts too).
+            let mut retired = self.retired.write().unwrap_or_else(|p| p.into_inner());
+            let old = std::mem::replace(&mut *self.fs.write().unwrap_or_else(|p| p.into_inner()), fs.clone());
+            retired.push(old);
+            retired.retain(|t| t.open_elsewhere(&fs));
         }
         *self.head() = Head { version: Some(head.clone()), generation };
         Ok(Some(head))
@@ -345,7 +349,7 @@ impl Collection {
         // Both are CPU work that grows with the tree (a second each for a million files): side by side, off the
         // async workers.
         let index = tokio::task::spawn_blocking(move || sidecar::Index::from_bytes(&sidecar));
-        let manifest = tokio::task::spawn_blocking(move || record.manifest());
+        let manifest = tokio::task::spawn_blocking(move || record.presented_manifest());
         let failed = |e: tokio::task::JoinError| FsError::Io(format!("parsing task failed: {e}"));
         let manifest = manifest.await.map_err(failed)??;
         let index = index.await.map_err(failed)?.map_err(|e| FsError::Io(e.to_string()))?;

@@ -8,14 +8,14 @@
 //! adjacent ranges merged, empty directories as `0:0:\056`), so one tree has exactly one text and one PDH.
 
 mod escape;
-mod parse;
+pub mod parse;
 mod tree;
 mod write;
 
 use std::fmt;
 
 pub use escape::{escape_into, escape_name, unescape};
-pub use parse::{MAX_DEPTH, ParseError, ParseErrorKind};
+pub use parse::{MAX_DEPTH, ParseError, ParseErrorKind, Renamed};
 pub use tree::{BlockId, Dir, Entry, File, Name, Segment, TreeError};
 
 use crate::locator::{Locator, md5, parse_decimal, parse_md5_hex, write_hex};
@@ -38,6 +38,14 @@ impl Manifest {
     /// Parses manifest text. See [`ParseErrorKind`] for what is refused.
     pub fn parse(text: &[u8]) -> Result<Self, ParseError> {
         parse::parse(text)
+    }
+
+    /// Parses a manifest that another writer may have made, presenting the names POSIX cannot hold instead of
+    /// refusing them — components `.`, `..`, empty or with NUL bytes, and a file and a directory of one name
+    /// (see [`parse::present_component`]) — and returns what it renamed. Every byte of every file stays
+    /// reachable. Anything else wrong is refused as [`Manifest::parse`] refuses it.
+    pub fn parse_foreign(text: &[u8]) -> Result<(Self, Vec<Renamed>), ParseError> {
+        parse::parse_foreign(text)
     }
 
     /// The normalized manifest text, locators with their hints (signatures) as parsed.

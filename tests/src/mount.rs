@@ -52,6 +52,15 @@ pub struct MountedCafsd {
 impl MountedCafsd {
     /// Starts `cafsd --state-dir STATE --mount DIR` with `extra` arguments and waits (at most 30 s) for the mount.
     pub fn start(state: &Path, dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn(state, dir, extra, Stdio::inherit())
+    }
+
+    /// [`MountedCafsd::start`], with cafsd's log (its stderr) written to `log`.
+    pub fn start_logged(state: &Path, dir: &Path, extra: &[&str], log: &Path) -> Self {
+        Self::spawn(state, dir, extra, std::fs::File::create(log).unwrap().into())
+    }
+
+    fn spawn(state: &Path, dir: &Path, extra: &[&str], stderr: Stdio) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let child = Command::new(bin("cafsd"))
             .arg("--state-dir")
@@ -61,7 +70,7 @@ impl MountedCafsd {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start cafsd");
         let mut m = Self { dir: dir.to_path_buf(), state: state.to_path_buf(), child: Some(child) };

@@ -242,3 +242,41 @@ fn a_listing_survives_removals_behind_the_reader() {
     assert_eq!(fs::read_dir(&dir).unwrap().count(), names.len() - 100);
     cafsd.stop();
 }
+
+/// A manifest another writer put in the catalog, with names POSIX cannot hold (a `..` component, a NUL byte, a
+/// file and a directory of one name), mounts with those names presented as documented, each with a warning
+/// in cafsd's log, and every byte of every file readable.
+#[test]
+fn a_foreign_manifest_with_odd_names_mounts_with_every_byte() {
+    use cafs::catalog::{Catalog, CollectionRecord, SqliteCatalog};
+    use cafs::store::{Block, BlockStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let data = b"0123456789".to_vec();
+    let block = Block::new(data.clone()).unwrap();
+    let loc = block.locator().to_string();
+    let text = format!(". {loc} 0:4:x 4:6:\\056\\056 0:10:a\\000b\n./x {loc} 2:3:inner\n./d/../e {loc} 5:5:f\n");
+    let pdh = cafs::Pdh::of_text(text.as_bytes());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        LocalDirStore::open(state.join("blocks")).unwrap().put(&block).await.unwrap();
+        let catalog = SqliteCatalog::open(state.join("catalog.sqlite")).unwrap();
+        catalog.put_collection(&CollectionRecord::from_stored(pdh, text.clone()).unwrap()).await.unwrap();
+    });
+    assert!(Manifest::parse(text.as_bytes()).is_err(), "the strict parser refuses this manifest");
+    let log = tmp.path().join("cafsd.log");
+    let ro = MountedCafsd::start_logged(&state, &mnt, &["--pdh", &pdh.to_string()], &log);
+    let read = |p: &str| fs::read(mnt.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("x.cafs-file"), b"0123", "the file moved aside for the directory x");
+    assert_eq!(read("x/inner"), b"234");
+    assert_eq!(read("%2E%2E"), b"456789");
+    assert_eq!(read("a%00b"), data);
+    assert_eq!(read("d/%2E%2E/e/f"), b"56789");
+    let mut top: Vec<String> =
+        fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    top.sort();
+    assert_eq!(top, ["%2E%2E", "a%00b", "d", "x", "x.cafs-file"]);
+    ro.stop();
+    let logged = fs::read_to_string(&log).unwrap();
+    assert_eq!(logged.matches("a name of this collection is shown differently").count(), 4, "{logged}");
+}

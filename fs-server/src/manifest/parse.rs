@@ -100,6 +100,77 @@ struct Parser<'a> {
     /// one pass at the end of the line instead of a tree search per file. `bulk` is off once that fails.
     pending: Vec<(Name, File)>,
     bulk: bool,
+    /// Reading a foreign manifest: odd names are presented (see [`Renamed`]) instead of refused.
+    foreign: bool,
+    renamed: Vec<Renamed>,
+    /// Files moved aside for a directory of the same name, by their path as written: where later tokens for
+    /// the same file go.
+    moved: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// A name of a foreign manifest that cafs presents differently, and why. See [`present_component`] and
+/// [`file_aside`] for the scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renamed {
+    /// The path as the manifest writes it (unescaped).
+    pub original: Vec<u8>,
+    /// The path cafs shows.
+    pub presented: Vec<u8>,
+    pub why: &'static str,
+}
+
+/// How a path component of a foreign manifest that cannot be a POSIX name is shown: `.` as `%2E`, `..` as
+/// `%2E%2E`, each NUL byte as `%00`. `None` for a component that is fine as it is. (An empty component, from a
+/// doubled, leading or trailing `/`, is dropped instead: it names no directory.)
+pub fn present_component(c: &[u8]) -> Option<Vec<u8>> {
+    match c {
+        b"." => Some(b"%2E".to_vec()),
+        b".." => Some(b"%2E%2E".to_vec()),
+        _ if c.contains(&0) => Some(c.iter().flat_map(|&b| if b == 0 { b"%00".to_vec() } else { vec![b] }).collect()),
+        _ => None,
+    }
+}
+
+/// The name a file takes when a directory of the foreign manifest has its name: `NAME.cafs-file`, or
+/// `NAME.cafs-file.2`, `.3`, ... if that is taken too. The directory keeps the name.
+fn file_aside(dir: &Dir, name: &[u8]) -> Vec<u8> {
+    let base = [name, b".cafs-file"].concat();
+    let mut candidate = base.clone();
+    let mut n = 1;
+    while dir.get(&candidate).is_some() {
+        n += 1;
+        candidate = [&base[..], b".", n.to_string().as_bytes()].concat();
+    }
+    candidate
+}
+
+/// Rewrites the components of `path` (components joined by `/`, `first` of them kept as they are) as
+/// [`present_component`] says. Returns whether anything changed.
+fn present_path(path: &mut Vec<u8>, first: usize) -> bool {
+    if path.is_empty() {
+        return false;
+    }
+    if !path.split(|&b| b == b'/').skip(first).any(|c| c.is_empty() || present_component(c).is_some()) {
+        return false;
+    }
+    let mut out = Vec::with_capacity(path.len() + 8);
+    for (i, c) in path.split(|&b| b == b'/').enumerate() {
+        if i >= first && c.is_empty() {
+            continue;
+        }
+        if !out.is_empty() || i > 0 {
+            out.push(b'/');
+        }
+        match present_component(c).filter(|_| i >= first) {
+            Some(p) => out.extend_from_slice(&p),
+            None => out.extend_from_slice(c),
+        }
+    }
+    if out.first() == Some(&b'/') {
+        out.remove(0);
+    }
+    *path = out;
+    true
 }
 
 impl<'a> Parser<'a> {
@@ -143,10 +214,45 @@ fn walk<'d, 'c>(
     Ok(dir)
 }
 
+/// [`walk`] for a foreign manifest: a file where a directory must be is moved aside (see [`file_aside`]).
+/// `base` is the path of `dir` (`.` for the root), for the record of what moved.
+fn walk_foreign<'d, 'c>(
+    p: &mut Parser<'_>,
+    mut dir: &'d mut Dir,
+    base: &[u8],
+    components: impl Iterator<Item = &'c [u8]>,
+) -> Result<&'d mut Dir, ParseErrorKind> {
+    let mut path = base.to_vec();
+    for c in components {
+        path.push(b'/');
+        path.extend_from_slice(c);
+        if let Some(crate::manifest::Entry::File(_)) = dir.get(c) {
+            let aside = file_aside(dir, c);
+            let file = dir.remove(c).expect("just seen");
+            dir.insert(&aside, file).map_err(ParseErrorKind::Conflict)?;
+            let presented = [&path[..path.len() - c.len()], &aside[..]].concat();
+            p.moved.insert(path.clone(), presented.clone());
+            let why = "a file and a directory have this name: the directory keeps it";
+            p.renamed.push(Renamed { original: path.clone(), presented, why });
+        }
+        dir = dir.subdir(c).map_err(ParseErrorKind::Conflict)?;
+    }
+    Ok(dir)
+}
+
 pub(super) fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
+    parse_as(text, false).map(|(m, _)| m)
+}
+
+/// [`parse`], presenting rather than refusing the odd names a manifest written elsewhere may hold.
+pub(super) fn parse_foreign(text: &[u8]) -> Result<(Manifest, Vec<Renamed>), ParseError> {
+    parse_as(text, true)
+}
+
+fn parse_as(text: &[u8], foreign: bool) -> Result<(Manifest, Vec<Renamed>), ParseError> {
     let mut m = Manifest::new();
     if text.is_empty() {
-        return Ok(m);
+        return Ok((m, Vec::new()));
     }
     let mut p = Parser {
         line_no: 0,
@@ -159,6 +265,9 @@ pub(super) fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
         max_pieces: text.len() as u64,
         pending: Vec::new(),
         bulk: false,
+        foreign,
+        renamed: Vec::new(),
+        moved: Default::default(),
     };
     if text.last() != Some(&b'\n') {
         let last_line = text.rsplit(|&b| b == b'\n').next().unwrap_or(text);
@@ -173,7 +282,7 @@ pub(super) fn parse(text: &[u8]) -> Result<Manifest, ParseError> {
         start = end + 1;
         parse_line(&mut m, &mut p, line)?;
     }
-    Ok(m)
+    Ok((m, p.renamed))
 }
 
 fn parse_line<'a>(m: &mut Manifest, p: &mut Parser<'a>, line: &'a [u8]) -> Result<(), ParseError> {
@@ -205,6 +314,13 @@ fn parse_line<'a>(m: &mut Manifest, p: &mut Parser<'a>, line: &'a [u8]) -> Resul
     }
     p.stream_path.clear();
     unescape_into(&mut p.stream_path, tok).map_err(|e| p.unescape_err(e))?;
+    if p.foreign {
+        let original = p.stream_path.clone();
+        if present_path(&mut p.stream_path, 1) {
+            let why = "a stream's path holds an empty, '.' or '..' component or a NUL byte";
+            p.renamed.push(Renamed { original, presented: p.stream_path.clone(), why });
+        }
+    }
     let stream_depth = p.stream_path.split(|&b| b == b'/').count() - 1;
     if stream_depth > MAX_DEPTH {
         return Err(p.err(ParseErrorKind::PathTooDeep));
@@ -247,12 +363,14 @@ fn parse_line<'a>(m: &mut Manifest, p: &mut Parser<'a>, line: &'a [u8]) -> Resul
         return Err(p.err(ParseErrorKind::NoFileToken));
     };
 
-    let stream_dir = walk(&mut m.root, p.stream_path.split(|&b| b == b'/').skip(1)).map_err(|k| ParseError {
-        line: p.line_no,
-        token: 1,
-        text: show(stream_tok),
-        kind: k,
-    })?;
+    let stream_path = std::mem::take(&mut p.stream_path);
+    let walked = if p.foreign {
+        walk_foreign(p, &mut m.root, &stream_path[..], stream_path.split(|&b| b == b'/').skip(1))
+    } else {
+        walk(&mut m.root, stream_path.split(|&b| b == b'/').skip(1))
+    };
+    p.stream_path = stream_path;
+    let stream_dir = walked.map_err(|k| ParseError { line: p.line_no, token: 1, text: show(stream_tok), kind: k })?;
     let mut cursor = 0usize;
     p.bulk = stream_dir.is_empty();
     p.token = first_file;
@@ -290,7 +408,7 @@ fn parse_file_token(
     let pos = parse_decimal_lenient(&tok[..c1]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
     let len = parse_decimal_lenient(&tok[c1 + 1..c2]).ok_or_else(|| p.err(ParseErrorKind::BadFileToken))?;
     let raw_name = &tok[c2 + 1..];
-    if raw_name.is_empty() {
+    if raw_name.is_empty() && !p.foreign {
         return Err(p.err(ParseErrorKind::BadPathComponent("empty file name")));
     }
     match pos.checked_add(len) {
@@ -301,11 +419,59 @@ fn parse_file_token(
     }
     p.name.clear();
     unescape_into(&mut p.name, raw_name).map_err(|e| p.unescape_err(e))?;
+    if p.foreign {
+        present_file_name(p, len);
+    }
 
     let name = std::mem::take(&mut p.name);
     let result = place(p, stream_dir, stream_depth, pos, len, cursor, &name);
     p.name = name;
     result
+}
+
+/// For a foreign manifest: rewrites the file token's name in `p.name` as the presentation scheme says (a last
+/// component `.` with data is a file named `%2E`, not a directory marker; an empty last component is `%`).
+fn present_file_name(p: &mut Parser<'_>, len: u64) {
+    // The common case, a plain name, costs a scan and nothing more.
+    if !p.name.is_empty()
+        && !p.name.ends_with(b"/")
+        && p.name.split(|&b| b == b'/').all(|c| present_component(c).is_none() && !c.is_empty())
+    {
+        return;
+    }
+    if p.name.ends_with(b"/.")
+        && len == 0
+        && p.name[..p.name.len() - 2].split(|&b| b == b'/').all(|c| present_component(c).is_none() && !c.is_empty())
+    {
+        return;
+    }
+    let original = [&p.stream_path[..], b"/", &p.name[..]].concat();
+    let mut name = std::mem::take(&mut p.name);
+    let marker = len == 0 && (name == b"." || name.ends_with(b"/."));
+    let changed = if marker {
+        // A directory marker: only the path before it is presented.
+        let mut dirs = name[..name.len().saturating_sub(2)].to_vec();
+        let changed = present_path(&mut dirs, 0);
+        name = if dirs.is_empty() { b".".to_vec() } else { [&dirs[..], b"/."].concat() };
+        changed
+    } else {
+        let empty_last = name.is_empty() || name.ends_with(b"/");
+        let mut changed = present_path(&mut name, 0);
+        if empty_last {
+            if !name.is_empty() {
+                name.push(b'/');
+            }
+            name.push(b'%');
+            changed = true;
+        }
+        changed
+    };
+    if changed {
+        let presented = [&p.stream_path[..], b"/", &name[..]].concat();
+        let why = "a file's name holds an empty, '.' or '..' component or a NUL byte";
+        p.renamed.push(Renamed { original, presented, why });
+    }
+    p.name = name;
 }
 
 fn place(
@@ -350,11 +516,41 @@ fn place(
         p.pending = pending;
         return r;
     }
-    let dir = walk(stream_dir, components()).map_err(|k| p.err(k))?;
+    if !p.foreign {
+        let dir = walk(stream_dir, components()).map_err(|k| p.err(k))?;
+        if is_marker {
+            return Ok(());
+        }
+        let file = dir.file(last).map_err(|e| p.err(ParseErrorKind::Conflict(e)))?;
+        return map_segments(p, file, pos, len, cursor);
+    }
+    let stream_path = p.stream_path.clone();
+    let dir = walk_foreign(p, stream_dir, &stream_path, components()).map_err(|k| p.err(k))?;
     if is_marker {
         return Ok(());
     }
-    let file = dir.file(last).map_err(|e| p.err(ParseErrorKind::Conflict(e)))?;
+    let mut path = stream_path;
+    for c in components() {
+        path.push(b'/');
+        path.extend_from_slice(c);
+    }
+    let dir_path_len = path.len();
+    path.push(b'/');
+    path.extend_from_slice(last);
+    // A directory has this name: the file goes aside, where this file's earlier tokens went.
+    let target = if let Some(presented) = p.moved.get(&path) {
+        presented[dir_path_len + 1..].to_vec()
+    } else if let Some(crate::manifest::Entry::Dir(_)) = dir.get(last) {
+        let aside = file_aside(dir, last);
+        let presented = [&path[..=dir_path_len], &aside[..]].concat();
+        p.moved.insert(path.clone(), presented.clone());
+        let why = "a file and a directory have this name: the directory keeps it";
+        p.renamed.push(Renamed { original: path, presented, why });
+        aside
+    } else {
+        last.to_vec()
+    };
+    let file = dir.file(&target).map_err(|e| p.err(ParseErrorKind::Conflict(e)))?;
     map_segments(p, file, pos, len, cursor)
 }
 

@@ -421,3 +421,91 @@ fn quadratic_inputs_are_refused_not_allocated() {
     );
     assert_eq!(parse(&m.to_text()).files().len(), k);
 }
+
+/// A foreign manifest read with [`Manifest::parse_foreign`]: its files as (path, size), and the renames.
+fn foreign(text: &str) -> (Vec<(String, u64)>, Vec<Renamed>) {
+    let (m, renamed) = Manifest::parse_foreign(text.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let files = m.files().into_iter().map(|(p, f)| (String::from_utf8_lossy(&p).into_owned(), f.size())).collect();
+    (files, renamed)
+}
+
+const L5: &str = "0123456789abcdef0123456789abcdef+5";
+
+#[test]
+fn foreign_names_are_presented_not_refused() {
+    let cases: &[(&str, &[(&str, u64)])] = &[
+        // Components POSIX cannot hold.
+        (&format!(". {L5} 0:3:\\056\\056 3:2:.\n"), &[("%2E", 2), ("%2E%2E", 3)]),
+        (&format!(". {L5} 0:5:a\\000b\n"), &[("a%00b", 5)]),
+        (&format!(". {L5} 0:5:\n"), &[("%", 5)]),
+        (&format!("./a//b/ {L5} 0:5:c\n"), &[("a/b/c", 5)]),
+        (&format!("./a/../b {L5} 0:5:c\n"), &[("a/%2E%2E/b/c", 5)]),
+        (&format!(". {L5} 0:5:x/./y\n"), &[("x/%2E/y", 5)]),
+        // A file and a directory of one name, in either order: the directory keeps it.
+        (&format!(". {L5} 0:2:x\n./x {L5} 0:5:y\n"), &[("x.cafs-file", 2), ("x/y", 5)]),
+        (&format!("./x {L5} 0:5:y\n. {L5} 0:2:x\n"), &[("x.cafs-file", 2), ("x/y", 5)]),
+        (&format!(". {L5} 0:1:a 0:5:a/b 1:2:a\n"), &[("a.cafs-file", 3), ("a/b", 5)]),
+        (&format!(". {L5} 0:1:a 1:1:a.cafs-file 0:5:a/b\n"), &[("a.cafs-file", 1), ("a.cafs-file.2", 1), ("a/b", 5)]),
+    ];
+    for (text, want) in cases {
+        let (files, renamed) = foreign(text);
+        let want: Vec<(String, u64)> = want.iter().map(|(p, n)| (p.to_string(), *n)).collect();
+        assert_eq!(files, want, "{text}");
+        assert!(!renamed.is_empty(), "each rename is reported: {text}");
+        assert!(Manifest::parse(text.as_bytes()).is_err(), "the strict parser refuses it: {text}");
+        // What is presented is a valid tree: its normalized text parses strictly.
+        let (m, _) = Manifest::parse_foreign(text.as_bytes()).unwrap();
+        assert_eq!(parse(&m.to_text()).to_text(), m.to_text());
+    }
+    // A manifest with nothing odd reads the same both ways, with nothing renamed.
+    let plain = format!(". {L5} 0:5:f\n./d {L5} 0:0:. 0:5:g\n");
+    let (m, renamed) = Manifest::parse_foreign(plain.as_bytes()).unwrap();
+    assert!(renamed.is_empty());
+    assert_eq!(m, parse(&plain));
+    // Other faults are still refused.
+    assert!(Manifest::parse_foreign(format!(". {L5} 0:9:f\n").as_bytes()).is_err());
+    assert!(Manifest::parse_foreign(b". nolocator 0:1:f\n").is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Whatever names a foreign manifest uses, every byte of every file token stays in the presented tree
+    /// (markers carry none), the presentation is the same each time, and it is a valid tree.
+    #[test]
+    fn foreign_presentation_keeps_every_byte(
+        lines in proptest::collection::vec(
+            (
+                prop::sample::select(vec![".", "./a", "./a/b", "./x", "./..", "./a//b", "./\\000"]),
+                proptest::collection::vec(
+                    (0u64..5, prop::sample::select(vec![
+                        "a", "b", "x", ".", "..", "", "a/b", "x/y", "a/.", "b/..", "\\000", "a.cafs-file",
+                    ])),
+                    1..5,
+                ),
+            ),
+            1..6,
+        )
+    ) {
+        let mut text = String::new();
+        let mut bytes = 0;
+        for (stream, tokens) in &lines {
+            text.push_str(stream);
+            text.push(' ');
+            text.push_str(L5);
+            for (len, name) in tokens {
+                let marker = name.ends_with('.') && !name.ends_with("..") && *len == 0;
+                if !marker {
+                    bytes += len;
+                }
+                text.push_str(&format!(" 0:{len}:{name}"));
+            }
+            text.push('\n');
+        }
+        let (a, _) = Manifest::parse_foreign(text.as_bytes()).unwrap();
+        let (b, _) = Manifest::parse_foreign(text.as_bytes()).unwrap();
+        prop_assert_eq!(&a, &b);
+        let total: u64 = a.files().iter().map(|(_, f)| f.size()).sum();
+        prop_assert_eq!(total, bytes, "{}", text);
+        prop_assert_eq!(parse(&a.to_text()).to_text(), a.to_text());
+    }
+}
