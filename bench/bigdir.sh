@@ -26,14 +26,8 @@ median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 
 # The collection, made through the library (through a mount it would take minutes): the ref `big`.
 pdh=$(cargo bench -q -p fs-server --bench bigdir -- "$state" "$files" 2>"$work/make.log") || { cat "$work/make.log" >&2; exit 1; }
-# The plain directory to compare `ls -f` with.
-python3 - "$plain" "$files" <<'PY'
-import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    with open(os.path.join(d, "file-%07d" % i), "w") as f:
-        f.write("%d\n" % i)
-PY
+# Nothing of making it may still be on its way to the disk while cafsd starts (its journal syncs).
+sync
 
 declare -A mount_pdh mount_ref ls_f lookup
 probe=$(printf 'file-%07d' $((files * 3 / 4)))
@@ -59,6 +53,15 @@ for run in 1 2 3; do
     kill -TERM "$pid"; wait "$pid" || true; pid=
   done
 done
+# The plain directory to compare `ls -f` with.
+python3 - "$plain" "$files" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(os.path.join(d, "file-%07d" % i), "w") as f:
+        f.write("%d\n" % i)
+PY
+
 sync; echo 3 > /proc/sys/vm/drop_caches
 t0=$(now); n=$(ls -f "$plain" | wc -l); t1=$(now)
 plain_ls=$(secs "$t0" "$t1")
