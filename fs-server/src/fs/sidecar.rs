@@ -44,37 +44,36 @@ impl From<Packed> for EntryMeta {
     }
 }
 
-/// The entries of a format-2 sidecar (`bytes` past its first line), in the order written.
-fn decode_2(bytes: &[u8]) -> Result<impl Iterator<Item = (String, EntryMeta)>, SidecarError> {
-    let v: Vec<(String, Packed)> = postcard::from_bytes(bytes).map_err(|e| SidecarError(format!("format 2: {e}")))?;
-    Ok(v.into_iter().map(|(k, p)| (k, EntryMeta::from(p))))
+/// A sidecar's entries, from either format (nothing, for no bytes), into whichever map the reader wants.
+fn decode<M>(bytes: &[u8]) -> Result<M, SidecarError>
+where
+    M: FromIterator<(String, EntryMeta)> + Default + serde::de::DeserializeOwned,
+{
+    if bytes.is_empty() {
+        return Ok(M::default());
+    }
+    if let Some(rest) = bytes.strip_prefix(FORMAT_2) {
+        let v: Vec<(String, Packed)> =
+            postcard::from_bytes(rest).map_err(|e| SidecarError(format!("format 2: {e}")))?;
+        return Ok(v.into_iter().map(|(k, p)| (k, EntryMeta::from(p))).collect());
+    }
+    #[derive(Deserialize)]
+    #[serde(bound = "M: serde::de::DeserializeOwned")]
+    struct Json<M> {
+        version: u32,
+        entries: M,
+    }
+    let json: Json<M> = serde_json::from_slice(bytes).map_err(|e| SidecarError(e.to_string()))?;
+    if json.version != VERSION {
+        return Err(SidecarError(format!("version {} (this cafs reads {VERSION})", json.version)));
+    }
+    Ok(json.entries)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sidecar {
     pub version: u32,
-    #[serde(deserialize_with = "sorted_map")]
     pub entries: BTreeMap<String, EntryMeta>,
-}
-
-/// Reads a JSON object into a sorted map in one pass: serde's own inserts key by key, a tree search each, which
-/// for a million entries was a second. (Written sorted, a sidecar reads back presorted; any order works.)
-fn sorted_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, EntryMeta>, D::Error> {
-    struct Entries;
-    impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = BTreeMap<String, EntryMeta>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map of paths to entries")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut v = Vec::with_capacity(map.size_hint().unwrap_or(0));
-            while let Some(kv) = map.next_entry::<String, EntryMeta>()? {
-                v.push(kv);
-            }
-            Ok(v.into_iter().collect())
-        }
-    }
-    d.deserialize_map(Entries)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,22 +125,7 @@ pub struct Index {
 
 impl Index {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SidecarError> {
-        #[derive(Deserialize)]
-        struct Raw {
-            version: u32,
-            entries: std::collections::HashMap<String, EntryMeta, foldhash::fast::RandomState>,
-        }
-        if bytes.is_empty() {
-            return Ok(Self::default());
-        }
-        if let Some(rest) = bytes.strip_prefix(FORMAT_2) {
-            return Ok(Self { entries: decode_2(rest)?.collect() });
-        }
-        let raw: Raw = serde_json::from_slice(bytes).map_err(|e| SidecarError(e.to_string()))?;
-        if raw.version != VERSION {
-            return Err(SidecarError(format!("version {} (this cafs reads {VERSION})", raw.version)));
-        }
-        Ok(Self { entries: raw.entries })
+        Ok(Self { entries: decode(bytes)? })
     }
 
     pub fn get(&self, key: &str) -> Option<&EntryMeta> {
@@ -176,17 +160,7 @@ impl Sidecar {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SidecarError> {
-        if bytes.is_empty() {
-            return Ok(Self { version: VERSION, entries: BTreeMap::new() });
-        }
-        if let Some(rest) = bytes.strip_prefix(FORMAT_2) {
-            return Ok(Self { version: VERSION, entries: decode_2(rest)?.collect() });
-        }
-        let s: Sidecar = serde_json::from_slice(bytes).map_err(|e| SidecarError(e.to_string()))?;
-        if s.version != VERSION {
-            return Err(SidecarError(format!("version {} (this cafs reads {VERSION})", s.version)));
-        }
-        Ok(s)
+        Ok(Self { version: VERSION, entries: decode(bytes)? })
     }
 }
 
