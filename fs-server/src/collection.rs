@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
 use crate::fs::inode::Kind;
-use crate::fs::{Filesystem, FsError, FsOptions};
+use crate::fs::{Filesystem, FsError, FsOptions, Piece};
 use crate::fs::{sidecar, xattr};
 use crate::journal::{Header, Journal, JournalError, Numbering};
 use crate::manifest::{Manifest, Pdh};
@@ -388,14 +388,23 @@ impl Collection {
                 let value = match &name[xattr::CAFS_PREFIX.len()..] {
                     b"hash" => self.last_pdh().ok_or(FsError::NoAttr)?.to_string(),
                     b"state" => if self.is_dirty() { "dirty" } else { "committed" }.to_string(),
-                    b"segments" if kind == Kind::File => fs.pieces(ino)?,
+                    // A line a piece: `LOCATOR OFFSET LENGTH`, `buffered - LENGTH`, `zeros - LENGTH`.
+                    b"segments" if kind == Kind::File => fs
+                        .pieces(ino)?
+                        .into_iter()
+                        .map(|(at, len)| match at {
+                            Piece::Stored(block, offset) => format!("{block} {offset} {len}\n"),
+                            Piece::Buffered => format!("buffered - {len}\n"),
+                            Piece::Zeros => format!("zeros - {len}\n"),
+                        })
+                        .collect(),
                     b"locators" if kind == Kind::File => {
-                        let pieces = fs.pieces(ino)?;
-                        let mut seen = Vec::new();
-                        for line in pieces.lines() {
-                            let loc = line.split(' ').next().unwrap_or_default();
-                            if loc != "buffered" && loc != "zeros" && !seen.contains(&loc) {
-                                seen.push(loc);
+                        let mut seen: Vec<crate::locator::Locator> = Vec::new();
+                        for (at, _) in fs.pieces(ino)? {
+                            if let Piece::Stored(block, _) = at
+                                && !seen.contains(&block)
+                            {
+                                seen.push(block);
                             }
                         }
                         seen.iter().map(|l| format!("{l}\n")).collect()

@@ -14,7 +14,7 @@ pub mod inode;
 pub mod sidecar;
 pub mod xattr;
 
-pub use filesystem::{Attr, Filesystem, FsOptions, SetAttr, Snapshot, UploadStats};
+pub use filesystem::{Attr, Filesystem, FsOptions, Piece, SetAttr, Snapshot, UploadStats};
 
 /// What a filesystem operation can fail with; [`FsError::errno`] is what the FUSE adapter answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

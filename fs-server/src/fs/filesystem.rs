@@ -70,6 +70,17 @@ impl Default for FsOptions {
     }
 }
 
+/// Where a piece of a file's bytes is (see [`Filesystem::pieces`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// In a stored block, at this offset within it.
+    Stored(Locator, u64),
+    /// In a buffer, not stored yet.
+    Buffered,
+    /// A hole.
+    Zeros,
+}
+
 /// Attributes of an inode, as `stat` shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {
@@ -412,19 +423,21 @@ impl Filesystem {
             numbers.get(&super::inode::join(comps.iter().copied())[..]).copied()
         };
         let t = now();
-        let meta_for = |key: &str, default_perm: u32| match sidecar.get(key) {
-            Some(e) => {
-                let m = from_ns(e.mtime_ns);
-                Meta { perm: e.perm & 0o7777, uid: e.uid, gid: e.gid, mtime: m, ctime: m, atime: m }
-            }
-            None => Meta { perm: default_perm, uid, gid, mtime: t, ctime: t, atime: t },
+        let meta_of = |e: &EntryMeta| {
+            let m = from_ns(e.mtime_ns);
+            Meta { perm: e.perm & 0o7777, uid: e.uid, gid: e.gid, mtime: m, ctime: m, atime: m }
         };
-        let xattrs_for = |key: &str| match sidecar.get(key) {
-            Some(e) => e.xattrs().map_err(|e| FsError::Io(e.to_string())),
-            None => Ok(None),
+        let default_meta = |perm: u32| Meta { perm, uid, gid, mtime: t, ctime: t, atime: t };
+        let meta_for =
+            |key: &str, default_perm: u32| sidecar.get(key).map_or_else(|| default_meta(default_perm), meta_of);
+        // Metadata and attributes from one lookup: on a million entries each lookup is a cache miss.
+        let entry_for = |key: &str, default_perm: u32| match sidecar.get(key) {
+            Some(e) => Ok((meta_of(e), e.xattrs().map_err(|e| FsError::Io(e.to_string()))?)),
+            None => Ok((default_meta(default_perm), None)),
         };
-        let mut table = Table::new(meta_for("", 0o755));
-        table.get_mut(ROOT)?.xattrs = xattrs_for("")?;
+        let (root_meta, root_xattrs) = entry_for("", 0o755)?;
+        let mut table = Table::new(root_meta);
+        table.get_mut(ROOT)?.xattrs = root_xattrs;
         table.reserve_below(numbering.next);
         table.reserve(manifest.entries());
         // (directory, its inode, its path, its sidecar key)
@@ -453,8 +466,8 @@ impl Filesystem {
                 let number_of = || if numbers.is_empty() { None } else { number(&path_of()) };
                 match entry {
                     Entry::Dir(d) => {
-                        let body = Body::Dir(Default::default());
-                        made.push((&name[..], body, meta_for(&key, 0o755), number_of(), xattrs_for(&key)?));
+                        let (meta, xattrs) = entry_for(&key, 0o755)?;
+                        made.push((&name[..], Body::Dir(Default::default()), meta, number_of(), xattrs));
                         stack.push((d, 0, path_of(), key.clone()));
                     }
                     Entry::File(f) => {
@@ -462,7 +475,8 @@ impl Filesystem {
                         for s in f.segments() {
                             x.push(s.len, Source::Stored { block: manifest.block(s.block).clone(), offset: s.offset });
                         }
-                        made.push((&name[..], Body::File(x), meta_for(&key, 0o644), number_of(), xattrs_for(&key)?));
+                        let (meta, xattrs) = entry_for(&key, 0o644)?;
+                        made.push((&name[..], Body::File(x), meta, number_of(), xattrs));
                     }
                 }
             }
@@ -645,12 +659,6 @@ impl Filesystem {
         st.table.entries(dir)?.map(|(name, ino)| Ok((name.to_vec(), ino, st.table.get(ino)?.kind()))).collect()
     }
 
-    /// Entries of a directory in name order with their attributes (what `readdirplus` returns).
-    pub fn readdir_attrs(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Attr)>, FsError> {
-        let st = self.lock();
-        st.table.entries(dir)?.map(|(name, ino)| Ok((name.to_vec(), Self::attr(&st, ino)?))).collect()
-    }
-
     /// Drops the open buffers of files just freed. (Sealed buffers of a freed file finish their upload and are
     /// dropped when it lands; nothing refers to them any more.)
     fn reap(st: &mut State) {
@@ -737,37 +745,28 @@ impl Filesystem {
         Ok(i.xattrs.as_ref().map_or_else(Vec::new, |a| a.keys().map(|k| k.to_vec()).collect()))
     }
 
-    /// Where a file's bytes are, piece by piece: `LOCATOR OFFSET LENGTH` for bytes stored in a block (the
-    /// offset within it), `buffered - LENGTH` for bytes not stored yet, `zeros - LENGTH` for a hole. One line
-    /// each, in file order (what `user.cafs.segments` shows).
-    pub fn pieces(&self, ino: Ino) -> Result<String, FsError> {
-        use std::fmt::Write;
+    /// Where a file's bytes are, piece by piece in file order, with each piece's length.
+    pub fn pieces(&self, ino: Ino) -> Result<Vec<(Piece, u64)>, FsError> {
         let st = self.lock();
-        let Body::File(x) = &st.table.get(ino)?.body else { return Err(FsError::NoAttr) };
-        let mut out = String::new();
-        for p in x.read_plan(0, x.size()) {
-            let _ = match &p.src {
-                Source::Stored { block, offset } => writeln!(out, "{block} {offset} {}", p.len),
-                Source::Buffer { .. } => writeln!(out, "buffered - {}", p.len),
-                Source::Hole => writeln!(out, "zeros - {}", p.len),
-            };
-        }
-        Ok(out)
+        let Body::File(x) = &st.table.get(ino)?.body else { return Err(FsError::IsDir) };
+        Ok(x.read_plan(0, x.size())
+            .into_iter()
+            .map(|p| {
+                let at = match p.src {
+                    Source::Stored { block, offset } => Piece::Stored(block, offset),
+                    Source::Buffer { .. } => Piece::Buffered,
+                    Source::Hole => Piece::Zeros,
+                };
+                (at, p.len)
+            })
+            .collect())
     }
 
     /// Sets (`Some`) or removes (`None`) the attribute `name` of `ino`; journaled, and committed with the tree.
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: Option<&[u8]>, mode: SetMode) -> Result<(), FsError> {
         let mut st = self.lock();
         let i = st.table.get_mut(ino)?;
-        let attrs = i.xattrs.get_or_insert_default();
-        let r = match value {
-            Some(v) => xattr::set(attrs, name, v, mode),
-            None => xattr::writable_name(name).and_then(|()| attrs.remove(name).map(drop).ok_or(FsError::NoAttr)),
-        };
-        if attrs.is_empty() {
-            i.xattrs = None;
-        }
-        r?;
+        xattr::change(&mut i.xattrs, name, value, mode)?;
         i.meta.ctime = now();
         st.generation += 1;
         self.shared.log(&st.table, |table| {
@@ -1199,15 +1198,10 @@ impl Filesystem {
             Record::Xattr { path, name, value } => {
                 let (ino, ..) = st.table.resolve(path)?;
                 let i = st.table.get_mut(ino)?;
-                let attrs = i.xattrs.get_or_insert_default();
-                match value {
-                    Some(v) => xattr::set(attrs, name, v, xattr::SetMode::Any)?,
-                    None => {
-                        attrs.remove(&name[..]);
-                    }
-                }
-                if attrs.is_empty() {
-                    i.xattrs = None;
+                match xattr::change(&mut i.xattrs, name, value.as_deref(), SetMode::Any) {
+                    // A removal of what is not there leaves what replay wants.
+                    Err(FsError::NoAttr) if value.is_none() => {}
+                    r => r?,
                 }
             }
             Record::Make { path, ino, kind, meta } => {

@@ -85,6 +85,19 @@ pub fn set(attrs: &mut Xattrs, name: &[u8], value: &[u8], mode: SetMode) -> Resu
     Ok(())
 }
 
+/// Sets (`Some`) or removes (`None`) `name` in an entry's attributes, kept as `None` when there are none.
+pub fn change(slot: &mut Option<Box<Xattrs>>, name: &[u8], value: Option<&[u8]>, mode: SetMode) -> Result<(), FsError> {
+    let attrs = slot.get_or_insert_default();
+    let r = match value {
+        Some(v) => set(attrs, name, v, mode),
+        None => writable_name(name).and_then(|()| attrs.remove(name).map(drop).ok_or(FsError::NoAttr)),
+    };
+    if attrs.is_empty() {
+        *slot = None;
+    }
+    r
+}
+
 /// Checks that `name` may be set or removed.
 pub fn writable_name(name: &[u8]) -> Result<(), FsError> {
     if name.len() > MAX_NAME {

@@ -144,6 +144,18 @@ fn file_aside(dir: &Dir, name: &[u8]) -> Vec<u8> {
     candidate
 }
 
+/// Whether every component of `path` is a name as it stands (none empty, none to present differently).
+fn plain_path(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').all(|c| !c.is_empty() && present_component(c).is_none())
+}
+
+/// Records that the file written as `original` is shown as `presented`, beside a directory of its name.
+fn record_aside(p: &mut Parser<'_>, original: Vec<u8>, presented: Vec<u8>) {
+    p.moved.insert(original.clone(), presented.clone());
+    let why = "a file and a directory have this name: the directory keeps it";
+    p.renamed.push(Renamed { original, presented, why });
+}
+
 /// Rewrites the components of `path` (components joined by `/`, `first` of them kept as they are) as
 /// [`present_component`] says. Returns whether anything changed.
 fn present_path(path: &mut Vec<u8>, first: usize) -> bool {
@@ -153,23 +165,13 @@ fn present_path(path: &mut Vec<u8>, first: usize) -> bool {
     if !path.split(|&b| b == b'/').skip(first).any(|c| c.is_empty() || present_component(c).is_some()) {
         return false;
     }
-    let mut out = Vec::with_capacity(path.len() + 8);
-    for (i, c) in path.split(|&b| b == b'/').enumerate() {
-        if i >= first && c.is_empty() {
-            continue;
-        }
-        if !out.is_empty() || i > 0 {
-            out.push(b'/');
-        }
-        match present_component(c).filter(|_| i >= first) {
-            Some(p) => out.extend_from_slice(&p),
-            None => out.extend_from_slice(c),
-        }
-    }
-    if out.first() == Some(&b'/') {
-        out.remove(0);
-    }
-    *path = out;
+    let kept: Vec<Vec<u8>> = path
+        .split(|&b| b == b'/')
+        .enumerate()
+        .filter(|(i, c)| *i < first || !c.is_empty())
+        .map(|(i, c)| if i < first { None } else { present_component(c) }.unwrap_or_else(|| c.to_vec()))
+        .collect();
+    *path = kept.join(&b'/');
     true
 }
 
@@ -231,9 +233,7 @@ fn walk_foreign<'d, 'c>(
             let file = dir.remove(c).expect("just seen");
             dir.insert(&aside, file).map_err(ParseErrorKind::Conflict)?;
             let presented = [&path[..path.len() - c.len()], &aside[..]].concat();
-            p.moved.insert(path.clone(), presented.clone());
-            let why = "a file and a directory have this name: the directory keeps it";
-            p.renamed.push(Renamed { original: path.clone(), presented, why });
+            record_aside(p, path.clone(), presented);
         }
         dir = dir.subdir(c).map_err(ParseErrorKind::Conflict)?;
     }
@@ -433,16 +433,7 @@ fn parse_file_token(
 /// component `.` with data is a file named `%2E`, not a directory marker; an empty last component is `%`).
 fn present_file_name(p: &mut Parser<'_>, len: u64) {
     // The common case, a plain name, costs a scan and nothing more.
-    if !p.name.is_empty()
-        && !p.name.ends_with(b"/")
-        && p.name.split(|&b| b == b'/').all(|c| present_component(c).is_none() && !c.is_empty())
-    {
-        return;
-    }
-    if p.name.ends_with(b"/.")
-        && len == 0
-        && p.name[..p.name.len() - 2].split(|&b| b == b'/').all(|c| present_component(c).is_none() && !c.is_empty())
-    {
+    if plain_path(&p.name) || (len == 0 && p.name.ends_with(b"/.") && plain_path(&p.name[..p.name.len() - 2])) {
         return;
     }
     let original = [&p.stream_path[..], b"/", &p.name[..]].concat();
@@ -543,9 +534,7 @@ fn place(
     } else if let Some(crate::manifest::Entry::Dir(_)) = dir.get(last) {
         let aside = file_aside(dir, last);
         let presented = [&path[..=dir_path_len], &aside[..]].concat();
-        p.moved.insert(path.clone(), presented.clone());
-        let why = "a file and a directory have this name: the directory keeps it";
-        p.renamed.push(Renamed { original: path, presented, why });
+        record_aside(p, path, presented);
         aside
     } else {
         last.to_vec()
