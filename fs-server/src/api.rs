@@ -28,7 +28,7 @@ use crate::control::check_message;
 use crate::fs::FsError;
 use crate::fs::inode::NAME_MAX;
 use crate::manifest::Pdh;
-use crate::server::{Served, Server, ServerError};
+use crate::server::{Made, NamespaceServed, Served, Server, ServerError};
 
 /// The largest request decoded (tonic's default, stated here): a larger one is refused before any handler runs.
 /// The largest sensible request is a commit message of [`crate::control::MAX_MESSAGE`].
@@ -109,7 +109,15 @@ impl Api {
     }
 
     fn status_of(&self, caller: Caller, dir: &str) -> Result<pb::StatusReply, Status> {
-        let mounts = if dir.is_empty() { self.visible(caller) } else { vec![self.mount_of(caller, dir, "see")?] };
+        let mounts = if dir.is_empty() {
+            self.visible(caller)
+        } else if let Some(n) = self.server.namespace(mount_point(dir)?) {
+            // A namespace mount's status is that of the collections open in it.
+            n.check_owner(caller.uid(), "see").map_err(status)?;
+            self.server.list().into_iter().filter(|s| s.part_of.as_deref() == Some(n.dir.as_path())).collect()
+        } else {
+            vec![self.mount_of(caller, dir, "see")?]
+        };
         Ok(pb::StatusReply {
             server: Some(pb::ServerStatus {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -187,6 +195,18 @@ fn mount_info(s: &Served) -> pb::MountInfo {
         read_only: s.coll.is_read_only(),
         owner_uid: s.uid,
         autocommit_secs: s.autocommit.as_secs() as u32,
+        namespace: false,
+    }
+}
+
+fn namespace_info(n: &NamespaceServed) -> pb::MountInfo {
+    pb::MountInfo {
+        mount_point: n.dir.to_string_lossy().into_owned(),
+        read_only: n.read_only(),
+        owner_uid: n.uid,
+        autocommit_secs: n.ns.options().autocommit.as_secs() as u32,
+        namespace: true,
+        ..Default::default()
     }
 }
 
@@ -271,7 +291,10 @@ impl Cafs for Api {
                 }
                 Origin::Pdh(text)
             }
-            None => return Err(Status::invalid_argument("a mount needs a ref name or a hash")),
+            Some(Source::Namespace(true)) => Origin::Namespace,
+            Some(Source::Namespace(false)) | None => {
+                return Err(Status::invalid_argument("a mount needs a ref name, a hash or the namespace"));
+            }
         };
         let request = HelperMount { mountpoint: dir.to_path_buf(), origin, read_only: r.read_only };
         let autocommit = r.autocommit_secs.map(|s| Duration::from_secs(s.into()));
@@ -283,14 +306,33 @@ impl Cafs for Api {
                 .map_err(status)
         })
         .await?;
-        Ok(Response::new(pb::MountReply { mount: Some(mount_info(&s)) }))
+        let info = match s {
+            Made::Mount(s) => mount_info(&s),
+            Made::Namespace(n) => namespace_info(&n),
+        };
+        Ok(Response::new(pb::MountReply { mount: Some(info) }))
     }
 
     async fn unmount(&self, req: Request<pb::UnmountRequest>) -> Result<Response<pb::UnmountReply>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
-        let s = self.mount_of(caller, &r.mount_point, "unmount")?;
         let server = self.server.clone();
+        if let Some(n) = self.server.namespace(mount_point(&r.mount_point)?) {
+            n.check_owner(caller.uid(), "unmount").map_err(status)?;
+            if r.discard {
+                return Err(Status::invalid_argument("a namespace mount is unmounted with its changes committed"));
+            }
+            detached(async move { server.unmount_namespace(&n).await.map_err(status) }).await?;
+            return Ok(Response::new(pb::UnmountReply { pdh: String::new() }));
+        }
+        let s = self.mount_of(caller, &r.mount_point, "unmount")?;
+        if let Some(whole) = &s.part_of {
+            return Err(Status::failed_precondition(format!(
+                "{} is part of the namespace mount at {}: unmount that",
+                s.dir.display(),
+                whole.display()
+            )));
+        }
         let pdh = detached(async move { server.unmount(&s, r.discard).await.map_err(status) }).await?;
         Ok(Response::new(pb::UnmountReply { pdh: pdh.map(|p| p.to_string()).unwrap_or_default() }))
     }
@@ -329,7 +371,16 @@ impl Cafs for Api {
 
     async fn list_mounts(&self, req: Request<pb::ListMountsRequest>) -> Result<Response<pb::ListMountsReply>, Status> {
         let caller = self.caller(&req)?;
-        Ok(Response::new(pb::ListMountsReply { mounts: self.visible(caller).iter().map(|s| mount_info(s)).collect() }))
+        let mut mounts: Vec<_> = self
+            .server
+            .namespace_list()
+            .into_iter()
+            .filter(|n| n.check_owner(caller.uid(), "see").is_ok())
+            .map(|n| namespace_info(&n))
+            .collect();
+        mounts.extend(self.visible(caller).iter().map(|s| mount_info(s)));
+        mounts.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+        Ok(Response::new(pb::ListMountsReply { mounts }))
     }
 
     async fn log(&self, req: Request<pb::LogRequest>) -> Result<Response<pb::LogReply>, Status> {

@@ -9,6 +9,7 @@
 //! writer moved the ref meanwhile, the commit fails with a conflict and the tree is kept as it is.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
@@ -220,6 +221,23 @@ impl Collection {
         let fs = Filesystem::load_numbered(&manifest, &sidecar, &Numbering::default(), store, rt, opts, uid, gid)?;
         drop_later((manifest, sidecar));
         Ok(Self::assemble(fs, Origin::Pdh(pdh), catalog, None))
+    }
+
+    /// Opens one committed version of a ref, read-only and immutable like a mount by hash, but with the
+    /// version's sidecar (modes, times, symlinks, attributes), which a bare hash does not name.
+    pub async fn open_version(
+        catalog: Arc<dyn Catalog>,
+        store: Arc<dyn BlockStore>,
+        version: Version,
+        opts: FsOptions,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Self, CollectionError> {
+        let rt = tokio::runtime::Handle::current();
+        let (manifest, sidecar) = Self::fetch(catalog.as_ref(), version.pdh, Some(version.sidecar)).await?;
+        let fs = Filesystem::load_numbered(&manifest, &sidecar, &Numbering::default(), store, rt, opts, uid, gid)?;
+        drop_later((manifest, sidecar));
+        Ok(Self::assemble(fs, Origin::Pdh(version.pdh), catalog, Some(version)))
     }
 
     /// Opens the ref `name` for a mount at `mount_point`, journaling its changes in `journal`. If that journal
@@ -610,6 +628,24 @@ impl Collection {
             .await
             .map_err(|e| FsError::Io(format!("snapshot task failed: {e}")))??;
         Ok((CollectionRecord::new(&s.manifest)?, s.sidecar, s.seq, s.numbering))
+    }
+}
+
+/// Moves a followed ref's tree to each newer version, looking every `every`; stops once `alive` says the mount
+/// is gone. A failed look (the catalog or store is down) is logged and tried again at the next tick.
+pub async fn follow(coll: Arc<Collection>, every: Duration, alive: impl Fn() -> bool) {
+    loop {
+        tokio::time::sleep(every).await;
+        if !alive() {
+            return;
+        }
+        match coll.refresh().await {
+            Ok(Some(v)) => {
+                tracing::info!(r#ref = %v.name, version = v.version, pdh = %v.pdh, "showing a newer version")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look for a newer version; trying again later"),
+        }
     }
 }
 

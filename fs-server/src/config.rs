@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::catalog::{Catalog, CatalogError, PostgresCatalog, SqliteCatalog};
+use crate::catalog::{Catalog, CatalogError, PostgresCatalog, RefName, SqliteCatalog};
 use crate::store::{BlockStore, LocalDirStore, S3Config, S3Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,21 @@ pub struct Config {
     /// How often a read-only mount of a ref looks for a newer version (seconds; 0: never).
     #[serde(default = "default_refresh")]
     pub ref_refresh_seconds: u64,
+    #[serde(default)]
+    pub namespace: NamespaceConfig,
+}
+
+/// What a namespace mount (`cafs-mount DIR --namespace`) shows writable:
+///
+/// ```toml
+/// [namespace]
+/// writable = ["scratch/*", "results"]   # exact ref names, or prefixes ending in `*`
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    #[serde(default)]
+    pub writable: Vec<String>,
 }
 
 fn default_refresh() -> u64 {
@@ -152,7 +167,19 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        for p in &config.namespace.writable {
+            // A pattern is a ref name, or a ref name's beginning and `*`: `*`, `scratch/*`, `run-*`.
+            let name = match p.strip_suffix('*') {
+                Some("") => continue,
+                Some(prefix) => format!("{prefix}x"),
+                None => p.clone(),
+            };
+            if let Err(e) = RefName::new(name) {
+                return Err(format!("namespace.writable: {p:?} is neither a ref name nor one ending in '*': {e}"));
+            }
+        }
+        Ok(config)
     }
 
     /// What the node runs on, in a line for logs (no secrets).

@@ -1,10 +1,15 @@
-//! The FUSE adapter: a thin translation of kernel requests (through `fuser`) into calls on the filesystem core
-//! and the control files, and of [`FsError`]s into errnos. No filesystem logic lives here.
+//! The FUSE adapter: a thin translation of kernel requests (through `fuser`) into calls on the filesystem core,
+//! the namespace and the control files, and of [`FsError`]s into errnos. No filesystem logic lives here.
 //!
-//! Inode numbers are the core's; the control directory `.cafs` and its files take reserved numbers at the top
-//! of the range. `.cafs` answers lookups in the root of a writable mount but is never listed and cannot be
-//! created or removed. Hard links are refused with `EPERM` (a collection has no way to say two names share
-//! bytes that later change together).
+//! A mount shows one collection (one [`View`], whose inode numbers the kernel sees unchanged) or the whole
+//! catalog (a [`Namespace`]: its own directories, and a view per collection shown, each with its own range of
+//! numbers). Every request is routed to the view that holds its inode and answered in that view's numbers,
+//! turned back into the kernel's on the way out.
+//!
+//! The control directory `.cafs` and its files take reserved numbers at the top of a view's range. `.cafs`
+//! answers lookups in the root of a writable view but is never listed and cannot be created or removed. Hard
+//! links are refused with `EPERM` (a collection has no way to say two names share bytes that later change
+//! together), and so is a change to the namespace's own directories; a rename between two views is `EXDEV`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -21,8 +26,9 @@ use fuser::{
 
 use crate::collection::Collection;
 use crate::control::{self, Control, ControlFile};
-use crate::fs::inode::{Kind, ROOT, RenameMode};
+use crate::fs::inode::{INO_LIMIT, Kind, ROOT, RenameMode};
 use crate::fs::{Attr, FsError, SetAttr, xattr};
+use crate::namespace::{Namespace, Node, SLOT_SHIFT, View};
 
 /// How long the kernel may cache names and attributes. Every change goes through this mount, so the kernel's
 /// cache stays right; the control files are exempt (their contents change by themselves).
@@ -42,7 +48,9 @@ fn is_writer(fh: FileHandle) -> bool {
     fh.0 & 1 == 1
 }
 
-const CONTROL_DIR: u64 = u64::MAX - 1;
+/// In a view's own numbers, above any the tree gives (and below where the view's number starts).
+const CONTROL_DIR: u64 = (1 << SLOT_SHIFT) - 2;
+const _: () = assert!(CONTROL_DIR - 16 > INO_LIMIT);
 
 fn control_ino(f: ControlFile) -> u64 {
     CONTROL_DIR - 1 - ControlFile::ALL.iter().position(|&c| c == f).expect("listed") as u64
@@ -65,9 +73,10 @@ fn kind(k: Kind) -> FileType {
     }
 }
 
-fn file_attr(a: &Attr) -> FileAttr {
+/// `a` as the kernel sees it: `ino` is the kernel's number for it.
+fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     FileAttr {
-        ino: INodeNo(a.ino),
+        ino: INodeNo(ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
         atime: a.atime,
@@ -97,21 +106,28 @@ fn when(t: TimeOrNow) -> SystemTime {
 /// those requests and sends them again to the next cafsd (`FUSE_NOTIFY_RESEND`), which then does them whole:
 /// closing waits for the requests in progress, so none is cut off halfway.
 #[derive(Debug, Default)]
-pub struct Gate(RwLock<()>);
+pub struct Gate {
+    lock: RwLock<()>,
+    /// Closed already: the collections of a namespace mount share its gate, and each is kept in turn.
+    closed: std::sync::atomic::AtomicBool,
+}
 
 impl Gate {
     fn enter(&self) -> RwLockReadGuard<'_, ()> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
+        self.lock.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits up to `limit` for the requests in progress, then holds all later ones for good. Returns whether
-    /// the requests in progress finished in time.
+    /// the requests in progress finished in time (true at once when it was closed before).
     pub fn close(self: &Arc<Self>, limit: Duration) -> bool {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return true;
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let gate = self.clone();
         // A blocking write lock: once it waits, new readers wait behind it, so a busy mount drains.
         std::thread::spawn(move || {
-            let held = gate.0.write().unwrap_or_else(|p| p.into_inner());
+            let held = gate.lock.write().unwrap_or_else(|p| p.into_inner());
             std::mem::forget(held);
             let _ = tx.send(());
         });
@@ -125,12 +141,19 @@ fn resent(req: &Request) -> bool {
     req.unique().0 & (1 << 63) != 0
 }
 
-/// One mounted collection, as the kernel sees it.
+/// What a mount shows.
+enum Space {
+    /// One collection: the kernel's numbers are the tree's.
+    One(Arc<View>),
+    /// The whole catalog.
+    Many(Arc<Namespace>),
+}
+
+/// A mount, as the kernel sees it.
 pub struct CafsFuse {
-    coll: Arc<Collection>,
-    control: Arc<Control>,
+    space: Space,
     rt: tokio::runtime::Handle,
-    /// Owner of the mount (the control files belong to it).
+    /// Owner of the mount (the control files and the namespace's directories belong to it).
     uid: u32,
     gid: u32,
     gate: Arc<Gate>,
@@ -143,11 +166,21 @@ pub struct CafsFuse {
     next_dir_handle: AtomicU64,
 }
 
-/// A directory's entries for `readdir`: name, inode, kind.
+/// A directory's entries for `readdir`: name, the kernel's inode number, kind.
 type Listing = Vec<(Vec<u8>, u64, FileType)>;
 
 impl CafsFuse {
+    /// A mount of one collection.
     pub fn new(coll: Arc<Collection>, control: Arc<Control>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
+        Self::with(Space::One(Arc::new(View::whole(coll, control))), rt, uid, gid)
+    }
+
+    /// A mount of the whole catalog.
+    pub fn namespace(ns: Arc<Namespace>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
+        Self::with(Space::Many(ns), rt, uid, gid)
+    }
+
+    fn with(space: Space, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
         // Distinct per process start: the time in ms, folded to leave bit 0 for the writer flag; never 0, which
         // older cafsd versions used for every handle.
         let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
@@ -155,7 +188,7 @@ impl CafsFuse {
         // Directory handles start at a per-process point too, so that one given before a restart is unlikely to
         // meet a new one for the same directory (and then both name a listing of that directory anyway).
         let next_dir_handle = AtomicU64::new(epoch << 20);
-        Self { coll, control, rt, uid, gid, gate: Arc::default(), epoch, listings: Mutex::default(), next_dir_handle }
+        Self { space, rt, uid, gid, gate: Arc::default(), epoch, listings: Mutex::default(), next_dir_handle }
     }
 
     /// Whether `fh` was given by an earlier cafsd.
@@ -168,11 +201,57 @@ impl CafsFuse {
         self.gate.clone()
     }
 
+    /// What the kernel's number `ino` names.
+    fn at(&self, ino: INodeNo) -> Result<Node, Errno> {
+        match &self.space {
+            Space::One(v) => Ok(Node::In(v.clone(), ino.0)),
+            Space::Many(ns) => ns.resolve(ino.0).map_err(|e| errno(&e)),
+        }
+    }
+
+    /// The view holding `ino`, and its number there; the namespace's own directories cannot be changed.
+    fn inside(&self, ino: INodeNo) -> Result<(Arc<View>, u64), Errno> {
+        match self.at(ino)? {
+            Node::In(v, local) => Ok((v, local)),
+            Node::Dir(_) => Err(Errno::EPERM),
+        }
+    }
+
+    fn ns(&self) -> Option<&Arc<Namespace>> {
+        match &self.space {
+            Space::Many(ns) => Some(ns),
+            Space::One(_) => None,
+        }
+    }
+
+    /// The attributes of the kernel's `ino`, and how long the kernel may keep them.
+    fn attributes(&self, ino: INodeNo) -> Result<(FileAttr, Duration), Errno> {
+        // The namespace's directories, and the roots of views not opened yet, are answered without opening.
+        if let Some(ns) = self.ns()
+            && (ino.0 >> SLOT_SHIFT == 0 || ino.0 & ((1 << SLOT_SHIFT) - 1) == ROOT)
+        {
+            let a = ns.attr(ino.0).map_err(|e| errno(&e))?;
+            return Ok((file_attr(ino.0, &a), TTL));
+        }
+        let Node::In(v, local) = self.at(ino)? else { unreachable!("the namespace's directories are above") };
+        if let Some(a) = self.virtual_attr(&v, local) {
+            return Ok((a, Duration::ZERO));
+        }
+        let a = v.coll.fs_for(local).getattr(local).map_err(|e| errno(&e))?;
+        Ok((file_attr(ino.0, &a), ttl(&v)))
+    }
+
     /// A name-making request that the kernel sent again after a restart and that finds its name already
     /// there: the first attempt made it (cafsd died before answering), so it succeeded.
-    fn made_again(&self, req: &Request, parent: u64, name: &OsStr, r: Result<Attr, FsError>) -> Result<Attr, FsError> {
+    fn made_again(
+        v: &View,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        r: Result<Attr, FsError>,
+    ) -> Result<Attr, FsError> {
         match r {
-            Err(FsError::Exists) if resent(req) => self.coll.fs().lookup(parent, name.as_bytes()),
+            Err(FsError::Exists) if resent(req) => v.coll.fs().lookup(parent, name.as_bytes()),
             r => r,
         }
     }
@@ -185,20 +264,16 @@ impl CafsFuse {
         }
     }
 
-    fn writable(&self) -> Result<(), Errno> {
-        if self.coll.is_read_only() { Err(Errno::EROFS) } else { Ok(()) }
-    }
-
-    fn virtual_attr(&self, ino: u64) -> Option<FileAttr> {
-        let (kind, perm, size) = if ino == CONTROL_DIR {
+    fn virtual_attr(&self, v: &View, local: u64) -> Option<FileAttr> {
+        let (kind, perm, size) = if local == CONTROL_DIR {
             (FileType::Directory, 0o755, 0)
         } else {
-            let f = control_file(ino)?;
+            let f = control_file(local)?;
             (FileType::RegularFile, if f.writable() { 0o644 } else { 0o444 }, 0)
         };
         let now = SystemTime::now();
         Some(FileAttr {
-            ino: INodeNo(ino),
+            ino: INodeNo(v.global(local)),
             size,
             blocks: 0,
             atime: now,
@@ -216,66 +291,51 @@ impl CafsFuse {
         })
     }
 
-    /// Whether a new entry may be made as `parent/name`: the mount is writable and the name is not the control
-    /// directory's (nor inside it).
-    fn may_create(&self, parent: u64, name: &OsStr) -> Result<(), Errno> {
-        self.writable()?;
-        if self.is_control_name(parent, name) || parent == CONTROL_DIR {
-            return Err(Errno::EEXIST);
-        }
-        Ok(())
-    }
-
-    fn is_control_name(&self, parent: u64, name: &OsStr) -> bool {
-        parent == ROOT && name.as_bytes() == control::DIR_NAME && !self.coll.is_read_only()
-    }
-
     fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), Arc<Listing>>> {
         self.listings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A directory's entries, `.` and `..` first, as one `opendir` sees them.
-    fn listing(&self, ino: u64) -> Result<Listing, Errno> {
+    fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
         let mut entries: Listing = Vec::new();
-        if ino == CONTROL_DIR {
-            entries.push((b".".to_vec(), CONTROL_DIR, FileType::Directory));
-            entries.push((b"..".to_vec(), ROOT, FileType::Directory));
+        let (v, local) = match self.at(ino)? {
+            Node::Dir(d) => {
+                let ns = self.ns().expect("a namespace directory");
+                let list = ns.list(d).map_err(|e| errno(&e))?;
+                entries.push((b".".to_vec(), d, FileType::Directory));
+                entries.push((b"..".to_vec(), ns.parent_of(d), FileType::Directory));
+                entries.extend(list.into_iter().map(|(name, a)| (name, a.ino, kind(a.kind))));
+                return Ok(entries);
+            }
+            Node::In(v, local) => (v, local),
+        };
+        if local == CONTROL_DIR {
+            entries.push((b".".to_vec(), ino.0, FileType::Directory));
+            entries.push((b"..".to_vec(), v.global(ROOT), FileType::Directory));
             for f in ControlFile::ALL {
-                entries.push((f.name().as_bytes().to_vec(), control_ino(f), FileType::RegularFile));
+                entries.push((f.name().as_bytes().to_vec(), v.global(control_ino(f)), FileType::RegularFile));
             }
             return Ok(entries);
         }
-        let fs = self.coll.fs_for(ino);
-        let parent = fs.parent(ino).map_err(|e| errno(&e))?;
-        let list = fs.readdir(ino).map_err(|e| errno(&e))?;
+        let fs = v.coll.fs_for(local);
+        let parent = fs.parent(local).map_err(|e| errno(&e))?;
+        let list = fs.readdir(local).map_err(|e| errno(&e))?;
         entries.reserve(list.len() + 2);
-        entries.push((b".".to_vec(), ino, FileType::Directory));
-        entries.push((b"..".to_vec(), parent, FileType::Directory));
-        entries.extend(list.into_iter().map(|(name, i, k)| (name, i, kind(k))));
+        entries.push((b".".to_vec(), ino.0, FileType::Directory));
+        entries.push((b"..".to_vec(), if local == ROOT { v.parent } else { v.global(parent) }, FileType::Directory));
+        entries.extend(list.into_iter().map(|(name, i, k)| (name, v.global(i), kind(k))));
         Ok(entries)
     }
 
     /// The listing `opendir` made for this handle; one made now for a handle this process did not give (the
     /// directory was opened before a restart), kept until its `releasedir`.
-    fn opened_listing(&self, ino: u64, fh: FileHandle) -> Result<Arc<Listing>, Errno> {
-        if let Some(l) = self.listings().get(&(ino, fh.0)) {
+    fn opened_listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Arc<Listing>, Errno> {
+        if let Some(l) = self.listings().get(&(ino.0, fh.0)) {
             return Ok(l.clone());
         }
         let list = Arc::new(self.listing(ino)?);
-        self.listings().insert((ino, fh.0), list.clone());
+        self.listings().insert((ino.0, fh.0), list.clone());
         Ok(list)
-    }
-
-    /// How long the kernel may keep names and attributes: a mount by hash never changes, so for long.
-    fn ttl(&self) -> Duration {
-        if matches!(self.coll.origin(), crate::collection::Origin::Pdh(_)) { IMMUTABLE_TTL } else { TTL }
-    }
-
-    fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
-        match r {
-            Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
     }
 
     /// An attribute value or name list as `getxattr`/`listxattr` answer: its size when asked for size 0,
@@ -290,12 +350,52 @@ impl CafsFuse {
         }
     }
 
-    fn empty(&self, reply: ReplyEmpty, r: Result<(), FsError>) {
+    fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
+}
+
+/// How long the kernel may keep names and attributes of a view: what a hash names never changes, so for long.
+fn ttl(v: &View) -> Duration {
+    if v.immutable() { IMMUTABLE_TTL } else { TTL }
+}
+
+fn entry(v: &View, reply: ReplyEntry, r: Result<Attr, FsError>) {
+    match r {
+        Ok(a) => reply.entry(&ttl(v), &file_attr(v.global(a.ino), &a), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn writable(v: &View) -> Result<(), Errno> {
+    if v.coll.is_read_only() { Err(Errno::EROFS) } else { Ok(()) }
+}
+
+fn is_control_name(v: &View, parent: u64, name: &OsStr) -> bool {
+    parent == ROOT && name.as_bytes() == control::DIR_NAME && !v.coll.is_read_only()
+}
+
+/// Whether a new entry may be made as `parent/name`: the view is writable and the name is not the control
+/// directory's (nor inside it).
+fn may_create(v: &View, parent: u64, name: &OsStr) -> Result<(), Errno> {
+    writable(v)?;
+    if is_control_name(v, parent, name) || parent == CONTROL_DIR {
+        return Err(Errno::EEXIST);
+    }
+    Ok(())
+}
+
+/// Answers with `Err`'s errno, or goes on with the value.
+macro_rules! or_reply {
+    ($reply:ident, $r:expr) => {
+        match $r {
+            Ok(x) => x,
+            Err(e) => return $reply.error(e),
+        }
+    };
 }
 
 impl fuser::Filesystem for CafsFuse {
@@ -316,29 +416,36 @@ impl fuser::Filesystem for CafsFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _live = self.gate.enter();
-        if self.is_control_name(parent.0, name) {
-            return reply.entry(&Duration::ZERO, &self.virtual_attr(CONTROL_DIR).expect("virtual"), Generation(0));
+        let (v, parent) = match or_reply!(reply, self.at(parent)) {
+            Node::Dir(d) => {
+                let ns = self.ns().expect("a namespace directory");
+                return match ns.lookup(d, name.as_bytes()) {
+                    Ok(a) => reply.entry(&TTL, &file_attr(a.ino, &a), Generation(0)),
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
+            Node::In(v, parent) => (v, parent),
+        };
+        if is_control_name(&v, parent, name) {
+            return reply.entry(&Duration::ZERO, &self.virtual_attr(&v, CONTROL_DIR).expect("virtual"), Generation(0));
         }
-        if parent.0 == CONTROL_DIR {
+        if parent == CONTROL_DIR {
             return match ControlFile::from_name(name.as_bytes()) {
-                Some(f) => {
-                    reply.entry(&Duration::ZERO, &self.virtual_attr(control_ino(f)).expect("virtual"), Generation(0))
-                }
+                Some(f) => reply.entry(
+                    &Duration::ZERO,
+                    &self.virtual_attr(&v, control_ino(f)).expect("virtual"),
+                    Generation(0),
+                ),
                 None => reply.error(Errno::ENOENT),
             };
         }
-        self.entry(reply, self.coll.fs_for(parent.0).lookup(parent.0, name.as_bytes()));
+        entry(&v, reply, v.coll.fs_for(parent).lookup(parent, name.as_bytes()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _live = self.gate.enter();
-        if let Some(a) = self.virtual_attr(ino.0) {
-            return reply.attr(&Duration::ZERO, &a);
-        }
-        match self.coll.fs_for(ino.0).getattr(ino.0) {
-            Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        let (a, ttl) = or_reply!(reply, self.attributes(ino));
+        reply.attr(&ttl, &a);
     }
 
     fn setattr(
@@ -360,17 +467,13 @@ impl fuser::Filesystem for CafsFuse {
         reply: ReplyAttr,
     ) {
         let _live = self.gate.enter();
-        if let Some(a) = self.virtual_attr(ino.0) {
+        let (v, local) = or_reply!(reply, self.inside(ino));
+        if let Some(a) = self.virtual_attr(&v, local) {
             // Truncating `.cafs/commit` (as `echo > .cafs/commit` does) is harmless; nothing else changes.
             return reply.attr(&Duration::ZERO, &a);
         }
-        if let Err(e) = self.writable() {
-            return reply.error(e);
-        }
-        let current = match self.coll.fs().getattr(ino.0) {
-            Ok(a) => a,
-            Err(e) => return reply.error(errno(&e)),
-        };
+        or_reply!(reply, writable(&v));
+        let current = or_reply!(reply, v.coll.fs().getattr(local).map_err(|e| errno(&e)));
         // chown: only root gives a file away; the owner may change the group to one of its own.
         if uid.is_some_and(|u| u != current.uid) && req.uid() != 0 {
             return reply.error(Errno::EPERM);
@@ -383,15 +486,16 @@ impl fuser::Filesystem for CafsFuse {
         }
         let set =
             SetAttr { perm: mode.map(|m| m & 0o7777), uid, gid, size, atime: atime.map(when), mtime: mtime.map(when) };
-        match self.coll.fs().setattr(ino.0, &set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        match v.coll.fs().setattr(local, &set) {
+            Ok(a) => reply.attr(&TTL, &file_attr(ino.0, &a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _live = self.gate.enter();
-        match self.coll.fs_for(ino.0).readlink(ino.0) {
+        let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EINVAL));
+        match v.coll.fs_for(local).readlink(local) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
@@ -411,48 +515,46 @@ impl fuser::Filesystem for CafsFuse {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        self.mkfile(req, parent, name, mode & !umask, reply);
+        let (v, parent) = or_reply!(reply, self.inside(parent));
+        or_reply!(reply, may_create(&v, parent, name));
+        let r = v.coll.fs().create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
+        entry(&v, reply, Self::made_again(&v, req, parent, name, r));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let _live = self.gate.enter();
-        if let Err(e) = self.may_create(parent.0, name) {
-            return reply.error(e);
-        }
-        let r = self.coll.fs().mkdir(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid());
-        self.entry(reply, self.made_again(req, parent.0, name, r));
+        let (v, parent) = or_reply!(reply, self.inside(parent));
+        or_reply!(reply, may_create(&v, parent, name));
+        let r = v.coll.fs().mkdir(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
+        entry(&v, reply, Self::made_again(&v, req, parent, name, r));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _live = self.gate.enter();
-        if let Err(e) = self.writable() {
-            return reply.error(e);
-        }
-        if self.is_control_name(parent.0, name) || parent.0 == CONTROL_DIR {
+        let (v, parent) = or_reply!(reply, self.inside(parent));
+        or_reply!(reply, writable(&v));
+        if is_control_name(&v, parent, name) || parent == CONTROL_DIR {
             return reply.error(Errno::EPERM);
         }
-        self.empty(reply, Self::removed_again(req, self.coll.fs().unlink(parent.0, name.as_bytes())));
+        Self::empty(reply, Self::removed_again(req, v.coll.fs().unlink(parent, name.as_bytes())));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _live = self.gate.enter();
-        if let Err(e) = self.writable() {
-            return reply.error(e);
-        }
-        if self.is_control_name(parent.0, name) {
+        let (v, parent) = or_reply!(reply, self.inside(parent));
+        or_reply!(reply, writable(&v));
+        if is_control_name(&v, parent, name) {
             return reply.error(Errno::EPERM);
         }
-        self.empty(reply, Self::removed_again(req, self.coll.fs().rmdir(parent.0, name.as_bytes())));
+        Self::empty(reply, Self::removed_again(req, v.coll.fs().rmdir(parent, name.as_bytes())));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let _live = self.gate.enter();
-        if let Err(e) = self.may_create(parent.0, link_name) {
-            return reply.error(e);
-        }
-        let r =
-            self.coll.fs().symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), req.uid(), req.gid());
-        self.entry(reply, self.made_again(req, parent.0, link_name, r));
+        let (v, parent) = or_reply!(reply, self.inside(parent));
+        or_reply!(reply, may_create(&v, parent, link_name));
+        let r = v.coll.fs().symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), req.uid(), req.gid());
+        entry(&v, reply, Self::made_again(&v, req, parent, link_name, r));
     }
 
     fn rename(
@@ -466,10 +568,13 @@ impl fuser::Filesystem for CafsFuse {
         reply: ReplyEmpty,
     ) {
         let _live = self.gate.enter();
-        if let Err(e) = self.writable() {
-            return reply.error(e);
+        let (v, parent) = or_reply!(reply, self.inside(parent));
+        let (to, newparent) = or_reply!(reply, self.inside(newparent));
+        if !Arc::ptr_eq(&v, &to) {
+            return reply.error(Errno::EXDEV);
         }
-        if self.is_control_name(parent.0, name) || self.is_control_name(newparent.0, newname) {
+        or_reply!(reply, writable(&v));
+        if is_control_name(&v, parent, name) || is_control_name(&v, newparent, newname) {
             return reply.error(Errno::EPERM);
         }
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
@@ -481,15 +586,14 @@ impl fuser::Filesystem for CafsFuse {
         } else {
             return reply.error(Errno::EINVAL);
         };
-        let r = self.coll.fs().rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), mode);
+        let fs = v.coll.fs();
+        let r = fs.rename(parent, name.as_bytes(), newparent, newname.as_bytes(), mode);
         // Sent again and the source is gone but the target is there: the first attempt moved it.
         let r = match r {
-            Err(FsError::NotFound) if resent(req) && self.coll.fs().lookup(newparent.0, newname.as_bytes()).is_ok() => {
-                Ok(())
-            }
+            Err(FsError::NotFound) if resent(req) && fs.lookup(newparent, newname.as_bytes()).is_ok() => Ok(()),
             r => r,
         };
-        self.empty(reply, r);
+        Self::empty(reply, r);
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
@@ -499,22 +603,23 @@ impl fuser::Filesystem for CafsFuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _live = self.gate.enter();
-        if control_file(ino.0).is_some() {
+        let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EISDIR));
+        if control_file(local).is_some() {
             return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
         }
         let wants_write = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
-        if wants_write && let Err(e) = self.writable() {
-            return reply.error(e);
+        if wants_write {
+            or_reply!(reply, writable(&v));
         }
-        let fs = self.coll.fs_for(ino.0);
-        match fs.open(ino.0) {
+        let fs = v.coll.fs_for(local);
+        match fs.open(local) {
             Ok(a) if a.kind == Kind::Dir => {
-                let _ = fs.release(ino.0);
+                let _ = fs.release(local);
                 reply.error(Errno::EISDIR)
             }
-            // What an inode number of a read-only mount holds never changes (a changed file of a followed ref
+            // What an inode number of a read-only view holds never changes (a changed file of a followed ref
             // gets a new number), so the kernel may keep its cached pages across opens.
-            Ok(_) if self.coll.is_read_only() => reply.opened(handle(self.epoch, false), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) if v.coll.is_read_only() => reply.opened(handle(self.epoch, false), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(_) => reply.opened(handle(self.epoch, wants_write), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -532,8 +637,9 @@ impl fuser::Filesystem for CafsFuse {
         reply: ReplyData,
     ) {
         let _live = self.gate.enter();
-        if let Some(f) = control_file(ino.0) {
-            return match self.control.read(&self.coll, f) {
+        let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EISDIR));
+        if let Some(f) = control_file(local) {
+            return match v.control.read(&v.coll, f) {
                 Ok(bytes) => {
                     let start = (offset as usize).min(bytes.len());
                     let end = start.saturating_add(size as usize).min(bytes.len());
@@ -545,7 +651,7 @@ impl fuser::Filesystem for CafsFuse {
                 }
             };
         }
-        match self.coll.fs_for(ino.0).read(ino.0, offset, u64::from(size)) {
+        match v.coll.fs_for(local).read(local, offset, u64::from(size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
@@ -564,7 +670,8 @@ impl fuser::Filesystem for CafsFuse {
         reply: ReplyWrite,
     ) {
         let _live = self.gate.enter();
-        if let Some(f) = control_file(ino.0) {
+        let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EISDIR));
+        if let Some(f) = control_file(local) {
             if f != ControlFile::Commit {
                 return reply.error(Errno::EACCES);
             }
@@ -576,15 +683,16 @@ impl fuser::Filesystem for CafsFuse {
                 }
             };
             let committer = format!("uid {}", req.uid());
-            return match self.rt.block_on(self.control.commit(&self.coll, &committer, &message)) {
+            return match self.rt.block_on(v.control.commit(&v.coll, &committer, &message)) {
                 Ok(_) => reply.written(data.len() as u32),
                 Err(_) => reply.error(Errno::EIO),
             };
         }
-        if let Err(e) = self.coll.fs().upload_error(ino.0) {
+        let fs = v.coll.fs();
+        if let Err(e) = fs.upload_error(local) {
             return reply.error(errno(&e));
         }
-        match self.coll.fs().write(ino.0, offset, data) {
+        match fs.write(local, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -594,10 +702,14 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         // close(): a writer hears of a failed upload or of writes lost with a dead cafsd; never a commit. A
         // reader's close has nothing to report.
-        if control_file(ino.0).is_some() || !is_writer(fh) {
+        if !is_writer(fh) {
             return reply.ok();
         }
-        self.empty(reply, self.coll.fs().close_error(ino.0, self.stale(fh)));
+        let (v, local) = or_reply!(reply, self.inside(ino));
+        if control_file(local).is_some() {
+            return reply.ok();
+        }
+        Self::empty(reply, v.coll.fs().close_error(local, self.stale(fh)));
     }
 
     fn release(
@@ -611,32 +723,30 @@ impl fuser::Filesystem for CafsFuse {
         reply: ReplyEmpty,
     ) {
         let _live = self.gate.enter();
-        if control_file(ino.0).is_some() {
+        let (v, local) = or_reply!(reply, self.inside(ino));
+        if control_file(local).is_some() {
             return reply.ok();
         }
-        let r = self.coll.fs_for(ino.0).release(ino.0);
-        self.coll.released();
-        self.empty(reply, r);
+        let r = v.coll.fs_for(local).release(local);
+        v.coll.released();
+        Self::empty(reply, r);
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _live = self.gate.enter();
-        if control_file(ino.0).is_some() {
+        let (v, local) = or_reply!(reply, self.inside(ino));
+        if control_file(local).is_some() {
             return reply.ok();
         }
-        self.empty(reply, self.coll.fs_for(ino.0).fsync_handle(ino.0, self.stale(fh)));
+        Self::empty(reply, v.coll.fs_for(local).fsync_handle(local, self.stale(fh)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _live = self.gate.enter();
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
-        match self.listing(ino.0) {
-            Ok(list) => {
-                self.listings().insert((ino.0, fh), Arc::new(list));
-                reply.opened(FileHandle(fh), FopenFlags::empty())
-            }
-            Err(e) => reply.error(e),
-        }
+        let list = or_reply!(reply, self.listing(ino));
+        self.listings().insert((ino.0, fh), Arc::new(list));
+        reply.opened(FileHandle(fh), FopenFlags::empty())
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -647,10 +757,7 @@ impl fuser::Filesystem for CafsFuse {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _live = self.gate.enter();
-        let list = match self.opened_listing(ino.0, fh) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
+        let list = or_reply!(reply, self.opened_listing(ino, fh));
         for (i, (name, child, kind)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*child), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
                 break;
@@ -661,20 +768,10 @@ impl fuser::Filesystem for CafsFuse {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _live = self.gate.enter();
-        let list = match self.opened_listing(ino.0, fh) {
-            Ok(l) => l,
-            Err(e) => return reply.error(e),
-        };
-        let fs = self.coll.fs_for(ino.0);
+        let list = or_reply!(reply, self.opened_listing(ino, fh));
         for (i, (name, child, _)) in list.iter().enumerate().skip(offset as usize) {
             // Attributes as they are now, page by page: an entry removed since the listing was made is skipped.
-            let (attr, ttl) = match self.virtual_attr(*child) {
-                Some(a) => (a, Duration::ZERO),
-                None => match fs.getattr(*child) {
-                    Ok(a) => (file_attr(&a), self.ttl()),
-                    Err(_) => continue,
-                },
-            };
+            let Ok((attr, ttl)) = self.attributes(INodeNo(*child)) else { continue };
             if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }
@@ -684,21 +781,24 @@ impl fuser::Filesystem for CafsFuse {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _live = self.gate.enter();
-        if self.virtual_attr(ino.0).is_some() {
+        let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::ENODATA));
+        if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::ENODATA);
         }
-        match self.coll.getxattr(ino.0, name.as_bytes()) {
-            Ok(v) => Self::sized(reply, size, &v),
+        match v.coll.getxattr(local, name.as_bytes()) {
+            Ok(value) => Self::sized(reply, size, &value),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _live = self.gate.enter();
-        if self.virtual_attr(ino.0).is_some() {
-            return Self::sized(reply, size, &[]);
-        }
-        match self.coll.listxattr(ino.0) {
+        let (v, local) = match self.at(ino) {
+            Ok(Node::In(v, local)) if self.virtual_attr(&v, local).is_none() => (v, local),
+            Ok(_) => return Self::sized(reply, size, &[]),
+            Err(e) => return reply.error(e),
+        };
+        match v.coll.listxattr(local) {
             Ok(names) => {
                 let mut list = Vec::new();
                 for n in names {
@@ -722,32 +822,37 @@ impl fuser::Filesystem for CafsFuse {
         reply: ReplyEmpty,
     ) {
         let _live = self.gate.enter();
-        if self.virtual_attr(ino.0).is_some() {
+        let (v, local) = or_reply!(reply, self.inside(ino));
+        if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::EPERM);
         }
         let r = xattr::SetMode::from_flags(flags)
-            .and_then(|mode| self.coll.setxattr(ino.0, name.as_bytes(), Some(value), mode));
-        self.empty(reply, r);
+            .and_then(|mode| v.coll.setxattr(local, name.as_bytes(), Some(value), mode));
+        Self::empty(reply, r);
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _live = self.gate.enter();
-        if self.virtual_attr(ino.0).is_some() {
+        let (v, local) = or_reply!(reply, self.inside(ino));
+        if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::EPERM);
         }
-        let r = self.coll.setxattr(ino.0, name.as_bytes(), None, xattr::SetMode::Any);
+        let r = v.coll.setxattr(local, name.as_bytes(), None, xattr::SetMode::Any);
         // Sent again after a restart and already gone: the first attempt removed it.
         let r = match r {
             Err(FsError::NoAttr) if resent(req) => Ok(()),
             r => r,
         };
-        self.empty(reply, r);
+        Self::empty(reply, r);
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _live = self.gate.enter();
         // A directory's entries are journal records: make them (and everything before) durable.
-        self.empty(reply, self.coll.fs().sync_journal());
+        match or_reply!(reply, self.at(ino)) {
+            Node::In(v, _) => Self::empty(reply, v.coll.fs().sync_journal()),
+            Node::Dir(_) => reply.ok(),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -768,23 +873,19 @@ impl fuser::Filesystem for CafsFuse {
         reply: ReplyCreate,
     ) {
         let _live = self.gate.enter();
-        if let Err(e) = self.may_create(parent.0, name) {
-            return reply.error(e);
-        }
-        let r = self.coll.fs().create(parent.0, name.as_bytes(), mode & !umask, req.uid(), req.gid());
-        match self.made_again(req, parent.0, name, r).and_then(|a| self.coll.fs().open(a.ino)) {
-            Ok(a) => reply.created(&TTL, &file_attr(&a), Generation(0), handle(self.epoch, true), FopenFlags::empty()),
+        let (v, parent) = or_reply!(reply, self.inside(parent));
+        or_reply!(reply, may_create(&v, parent, name));
+        let fs = v.coll.fs();
+        let r = fs.create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
+        match Self::made_again(&v, req, parent, name, r).and_then(|a| fs.open(a.ino)) {
+            Ok(a) => reply.created(
+                &TTL,
+                &file_attr(v.global(a.ino), &a),
+                Generation(0),
+                handle(self.epoch, true),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(&e)),
         }
-    }
-}
-
-impl CafsFuse {
-    fn mkfile(&self, req: &Request, parent: INodeNo, name: &OsStr, perm: u32, reply: ReplyEntry) {
-        if let Err(e) = self.may_create(parent.0, name) {
-            return reply.error(e);
-        }
-        let r = self.coll.fs().create(parent.0, name.as_bytes(), perm, req.uid(), req.gid());
-        self.entry(reply, self.made_again(req, parent.0, name, r));
     }
 }

@@ -19,13 +19,14 @@ pub use cafs_mount::wire::fd_socket_path;
 use cafs_mount::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply, WireError};
 
 use crate::catalog::{Catalog, RefName};
-use crate::collection::{Collection, CollectionError, Committed};
+use crate::collection::{Collection, CollectionError, Committed, follow};
 use crate::control::Control;
 use crate::fs::{FsError, FsOptions};
 use crate::fuse::{CafsFuse, Gate};
 use crate::journal;
 use crate::manifest::Pdh;
 use crate::mount::{MountOptions, resume_fd, serve_fd};
+use crate::namespace::{Namespace, NamespaceOptions};
 use crate::store::BlockStore;
 use crate::systemd::{FdStore, Restored};
 
@@ -80,6 +81,42 @@ pub struct Served {
     /// Set once the mount is gone and its last commit was attempted: the hash it ended at, or why that commit
     /// failed.
     ended: tokio::sync::watch::Sender<Option<Result<Option<Pdh>, String>>>,
+    /// For a collection shown in a namespace mount: that mount's point (it is unmounted as a whole).
+    pub part_of: Option<PathBuf>,
+}
+
+/// A namespace mount: the whole catalog at one mount point. Each collection opened in it is registered as a
+/// [`Served`] of its own at its path below the mount point, so that `fsctl commit`, `flush` and `status` reach
+/// it by that path.
+pub struct NamespaceServed {
+    pub dir: PathBuf,
+    pub ns: Arc<Namespace>,
+    pub uid: u32,
+    pub held: bool,
+    fdname: Option<String>,
+    gate: Arc<Gate>,
+    /// Set once the mount is gone and its collections' last commits were attempted.
+    ended: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+}
+
+impl NamespaceServed {
+    pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
+        if uid == 0 || uid == self.uid {
+            Ok(())
+        } else {
+            Err(ServerError::NotOwner { path: self.dir.clone(), owner: self.uid, uid, what })
+        }
+    }
+
+    pub fn read_only(&self) -> bool {
+        !self.ns.has_writable()
+    }
+
+    async fn ended(&self) -> Result<(), String> {
+        let mut rx = self.ended.subscribe();
+        let done = rx.wait_for(Option::is_some).await.map_err(|_| "cafsd is stopping".to_string())?;
+        done.clone().unwrap_or(Ok(()))
+    }
 }
 
 impl Served {
@@ -133,6 +170,12 @@ impl Throughput {
     }
 }
 
+/// A mount [`Server::mount`] made.
+pub enum Made {
+    Mount(Arc<Served>),
+    Namespace(Arc<NamespaceServed>),
+}
+
 /// What a gRPC Mount asked for that the helper's hand-over does not carry.
 #[derive(Debug, Clone, Copy)]
 struct Prefs {
@@ -154,6 +197,9 @@ pub struct Server {
     refresh: Duration,
     started: Instant,
     mounts: Mutex<HashMap<PathBuf, Arc<Served>>>,
+    namespaces: Mutex<HashMap<PathBuf, Arc<NamespaceServed>>>,
+    /// Refs a namespace mount shows writable (see [`NamespaceOptions::writable`]).
+    namespace_writable: Vec<String>,
     prefs: Mutex<HashMap<PathBuf, Prefs>>,
     /// Set once cafsd is shutting down: no new mounts.
     stopping: AtomicBool,
@@ -183,6 +229,8 @@ pub struct ServerOptions {
     pub ref_refresh: Duration,
     /// systemd's file descriptor store, when cafsd runs under systemd with one.
     pub fdstore: Option<FdStore>,
+    /// Refs a namespace mount shows writable (see [`NamespaceOptions::writable`]).
+    pub namespace_writable: Vec<String>,
 }
 
 impl Server {
@@ -192,7 +240,7 @@ impl Server {
         rt: tokio::runtime::Handle,
         opts: ServerOptions,
     ) -> Arc<Self> {
-        let ServerOptions { helper, journals, autocommit, ref_refresh: refresh, fdstore } = opts;
+        let ServerOptions { helper, journals, autocommit, ref_refresh: refresh, fdstore, namespace_writable } = opts;
         let server = Arc::new(Self {
             catalog,
             store,
@@ -203,6 +251,8 @@ impl Server {
             refresh,
             started: Instant::now(),
             mounts: Mutex::new(HashMap::new()),
+            namespaces: Mutex::default(),
+            namespace_writable,
             prefs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             fdstore,
@@ -227,9 +277,25 @@ impl Server {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `dir` is served now.
+    fn namespaces(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<NamespaceServed>>> {
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `dir` is served now (a mount, or a namespace mount).
     pub fn serves(&self, dir: &Path) -> bool {
-        self.registry().contains_key(dir)
+        self.registry().contains_key(dir) || self.namespaces().contains_key(dir)
+    }
+
+    /// The namespace mount at `dir`, if it is one.
+    pub fn namespace(&self, dir: &Path) -> Option<Arc<NamespaceServed>> {
+        self.namespaces().get(&normalize(dir).ok()?).cloned()
+    }
+
+    /// Every namespace mount, by mount point.
+    pub fn namespace_list(&self) -> Vec<Arc<NamespaceServed>> {
+        let mut all: Vec<_> = self.namespaces().values().cloned().collect();
+        all.sort_by(|a, b| a.dir.cmp(&b.dir));
+        all
     }
 
     /// The mount at `dir`.
@@ -245,9 +311,12 @@ impl Server {
         all
     }
 
-    /// Mount points served now.
+    /// Mount points served now (of namespace mounts too, not of the collections shown in them).
     pub fn mount_points(&self) -> Vec<PathBuf> {
-        self.list().into_iter().map(|s| s.dir.clone()).collect()
+        let mut all: Vec<_> = self.list().into_iter().filter(|s| s.part_of.is_none()).map(|s| s.dir.clone()).collect();
+        all.extend(self.namespace_list().into_iter().map(|n| n.dir.clone()));
+        all.sort();
+        all
     }
 
     /// Listens on `path` (replacing a stale socket file) and handles hand-overs on a thread of its own, until
@@ -335,6 +404,9 @@ impl Server {
             }
             return Err(format!("{} is already served", dir.display()));
         }
+        if h.request.origin == Origin::Namespace {
+            return self.serve_namespace(h, dev, prefs);
+        }
         let opts = FsOptions::default();
         let (catalog, store) = (self.catalog.clone(), self.store.clone());
         let coll = self
@@ -366,6 +438,7 @@ impl Server {
                             .map_err(|e| e.to_string());
                     }
                     Origin::Pdh(pdh) => Pdh::parse(pdh).map_err(|e| e.to_string())?,
+                    Origin::Namespace => unreachable!("served above"),
                 };
                 Collection::open_pdh(catalog, store, pdh, opts, h.uid, h.gid).await.map_err(|e| e.to_string())
             })
@@ -373,28 +446,7 @@ impl Server {
         let control = Arc::new(Control::default());
         let fuse = CafsFuse::new(coll.clone(), control.clone(), self.rt.clone(), h.uid, h.gid);
         let gate = fuse.gate();
-        let opts = MountOptions { read_only: coll.is_read_only(), ..MountOptions::default() };
-        // Kept in systemd's store before it is served: a mount is never served without a holder that outlives
-        // this cafsd, once there is a store.
-        let fdname = self.fdstore.as_ref().and_then(|store| match store.keep(&h, dev.as_fd()) {
-            Ok(name) => Some(name),
-            Err(e) => {
-                tracing::warn!(mount = %dir.display(), error = %e, "could not keep the mount in systemd's fd store");
-                None
-            }
-        });
-        let mounted = if h.resume {
-            tracing::info!(mount = %dir.display(), "taking over a live mount");
-            resume_fd(&dir, dev, fuse, &opts)
-        } else {
-            serve_fd(&dir, dev, fuse, &opts)
-        }
-        .map_err(|e| {
-            if let (Some(store), Some(name)) = (&self.fdstore, &fdname) {
-                store.forget(name);
-            }
-            e.to_string()
-        })?;
+        let (mounted, fdname) = self.attach(&h, dev, fuse, coll.is_read_only())?;
         let autocommit =
             if coll.is_read_only() { Duration::ZERO } else { prefs.map_or(self.autocommit, |p| p.autocommit) };
         let served = Arc::new(Served {
@@ -410,6 +462,7 @@ impl Server {
             discard: AtomicBool::new(false),
             throughput: Mutex::new(Throughput::default()),
             ended: tokio::sync::watch::channel(None).0,
+            part_of: None,
         });
         self.registry().insert(dir.clone(), served.clone());
         if !autocommit.is_zero() {
@@ -431,6 +484,150 @@ impl Server {
             server.ended(&served);
         });
         Ok(dir)
+    }
+
+    /// Serves `fuse` on the mount's fd (taking over a live one when resuming), keeping the fd in systemd's
+    /// store first when there is one. Returns the session and the name the store keeps the fd under.
+    fn attach(
+        &self,
+        h: &Handoff,
+        dev: OwnedFd,
+        fuse: CafsFuse,
+        read_only: bool,
+    ) -> Result<(crate::mount::Mounted, Option<String>), String> {
+        let dir = &h.request.mountpoint;
+        let opts = MountOptions { read_only, ..MountOptions::default() };
+        // Kept in systemd's store before it is served: a mount is never served without a holder that outlives
+        // this cafsd, once there is a store.
+        let fdname = self.fdstore.as_ref().and_then(|store| match store.keep(h, dev.as_fd()) {
+            Ok(name) => Some(name),
+            Err(e) => {
+                tracing::warn!(mount = %dir.display(), error = %e, "could not keep the mount in systemd's fd store");
+                None
+            }
+        });
+        let mounted = if h.resume {
+            tracing::info!(mount = %dir.display(), "taking over a live mount");
+            resume_fd(dir, dev, fuse, &opts)
+        } else {
+            serve_fd(dir, dev, fuse, &opts)
+        }
+        .map_err(|e| {
+            if let (Some(store), Some(name)) = (&self.fdstore, &fdname) {
+                store.forget(name);
+            }
+            e.to_string()
+        })?;
+        Ok((mounted, fdname))
+    }
+
+    /// Serves a namespace mount (see [`crate::namespace`]).
+    fn serve_namespace(self: &Arc<Self>, h: Handoff, dev: OwnedFd, prefs: Option<Prefs>) -> Result<PathBuf, String> {
+        let dir = h.request.mountpoint.clone();
+        let autocommit = prefs.map_or(self.autocommit, |p| p.autocommit);
+        let opts = NamespaceOptions {
+            mount_point: dir.clone(),
+            writable: if h.request.read_only { Vec::new() } else { self.namespace_writable.clone() },
+            journals: self.journals.clone(),
+            refresh: self.refresh,
+            autocommit,
+            fs: FsOptions::default(),
+            slots_file: Some(journal::path_for(&self.journals, "", &dir).with_extension("slots")),
+            resume: h.resume,
+        };
+        let ns = Namespace::new(self.catalog.clone(), self.store.clone(), self.rt.clone(), h.uid, h.gid, opts)
+            .map_err(|e| e.to_string())?;
+        let fuse = CafsFuse::namespace(ns.clone(), self.rt.clone(), h.uid, h.gid);
+        let gate = fuse.gate();
+        let (mounted, fdname) = self.attach(&h, dev, fuse, !ns.has_writable())?;
+        let held = h.held || fdname.is_some();
+        let (server, at, view_gate) = (Arc::downgrade(self), dir.clone(), gate.clone());
+        let (uid, gid) = (h.uid, h.gid);
+        ns.on_open(move |view| {
+            let Some(server) = server.upgrade() else { return };
+            let served = Arc::new(Served {
+                dir: at.join(&view.path),
+                coll: view.coll.clone(),
+                control: view.control.clone(),
+                uid,
+                gid,
+                autocommit: if view.coll.is_read_only() { Duration::ZERO } else { autocommit },
+                held,
+                fdname: None,
+                gate: view_gate.clone(),
+                discard: AtomicBool::new(false),
+                throughput: Mutex::new(Throughput::default()),
+                ended: tokio::sync::watch::channel(None).0,
+                part_of: Some(at.clone()),
+            });
+            server.registry().insert(served.dir.clone(), served);
+        });
+        let served = Arc::new(NamespaceServed {
+            dir: dir.clone(),
+            ns,
+            uid: h.uid,
+            held,
+            fdname,
+            gate,
+            ended: tokio::sync::watch::channel(None).0,
+        });
+        self.namespaces().insert(dir.clone(), served.clone());
+        let server = self.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = mounted.wait() {
+                tracing::warn!(mount = %served.dir.display(), error = %e, "FUSE session ended with an error");
+            }
+            server.namespace_ended(&served);
+        });
+        Ok(dir)
+    }
+
+    /// After a namespace mount is gone: commits each changed collection in it and forgets them.
+    fn namespace_ended(&self, n: &NamespaceServed) {
+        n.ns.stop();
+        let views: Vec<_> = self.list().into_iter().filter(|s| s.part_of.as_deref() == Some(n.dir.as_path())).collect();
+        let mut outcome = Ok(());
+        for s in views {
+            self.ended(&s);
+            if let Some(Err(e)) = s.ended.borrow().clone() {
+                outcome = Err(format!("{}: {e}", s.dir.display()));
+            }
+        }
+        if let Some(path) = &n.ns.options().slots_file {
+            let _ = std::fs::remove_file(path);
+        }
+        self.namespaces().remove(&n.dir);
+        if let (Some(store), Some(name)) = (&self.fdstore, &n.fdname) {
+            store.forget(name);
+        }
+        tracing::info!(mount = %n.dir.display(), "namespace unmounted");
+        n.ended.send_replace(Some(outcome));
+    }
+
+    /// Unmounts a namespace mount: commits every changed collection in it first (a failed commit leaves the
+    /// mount in place), then asks the helper to unmount and waits until the session is gone.
+    pub async fn unmount_namespace(&self, n: &NamespaceServed) -> Result<(), ServerError> {
+        for s in self.list().into_iter().filter(|s| s.part_of.as_deref() == Some(n.dir.as_path())) {
+            if s.coll.is_dirty() {
+                s.control.commit(&s.coll, "cafsd", "unmount").await?;
+            }
+        }
+        let (helper, request) = (self.helper.clone(), HelperRequest::Unmount { mountpoint: n.dir.clone() });
+        let uid = n.uid;
+        tokio::task::spawn_blocking(move || relay(&helper, uid, request))
+            .await
+            .map_err(|e| ServerError::Internal(format!("unmount task failed: {e}")))??;
+        n.ended().await.map_err(ServerError::Internal)
+    }
+
+    /// Leaves a namespace mount for the next cafsd: holds its requests (see [`Server::keep`]; its collections
+    /// are kept one by one as mounts of their own).
+    pub async fn keep_namespace(&self, n: &NamespaceServed, limit: Duration) -> Result<(), ServerError> {
+        let gate = n.gate.clone();
+        tokio::task::spawn_blocking(move || gate.close(limit))
+            .await
+            .map_err(|e| ServerError::Internal(format!("gate task failed: {e}")))?;
+        Ok(())
     }
 
     fn ended(&self, s: &Served) {
@@ -521,12 +718,7 @@ impl Server {
 
     /// Asks the helper to mount `request` for `uid` (who must own the mount point, unless root) and hand it
     /// here. Blocking: call it from a blocking context.
-    pub fn mount(
-        &self,
-        uid: u32,
-        request: MountRequest,
-        autocommit: Option<Duration>,
-    ) -> Result<Arc<Served>, ServerError> {
+    pub fn mount(&self, uid: u32, request: MountRequest, autocommit: Option<Duration>) -> Result<Made, ServerError> {
         let dir = normalize(&request.mountpoint)?;
         if self.is_stopping() {
             return Err(ServerError::Stopping);
@@ -539,9 +731,13 @@ impl Server {
         self.prefs.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
         result?;
         // The hand-over registered the mount before the helper answered.
+        if let Some(n) = self.namespace(&dir) {
+            return Ok(Made::Namespace(n));
+        }
         self.registry()
             .get(&dir)
             .cloned()
+            .map(Made::Mount)
             .ok_or_else(|| ServerError::Internal(format!("{} mounted, but not here", dir.display())))
     }
 
@@ -635,24 +831,6 @@ async fn sample_throughput(server: Weak<Server>) {
         for s in server.list() {
             let bytes = s.coll.fs().upload_stats().uploaded_bytes;
             s.throughput.lock().unwrap_or_else(|p| p.into_inner()).sample(now, bytes);
-        }
-    }
-}
-
-/// Moves a followed ref's tree to each newer version, looking every `every`; stops once `alive` says the mount
-/// is gone. A failed look (the catalog or store is down) is logged and tried again at the next tick.
-async fn follow(coll: Arc<Collection>, every: Duration, alive: impl Fn() -> bool) {
-    loop {
-        tokio::time::sleep(every).await;
-        if !alive() {
-            return;
-        }
-        match coll.refresh().await {
-            Ok(Some(v)) => {
-                tracing::info!(r#ref = %v.name, version = v.version, pdh = %v.pdh, "showing a newer version")
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot look for a newer version; trying again later"),
         }
     }
 }

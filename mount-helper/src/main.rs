@@ -1,7 +1,7 @@
 //! cafs-mount: the only privileged part of cafs. It validates a mount request, opens `/dev/fuse`, mounts, and
 //! hands the fd to cafsd over a Unix socket (`SCM_RIGHTS`). Small and synchronous by design (no async runtime).
 //!
-//! One-shot: `cafs-mount MOUNTPOINT (--ref NAME | --pdh PDH)`, run as root (by an operator, a unit or sudo); the
+//! One-shot: `cafs-mount MOUNTPOINT (--ref NAME | --pdh PDH | --namespace)`, run as root (by an operator, a unit or sudo); the
 //! mount belongs to the directory's owner. Daemon: `cafs-mount serve`, on a socket any local user may connect
 //! to (systemd socket activation or `--listen`); each request is made for the uid the kernel reports for the
 //! connection, so a user mounts on and unmounts only what is theirs.
@@ -61,11 +61,15 @@ struct Once {
     /// Where to mount (an existing directory, below an allowed root)
     mountpoint: PathBuf,
     /// A named ref (writable)
-    #[arg(long = "ref", id = "ref_name", conflicts_with = "pdh", required_unless_present = "pdh")]
+    #[arg(long = "ref", id = "ref_name", conflicts_with_all = ["pdh", "namespace"])]
+    #[arg(required_unless_present_any = ["pdh", "namespace"])]
     ref_name: Option<String>,
     /// A portable data hash (read-only)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "namespace")]
     pdh: Option<String>,
+    /// The whole catalog: by_ref/NAME, by_pdh/HASH and history/NAME/N-HASH
+    #[arg(long)]
+    namespace: bool,
     /// Read-only (always so for --pdh)
     #[arg(long)]
     ro: bool,
@@ -116,10 +120,11 @@ fn main() -> ExitCode {
 }
 
 fn once(o: Once) -> Result<(), String> {
-    let origin = match (o.ref_name, o.pdh) {
-        (Some(r), None) => Origin::Ref(r),
-        (None, Some(p)) => Origin::Pdh(p),
-        _ => return Err("give --ref NAME or --pdh PDH".into()),
+    let origin = match (o.ref_name, o.pdh, o.namespace) {
+        (Some(r), None, false) => Origin::Ref(r),
+        (None, Some(p), false) => Origin::Pdh(p),
+        (None, None, true) => Origin::Namespace,
+        _ => return Err("give one of --ref NAME, --pdh PDH or --namespace".into()),
     };
     let req = MountRequest { mountpoint: o.mountpoint, origin, read_only: o.ro };
     let common = Common { server: o.server, allow_roots: o.allow_roots };

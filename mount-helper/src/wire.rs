@@ -44,6 +44,8 @@ pub enum Origin {
     Ref(String),
     /// A portable data hash: read-only.
     Pdh(String),
+    /// The whole catalog: `by_ref/`, `by_pdh/` and `history/` (cafsd decides which refs are writable).
+    Namespace,
 }
 
 /// A request to mount, as a client sends it to the helper.

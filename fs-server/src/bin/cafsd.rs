@@ -176,6 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ref_refresh: Duration::from_secs(config.ref_refresh_seconds),
             fdstore: FdStore::from_env(&state.join("fdstore"), args.fd_store)
                 .context("systemd's file descriptor store")?,
+            namespace_writable: config.namespace.writable.clone(),
         },
     );
     // Mounts an earlier cafsd left in systemd's fd store: taken first, while their fds still have the numbers
@@ -329,7 +330,25 @@ async fn shut_down(server: &Arc<Server>, timeout: Duration, on_stop: OnStop) -> 
     server.begin_stop();
     let deadline = Instant::now() + timeout;
     let (kept, others): (Vec<_>, Vec<_>) = server.list().into_iter().partition(|s| on_stop == OnStop::Keep && s.held);
+    // The collections of a namespace mount go with it: kept with it, or committed when it is unmounted.
+    let others: Vec<_> = others.into_iter().filter(|s| s.part_of.is_none()).collect();
     let mut keeping = Vec::new();
+    for n in server.namespace_list() {
+        let server = server.clone();
+        if on_stop == OnStop::Keep && n.held {
+            keeping.push(tokio::spawn(async move {
+                let _ = server.keep_namespace(&n, timeout).await;
+                tracing::info!(mount = %n.dir.display(), "namespace kept for the next cafsd");
+            }));
+            continue;
+        }
+        keeping.push(tokio::spawn(async move {
+            match server.unmount_namespace(&n).await {
+                Ok(()) => tracing::info!(mount = %n.dir.display(), "namespace unmounted"),
+                Err(e) => tracing::error!(mount = %n.dir.display(), error = %e, "cannot unmount the namespace"),
+            }
+        }));
+    }
     for s in &kept {
         let (server, s) = (server.clone(), s.clone());
         keeping.push(tokio::spawn(async move {

@@ -39,9 +39,13 @@ struct Args {
 enum Command {
     /// Mount a collection at DIR: a ref name (writable; created by its first commit) or a hash (read-only)
     Mount {
-        /// A ref name, or a portable data hash
+        /// A ref name, or a portable data hash; with --namespace, the directory
         source: String,
-        dir: PathBuf,
+        /// The directory to mount on (absent with --namespace)
+        dir: Option<PathBuf>,
+        /// The whole catalog: by_ref/NAME, by_pdh/HASH, history/NAME/N-HASH
+        #[arg(long)]
+        namespace: bool,
         /// Read-only (a ref then shows its latest version)
         #[arg(long)]
         ro: bool,
@@ -212,6 +216,11 @@ async fn connect(server: &str, ca: Option<&Path>, token_file: Option<&Path>) -> 
     Ok(CafsClient::with_interceptor(channel, Bearer(bearer)))
 }
 
+/// A usage error (exit code 2) that clap cannot see.
+fn usage(message: &str) -> Failure {
+    Failure { code: 2, error: anyhow!("{message}") }
+}
+
 /// DIR as the server should see it: absolute, symlinks resolved (the helper refuses symlinks in a mount point).
 fn absolute(dir: &Path) -> anyhow::Result<String> {
     let abs = std::fs::canonicalize(dir).with_context(|| format!("{}", dir.display()))?;
@@ -231,10 +240,15 @@ async fn run(args: Args) -> Result<u8, Failure> {
         d.to_str().map(str::to_string).ok_or_else(|| anyhow!("{}: not UTF-8", d.display()))
     };
     match args.command {
-        Command::Mount { source, dir, ro, autocommit, json } => {
-            let source = match cafs::Pdh::parse(&source) {
-                Ok(_) => Source::Pdh(source),
-                Err(_) => Source::RefName(source),
+        Command::Mount { source, dir, namespace, ro, autocommit, json } => {
+            let (source, dir) = match (namespace, dir) {
+                (true, None) => (Source::Namespace(true), PathBuf::from(source)),
+                (false, Some(dir)) => match cafs::Pdh::parse(&source) {
+                    Ok(_) => (Source::Pdh(source), dir),
+                    Err(_) => (Source::RefName(source), dir),
+                },
+                (true, Some(_)) => return Err(usage("mount --namespace takes one argument: the directory")),
+                (false, None) => return Err(usage("mount takes a ref name or hash, and a directory")),
             };
             let req = pb::MountRequest {
                 mount_point: absolute(&dir)?,
@@ -358,6 +372,9 @@ async fn run(args: Args) -> Result<u8, Failure> {
 }
 
 fn describe(m: &pb::MountInfo) -> String {
+    if m.namespace {
+        return format!("the namespace ({})", if m.read_only { "read-only" } else { "configured refs writable" });
+    }
     match (m.ref_name.as_str(), m.read_only) {
         ("", _) => format!("{} (read-only)", m.pdh),
         (r, false) => format!("ref {r} (writable)"),
@@ -367,7 +384,7 @@ fn describe(m: &pb::MountInfo) -> String {
 
 fn mount_json(m: &pb::MountInfo) -> serde_json::Value {
     json!({"mount_point": m.mount_point, "ref": m.ref_name, "pdh": m.pdh, "read_only": m.read_only,
-           "owner_uid": m.owner_uid, "autocommit_secs": m.autocommit_secs})
+           "owner_uid": m.owner_uid, "autocommit_secs": m.autocommit_secs, "namespace": m.namespace})
 }
 
 fn status_json(s: &pb::MountStatus) -> serde_json::Value {

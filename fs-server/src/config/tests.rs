@@ -64,3 +64,15 @@ fn s3_credentials_come_from_a_private_file_and_are_never_shown() {
     let e = bad.open_store(dir.path()).unwrap_err().to_string();
     assert!(e.contains("http://"), "{e}");
 }
+
+#[test]
+fn namespace_writable_patterns_are_checked() {
+    let c = Config::parse("[namespace]\nwritable = [\"*\", \"scratch/*\", \"results\", \"run-*\"]\n").unwrap();
+    assert_eq!(c.namespace.writable.len(), 4);
+    assert!(Config::parse("").unwrap().namespace.writable.is_empty(), "nothing writable by default");
+    for bad in ["\"a b\"", "\"/x\"", "\"a//*\"", "\"x*y\""] {
+        let err = Config::parse(&format!("[namespace]\nwritable = [{bad}]\n")).unwrap_err();
+        assert!(err.contains("namespace.writable"), "{bad}: {err}");
+    }
+    assert!(Config::parse("[namespace]\nwritabel = []\n").unwrap_err().contains("writabel"));
+}

@@ -15,6 +15,9 @@ pub type Ino = u64;
 
 /// The root directory's inode number (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT: Ino = 1;
+/// Inode numbers stay below this, so that an adapter can put a number of its own above them (the namespace
+/// mount puts a view's number there, and the control files sit just below the limit).
+pub const INO_LIMIT: Ino = (1 << 40) - 64;
 
 /// Longest name a directory entry may have (Linux's `NAME_MAX`).
 pub const NAME_MAX: usize = 255;
@@ -248,6 +251,9 @@ impl Table {
             Some(n) => n,
             None => self.next,
         };
+        if ino >= INO_LIMIT {
+            return Err(FsError::NoSpace("every inode number of this tree has been used".into()));
+        }
         self.next = self.next.max(ino + 1);
         Ok(ino)
     }
