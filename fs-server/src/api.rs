@@ -296,7 +296,8 @@ impl Cafs for Api {
                 return Err(Status::invalid_argument("a mount needs a ref name, a hash or the namespace"));
             }
         };
-        let request = HelperMount { mountpoint: dir.to_path_buf(), origin, read_only: r.read_only };
+        let request =
+            HelperMount { mountpoint: dir.to_path_buf(), origin, read_only: r.read_only, allow_other: r.allow_other };
         let autocommit = r.autocommit_secs.map(|s| Duration::from_secs(s.into()));
         let server = self.server.clone();
         let s = detached(async move {

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -99,6 +99,9 @@ pub struct NamespaceOptions {
     /// Commit a changed writable view after this long without changes (zero: never).
     pub autocommit: Duration,
     pub fs: FsOptions,
+    /// How many immutable views (`by_pdh/`, `history/`) stay loaded; the least recently used beyond that
+    /// are let go, and loaded again when used.
+    pub keep_immutable: usize,
     /// Where the numbers given are kept for a restarted cafsd (none: not kept).
     pub slots_file: Option<PathBuf>,
     /// Taking over a live mount from an earlier cafsd: read the slot file back instead of starting it afresh.
@@ -139,7 +142,11 @@ struct Slot {
     key: Key,
     parent: u64,
     path: PathBuf,
-    view: OnceLock<Arc<View>>,
+    /// None until first used, and again once let go (an immutable view only: opened again, it gives every
+    /// inode the same number, so the kernel's numbers keep their meaning).
+    view: RwLock<Option<Arc<View>>>,
+    /// When it was last used, on the namespace's clock.
+    used: AtomicU64,
     /// Held while the view is opened, so that a second user waits for the first opening.
     opening: Mutex<()>,
 }
@@ -180,6 +187,8 @@ pub struct Namespace {
     alive: AtomicBool,
     on_open: OnceLock<OnOpen>,
     started: SystemTime,
+    /// Ticks once per use of a view (see [`Slot::used`]).
+    clock: AtomicU64,
     me: Weak<Namespace>,
     /// Appended to with each number given (see the module doc).
     slots_file: Option<Mutex<std::fs::File>>,
@@ -257,6 +266,7 @@ impl Namespace {
             alive: AtomicBool::new(true),
             on_open: OnceLock::new(),
             started: SystemTime::now(),
+            clock: AtomicU64::new(1),
             me: me.clone(),
             slots_file,
         }))
@@ -289,7 +299,7 @@ impl Namespace {
 
     /// Every view opened so far.
     pub fn views(&self) -> Vec<Arc<View>> {
-        self.slots().iter().filter_map(|s| s.view.get().cloned()).collect()
+        self.slots().iter().filter_map(|s| s.view()).collect()
     }
 
     /// The mount ended: the views' background tasks stop.
@@ -327,7 +337,7 @@ impl Namespace {
             return if self.is_dir(ino) { Ok(self.dir_attr(ino, false)) } else { Err(FsError::NotFound) };
         }
         let slot = self.slot(n).ok_or(FsError::NotFound)?;
-        match slot.view.get() {
+        match slot.view() {
             Some(v) => {
                 let local = ino & LOCAL_MASK;
                 let mut a = v.coll.fs_for(local).getattr(local)?;
@@ -505,14 +515,41 @@ impl Namespace {
         Ok(n << SLOT_SHIFT | ROOT)
     }
 
+    /// Keeps at most [`NamespaceOptions::keep_immutable`] immutable views in memory: lets go of the least
+    /// recently used ones that have no file open (not `keep`, just opened).
+    fn let_go(&self, keep: u64) {
+        let mut open: Vec<(u64, Arc<Slot>)> = self
+            .slots()
+            .iter()
+            .filter(|s| s.n != keep && s.view().is_some_and(|v| v.immutable()))
+            .map(|s| (s.used.load(Ordering::Relaxed), s.clone()))
+            .collect();
+        let mut excess = (open.len() + 1).saturating_sub(self.opts.keep_immutable.max(1));
+        open.sort_by_key(|(used, _)| *used);
+        for (_, slot) in open {
+            if excess == 0 {
+                break;
+            }
+            // Never waits for another opening: two openings letting go of each other's views would deadlock.
+            let Ok(_one) = slot.opening.try_lock() else { continue };
+            let mut view = slot.view.write().unwrap_or_else(|p| p.into_inner());
+            if view.as_ref().is_some_and(|v| !v.coll.fs().any_open()) {
+                tracing::debug!(view = %slot.path.display(), "let go (opened again when used)");
+                *view = None;
+                excess -= 1;
+            }
+        }
+    }
+
     /// The slot's view, opened now if it is not yet.
     fn open(&self, slot: &Slot) -> Result<Arc<View>, FsError> {
-        if let Some(v) = slot.view.get() {
-            return Ok(v.clone());
+        slot.used.store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(v) = slot.view() {
+            return Ok(v);
         }
         let _one = slot.opening.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = slot.view.get() {
-            return Ok(v.clone());
+        if let Some(v) = slot.view() {
+            return Ok(v);
         }
         let (catalog, store, opts, uid, gid) =
             (self.catalog.clone(), self.store.clone(), self.opts.fs.clone(), self.uid, self.gid);
@@ -567,7 +604,10 @@ impl Namespace {
             let (coll, control) = (view.coll.clone(), view.control.clone());
             self.rt.spawn(crate::server::autocommit(coll, control, self.opts.autocommit, alive));
         }
-        let _ = slot.view.set(view.clone());
+        *slot.view.write().unwrap_or_else(|p| p.into_inner()) = Some(view.clone());
+        if view.immutable() {
+            self.let_go(slot.n);
+        }
         if let Some(f) = self.on_open.get() {
             f(&view);
         }
@@ -577,7 +617,11 @@ impl Namespace {
 
 impl Slot {
     fn new(n: u64, key: Key, parent: u64, path: PathBuf) -> Self {
-        Self { n, key, parent, path, view: OnceLock::new(), opening: Mutex::new(()) }
+        Self { n, key, parent, path, view: RwLock::new(None), used: AtomicU64::new(0), opening: Mutex::new(()) }
+    }
+
+    fn view(&self) -> Option<Arc<View>> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -170,6 +170,9 @@ impl Throughput {
     }
 }
 
+/// How many collections by hash a namespace mount keeps loaded (each costs its tree's inodes in memory).
+const KEEP_IMMUTABLE: usize = 32;
+
 /// A mount [`Server::mount`] made.
 pub enum Made {
     Mount(Arc<Served>),
@@ -532,6 +535,7 @@ impl Server {
             refresh: self.refresh,
             autocommit,
             fs: FsOptions::default(),
+            keep_immutable: KEEP_IMMUTABLE,
             slots_file: Some(journal::path_for(&self.journals, "", &dir).with_extension("slots")),
             resume: h.resume,
         };
@@ -544,6 +548,10 @@ impl Server {
         let (server, at, view_gate) = (Arc::downgrade(self), dir.clone(), gate.clone());
         let (uid, gid) = (h.uid, h.gid);
         ns.on_open(move |view| {
+            // A view by hash has nothing to commit or flush, and may be let go and opened again.
+            if view.immutable() {
+                return;
+            }
             let Some(server) = server.upgrade() else { return };
             let served = Arc::new(Served {
                 dir: at.join(&view.path),

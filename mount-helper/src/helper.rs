@@ -24,6 +24,8 @@ use crate::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub policy: Policy,
+    /// Root may ask for `allow_other` mounts.
+    pub allow_other: bool,
     /// cafsd's gRPC socket; mounts are handed to the fd socket beside it.
     pub cafsd: PathBuf,
 }
@@ -61,9 +63,17 @@ impl Held {
 pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config, held: Option<&Held>) -> Result<(), String> {
     let target = check(&req.mountpoint, peer, &cfg.policy).map_err(|e| e.to_string())?;
     let read_only = req.read_only || matches!(req.origin, Origin::Pdh(_));
-    let request = MountRequest { mountpoint: target.path.clone(), origin: req.origin.clone(), read_only };
+    if req.allow_other && !(cfg.allow_other && peer == 0) {
+        return Err(if cfg.allow_other {
+            format!("only root may mount for every user (allow_other); uid {peer} asked")
+        } else {
+            "this helper does not make mounts for every user (allow_other): start it with --allow-other".into()
+        });
+    }
+    let allow_other = req.allow_other;
+    let request = MountRequest { mountpoint: target.path.clone(), origin: req.origin.clone(), read_only, allow_other };
     // The mount belongs to the directory's owner: the peer itself, or the job user when root asks.
-    let fuse = FuseOptions { uid: target.uid, gid: target.gid, root_mode: target.mode, read_only, allow_other: false };
+    let fuse = FuseOptions { uid: target.uid, gid: target.gid, root_mode: target.mode, read_only, allow_other };
     let sock_path = wire::fd_socket_path(&cfg.cafsd);
     let stream =
         UnixStream::connect(&sock_path).map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))?;

@@ -39,6 +39,9 @@ struct Common {
     /// Mount points must lie below one of these (repeatable) [default: /home /mnt /scratch /tmp /var/tmp]
     #[arg(long = "allow-root", value_name = "DIR")]
     allow_roots: Vec<PathBuf>,
+    /// Root may ask for mounts every user can enter (allow_other), such as a node's namespace mount
+    #[arg(long)]
+    allow_other: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,6 +83,9 @@ struct Once {
     /// Mount points must lie below one of these (repeatable) [default: /home /mnt /scratch /tmp /var/tmp]
     #[arg(long = "allow-root", value_name = "DIR")]
     allow_roots: Vec<PathBuf>,
+    /// Every user may enter the mount, not only its owner (root only)
+    #[arg(long)]
+    allow_other: bool,
 }
 
 fn config(c: Common) -> Config {
@@ -88,7 +94,7 @@ fn config(c: Common) -> Config {
     } else {
         c.allow_roots
     };
-    Config { policy: Policy { allowed_roots }, cafsd: c.server }
+    Config { policy: Policy { allowed_roots }, allow_other: c.allow_other, cafsd: c.server }
 }
 
 fn main() -> ExitCode {
@@ -126,8 +132,9 @@ fn once(o: Once) -> Result<(), String> {
         (None, None, true) => Origin::Namespace,
         _ => return Err("give one of --ref NAME, --pdh PDH or --namespace".into()),
     };
-    let req = MountRequest { mountpoint: o.mountpoint, origin, read_only: o.ro };
-    let common = Common { server: o.server, allow_roots: o.allow_roots };
+    let req = MountRequest { mountpoint: o.mountpoint, origin, read_only: o.ro, allow_other: o.allow_other };
+    // One-shot, run by root itself: asking is enough.
+    let common = Common { server: o.server, allow_roots: o.allow_roots, allow_other: o.allow_other };
     // One-shot: nothing stays behind to hold the fd, so the mount lives and dies with cafsd's session.
     helper::mount_for(nix::unistd::getuid().as_raw(), &req, &config(common), None)
 }

@@ -56,6 +56,10 @@ pub struct MountRequest {
     pub origin: Origin,
     #[serde(default)]
     pub read_only: bool,
+    /// Let every user in, not only the mount's owner (for a node-wide mount such as the boot-time namespace):
+    /// only root may ask, and only of a helper started with `--allow-other`.
+    #[serde(default)]
+    pub allow_other: bool,
 }
 
 /// What a client asks the helper's daemon (`cafs-mount serve`).

@@ -51,16 +51,22 @@ impl Stack {
     /// Starts the helper (mounts allowed below `base`/jobs, which it creates world-writable with the sticky
     /// bit, like /tmp) and cafsd with `cafsd_args` added.
     pub fn start(base: &Path, cafsd_args: &[&str]) -> Self {
-        Self::start_with(base, cafsd_args, None)
+        Self::start_with(base, cafsd_args, None, &[])
+    }
+
+    /// As [`Stack::start`], with the helper started with `--allow-other` (root may ask for mounts every user
+    /// can enter).
+    pub fn start_allowing_other(base: &Path, cafsd_args: &[&str]) -> Self {
+        Self::start_with(base, cafsd_args, None, &["--allow-other"])
     }
 
     /// As [`Stack::start`], with cafsd started (every time) as systemd starts it with a file descriptor store
     /// that `manager` keeps.
     pub fn start_managed(base: &Path, cafsd_args: &[&str], manager: Manager) -> Self {
-        Self::start_with(base, cafsd_args, Some(manager))
+        Self::start_with(base, cafsd_args, Some(manager), &[])
     }
 
-    fn start_with(base: &Path, cafsd_args: &[&str], manager: Option<Manager>) -> Self {
+    fn start_with(base: &Path, cafsd_args: &[&str], manager: Option<Manager>, helper_args: &[&str]) -> Self {
         assert!(is_root(), "the stack needs root (it starts cafs-mount)");
         std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (state, run, jobs) = (base.join("state"), base.join("run"), base.join("jobs"));
@@ -87,6 +93,7 @@ impl Stack {
             .arg(&stack.socket)
             .arg("--allow-root")
             .arg(&jobs)
+            .args(helper_args)
             .stdin(Stdio::null())
             .spawn()
             .expect("start cafs-mount serve");

@@ -131,7 +131,7 @@ impl Fixture {
     }
 
     fn mount(&self, mount_point: String, source: Option<Source>, read_only: bool) -> Result<pb::MountReply, Status> {
-        let req = pb::MountRequest { mount_point, source, read_only, autocommit_secs: None };
+        let req = pb::MountRequest { mount_point, source, read_only, autocommit_secs: None, allow_other: false };
         self.call(|mut c| async move { c.mount(req).await })
     }
 

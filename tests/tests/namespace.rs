@@ -24,13 +24,18 @@ fn out(dir: &Path, script: &str) -> String {
     String::from_utf8_lossy(&sh_as(JOB, dir, script).stdout).into_owned()
 }
 
-fn stack(tmp: &Path) -> Stack {
+fn stack(tmp: &Path, allow_other: bool) -> Stack {
     std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     let conf = tmp.join("cafsd.toml");
     std::fs::write(&conf, "ref_refresh_seconds = 1\n[namespace]\nwritable = [\"scratch/*\"]\n").unwrap();
     std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::create_dir(tmp.join("stack")).unwrap();
-    Stack::start(&tmp.join("stack"), &["--autocommit", "0", "--config", conf.to_str().unwrap()])
+    let args = ["--autocommit", "0", "--config", conf.to_str().unwrap()];
+    if allow_other {
+        Stack::start_allowing_other(&tmp.join("stack"), &args)
+    } else {
+        Stack::start(&tmp.join("stack"), &args)
+    }
 }
 
 /// Commits the mount at `dir` and returns the new hash.
@@ -41,7 +46,7 @@ fn commit(stack: &Stack, dir: &Path, message: &str) -> String {
 #[test]
 fn the_namespace_shows_refs_hashes_and_history_and_commits_writable_refs() {
     let tmp = tempfile::tempdir().unwrap();
-    let stack = stack(tmp.path());
+    let stack = stack(tmp.path(), true);
     let results = stack.job_dir("results", JOB);
     ok(&stack.fsctl(JOB, &["mount", "results", results.to_str().unwrap()]));
     ok(&sh_as(JOB, &results, "echo v1 > f.txt"));
@@ -100,6 +105,16 @@ fn the_namespace_shows_refs_hashes_and_history_and_commits_writable_refs() {
     wait_for("by_ref follows the ref", Duration::from_secs(15), || out(&ns, "cat by_ref/results/f.txt") == "v3\n");
     assert!(out(&ns, "ls history/results").ends_with(&format!("3-{v3}\n")));
 
+    // A node-wide mount (as the boot-time unit makes) lets every user in: only root may ask for one.
+    let node = stack.job_dir("node", 0);
+    let nd = node.to_str().unwrap();
+    let mine = stack.job_dir("mine", JOB);
+    let refused = stack.fsctl(JOB, &["mount", "--namespace", "--allow-other", mine.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only root"), "{refused:?}");
+    ok(&stack.fsctl(0, &["mount", "--namespace", "--allow-other", "--ro", nd]));
+    assert_eq!(out(&node, "cat by_ref/results/f.txt"), "v3\n", "the job user reads a mount root owns");
+    ok(&stack.fsctl(0, &["umount", nd]));
+
     // A part cannot be unmounted alone; unmounting the whole commits what changed.
     assert!(!stack.fsctl(JOB, &["umount", w.to_str().unwrap()]).status.success());
     ok(&sh_as(JOB, &w, "echo d > d.txt"));
@@ -113,7 +128,7 @@ fn the_namespace_shows_refs_hashes_and_history_and_commits_writable_refs() {
 #[test]
 fn open_files_and_numbers_survive_a_cafsd_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut stack = stack(tmp.path());
+    let mut stack = stack(tmp.path(), false);
     let results = stack.job_dir("results", JOB);
     ok(&stack.fsctl(JOB, &["mount", "results", results.to_str().unwrap()]));
     ok(&sh_as(JOB, &results, "seq 1 100000 > big.txt && echo one > small.txt"));
@@ -121,6 +136,11 @@ fn open_files_and_numbers_survive_a_cafsd_restart() {
     ok(&stack.fsctl(JOB, &["umount", results.to_str().unwrap()]));
     let ns = stack.job_dir("cafs", JOB);
     ok(&stack.fsctl(JOB, &["mount", "--namespace", ns.to_str().unwrap()]));
+    // This helper was not started with --allow-other: not even root gets a mount for every user.
+    let node = stack.job_dir("node", 0);
+    let refused = stack.fsctl(0, &["mount", "--namespace", "--allow-other", node.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--allow-other"), "{refused:?}");
+    assert!(!stack.mounts().contains(&node));
 
     // Opened in this order, the views get numbers 1, 2, 3; a restarted cafsd must give each the same.
     let before = out(

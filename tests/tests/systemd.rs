@@ -25,7 +25,13 @@ fn unit_files_verify() {
     units.sort();
     assert_eq!(
         units,
-        ["cafs-collection@example.service", "cafs-mount.service", "cafs-mount.socket", "cafsd.service"],
+        [
+            "cafs-collection@example.service",
+            "cafs-mount.service",
+            "cafs-mount.socket",
+            "cafs-namespace.service",
+            "cafsd.service"
+        ],
         "the units this test knows"
     );
     let analyze = cafs_tests::tool("systemd-analyze");

@@ -52,6 +52,9 @@ enum Command {
         /// Commit after this many seconds without changes (0: never) [default: the server's]
         #[arg(long, value_name = "SECS")]
         autocommit: Option<u32>,
+        /// Every user may enter the mount, not only its owner (root only; the helper must allow it)
+        #[arg(long)]
+        allow_other: bool,
         #[arg(long)]
         json: bool,
     },
@@ -240,7 +243,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
         d.to_str().map(str::to_string).ok_or_else(|| anyhow!("{}: not UTF-8", d.display()))
     };
     match args.command {
-        Command::Mount { source, dir, namespace, ro, autocommit, json } => {
+        Command::Mount { source, dir, namespace, ro, autocommit, allow_other, json } => {
             let (source, dir) = match (namespace, dir) {
                 (true, None) => (Source::Namespace(true), PathBuf::from(source)),
                 (false, Some(dir)) => match cafs::Pdh::parse(&source) {
@@ -255,6 +258,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 source: Some(source),
                 read_only: ro,
                 autocommit_secs: autocommit,
+                allow_other,
             };
             let m = c.mount(req).await?.into_inner().mount.unwrap_or_default();
             if json {
@@ -506,6 +510,7 @@ mod job {
             source: Some(Source::RefName(ref_name.clone())),
             read_only: false,
             autocommit_secs: None,
+            allow_other: false,
         };
         if let Err(e) = c.mount(req).await {
             if made {

@@ -390,6 +390,11 @@ impl Filesystem {
         open.iter().any(|(ino, _)| st.table.get(*ino).is_err())
     }
 
+    /// Whether any file of this tree is open.
+    pub fn any_open(&self) -> bool {
+        !self.lock().table.open_inodes().is_empty()
+    }
+
     /// Whether `ino` is an inode of this tree.
     pub fn has(&self, ino: Ino) -> bool {
         self.lock().table.get(ino).is_ok()

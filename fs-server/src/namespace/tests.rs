@@ -48,6 +48,7 @@ fn namespace_with(e: &Env, writable: &[&str], resume: bool) -> Result<Arc<Namesp
         refresh: Duration::ZERO,
         autocommit: Duration::ZERO,
         fs: FsOptions::default(),
+        keep_immutable: 2,
         slots_file: Some(e.dir.path().join("ns.slots")),
         resume,
     };
@@ -196,4 +197,35 @@ fn a_resumed_namespace_gives_every_number_the_same_meaning() {
     assert!(matches!(namespace_with(&e, &[], true), Err(NamespaceError::Corrupt { line: 2, .. })));
     std::fs::write(e.dir.path().join("ns.slots"), "slot 1 rof a\n").unwrap();
     assert!(matches!(namespace_with(&e, &[], true), Err(NamespaceError::Corrupt { line: 1, .. })));
+}
+
+#[test]
+fn immutable_views_beyond_the_limit_are_let_go_and_come_back_the_same() {
+    let e = env();
+    let hashes: Vec<Pdh> = (0..4).map(|i| commit(&e, "a", &[("f", format!("v{i}").as_bytes())])).collect();
+    let ns = namespace(&e, &[]);
+    let by_pdh = ns.lookup(ROOT, BY_PDH).unwrap().ino;
+    let roots: Vec<u64> = hashes.iter().map(|h| ns.lookup(by_pdh, h.to_string().as_bytes()).unwrap().ino).collect();
+    let file_of = |root: u64| {
+        let Node::In(v, local) = ns.resolve(root).unwrap() else { panic!() };
+        v.global(v.coll.fs().lookup(local, b"f").unwrap().ino)
+    };
+    let first = file_of(roots[0]);
+    // Holding a file open keeps its view, whatever the limit.
+    let Node::In(held, local) = ns.resolve(first).unwrap() else { panic!() };
+    held.coll.fs().open(local).unwrap();
+    for &r in &roots[1..] {
+        assert_eq!(read(&ns, r, "f").len(), 2);
+    }
+    let loaded = ns.views();
+    assert_eq!(loaded.len(), 2, "at most keep_immutable views stay loaded");
+    assert!(loaded.iter().any(|v| Arc::ptr_eq(v, &held)), "not the one with an open file");
+    held.coll.fs().release(local).unwrap();
+
+    // One let go comes back when used, with the same numbers, so the kernel's numbers still mean the same.
+    let Node::In(_, again) = ns.resolve(file_of(roots[1])).unwrap() else { panic!() };
+    assert_eq!(file_of(roots[1]) & ((1 << SLOT_SHIFT) - 1), again);
+    assert_eq!(read(&ns, roots[1], "f"), b"v1");
+    assert_eq!(file_of(roots[0]), first);
+    assert!(ns.views().len() <= 2);
 }

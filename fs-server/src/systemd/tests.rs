@@ -30,7 +30,12 @@ fn receive(sock: &UnixDatagram) -> Option<(String, Vec<OwnedFd>)> {
 
 fn handoff(dir: &str) -> Handoff {
     Handoff {
-        request: MountRequest { mountpoint: dir.into(), origin: Origin::Ref("job".into()), read_only: false },
+        request: MountRequest {
+            mountpoint: dir.into(),
+            origin: Origin::Ref("job".into()),
+            read_only: false,
+            allow_other: false,
+        },
         uid: 1000,
         gid: 1000,
         resume: false,

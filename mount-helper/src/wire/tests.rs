@@ -3,7 +3,12 @@ use std::io::Write;
 use super::*;
 
 fn request() -> MountRequest {
-    MountRequest { mountpoint: "/scratch/job 1".into(), origin: Origin::Ref("results".into()), read_only: false }
+    MountRequest {
+        mountpoint: "/scratch/job 1".into(),
+        origin: Origin::Ref("results".into()),
+        read_only: false,
+        allow_other: false,
+    }
 }
 
 #[test]
@@ -69,7 +74,7 @@ fn the_json_is_the_documented_shape() {
         serde_json::to_string(&Handoff { request: request(), uid: 7, gid: 8, resume: false, held: false }).unwrap();
     assert_eq!(
         text,
-        r#"{"request":{"mountpoint":"/scratch/job 1","origin":{"ref":"results"},"read_only":false},"uid":7,"gid":8,"resume":false,"held":false}"#
+        r#"{"request":{"mountpoint":"/scratch/job 1","origin":{"ref":"results"},"read_only":false,"allow_other":false},"uid":7,"gid":8,"resume":false,"held":false}"#
     );
     // A hand-over from a helper that predates live restart: a fresh mount nobody holds.
     let old: Handoff = serde_json::from_str(
@@ -80,7 +85,10 @@ fn the_json_is_the_documented_shape() {
     let pdh: MountRequest =
         serde_json::from_str(r#"{"mountpoint":"/m","origin":{"pdh":"d41d8cd98f00b204e9800998ecf8427e+0"}}"#).unwrap();
     assert_eq!(pdh.origin, Origin::Pdh("d41d8cd98f00b204e9800998ecf8427e+0".into()));
-    assert!(!pdh.read_only);
+    assert!(!pdh.read_only && !pdh.allow_other);
+    let ns: MountRequest =
+        serde_json::from_str(r#"{"mountpoint":"/cafs","origin":"namespace","allow_other":true}"#).unwrap();
+    assert_eq!((ns.origin, ns.allow_other), (Origin::Namespace, true));
 }
 
 #[test]
