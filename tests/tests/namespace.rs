@@ -63,7 +63,6 @@ fn the_namespace_shows_refs_hashes_and_history_and_commits_writable_refs() {
     let n = ns.to_str().unwrap();
     let mounted = ok(&stack.fsctl(JOB, &["mount", "--namespace", n]));
     assert!(mounted.contains("namespace"), "{mounted}");
-    assert!(ok(&stack.fsctl(JOB, &["ls"])).contains(n));
     assert_eq!(out(&ns, "ls"), "by_pdh\nby_ref\nhistory\n");
     assert_eq!(out(&ns, "ls by_ref"), "results\nscratch%2Fjob1\n");
 
@@ -91,6 +90,11 @@ fn the_namespace_shows_refs_hashes_and_history_and_commits_writable_refs() {
     let w = ns.join("by_ref/scratch%2Fjob1");
     ok(&sh_as(JOB, &w, "echo b > b.txt && cat a.txt"));
     let c = commit(&stack, &w, "in the namespace");
+    let status = ok(&stack.fsctl(JOB, &["status", n]));
+    assert!(status.contains("by_ref/scratch%2Fjob1") && status.contains("by_ref/results"), "{status}");
+    assert!(!status.contains("by_pdh/"), "views by hash have nothing to show: {status}");
+    let ls = ok(&stack.fsctl(JOB, &["ls"]));
+    assert!(ls.contains("the namespace") && ls.contains("by_ref/scratch%2Fjob1"), "{ls}");
     assert!(out(&ns, "ls history/scratch%2Fjob1").contains(&format!("2-{c}")));
     ok(&sh_as(JOB, &w, "echo c > c.txt && echo by-control > .cafs/commit"));
     let log = ok(&stack.fsctl(JOB, &["log", "scratch/job1"]));
