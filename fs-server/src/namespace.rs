@@ -190,8 +190,8 @@ pub struct Namespace {
     /// Ticks once per use of a view (see [`Slot::used`]).
     clock: AtomicU64,
     me: Weak<Namespace>,
-    /// Appended to with each number given (see the module doc).
-    slots_file: Option<Mutex<std::fs::File>>,
+    /// Appended to with each number given (see the module doc), and whether that is not synced yet.
+    slots_file: Option<Mutex<(std::fs::File, bool)>>,
 }
 
 fn opening_failed(e: CollectionError) -> FsError {
@@ -250,7 +250,7 @@ impl Namespace {
                 if !opts.resume {
                     file.set_len(0).map_err(io)?;
                 }
-                Some(Mutex::new(file))
+                Some(Mutex::new((file, false)))
             }
         };
         Ok(Arc::new_cyclic(|me| Self {
@@ -272,14 +272,25 @@ impl Namespace {
         }))
     }
 
-    /// Writes `line` to the slot file, durably, before the number in it reaches the kernel.
+    /// Writes `line` to the slot file; [`Namespace::synced`] makes it durable before the number in it
+    /// reaches the kernel (once for a whole listing).
     fn save(&self, line: String) -> Result<(), FsError> {
         use std::io::Write;
         let Some(file) = &self.slots_file else { return Ok(()) };
         let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(|e| FsError::Io(format!("namespace slot file: {e}")))
+        file.1 = true;
+        file.0.write_all(format!("{line}\n").as_bytes()).map_err(|e| FsError::Io(format!("namespace slot file: {e}")))
+    }
+
+    /// Makes what [`Namespace::save`] wrote durable.
+    fn synced(&self) -> Result<(), FsError> {
+        let Some(file) = &self.slots_file else { return Ok(()) };
+        let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+        if file.1 {
+            file.0.sync_data().map_err(|e| FsError::Io(format!("namespace slot file: {e}")))?;
+            file.1 = false;
+        }
+        Ok(())
     }
 
     /// Calls `f` with each view once it is opened (cafsd registers it as a mount of its own, so that `fsctl`
@@ -421,6 +432,7 @@ impl Namespace {
                 self.reserve(key)?
             }
         };
+        self.synced()?;
         self.attr(ino)
     }
 
@@ -468,6 +480,7 @@ impl Namespace {
                 out
             }
         };
+        self.synced()?;
         names.into_iter().map(|(name, ino)| Ok((name, self.attr(ino)?))).collect()
     }
 

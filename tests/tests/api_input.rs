@@ -288,7 +288,15 @@ fn mount_requests_with_bad_fields_change_nothing() {
         ("ref with a space", f.clone(), by_ref("has space"), false, InvalidArgument, "only letters"),
         ("ref with a newline", f.clone(), by_ref("new\nline"), false, InvalidArgument, "only letters"),
         ("empty ref", f.clone(), by_ref(""), false, InvalidArgument, "empty"),
-        ("neither ref nor hash", f.clone(), None, false, InvalidArgument, "needs a ref name or a hash"),
+        ("neither ref nor hash", f.clone(), None, false, InvalidArgument, "needs a ref name, a hash or the namespace"),
+        (
+            "namespace set to false",
+            f.clone(),
+            Some(Source::Namespace(false)),
+            false,
+            InvalidArgument,
+            "needs a ref name, a hash or the namespace",
+        ),
         ("garbage hash", f.clone(), pdh("not-a-hash"), false, InvalidArgument, "bad portable data hash"),
         (
             "uppercase hash",
