@@ -523,7 +523,16 @@ impl fuser::Filesystem for CafsFuse {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let _live = self.gate.enter();
-        let (v, parent) = or_reply!(reply, self.inside(parent));
+        let (v, parent) = match or_reply!(reply, self.at(parent)) {
+            Node::Dir(d) => {
+                let ns = self.ns().expect("a namespace directory");
+                return match ns.make_ref(d, name.as_bytes()) {
+                    Ok(a) => reply.entry(&TTL, &file_attr(a.ino, &a), Generation(0)),
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
+            Node::In(v, parent) => (v, parent),
+        };
         or_reply!(reply, may_create(&v, parent, name));
         let r = v.coll.fs().mkdir(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         entry(&v, reply, Self::made_again(&v, req, parent, name, r));
@@ -570,7 +579,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         let (to, newparent) = or_reply!(reply, self.inside(newparent));
-        if !Arc::ptr_eq(&v, &to) {
+        if !v.is(&to) {
             return reply.error(Errno::EXDEV);
         }
         or_reply!(reply, writable(&v));

@@ -71,6 +71,11 @@ impl View {
         self.slot << SLOT_SHIFT | local
     }
 
+    /// Whether `other` shows the same place (it may be another opening of it).
+    pub fn is(&self, other: &View) -> bool {
+        self.slot == other.slot
+    }
+
     /// Whether what it shows never changes (a hash names its bytes): the kernel may cache it for long.
     pub fn immutable(&self) -> bool {
         matches!(self.coll.origin(), Origin::Pdh(_))
@@ -345,7 +350,9 @@ impl Namespace {
     pub fn attr(&self, ino: u64) -> Result<Attr, FsError> {
         let n = ino >> SLOT_SHIFT;
         if n == 0 {
-            return if self.is_dir(ino) { Ok(self.dir_attr(ino, false)) } else { Err(FsError::NotFound) };
+            // by_ref/ takes new refs when some are writable.
+            let writable = ino == BY_REF_INO && self.has_writable();
+            return if self.is_dir(ino) { Ok(self.dir_attr(ino, writable)) } else { Err(FsError::NotFound) };
         }
         let slot = self.slot(n).ok_or(FsError::NotFound)?;
         match slot.view() {
@@ -399,7 +406,10 @@ impl Namespace {
             },
             BY_REF_INO => {
                 let name = ref_of_entry(name).ok_or(FsError::NotFound)?;
-                self.rt.block_on(self.catalog.head(&name)).map_err(catalog_failed)?.ok_or(FsError::NotFound)?;
+                // A ref shown once stays (refs are never deleted; a made one has no version yet).
+                if !self.keys().contains_key(&Key::Ref(name.clone())) {
+                    self.rt.block_on(self.catalog.head(&name)).map_err(catalog_failed)?.ok_or(FsError::NotFound)?;
+                }
                 self.reserve(Key::Ref(name))?
             }
             BY_PDH_INO => {
@@ -436,6 +446,28 @@ impl Namespace {
         self.attr(ino)
     }
 
+    /// `mkdir by_ref/NAME`: a new ref, if the configuration makes NAME writable; empty, and in the catalog from
+    /// its first commit on.
+    pub fn make_ref(&self, dir: u64, name: &[u8]) -> Result<Attr, FsError> {
+        if dir != BY_REF_INO {
+            return Err(FsError::NotPermitted("the namespace's directories are fixed; new refs go in by_ref/"));
+        }
+        let r = ref_of_entry(name).ok_or(FsError::Invalid("not a ref name (a '/' in one is written %2F)"))?;
+        if !matches(&self.opts.writable, r.as_str()) {
+            return Err(FsError::NotPermitted("the configuration does not make this ref writable"));
+        }
+        let key = Key::Ref(r.clone());
+        if self.keys().contains_key(&key) || self.rt.block_on(self.catalog.head(&r)).map_err(catalog_failed)?.is_some()
+        {
+            return Err(FsError::Exists);
+        }
+        let ino = self.reserve(key)?;
+        self.synced()?;
+        // Opened at once: until its first commit, the view is all there is of the new ref.
+        self.resolve(ino)?;
+        self.attr(ino)
+    }
+
     /// A namespace directory's entries, with attributes (views are not opened by being listed).
     pub fn list(&self, dir: u64) -> Result<Vec<(Vec<u8>, Attr)>, FsError> {
         let names: Vec<(Vec<u8>, u64)> = match dir {
@@ -446,6 +478,18 @@ impl Namespace {
                 for v in refs {
                     out.push((ref_entry(&v.name), self.reserve(Key::Ref(v.name))?));
                 }
+                // And the refs made here that have no version yet.
+                let made: Vec<(Vec<u8>, u64)> = self
+                    .keys()
+                    .iter()
+                    .filter_map(|(k, &n)| match k {
+                        Key::Ref(name) => Some((ref_entry(name), n << SLOT_SHIFT | ROOT)),
+                        _ => None,
+                    })
+                    .filter(|(entry, _)| !out.iter().any(|(e, _)| e == entry))
+                    .collect();
+                out.extend(made);
+                out.sort();
                 out
             }
             // Only what has been looked up: every collection ever committed is too many to list.

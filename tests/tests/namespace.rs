@@ -99,6 +99,13 @@ fn the_namespace_shows_refs_hashes_and_history_and_commits_writable_refs() {
     ok(&sh_as(JOB, &w, "echo c > c.txt && echo by-control > .cafs/commit"));
     let log = ok(&stack.fsctl(JOB, &["log", "scratch/job1"]));
     assert!(log.contains("in the namespace") && log.contains("by-control"), "{log}");
+    // mkdir in by_ref/ makes a new ref, if the config makes it writable.
+    ok(&sh_as(JOB, &ns, "mkdir by_ref/scratch%2Fjob2 && echo new > by_ref/scratch%2Fjob2/n.txt"));
+    assert!(out(&ns, "ls by_ref").contains("scratch%2Fjob2"));
+    commit(&stack, &ns.join("by_ref/scratch%2Fjob2"), "made by mkdir");
+    assert!(ok(&stack.fsctl(JOB, &["log", "scratch/job2"])).contains("made by mkdir"));
+    assert!(!sh_as(JOB, &ns, "mkdir by_ref/results2").status.success(), "not a writable ref");
+    assert!(!sh_as(JOB, &ns, "mkdir by_ref/scratch%2Fjob1").status.success(), "there already");
     let refused = sh_as(JOB, &ns, "mv by_ref/scratch%2Fjob1/b.txt by_ref/results/b.txt");
     assert!(!refused.status.success(), "no rename between collections");
     assert_eq!(out(&w, "cat b.txt"), "b\n", "and nothing moved");

@@ -75,7 +75,10 @@ fn the_layout_shows_refs_hashes_and_history() {
     commit(&e, "other", &[("g", b"g")]);
     let ns = namespace(&e, &[]);
     assert_eq!(names(&ns, ROOT), ["by_ref", "by_pdh", "history"]);
-    let by_ref = ns.lookup(ROOT, BY_REF).unwrap().ino;
+    let by_ref = ns.lookup(ROOT, BY_REF).unwrap();
+    assert_eq!(by_ref.perm, 0o555, "nothing writable: no new refs");
+    let by_ref = by_ref.ino;
+    assert!(matches!(ns.make_ref(by_ref, b"new"), Err(FsError::NotPermitted(_))));
     assert_eq!(names(&ns, by_ref), ["other", "proj%2Fresults"]);
     assert!(names(&ns, ns.lookup(ROOT, BY_PDH).unwrap().ino).is_empty(), "nothing looked up yet");
 
@@ -128,7 +131,9 @@ fn configured_refs_are_writable_views_that_commit() {
     commit(&e, "results", &[("f", b"one")]);
     let ns = namespace(&e, &["scratch/*"]);
     assert!(matches(&ns.options().writable, "scratch/b") && !matches(&ns.options().writable, "scratchy"));
-    let by_ref = ns.lookup(ROOT, BY_REF).unwrap().ino;
+    let by_ref = ns.lookup(ROOT, BY_REF).unwrap();
+    assert_eq!(by_ref.perm, 0o755, "new writable refs may be made");
+    let by_ref = by_ref.ino;
     let w = ns.lookup(by_ref, b"scratch%2Fa").unwrap();
     assert_eq!(w.perm, 0o755);
     let Node::In(view, root) = ns.resolve(w.ino).unwrap() else { panic!() };
@@ -228,4 +233,32 @@ fn immutable_views_beyond_the_limit_are_let_go_and_come_back_the_same() {
     assert_eq!(read(&ns, roots[1], "f"), b"v1");
     assert_eq!(file_of(roots[0]), first);
     assert!(ns.views().len() <= 2);
+}
+
+#[test]
+fn mkdir_in_by_ref_makes_a_writable_ref() {
+    let e = env();
+    commit(&e, "scratch/a", &[("f", b"one")]);
+    commit(&e, "results", &[("f", b"one")]);
+    let ns = namespace(&e, &["scratch/*"]);
+    let by_ref = ns.lookup(ROOT, BY_REF).unwrap().ino;
+    assert!(matches!(ns.make_ref(by_ref, b"results%2Fx"), Err(FsError::NotPermitted(_))), "not writable");
+    assert!(matches!(ns.make_ref(by_ref, b"scratch%2Fa"), Err(FsError::Exists)));
+    assert!(matches!(ns.make_ref(by_ref, b"scratch%2F%2Fb"), Err(FsError::Invalid(_))));
+    assert!(matches!(ns.make_ref(ROOT, b"scratch%2Fb"), Err(FsError::NotPermitted(_))), "only in by_ref/");
+    assert!(matches!(ns.lookup(by_ref, b"scratch%2Fb"), Err(FsError::NotFound)));
+
+    let made = ns.make_ref(by_ref, b"scratch%2Fb").unwrap();
+    assert!(matches!(ns.make_ref(by_ref, b"scratch%2Fb"), Err(FsError::Exists)));
+    assert_eq!(ns.lookup(by_ref, b"scratch%2Fb").unwrap().ino, made.ino);
+    assert_eq!(names(&ns, by_ref), ["results", "scratch%2Fa", "scratch%2Fb"], "listed before its first commit");
+    let Node::In(view, root) = ns.resolve(made.ino).unwrap() else { panic!() };
+    assert!(!view.coll.is_read_only() && view.coll.last_version().is_none());
+    let fs = view.coll.fs();
+    let f = fs.create(root, b"out", 0o644, 1000, 1000).unwrap();
+    fs.write(f.ino, 0, b"made in the namespace").unwrap();
+    let c = e.rt.block_on(view.control.commit(&view.coll, "t", "first")).unwrap();
+    assert_eq!(c.version, 1);
+    let head = e.rt.block_on(e.catalog.head(&RefName::new("scratch/b").unwrap())).unwrap().unwrap();
+    assert_eq!(head.pdh, c.pdh);
 }
