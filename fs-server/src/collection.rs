@@ -123,17 +123,10 @@ impl Collection {
         uid: u32,
         gid: u32,
     ) -> Result<Self, CollectionError> {
-        let rt = tokio::runtime::Handle::current();
         let head = catalog.head(&name).await?;
         let fs = match &head {
-            Some(v) => {
-                let (manifest, sidecar) = Self::fetch(catalog.as_ref(), v.pdh, Some(v.sidecar)).await?;
-                let numbering = Numbering::default();
-                let fs = Filesystem::load_numbered(&manifest, &sidecar, &numbering, store, rt, opts, uid, gid)?;
-                drop_later((manifest, sidecar));
-                fs
-            }
-            None => Filesystem::new(store, rt, opts, uid, gid),
+            Some(v) => Self::load(catalog.as_ref(), store, v.pdh, Some(v.sidecar), opts, uid, gid).await?,
+            None => Filesystem::new(store, tokio::runtime::Handle::current(), opts, uid, gid),
         };
         Ok(Self::assemble(fs, Origin::Ref(name), catalog, head))
     }
@@ -216,10 +209,7 @@ impl Collection {
         uid: u32,
         gid: u32,
     ) -> Result<Self, CollectionError> {
-        let rt = tokio::runtime::Handle::current();
-        let (manifest, sidecar) = Self::fetch(catalog.as_ref(), pdh, None).await?;
-        let fs = Filesystem::load_numbered(&manifest, &sidecar, &Numbering::default(), store, rt, opts, uid, gid)?;
-        drop_later((manifest, sidecar));
+        let fs = Self::load(catalog.as_ref(), store, pdh, None, opts, uid, gid).await?;
         Ok(Self::assemble(fs, Origin::Pdh(pdh), catalog, None))
     }
 
@@ -233,10 +223,7 @@ impl Collection {
         uid: u32,
         gid: u32,
     ) -> Result<Self, CollectionError> {
-        let rt = tokio::runtime::Handle::current();
-        let (manifest, sidecar) = Self::fetch(catalog.as_ref(), version.pdh, Some(version.sidecar)).await?;
-        let fs = Filesystem::load_numbered(&manifest, &sidecar, &Numbering::default(), store, rt, opts, uid, gid)?;
-        drop_later((manifest, sidecar));
+        let fs = Self::load(catalog.as_ref(), store, version.pdh, Some(version.sidecar), opts, uid, gid).await?;
         Ok(Self::assemble(fs, Origin::Pdh(version.pdh), catalog, Some(version)))
     }
 
@@ -349,6 +336,23 @@ impl Collection {
             uncertain: Mutex::new(None),
             retired: Default::default(),
         }
+    }
+
+    /// The tree of collection `pdh` (with the sidecar `sidecar`, if any), numbered afresh.
+    async fn load(
+        catalog: &dyn Catalog,
+        store: Arc<dyn BlockStore>,
+        pdh: Pdh,
+        sidecar: Option<Pdh>,
+        opts: FsOptions,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Filesystem, CollectionError> {
+        let rt = tokio::runtime::Handle::current();
+        let (manifest, sidecar) = Self::fetch(catalog, pdh, sidecar).await?;
+        let fs = Filesystem::load_numbered(&manifest, &sidecar, &Numbering::default(), store, rt, opts, uid, gid)?;
+        drop_later((manifest, sidecar));
+        Ok(fs)
     }
 
     async fn fetch(

@@ -99,13 +99,18 @@ pub struct NamespaceServed {
     ended: tokio::sync::watch::Sender<Option<Result<(), String>>>,
 }
 
+/// Whether `uid` may `what` the mount at `dir` that `owner` owns: its owner and root may.
+fn may(dir: &Path, owner: u32, uid: u32, what: &'static str) -> Result<(), ServerError> {
+    if uid == 0 || uid == owner {
+        Ok(())
+    } else {
+        Err(ServerError::NotOwner { path: dir.to_path_buf(), owner, uid, what })
+    }
+}
+
 impl NamespaceServed {
     pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
-        if uid == 0 || uid == self.uid {
-            Ok(())
-        } else {
-            Err(ServerError::NotOwner { path: self.dir.clone(), owner: self.uid, uid, what })
-        }
+        may(&self.dir, self.uid, uid, what)
     }
 
     pub fn read_only(&self) -> bool {
@@ -122,11 +127,7 @@ impl NamespaceServed {
 impl Served {
     /// Whether `uid` may drive this mount: its owner and root may.
     pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
-        if uid == 0 || uid == self.uid {
-            Ok(())
-        } else {
-            Err(ServerError::NotOwner { path: self.dir.clone(), owner: self.uid, uid, what })
-        }
+        may(&self.dir, self.uid, uid, what)
     }
 
     /// Bytes per second stored by this mount's uploads over the last few seconds.

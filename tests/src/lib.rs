@@ -13,6 +13,15 @@ pub mod stack;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Waits (polling every 0.1 s) until `f` holds; fails the test, naming `what`, after `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The workspace's `target/` directory, where the harness keeps what it installs.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

@@ -7,10 +7,11 @@
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cafs_tests::servers::{Garage, Postgres};
 use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
+use cafs_tests::wait_for;
 
 const JOB: u32 = 1000;
 
@@ -68,14 +69,6 @@ fn servers(nodes: usize, db: &str) -> (tempfile::TempDir, Garage, Postgres) {
     let pg = Postgres::start(&tmp.path().join("servers"));
     pg.create_db(db);
     (tmp, garage, pg)
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -5,19 +5,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cafs_tests::stack::{Stack, ok, sh_as};
+use cafs_tests::wait_for;
 
 const JOB: u32 = 1000;
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// What `script` prints, run as the job user in `dir` (its failure is not checked).
 fn out(dir: &Path, script: &str) -> String {
