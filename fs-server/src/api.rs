@@ -114,7 +114,7 @@ impl Api {
         } else if let Some(n) = self.server.namespace(mount_point(dir)?) {
             // A namespace mount's status is that of the collections open in it.
             n.check_owner(caller.uid(), "see").map_err(status)?;
-            self.server.list().into_iter().filter(|s| s.part_of.as_deref() == Some(n.dir.as_path())).collect()
+            self.server.parts(&n.dir)
         } else {
             vec![self.mount_of(caller, dir, "see")?]
         };

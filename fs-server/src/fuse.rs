@@ -778,9 +778,18 @@ impl fuser::Filesystem for CafsFuse {
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _live = self.gate.enter();
         let list = or_reply!(reply, self.opened_listing(ino, fh));
+        // A view's directory holds its entries in the tree that holds it: found once a page, not once an entry.
+        let tree = match self.at(ino) {
+            Ok(Node::In(v, local)) => Some((v.coll.fs_for(local), v)),
+            _ => None,
+        };
         for (i, (name, child, _)) in list.iter().enumerate().skip(offset as usize) {
+            let in_tree = tree.as_ref().and_then(|(fs, v)| {
+                let local = v.local(*child).filter(|&l| self.virtual_attr(v, l).is_none())?;
+                Some(fs.getattr(local).map(|a| (file_attr(*child, &a), ttl(v))).map_err(|e| errno(&e)))
+            });
             // Attributes as they are now, page by page: an entry removed since the listing was made is skipped.
-            let Ok((attr, ttl)) = self.attributes(INodeNo(*child)) else { continue };
+            let Ok((attr, ttl)) = in_tree.unwrap_or_else(|| self.attributes(INodeNo(*child))) else { continue };
             if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }

@@ -71,6 +71,14 @@ impl View {
         self.slot << SLOT_SHIFT | local
     }
 
+    /// The view's own number for the kernel's `ino`, if `ino` is one of the view's.
+    pub fn local(&self, ino: u64) -> Option<u64> {
+        if self.slot == 0 {
+            return Some(ino);
+        }
+        (ino >> SLOT_SHIFT == self.slot).then_some(ino & LOCAL_MASK)
+    }
+
     /// Whether `other` shows the same place (it may be another opening of it).
     pub fn is(&self, other: &View) -> bool {
         self.slot == other.slot
@@ -428,7 +436,11 @@ impl Namespace {
             }
             HISTORY_INO => {
                 let name = ref_of_entry(name).ok_or(FsError::NotFound)?;
-                self.rt.block_on(self.catalog.head(&name)).map_err(catalog_failed)?.ok_or(FsError::NotFound)?;
+                // As in by_ref/: a history shown once stays.
+                let known = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).by_name.contains_key(&name);
+                if !known {
+                    self.rt.block_on(self.catalog.head(&name)).map_err(catalog_failed)?.ok_or(FsError::NotFound)?;
+                }
                 self.history_dir(name)?
             }
             _ => {

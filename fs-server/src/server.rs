@@ -295,6 +295,11 @@ impl Server {
         self.namespaces().get(&normalize(dir).ok()?).cloned()
     }
 
+    /// The collections open in the namespace mount at `dir`.
+    pub fn parts(&self, dir: &Path) -> Vec<Arc<Served>> {
+        self.list().into_iter().filter(|s| s.part_of.as_deref() == Some(dir)).collect()
+    }
+
     /// Every namespace mount, by mount point.
     pub fn namespace_list(&self) -> Vec<Arc<NamespaceServed>> {
         let mut all: Vec<_> = self.namespaces().values().cloned().collect();
@@ -594,7 +599,7 @@ impl Server {
     /// After a namespace mount is gone: commits each changed collection in it and forgets them.
     fn namespace_ended(&self, n: &NamespaceServed) {
         n.ns.stop();
-        let views: Vec<_> = self.list().into_iter().filter(|s| s.part_of.as_deref() == Some(n.dir.as_path())).collect();
+        let views = self.parts(&n.dir);
         let mut outcome = Ok(());
         for s in views {
             self.ended(&s);
@@ -616,7 +621,7 @@ impl Server {
     /// Unmounts a namespace mount: commits every changed collection in it first (a failed commit leaves the
     /// mount in place), then asks the helper to unmount and waits until the session is gone.
     pub async fn unmount_namespace(&self, n: &NamespaceServed) -> Result<(), ServerError> {
-        for s in self.list().into_iter().filter(|s| s.part_of.as_deref() == Some(n.dir.as_path())) {
+        for s in self.parts(&n.dir) {
             if s.coll.is_dirty() {
                 s.control.commit(&s.coll, "cafsd", "unmount").await?;
             }
