@@ -20,7 +20,7 @@ py=/usr/bin/python3
 [ -x "$py" ] || py=$(command -v python3)
 base=$(mktemp -d /tmp/cafs-soak.XXXXXX)
 chmod 755 "$base"
-mkdir -p "$base/state" "$base/run" "$base/jobs/mnt" "$base/work"
+mkdir -p "$base/state" "$base/run" "$base/helper" "$base/jobs/mnt" "$base/work"
 chown nobody: "$base/state" "$base/run"
 chmod 1777 "$base/jobs"
 mnt=$base/jobs/mnt
@@ -40,18 +40,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin/cafs-mount" serve --listen "$base/run/mount.sock" --server "$base/run/cafsd.sock" --allow-root "$base/jobs" \
+"$bin/cafs-mount" serve --listen "$base/helper/mount.sock" --server "$base/run/cafsd.sock" --allow-root "$base/jobs" \
   </dev/null >>"$base/helper.log" 2>&1 &
 helper=$!
 start_cafsd() {
   setpriv --reuid=nobody --regid=nogroup --clear-groups "$bin/cafsd" --state-dir "$base/state" \
-    --socket "$base/run/cafsd.sock" --helper "$base/run/mount.sock" --autocommit 0 </dev/null >>"$base/cafsd.log" 2>&1 &
+    --socket "$base/run/cafsd.sock" --helper "$base/helper/mount.sock" --autocommit 0 </dev/null >>"$base/cafsd.log" 2>&1 &
   cafsd=$!
   for _ in $(seq 300); do [ -S "$base/run/cafsd.sock" ] && return 0; sleep 0.1; done
   echo "cafsd did not start; see $base/cafsd.log" >&2
   exit 1
 }
-for _ in $(seq 100); do [ -S "$base/run/mount.sock" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -S "$base/helper/mount.sock" ] && break; sleep 0.1; done
 start_cafsd
 "$bin/fsctl" --server "$base/run/cafsd.sock" mount soak "$mnt"
 

@@ -6,10 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=/run/cafs
+helper_run=/run/cafs-mount
 bin=$PWD/target/release
 
-stop() { # NAME BINARY
-  local pidfile=$run/$1.pid pid
+stop() { # DIR NAME BINARY
+  local pidfile=$1/$2.pid pid
+  shift
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
   if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$2" ]; then
@@ -32,5 +34,5 @@ if [ -S "$run/cafsd.sock" ] && [ -x "$bin/fsctl" ]; then
       echo "could not unmount $m" >&2
   done
 fi
-stop cafsd "$bin/cafsd"
-stop cafs-mount "$bin/cafs-mount"
+stop "$run" cafsd "$bin/cafsd"
+stop "$helper_run" cafs-mount "$bin/cafs-mount"

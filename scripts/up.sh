@@ -23,6 +23,9 @@ owner=${CAFS_OWNER:-${SUDO_USER:-root}}
 user=${CAFS_USER:-cafs}
 state=${CAFS_STATE_DIR:-/var/lib/cafs}
 run=/run/cafs
+# The helper's socket lives in a directory of its own that only root can write: cafsd's user owns $run, and
+# could otherwise put its own socket in the helper's place.
+helper_run=/run/cafs-mount
 bin=$PWD/target/release
 
 cafs_log "building cafsd, fsctl and cafs-mount (release)"
@@ -34,23 +37,24 @@ if ! id -u "$user" >/dev/null 2>&1; then
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
 fi
 install -d -o "$user" -g "$(id -gn "$user")" -m 0755 "$run"
+install -d -o root -g root -m 0755 "$helper_run"
 install -d -o "$user" -g "$(id -gn "$user")" -m 0750 "$state"
 
 # The helper: root, allowed to mount below /home /mnt /scratch /tmp /var/tmp for the owner of the directory.
-setsid "$bin/cafs-mount" serve --listen "$run/mount.sock" --server "$run/cafsd.sock" \
-  </dev/null >>"$run/cafs-mount.log" 2>&1 &
-echo $! >"$run/cafs-mount.pid"
+setsid "$bin/cafs-mount" serve --listen "$helper_run/mount.sock" --server "$run/cafsd.sock" \
+  </dev/null >>"$helper_run/cafs-mount.log" 2>&1 &
+echo $! >"$helper_run/cafs-mount.pid"
 # cafsd: unprivileged; gRPC on cafsd.sock, mounts handed over on cafsd.fd.sock.
 setsid setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups \
-  "$bin/cafsd" --state-dir "$state" --socket "$run/cafsd.sock" --helper "$run/mount.sock" \
+  "$bin/cafsd" --state-dir "$state" --socket "$run/cafsd.sock" --helper "$helper_run/mount.sock" \
   </dev/null >>"$run/cafsd.log" 2>&1 &
 echo $! >"$run/cafsd.pid"
 for _ in $(seq 300); do
-  [ -S "$run/cafsd.sock" ] && [ -S "$run/mount.sock" ] && break
+  [ -S "$run/cafsd.sock" ] && [ -S "$helper_run/mount.sock" ] && break
   sleep 0.1
 done
-if ! [ -S "$run/cafsd.sock" ] || ! [ -S "$run/mount.sock" ]; then
-  echo "cafs did not come up; see $run/cafsd.log and $run/cafs-mount.log" >&2
+if ! [ -S "$run/cafsd.sock" ] || ! [ -S "$helper_run/mount.sock" ]; then
+  echo "cafs did not come up; see $run/cafsd.log and $helper_run/cafs-mount.log" >&2
   exit 1
 fi
 
@@ -58,8 +62,8 @@ mkdir -p "$mnt"
 chown "$owner:" "$mnt"
 "$bin/fsctl" --server "$run/cafsd.sock" mount "$ref" "$mnt"
 cat >&2 <<MSG
-==> cafsd runs as $user (pid $(cat "$run/cafsd.pid")), the helper as root (pid $(cat "$run/cafs-mount.pid"));
-    logs in $run/*.log, state in $state. The mount at $mnt is for $owner. Next, as $owner:
+==> cafsd runs as $user (pid $(cat "$run/cafsd.pid")), the helper as root (pid $(cat "$helper_run/cafs-mount.pid"));
+    logs in $run/cafsd.log and $helper_run/cafs-mount.log, state in $state. The mount at $mnt is for $owner. Next, as $owner:
       export PATH=$bin:\$PATH
       sh -c 'echo hello > $mnt/hello.txt'   # ordinary file I/O: bytes stream into the block store
       fsctl status                  # what is held, uploading, committed

@@ -2,9 +2,8 @@
 //! `mount(2)` itself (through the helper's library, as root); the privileged helper `cafs-mount` does exactly
 //! these two steps and hands the fd over, and [`serve_fd`] serves either.
 
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use fuser::{BackgroundSession, Config, Session, SessionACL};
@@ -51,27 +50,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
     move |source| MountError::Io { path: path.to_path_buf(), source }
 }
 
-/// Whether `dir` is a mount point (its device differs from its parent's, or /proc/self/mountinfo lists it).
+/// Whether `dir` is a mount point (/proc/self/mountinfo lists it).
 pub fn is_mount_point(dir: &Path) -> bool {
-    let Ok(canon) = dir.canonicalize() else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|p| unescape_mountinfo(p) == canon.as_os_str().as_bytes()))
-}
-
-fn unescape_mountinfo(p: &str) -> Vec<u8> {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    dir.canonicalize().is_ok_and(|canon| cafs_mount::mountinfo::is_mount_point(&canon))
 }
 
 /// Mounts `fs` on `dir` (as root). The mount belongs to `dir`'s owner.
@@ -90,8 +71,15 @@ pub fn mount_as_root(dir: &Path, fs: CafsFuse, opts: &MountOptions) -> Result<Mo
         read_only: opts.read_only,
         allow_other: opts.allow_other,
     };
-    let dev = cafs_mount::mount::mount_fuse(dir, &o).map_err(|e| io(dir)(std::io::Error::other(e)))?;
-    serve_fd(dir, dev, fs, opts)
+    let target = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(io(dir))?;
+    let mount = cafs_mount::mount::mount_fuse(target.as_fd(), &o).map_err(|e| io(dir)(std::io::Error::other(e)))?;
+    // (The root fd would keep the mount busy.)
+    drop(mount.root);
+    serve_fd(dir, mount.dev, fs, opts)
 }
 
 /// Serves `fs` on `dev`, the `/dev/fuse` fd of a mount already made on `dir` (by [`mount_as_root`] or by the

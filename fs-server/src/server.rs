@@ -574,7 +574,17 @@ impl Server {
                 ended: tokio::sync::watch::channel(None).0,
                 part_of: Some(at.clone()),
             });
-            server.registry().insert(served.dir.clone(), served);
+            // A view never takes the place of another mount registered at its path (one mounted there before
+            // the namespace was mounted over it): that mount's owner would lose commit and unmount through fsctl.
+            let mut registry = server.registry();
+            match registry.get(&served.dir) {
+                Some(other) if other.part_of.as_ref() != Some(&at) => {
+                    tracing::warn!(view = %served.dir.display(), "another mount is registered at this path; the view is not");
+                }
+                _ => {
+                    registry.insert(served.dir.clone(), served);
+                }
+            }
         });
         let served = Arc::new(NamespaceServed {
             dir: dir.clone(),

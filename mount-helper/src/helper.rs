@@ -16,9 +16,17 @@ use std::time::{Duration, Instant};
 
 use nix::mount::MntFlags;
 
-use crate::mount::{FuseOptions, mount_fuse, unmount};
-use crate::target::{Policy, check, open_dir};
+use crate::limits::{Admission, Limits, Ticket};
+use crate::mount::{FuseOptions, detach, mount_fuse};
+use crate::mountinfo::{self, MountEntry};
+use crate::target::{Policy, check, open_child, open_dir};
 use crate::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply};
+use crate::{shown, shown_up_to};
+
+/// The filesystem type of every mount the helper makes; nothing of another type is ever unmounted.
+const FSTYPE: &str = "fuse.cafs";
+/// The longest reply the daemon sends (cafsd's refusals quote what the client sent).
+const REPLY_BYTES: usize = 512;
 
 /// What the helper needs to act.
 #[derive(Debug, Clone)]
@@ -30,36 +38,56 @@ pub struct Config {
     pub cafsd: PathBuf,
 }
 
+/// A mount the daemon holds the device fd of, with what was handed over and what identifies the mount.
+#[derive(Debug)]
+struct HeldMount {
+    handoff: Handoff,
+    dev: OwnedFd,
+    /// The mount's id and its superblock's device: together they tell this mount from any other, also after
+    /// its mount point has been renamed.
+    id: u64,
+    sb: (u32, u32),
+}
+
 /// The mounts the daemon holds a duplicate fd of, by mount point, with what was handed over.
 #[derive(Debug, Default)]
 pub struct Held {
-    mounts: std::sync::Mutex<HashMap<PathBuf, (Handoff, OwnedFd)>>,
+    mounts: std::sync::Mutex<HashMap<PathBuf, HeldMount>>,
 }
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (Handoff, OwnedFd)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, HeldMount>> {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many mounts are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Forgets mounts whose connection ended (unmounted by anyone, or aborted): the device reports an error
-    /// once the kernel has torn the connection down.
-    fn prune(&self) {
+    /// once the kernel has torn the connection down. Runs before every request.
+    pub fn prune(&self) {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        self.lock().retain(|dir, (_, fd)| {
-            let mut p = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+        self.lock().retain(|dir, m| {
+            let mut p = [PollFd::new(m.dev.as_fd(), PollFlags::empty())];
             let dead = matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0
                 && p[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)));
             if dead {
-                tracing::info!(mount = %dir.display(), "mount gone; no longer held");
+                tracing::info!(mount = %shown(dir), "mount gone; no longer held");
             }
             !dead
         });
     }
 }
 
-/// Mounts `req` for `peer` (a uid) and hands it to cafsd. On any failure after `mount(2)` the mount is
-/// detached again, so a refused request leaves nothing behind. With `held`, the fd is kept for later
-/// hand-overs.
+/// Mounts `req` for `peer` (a uid) and hands it to cafsd. The mount is made onto the checked directory's fd,
+/// and on any failure after that it is detached through the fd of its own root, so a refused request leaves
+/// nothing behind and no path is resolved again. With `held`, the device fd is kept for later hand-overs.
 pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config, held: Option<&Held>) -> Result<(), String> {
     let target = check(&req.mountpoint, peer, &cfg.policy).map_err(|e| e.to_string())?;
     let read_only = req.read_only || matches!(req.origin, Origin::Pdh(_));
@@ -78,84 +106,78 @@ pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config, held: Option<&Held
     let stream =
         UnixStream::connect(&sock_path).map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
-    let dev = mount_fuse(&target.proc_path(), &fuse).map_err(|e| e.to_string())?;
-    let handoff = Handoff { request, uid: target.uid, gid: target.gid, resume: false, held: held.is_some() };
-    let answer = wire::send(&stream, &handoff, Some(dev.as_fd())).and_then(|()| wire::recv::<Reply>(&stream));
+    let mount = mount_fuse(target.fd.as_fd(), &fuse).map_err(|e| e.to_string())?;
     let fail = |message: String| {
-        let _ = unmount(&target.path, true);
+        if let Err(e) = detach(mount.root.as_fd()) {
+            tracing::error!(error = %e, "detaching a mount that failed");
+        }
         Err(message)
     };
+    // The directory was checked at its path; renamed in between, the mount would be where nobody expects it.
+    let entry = match mountinfo::find(mount.id) {
+        Ok(Some(e)) if e.mount_point == target.path => e,
+        Ok(_) => return fail(format!("{}: moved while being mounted", shown(&target.path))),
+        Err(e) => return fail(format!("reading the mount table: {e}")),
+    };
+    let handoff = Handoff { request, uid: target.uid, gid: target.gid, resume: false, held: held.is_some() };
+    let answer = wire::send(&stream, &handoff, Some(mount.dev.as_fd())).and_then(|()| wire::recv::<Reply>(&stream));
     match answer {
         Ok((Reply { ok: true, .. }, _)) => {}
         Ok((Reply { message, .. }, _)) => return fail(format!("cafsd refused the mount: {message}")),
         Err(e) => return fail(format!("handing the mount to cafsd: {e}")),
     }
-    match held {
-        Some(h) => {
-            h.lock().insert(target.path.clone(), (handoff, dev));
-        }
-        None => drop(dev),
+    // cafsd serves it from here on. The root fd is closed (it would keep the mount busy for a plain unmount).
+    let crate::mount::FuseMount { dev, root, id } = mount;
+    drop(root);
+    if let Some(h) = held {
+        h.lock().insert(target.path.clone(), HeldMount { handoff, dev, id, sb: entry.dev });
     }
-    let start = Instant::now();
-    loop {
-        match nix::sys::statfs::statfs(&target.path) {
-            Ok(s) if s.filesystem_type() == nix::sys::statfs::FUSE_SUPER_MAGIC => return Ok(()),
-            _ if start.elapsed() > Duration::from_secs(30) => {
-                return fail(format!("{} did not answer within 30 s", target.path.display()));
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+    Ok(())
 }
 
-/// The owner (`user_id=`) of the cafs mount whose id is `mnt_id` and whose mount point is `dir`, if there is one.
-fn cafs_mount_owner(mnt_id: u64, dir: &Path) -> Option<u32> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let fields: Vec<&str> = left.split(' ').collect();
-        if fields.first()?.parse::<u64>().ok()? != mnt_id || *fields.get(4)? != dir.to_str()? {
-            return None;
-        }
-        let mut r = right.split(' ');
-        if r.next()? != "fuse.cafs" {
-            return None;
-        }
-        r.nth(1)?.split(',').find_map(|o| o.strip_prefix("user_id=")?.parse().ok())
-    })
+/// The cafs mount with id `id`, if it exists.
+fn cafs_mount(id: u64) -> Result<Option<MountEntry>, String> {
+    Ok(mountinfo::find(id).map_err(|e| format!("reading the mount table: {e}"))?.filter(|m| m.fstype == FSTYPE))
 }
 
-/// Unmounts the cafs mount at `dir` for `peer`: only its owner or root may. Paths are opened without following
-/// symlinks, and the unmount goes through an fd of the parent directory, so that swapping a path component for
-/// a symlink between the check and the unmount cannot redirect it to another mount.
+/// Unmounts the cafs mount at `dir` for `peer`: only its owner or root may. The parent is opened without
+/// following symlinks, and the mount point is opened and unmounted relative to that fd, so that swapping a
+/// path component between the check and the unmount cannot redirect it to another mount. The mount is
+/// identified by its id, and must be a cafs mount whose mount point is `dir` itself.
 pub fn unmount_for(peer: u32, dir: &Path) -> Result<(), String> {
     if !dir.is_absolute() {
-        return Err(format!("{}: the mount point must be an absolute path", dir.display()));
+        return Err(format!("{}: the mount point must be an absolute path", shown(dir)));
     }
     let dir: PathBuf = dir.components().collect();
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-        return Err(format!("{}: not a cafs mount", dir.display()));
+        return Err(format!("{}: not a cafs mount", shown(&dir)));
     };
     let parent_fd = open_dir(parent).map_err(|e| e.to_string())?;
     {
-        let fd = open_dir(&dir).map_err(|e| e.to_string())?;
-        // The mount id from fdinfo, not statx: a FUSE mount answers nobody but its owner (not even root), and
-        // the kernel knows the id without asking it.
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mnt_id: u64 = fdinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("mnt_id:")?.trim().parse().ok())
-            .ok_or_else(|| format!("{}: no mount id in fdinfo", dir.display()))?;
-        let owner = cafs_mount_owner(mnt_id, &dir).ok_or_else(|| format!("{}: not a cafs mount", dir.display()))?;
+        let root = open_child(&parent_fd, name, &dir).map_err(|e| e.to_string())?;
+        let id = mountinfo::mount_id_of(&root).map_err(|e| format!("{}: {e}", shown(&dir)))?;
+        let entry = cafs_mount(id)?
+            .filter(|m| m.mount_point == dir)
+            .ok_or_else(|| format!("{}: not a cafs mount", shown(&dir)))?;
+        let owner = entry.fuse_owner().ok_or_else(|| format!("{}: a cafs mount without an owner", shown(&dir)))?;
         if peer != 0 && peer != owner {
-            return Err(format!("{}: the mount belongs to uid {owner}, not to uid {peer}", dir.display()));
+            return Err(format!("{}: the mount belongs to uid {owner}, not to uid {peer}", shown(&dir)));
         }
         // (The fd on the mount itself would keep it busy: it is closed here.)
     }
     let via = PathBuf::from(format!("/proc/self/fd/{}", parent_fd.as_raw_fd())).join(name);
-    nix::mount::umount2(&via, MntFlags::UMOUNT_NOFOLLOW)
-        .map_err(|errno| format!("unmounting {}: {errno}", dir.display()))
+    nix::mount::umount2(&via, MntFlags::UMOUNT_NOFOLLOW).map_err(|errno| format!("unmounting {}: {errno}", shown(&dir)))
+}
+
+/// Detaches a held mount that cafsd would not take back, found by its id wherever it is mounted now, and
+/// only if it is still the mount that was made (same id, same superblock, a cafs mount).
+fn detach_held(m: &HeldMount) -> Result<(), String> {
+    let entry = cafs_mount(m.id)?.filter(|e| e.dev == m.sb).ok_or("it is no longer mounted")?;
+    let root = open_dir(&entry.mount_point).map_err(|e| e.to_string())?;
+    if mountinfo::mount_id_of(&root).map_err(|e| e.to_string())? != m.id {
+        return Err(format!("{} is now another mount", shown(&entry.mount_point)));
+    }
+    detach(root.as_fd()).map_err(|e| e.to_string())
 }
 
 /// Whether the peer (`uid`, `pid`) may relay requests for other users: root, or the very process that listens
@@ -183,8 +205,11 @@ pub fn relay_allowed(uid: u32, pid: i32, cfg: &Config) -> Result<(), String> {
 pub fn reclaim(cfg: &Config, held: &Held) -> Result<usize, String> {
     held.prune();
     let sock_path = wire::fd_socket_path(&cfg.cafsd);
-    let mounts: Vec<(PathBuf, Handoff, OwnedFd)> =
-        held.lock().iter().filter_map(|(dir, (h, fd))| Some((dir.clone(), h.clone(), fd.try_clone().ok()?))).collect();
+    let mounts: Vec<(PathBuf, Handoff, OwnedFd)> = held
+        .lock()
+        .iter()
+        .filter_map(|(dir, m)| Some((dir.clone(), m.handoff.clone(), m.dev.try_clone().ok()?)))
+        .collect();
     let mut handed = 0;
     for (dir, mut h, fd) in mounts {
         h.resume = true;
@@ -197,66 +222,115 @@ pub fn reclaim(cfg: &Config, held: &Held) -> Result<usize, String> {
             });
         match answer {
             Ok((Reply { ok: true, .. }, _)) => {
-                tracing::info!(mount = %dir.display(), "handed to cafsd again");
+                tracing::info!(mount = %shown(&dir), "handed to cafsd again");
                 handed += 1;
             }
             Ok((Reply { message, .. }, _)) | Err(message) => {
-                tracing::error!(mount = %dir.display(), %message, "cafsd did not take the mount back; detaching it");
-                held.lock().remove(&dir);
-                let _ = unmount(&dir, true);
+                let message = shown_up_to(&message, REPLY_BYTES);
+                tracing::error!(mount = %shown(&dir), %message, "cafsd did not take the mount back; detaching it");
+                if let Some(m) = held.lock().remove(&dir)
+                    && let Err(e) = detach_held(&m)
+                {
+                    tracing::warn!(mount = %shown(&dir), error = %e, "not detached");
+                }
             }
         }
     }
     Ok(handed)
 }
 
-/// Serves requests on `listener` until the process ends: one thread per connection, one request each.
-pub fn serve(listener: UnixListener, cfg: Arc<Config>) -> std::io::Result<()> {
+/// Serves requests on `listener` until the process ends: one thread per admitted connection, one request
+/// each. Nothing a client does ends the loop: an `accept` error (out of fds, say) is logged and waited out
+/// with a growing pause, and a connection over the caps gets its refusal at once and is closed.
+pub fn serve(listener: UnixListener, cfg: Arc<Config>, limits: Limits) {
     let held = Arc::new(Held::default());
-    for conn in listener.incoming() {
-        let stream = conn?;
-        let (cfg, held) = (cfg.clone(), held.clone());
-        std::thread::spawn(move || handle(&stream, &cfg, &held));
+    let admission = Admission::new(limits);
+    let mut pause = Duration::ZERO;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                pause = Duration::ZERO;
+                admit(stream, &admission, &cfg, &held);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                pause = (pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(error = %e, pause = ?pause, "accepting a connection failed; waiting");
+                std::thread::sleep(pause);
+            }
+        }
     }
-    Ok(())
 }
 
-fn handle(stream: &UnixStream, cfg: &Config, held: &Held) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let result = wire::peer(stream).map_err(|e| e.to_string()).and_then(|(uid, _, pid)| {
-        let (req, fd) = wire::recv::<HelperRequest>(stream).map_err(|e| e.to_string())?;
-        if fd.is_some() {
-            return Err("requests carry no file descriptors".to_string());
+/// Admits a connection against the caps and starts its thread, or refuses it without blocking.
+fn admit(stream: UnixStream, admission: &Arc<Admission>, cfg: &Arc<Config>, held: &Arc<Held>) {
+    let deadline = Instant::now() + admission.limits().request_time;
+    let (uid, pid) = match wire::peer(&stream) {
+        Ok((uid, _, pid)) => (uid, pid),
+        Err(e) => return tracing::warn!(error = %e, "a connection without peer credentials; closed"),
+    };
+    let ticket = match admission.admit(uid) {
+        Ok(t) => t,
+        Err(refused) => {
+            tracing::warn!(uid, pid, %refused, "connection refused");
+            // Never block the accepting thread on a client: the refusal fits an empty socket buffer.
+            let _ = stream.set_nonblocking(true);
+            let _ = wire::send(&stream, &Reply { ok: false, message: refused.to_string() }, None);
+            return;
         }
-        tracing::info!(uid, pid, request = ?req, "request");
-        let (uid, req) = match req {
-            HelperRequest::Relay { uid: client, request } => {
-                relay_allowed(uid, pid, cfg)?;
-                (client, *request)
+    };
+    let (cfg, held) = (cfg.clone(), held.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("client-{uid}"))
+        .spawn(move || handle(&stream, uid, pid, deadline, &cfg, &held, ticket));
+    if let Err(e) = spawned {
+        tracing::warn!(uid, pid, error = %e, "no thread for a connection; closed");
+    }
+}
+
+/// What a request asks, for the log: its kind and a short prefix of what it names.
+fn summary(req: &HelperRequest) -> String {
+    shown(format!("{req:?}"))
+}
+
+fn handle(stream: &UnixStream, uid: u32, pid: i32, deadline: Instant, cfg: &Config, held: &Held, _ticket: Ticket) {
+    let result =
+        wire::recv_within::<HelperRequest>(stream, deadline).map_err(|e| e.to_string()).and_then(|(req, fd)| {
+            if fd.is_some() {
+                return Err("requests carry no file descriptors".to_string());
             }
-            HelperRequest::Reclaim => {
-                relay_allowed(uid, pid, cfg)?;
-                return reclaim(cfg, held).map(|n| format!("{n} mounts handed over"));
+            tracing::info!(uid, pid, request = %summary(&req), "request");
+            held.prune();
+            let (uid, req) = match req {
+                HelperRequest::Relay { uid: client, request } => {
+                    relay_allowed(uid, pid, cfg)?;
+                    (client, *request)
+                }
+                HelperRequest::Reclaim => {
+                    relay_allowed(uid, pid, cfg)?;
+                    return reclaim(cfg, held).map(|n| format!("{n} mounts handed over"));
+                }
+                req => (uid, req),
+            };
+            match req {
+                HelperRequest::Mount(m) => mount_for(uid, &m, cfg, Some(held)).map(|()| String::new()),
+                HelperRequest::Unmount { mountpoint } => unmount_for(uid, &mountpoint).map(|()| {
+                    held.prune();
+                    String::new()
+                }),
+                HelperRequest::Relay { .. } | HelperRequest::Reclaim => {
+                    Err("a relayed request cannot relay another".into())
+                }
             }
-            req => (uid, req),
-        };
-        match req {
-            HelperRequest::Mount(m) => mount_for(uid, &m, cfg, Some(held)).map(|()| String::new()),
-            HelperRequest::Unmount { mountpoint } => unmount_for(uid, &mountpoint).map(|()| {
-                held.prune();
-                String::new()
-            }),
-            HelperRequest::Relay { .. } | HelperRequest::Reclaim => {
-                Err("a relayed request cannot relay another".into())
-            }
-        }
-    });
+        });
     let reply = match result {
         Ok(message) => Reply { ok: true, message },
         Err(message) => {
+            let message = shown_up_to(&message, REPLY_BYTES);
             tracing::warn!(%message, "refused");
             Reply { ok: false, message }
         }
     };
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     let _ = wire::send(stream, &reply, None);
 }

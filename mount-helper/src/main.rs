@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cafs_mount::helper::{self, Config};
+use cafs_mount::limits::{Limits, raise_fd_limit};
 use cafs_mount::target::Policy;
 use cafs_mount::wire::{MountRequest, Origin};
 use clap::{Args, Parser, Subcommand};
@@ -51,8 +52,8 @@ enum Serve {
         /// Configuration file (not supported yet: use the flags)
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Socket to listen on when systemd passes none
-        #[arg(long, default_value = "/run/cafs/mount.sock")]
+        /// Socket to listen on when systemd passes none (its directory must be root's alone)
+        #[arg(long, default_value = "/run/cafs-mount/mount.sock")]
         listen: PathBuf,
         #[command(flatten)]
         common: Common,
@@ -158,7 +159,35 @@ fn serve(listen: PathBuf, cfg: Config) -> Result<(), String> {
             l
         }
     };
-    helper::serve(listener, Arc::new(cfg)).map_err(|e| e.to_string())
+    let path = listener.local_addr().ok().and_then(|a| a.as_pathname().map(PathBuf::from));
+    if let Some(dir) = path.as_deref().and_then(std::path::Path::parent) {
+        root_only(dir)?;
+    }
+    let limits = Limits::from_fd_limit(raise_fd_limit());
+    tracing::info!(connections = limits.total, per_uid = limits.per_uid, "serving");
+    helper::serve(listener, Arc::new(cfg), limits);
+    Ok(())
+}
+
+/// The socket's directory and every one above it must be root's alone (owned by root, writable by nobody
+/// else unless sticky, as /tmp is): whoever can write there can put their own socket in the helper's place,
+/// and every client would then hand its requests to them.
+fn root_only(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for d in dir.ancestors() {
+        let m = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        let others_write = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if m.uid() != 0 || others_write || !m.is_dir() {
+            return Err(format!(
+                "{}: the helper's socket must be in directories only root can change ({} is uid {}, mode {:o})",
+                dir.display(),
+                d.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The listening socket systemd passed (socket activation: `LISTEN_PID` is us and `LISTEN_FDS` is 1).

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 
+use crate::shown;
+
 /// Directories that are never mounted on, nor anything below them, whatever the configuration says.
 pub const SYSTEM_PATHS: &[&str] = &[
     "/bin",
@@ -38,27 +40,27 @@ pub const SYSTEM_PATHS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
-    #[error("{0}: the mount point must be an absolute path")]
+    #[error("{}: the mount point must be an absolute path", shown(.0))]
     NotAbsolute(PathBuf),
-    #[error("{0}: the mount point must not contain '.' or '..' components")]
+    #[error("{}: the mount point must not contain '.' or '..' components", shown(.0))]
     DotComponent(PathBuf),
-    #[error("{0}: refusing to mount on a system path")]
+    #[error("{}: refusing to mount on a system path", shown(.0))]
     SystemPath(PathBuf),
-    #[error("{path}: not below an allowed root ({})", .roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "))]
+    #[error("{}: not below an allowed root ({})", shown(.path), .roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "))]
     NotAllowed { path: PathBuf, roots: Vec<PathBuf> },
-    #[error("{0}: a component of the path is a symlink (symlinks are not followed)")]
+    #[error("{}: a component of the path is a symlink (symlinks are not followed)", shown(.0))]
     Symlink(PathBuf),
-    #[error("{0}: no such directory")]
+    #[error("{}: no such directory", shown(.0))]
     Missing(PathBuf),
-    #[error("{0}: not a directory")]
+    #[error("{}: not a directory", shown(.0))]
     NotADirectory(PathBuf),
-    #[error("{path}: owned by uid {owner}, not by the requesting uid {uid}")]
+    #[error("{}: owned by uid {owner}, not by the requesting uid {uid}", shown(.path))]
     NotOwner { path: PathBuf, owner: u32, uid: u32 },
-    #[error("{0}: already a mount point")]
+    #[error("{}: already a mount point", shown(.0))]
     AlreadyMounted(PathBuf),
-    #[error("{0}: moved while being checked")]
+    #[error("{}: moved while being checked", shown(.0))]
     Moved(PathBuf),
-    #[error("{path}: {errno}")]
+    #[error("{}: {errno}", shown(.path))]
     Os { path: PathBuf, errno: Errno },
 }
 
@@ -135,11 +137,27 @@ pub fn check(path: &Path, uid: u32, policy: &Policy) -> Result<Target, TargetErr
 
 /// Opens the directory at the absolute path `path` as an `O_PATH` fd, refusing symlinks in any component.
 pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, TargetError> {
-    let p = path.to_path_buf();
+    open_at(nix::fcntl::AT_FDCWD, path, path, ResolveFlag::empty())
+}
+
+/// Opens the entry `name` (one component) of the directory `dir` as an `O_PATH` fd, refusing symlinks and
+/// anything that leaves `dir`; `shown_as` names it in errors. When `name` is a mount point, the fd is on the
+/// mount's root.
+pub(crate) fn open_child(dir: &OwnedFd, name: &std::ffi::OsStr, shown_as: &Path) -> Result<OwnedFd, TargetError> {
+    open_at(std::os::fd::AsFd::as_fd(dir), Path::new(name), shown_as, ResolveFlag::RESOLVE_BENEATH)
+}
+
+fn open_at<Fd: std::os::fd::AsFd>(
+    dir: Fd,
+    path: &Path,
+    shown_as: &Path,
+    extra: ResolveFlag,
+) -> Result<OwnedFd, TargetError> {
+    let p = shown_as.to_path_buf();
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(nix::fcntl::AT_FDCWD, path, how).map_err(|errno| match errno {
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS | extra);
+    openat2(dir, path, how).map_err(|errno| match errno {
         Errno::ELOOP => TargetError::Symlink(p),
         Errno::ENOENT => TargetError::Missing(p),
         Errno::ENOTDIR => TargetError::NotADirectory(p),

@@ -8,6 +8,7 @@ use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, sockopt};
 use serde::de::DeserializeOwned;
@@ -26,6 +27,8 @@ pub enum WireError {
     TooManyFds,
     #[error("the peer closed the connection")]
     Closed,
+    #[error("the request did not arrive whole in time")]
+    TimedOut,
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -139,8 +142,38 @@ pub fn send(stream: &UnixStream, msg: &impl Serialize, fd: Option<BorrowedFd<'_>
     Ok(())
 }
 
-/// Receives one message and the fd it carries, if any.
+/// Receives one message and the fd it carries, if any (each read waits as long as the socket's read timeout).
 pub fn recv<T: DeserializeOwned>(stream: &UnixStream) -> Result<(T, Option<OwnedFd>), WireError> {
+    recv_by(stream, None)
+}
+
+/// Receives one message, which must arrive whole by `deadline`: a peer that sends a byte now and then cannot
+/// hold the connection longer. (It sets the socket's read timeout as it goes.)
+pub fn recv_within<T: DeserializeOwned>(
+    stream: &UnixStream,
+    deadline: Instant,
+) -> Result<(T, Option<OwnedFd>), WireError> {
+    recv_by(stream, Some(deadline))
+}
+
+/// Before each read: the time left until `deadline` becomes the socket's read timeout.
+fn time_left(stream: &UnixStream, deadline: Option<Instant>) -> Result<(), WireError> {
+    let Some(deadline) = deadline else { return Ok(()) };
+    match deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+        Some(left) => Ok(stream.set_read_timeout(Some(left))?),
+        None => Err(WireError::TimedOut),
+    }
+}
+
+/// A read that ended because the read timeout passed.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
+fn recv_by<T: DeserializeOwned>(
+    stream: &UnixStream,
+    deadline: Option<Instant>,
+) -> Result<(T, Option<OwnedFd>), WireError> {
     let mut header = [0u8; 4];
     let mut fds: Vec<OwnedFd> = Vec::new();
     // Room for every fd one read can bring: a sendmsg carries at most SCM_MAX_FD (253), and one read takes the
@@ -149,12 +182,14 @@ pub fn recv<T: DeserializeOwned>(stream: &UnixStream) -> Result<(T, Option<Owned
     // helper_request fuzz target).
     let mut cmsg_buf = nix::cmsg_space!([std::os::fd::RawFd; 253]);
     let got = loop {
+        time_left(stream, deadline)?;
         let mut iov = [IoSliceMut::new(&mut header)];
         let msg = socket::recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg_buf), MsgFlags::MSG_CMSG_CLOEXEC);
         let msg = match msg {
             // A signal handled while waiting, nothing received (a socket with a read timeout is never restarted,
             // whatever the handler's flags): wait on, as `read_full` does (found by the helper_request fuzz target).
             Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) if deadline.is_some() => return Err(WireError::TimedOut),
             msg => msg?,
         };
         for c in msg.cmsgs()? {
@@ -171,7 +206,7 @@ pub fn recv<T: DeserializeOwned>(stream: &UnixStream) -> Result<(T, Option<Owned
     if got == 0 {
         return Err(WireError::Closed);
     }
-    read_full(stream, &mut header[got..])?;
+    read_full(stream, &mut header[got..], deadline)?;
     if fds.len() > 1 {
         return Err(WireError::TooManyFds);
     }
@@ -180,16 +215,23 @@ pub fn recv<T: DeserializeOwned>(stream: &UnixStream) -> Result<(T, Option<Owned
         return Err(WireError::TooLarge(len));
     }
     let mut body = vec![0u8; len];
-    read_full(stream, &mut body)?;
+    read_full(stream, &mut body, deadline)?;
     let msg = serde_json::from_slice(&body).map_err(|e| WireError::Malformed(e.to_string()))?;
     Ok((msg, fds.pop()))
 }
 
-fn read_full(stream: &UnixStream, buf: &mut [u8]) -> Result<(), WireError> {
-    (&*stream).read_exact(buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => WireError::Closed,
-        _ => WireError::Io(e),
-    })
+fn read_full(stream: &UnixStream, mut buf: &mut [u8], deadline: Option<Instant>) -> Result<(), WireError> {
+    while !buf.is_empty() {
+        time_left(stream, deadline)?;
+        match (&*stream).read(buf) {
+            Ok(0) => return Err(WireError::Closed),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if deadline.is_some() && timed_out(&e) => return Err(WireError::TimedOut),
+            Err(e) => return Err(WireError::Io(e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

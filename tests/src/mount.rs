@@ -37,9 +37,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Whether `dir` is a mount point now.
 pub fn is_mounted(dir: &Path) -> bool {
-    let Ok(canon) = dir.canonicalize() else { return false };
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts.lines().any(|l| l.split(' ').nth(1) == Some(canon.to_str().unwrap_or("")))
+    dir.canonicalize().is_ok_and(|canon| cafs_mount::mountinfo::is_mount_point(&canon))
 }
 
 /// A cafsd serving one mount.

@@ -76,10 +76,13 @@ impl Stack {
         }
         std::fs::create_dir_all(&jobs).unwrap();
         std::fs::set_permissions(&jobs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // The helper's socket in a directory of root's alone, as on a node (cafsd's user owns `run`).
+        let helper_run = base.join("helper");
+        std::fs::create_dir_all(&helper_run).unwrap();
         let mut stack = Self {
             base: base.to_path_buf(),
             socket: run.join("cafsd.sock"),
-            helper_socket: run.join("mount.sock"),
+            helper_socket: helper_run.join("mount.sock"),
             state,
             cafsd: None,
             helper: None,
@@ -197,13 +200,8 @@ impl Stack {
 
     /// Mount points below the stack's directory, as the kernel lists them.
     pub fn mounts(&self) -> Vec<PathBuf> {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .map(unescape_mount_path)
-            .filter(|p| p.starts_with(&self.base))
-            .collect()
+        let mounts = cafs_mount::mountinfo::all().unwrap_or_default();
+        mounts.into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(&self.base)).collect()
     }
 }
 
@@ -220,27 +218,6 @@ impl Drop for Stack {
             let _ = h.wait();
         }
     }
-}
-
-/// A mount point as `/proc/self/mounts` writes it, with space, tab, newline and backslash as octal escapes.
-fn unescape_mount_path(p: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = p.as_bytes();
-    let (mut out, mut i) = (Vec::with_capacity(b.len()), 0);
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// Runs a shell script as `uid` in `dir` (at most 5 minutes).
@@ -267,4 +244,34 @@ pub fn fails(o: &Output, code: i32) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(code), "expected exit {code}: {err}\n{}", String::from_utf8_lossy(&o.stdout));
     err
+}
+
+/// A client of the helper's daemon, as `uid` (python3, a client independent of ours): sends one framed request
+/// (`length` overrides the header's length) and returns the reply's JSON text, or what went wrong (at most 60 s).
+pub fn ask(socket: &Path, uid: u32, request: &str, length: Option<u32>) -> String {
+    const CLIENT: &str = r#"
+import json, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = sys.argv[2].encode()
+n = int(sys.argv[3]) if len(sys.argv) > 3 else len(body)
+s.sendall(struct.pack(">I", n) + body)
+def read(k):
+    out = b""
+    while len(out) < k:
+        chunk = s.recv(k - len(out))
+        if not chunk:
+            sys.exit("connection closed")
+        out += chunk
+    return out
+(m,) = struct.unpack(">I", read(4))
+print(read(m).decode())
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", CLIENT]).arg(socket).arg(request).uid(uid).gid(uid);
+    if let Some(n) = length {
+        cmd.arg(n.to_string());
+    }
+    let out = run_bounded(&mut cmd, Duration::from_secs(60));
+    format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
 }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cafs_tests::mount::{bin, is_mounted};
-use cafs_tests::stack::{Stack, fails, ok, sh_as};
+use cafs_tests::stack::{Stack, ask, fails, ok, sh_as};
 
 const JOB: u32 = 1000;
 const OTHER: u32 = 1001;
@@ -200,7 +200,7 @@ fn only_the_owner_and_root_drive_a_mount() {
         r#"{{"relay":{{"uid":{OTHER},"request":{{"mount":{{"mountpoint":"{}","origin":{{"ref":"r"}}}}}}}}}}"#,
         s(&theirs)
     );
-    let r = helper_request(&stack.helper_socket, JOB, &relay);
+    let r = ask(&stack.helper_socket, JOB, &relay, None);
     assert!(r.contains(r#""ok":false"#) && r.contains("only cafsd"), "{r}");
     assert!(!is_mounted(&theirs));
 
@@ -210,29 +210,6 @@ fn only_the_owner_and_root_drive_a_mount() {
     let log = json(&stack.fsctl(JOB, &["log", "mine", "--json"]));
     assert_eq!((log[0]["pdh"].as_str(), log[0]["committer"].as_str()), (Some(pdh.as_str()), Some("root")));
     ok(&stack.fsctl(JOB, &["umount", s(&dir)]));
-}
-
-/// Sends one framed JSON request to the helper as `uid` (with python3, a client independent of ours) and returns
-/// the reply's text.
-fn helper_request(socket: &Path, uid: u32, request: &str) -> String {
-    const CLIENT: &str = r#"
-import socket, struct, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-body = sys.argv[2].encode()
-s.sendall(struct.pack(">I", len(body)) + body)
-data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-print(data[4:].decode())
-"#;
-    let mut cmd = std::process::Command::new("python3");
-    std::os::unix::process::CommandExt::uid(cmd.args(["-c", CLIENT]).arg(socket).arg(request), uid);
-    let out = cafs_tests::run_bounded(&mut cmd, Duration::from_secs(60));
-    format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cafs_tests::mount::{bin, is_mounted};
-use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
+use cafs_tests::stack::{NOBODY, Stack, ask, ok, sh_as};
 
 const JOB_USER: u32 = 1000;
 
@@ -110,36 +110,6 @@ fn the_helper_refuses_bad_requests_with_a_message() {
     // Usage errors exit 2.
     let r = Command::new(bin("cafs-mount")).arg(jobs.join("d")).output().unwrap();
     assert_eq!(r.status.code(), Some(2));
-}
-
-/// A client of the helper's daemon, as `uid`: sends one framed request (`length` overrides the header's length)
-/// and returns the reply's JSON text (or what went wrong).
-fn ask(socket: &Path, uid: u32, request: &str, length: Option<u32>) -> String {
-    const CLIENT: &str = r#"
-import json, socket, struct, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-body = sys.argv[2].encode()
-n = int(sys.argv[3]) if len(sys.argv) > 3 else len(body)
-s.sendall(struct.pack(">I", n) + body)
-def read(k):
-    out = b""
-    while len(out) < k:
-        chunk = s.recv(k - len(out))
-        if not chunk:
-            sys.exit("connection closed")
-        out += chunk
-    return out
-(m,) = struct.unpack(">I", read(4))
-print(read(m).decode())
-"#;
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", CLIENT]).arg(socket).arg(request).uid(uid).gid(uid);
-    if let Some(n) = length {
-        cmd.arg(n.to_string());
-    }
-    let out = cmd.output().unwrap();
-    format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim())
 }
 
 #[test]

@@ -204,3 +204,32 @@ impl Drop for Reader {
         }
     }
 }
+
+/// A collection a namespace opens is registered at its path only when no other mount is: a mount made at
+/// `NS/by_ref/n` before the namespace was mounted over `NS` keeps its place in `fsctl ls` (and so its commit and
+/// unmount through fsctl) when the namespace's view of `n` opens.
+#[test]
+fn a_view_never_takes_the_place_of_another_mount_at_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = stack(tmp.path(), false);
+    let w = stack.job_dir("w", JOB);
+    ok(&stack.fsctl(JOB, &["mount", "n", w.to_str().unwrap()]));
+    ok(&sh_as(JOB, &w, "echo n > f.txt"));
+    commit(&stack, &w, "n");
+    ok(&stack.fsctl(JOB, &["umount", w.to_str().unwrap()]));
+
+    let ns = stack.job_dir("ns", JOB);
+    let inner = ns.join("by_ref/n");
+    std::fs::create_dir_all(&inner).unwrap();
+    for d in [ns.join("by_ref"), inner.clone()] {
+        std::os::unix::fs::chown(&d, Some(JOB), Some(JOB)).unwrap();
+    }
+    ok(&stack.fsctl(JOB, &["mount", "plain", inner.to_str().unwrap()]));
+    ok(&stack.fsctl(JOB, &["mount", "--namespace", ns.to_str().unwrap()]));
+    assert_eq!(out(&ns, "cat by_ref/n/f.txt"), "n\n", "the view of n opens");
+    let ls: serde_json::Value = serde_json::from_str(&ok(&stack.fsctl(JOB, &["ls", "--json"]))).unwrap();
+    let at_inner: Vec<_> =
+        ls.as_array().unwrap().iter().filter(|m| m["mount_point"] == inner.to_str().unwrap()).collect();
+    assert_eq!(at_inner.len(), 1, "{ls}");
+    assert_eq!(at_inner[0]["ref"], "plain", "the view took the place of the mount made there first: {ls}");
+}

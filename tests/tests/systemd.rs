@@ -64,3 +64,39 @@ fn cafsd_notifies_systemd_when_ready() {
     assert_eq!(&buf[..n], b"READY=1");
     std::os::unix::net::UnixStream::connect(&socket).expect("the gRPC socket accepts once ready");
 }
+
+/// The helper's socket is not in a directory cafsd's user owns: systemd gives cafsd its `RuntimeDirectory`,
+/// where cafsd could put its own socket in the helper's place. The socket unit makes the helper's directory,
+/// writable by root alone.
+#[test]
+fn the_helper_socket_lives_where_cafsd_cannot_write() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let value = |unit: &str, key: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(src.join(unit)).unwrap();
+        text.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(|v| v.trim().to_string()).collect()
+    };
+    let listen = value("cafs-mount.socket", "ListenStream");
+    assert_eq!(listen.len(), 1, "{listen:?}");
+    let socket_dir = Path::new(&listen[0]).parent().unwrap().to_path_buf();
+    for dir in value("cafsd.service", "RuntimeDirectory") {
+        let cafsd_dir = Path::new("/run").join(dir);
+        assert!(
+            !socket_dir.starts_with(&cafsd_dir),
+            "the helper's socket {} is in cafsd's {}",
+            listen[0],
+            cafsd_dir.display()
+        );
+    }
+    for paths in value("cafsd.service", "ReadWritePaths") {
+        assert!(!paths.split(' ').any(|p| socket_dir.starts_with(p)), "cafsd may write {paths}");
+    }
+    let mode = value("cafs-mount.socket", "DirectoryMode");
+    let mode = u32::from_str_radix(mode.first().map_or("0755", String::as_str), 8).unwrap();
+    assert_eq!(mode & 0o022, 0, "the socket's directory is writable by others: {mode:o}");
+    // cafsd looks for the helper there by default, and the helper listens there when systemd passes no socket.
+    for (bin_name, args) in [("cafsd", &["--help"][..]), ("cafs-mount", &["serve", "--help"][..])] {
+        let help = Command::new(bin(bin_name)).args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains(&listen[0]), "{bin_name}'s default is not {}:\n{help}", listen[0]);
+    }
+}

@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, requires = "mount")]
     pdh: Option<String>,
     /// The mount helper's socket (`cafs-mount serve`), through which mounts are made and unmounted.
-    #[arg(long, value_name = "PATH", default_value = "/run/cafs/mount.sock")]
+    #[arg(long, value_name = "PATH", default_value = "/run/cafs-mount/mount.sock")]
     helper: PathBuf,
     /// Also serve the API on this TCP address, for remote control: only with TLS and a token (--tls-cert,
     /// --tls-key and --token-file). Off by default.

@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cafs_mount::target::{self, Policy, SYSTEM_PATHS, TargetError};
 use cafs_mount::wire::{self, HelperRequest, MAX_MESSAGE, WireError};
@@ -38,11 +38,11 @@ pub fn check(data: &[u8]) {
 
     let (probe, pipe_w) = std::io::pipe().unwrap();
     let (a, b) = UnixStream::pair().unwrap();
-    b.set_read_timeout(Some(TIMEOUT)).unwrap();
     let got = std::thread::scope(|s| {
         let pipe_w = &pipe_w;
         let peer = s.spawn(move || write_as_peer(a, bytes, pipe_w, fds, first));
-        let got = wire::recv::<HelperRequest>(&b);
+        // As the helper's daemon receives: the whole frame by a deadline.
+        let got = wire::recv_within::<HelperRequest>(&b, Instant::now() + TIMEOUT);
         // The peer may still be writing what recv left unread: closing our end ends that.
         drop(b);
         // Joined, not left to the scope: the scope's end does not wait for the thread to exit, and the leak
@@ -104,6 +104,7 @@ enum Kind {
     Malformed,
     TooManyFds,
     Closed,
+    TimedOut,
     Io,
 }
 
@@ -113,6 +114,7 @@ fn kind(e: &WireError) -> Kind {
         WireError::Malformed(_) => Kind::Malformed,
         WireError::TooManyFds => Kind::TooManyFds,
         WireError::Closed => Kind::Closed,
+        WireError::TimedOut => Kind::TimedOut,
         WireError::Io(_) => Kind::Io,
     }
 }

@@ -99,3 +99,34 @@ fn the_fd_socket_sits_beside_the_grpc_socket() {
     );
     assert_eq!(fd_socket_path(std::path::Path::new("/tmp/x/api")), std::path::Path::new("/tmp/x/api.fd.sock"));
 }
+
+/// The deadline is for the whole frame: a peer that sends a byte now and then, each well within any per-read
+/// timeout, is cut off when the deadline passes, not when it stops sending.
+#[test]
+fn a_trickling_peer_is_cut_off_at_the_deadline() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let frame = [&60u32.to_be_bytes()[..], &[b' '; 60]].concat();
+    let writer = std::thread::spawn(move || {
+        for byte in frame {
+            if (&a).write_all(&[byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    let start = Instant::now();
+    let got = recv_within::<Reply>(&b, start + std::time::Duration::from_millis(800));
+    let took = start.elapsed();
+    assert!(matches!(got, Err(WireError::TimedOut)), "{got:?}");
+    assert!(took < std::time::Duration::from_secs(2), "cut off after {took:?}, not at the deadline");
+    drop(b);
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_whole_frame_within_the_deadline_arrives() {
+    let (a, b) = UnixStream::pair().unwrap();
+    send(&a, &Reply { ok: true, message: "yes".into() }, None).unwrap();
+    let (got, _): (Reply, _) = recv_within(&b, Instant::now() + std::time::Duration::from_secs(5)).unwrap();
+    assert_eq!(got.message, "yes");
+}
