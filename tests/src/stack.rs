@@ -198,17 +198,21 @@ impl Stack {
         run_bounded(&mut self.fsctl_cmd(uid, args), Duration::from_secs(300))
     }
 
-    /// Mount points below the stack's directory, as the kernel lists them.
+    /// Mount points below the stack's directory, newest first (so that detaching them in this order reaches a
+    /// mount that a later one was mounted over).
     pub fn mounts(&self) -> Vec<PathBuf> {
         let mounts = cafs_mount::mountinfo::all().unwrap_or_default();
-        mounts.into_iter().map(|m| m.mount_point).filter(|p| p.starts_with(&self.base)).collect()
+        mounts.into_iter().rev().map(|m| m.mount_point).filter(|p| p.starts_with(&self.base)).collect()
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for m in self.mounts() {
-            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        // A few rounds: a mount hidden under another is reachable once the one above is gone.
+        for _ in 0..3 {
+            for m in self.mounts() {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
         }
         if let Some(mut c) = self.cafsd.take() {
             let _ = terminate(&mut c, Duration::from_secs(20));

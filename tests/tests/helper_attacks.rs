@@ -232,6 +232,33 @@ fn a_symlink_swap_after_the_mount_never_turns_the_cleanup_against_another_mount(
     nix::mount::umount2(&victim.join("out"), nix::mount::MntFlags::MNT_DETACH).unwrap();
 }
 
+/// The same swap against the other clean-up: a held mount that a restarted cafsd does not take back is
+/// detached where it is now (found by its id), never through the path it was made at.
+#[test]
+fn a_held_mount_cafsd_refuses_is_detached_where_it_is_not_where_its_path_leads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Helper::start(tmp.path(), None);
+    let victim = tmp.path().join("victim");
+    std::fs::create_dir_all(victim.join("out")).unwrap();
+    nix::mount::mount(Some("tmpfs"), &victim.join("out"), Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .unwrap();
+    let victim_id = mountinfo::mount_id_of(std::fs::File::open(victim.join("out")).unwrap().as_fd()).unwrap();
+    // The first hand-over is taken; the resumed one (a restarted cafsd) is refused.
+    let cafsd = FakeCafsd::start(&h.grpc, |handoff| if handoff.resume { Answer::Refuse } else { Answer::Accept });
+    let out = job_tree(&h, "held", JOB);
+    assert_eq!(ask(&h.socket, JOB, &mount_request(&out), None), r#"{"ok":true,"message":""}"#);
+    let parent = out.parent().unwrap();
+    std::fs::rename(parent, parent.with_extension("moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, parent).unwrap();
+    // Root may ask the helper to hand its mounts over again, as cafsd does at start.
+    let r = ask(&h.socket, 0, r#""reclaim""#, None);
+    assert_eq!(r, r#"{"ok":true,"message":"0 mounts handed over"}"#);
+    assert!(mountinfo::find(victim_id).unwrap().is_some(), "the victim was unmounted");
+    assert_eq!(cafs_mounts_below(tmp.path()), Vec::<PathBuf>::new(), "the refused mount is still there");
+    drop(cafsd);
+    nix::mount::umount2(&victim.join("out"), nix::mount::MntFlags::MNT_DETACH).unwrap();
+}
+
 /// A user holds 80 idle connections open against a helper allowed 64 fds: the helper stays up, and another
 /// user's mount request goes through meanwhile.
 #[test]
