@@ -14,7 +14,10 @@ stop() { # DIR NAME BINARY
   shift
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
-  if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$2" ]; then
+  # A binary rebuilt since it started shows as "PATH (deleted)": still the process up.sh started.
+  local exe
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+  if [ "${exe% (deleted)}" = "$2" ]; then
     kill -TERM "$pid"
     for _ in $(seq 1200); do
       kill -0 "$pid" 2>/dev/null || break

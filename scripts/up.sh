@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bring cafs up the way a worker node runs it, on the embedded default (local block directory + SQLite catalog):
-# build, start the privileged helper (cafs-mount serve) as root and cafsd as an unprivileged user, mount a
+# install only what building and running need (the test suite's tools are scripts/test.sh's), build, start the privileged helper (cafs-mount serve) as root and cafsd as an unprivileged user, mount a
 # writable collection through cafsd with fsctl, and say what to do next. scripts/down.sh stops it all (every
 # mount is committed and unmounted first). Run as root; running it again restarts the stack.
 #   CAFS_MOUNT      mount point                       [default: /tmp/cafs]
@@ -15,7 +15,8 @@ if [ "$(id -u)" != 0 ]; then
   echo "scripts/up.sh starts the mount helper, which needs root (try: sudo $0)" >&2
   exit 1
 fi
-cafs_install_deps
+cafs_install_run_deps
+cargo=$(cafs_cargo)
 
 mnt=${CAFS_MOUNT:-/tmp/cafs}
 ref=${CAFS_REF:-scratch}
@@ -28,8 +29,14 @@ run=/run/cafs
 helper_run=/run/cafs-mount
 bin=$PWD/target/release
 
+# Under sudo the build runs as the user who asked (with their toolchain), so target/ stays theirs.
+build_as=()
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] && [ "$(stat -c %U .)" = "$SUDO_USER" ]; then
+  build_as=(setpriv --reuid="$SUDO_USER" --regid="$(id -g "$SUDO_USER")" --init-groups
+    env HOME="$(getent passwd "$SUDO_USER" | cut -d: -f6)" USER="$SUDO_USER")
+fi
 cafs_log "building cafsd, fsctl and cafs-mount (release)"
-cargo build --release --locked -q -p fs-server -p mount-helper
+"${build_as[@]}" "$cargo" build --release --locked -q -p fs-server -p mount-helper
 scripts/down.sh >/dev/null 2>&1 || true
 
 if ! id -u "$user" >/dev/null 2>&1; then

@@ -11,18 +11,44 @@ cafs_apt_install() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$@"
 }
 
-cafs_install_deps() {
+# What building and running cafs need, and nothing more: a C toolchain, pkg-config and OpenSSL (its assembly MD5
+# names blocks), setpriv (scripts/up.sh switches users with it), and cargo itself.
+cafs_install_run_deps() {
   local pkgs=()
   command -v cc >/dev/null 2>&1 || pkgs+=(build-essential)
   command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
-  # OpenSSL provides the assembly MD5 that names blocks.
   pkg-config --exists openssl 2>/dev/null || pkgs+=(libssl-dev)
+  command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
+  if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi
+  if ! cafs_cargo >/dev/null; then
+    echo "cargo not found: this project needs the machine's Rust toolchain (rustup)" >&2
+    return 1
+  fi
+}
+
+# cargo, also under sudo (whose PATH lacks the invoking user's ~/.cargo/bin): prints its path.
+cafs_cargo() {
+  local home
+  if command -v cargo 2>/dev/null; then return 0; fi
+  for home in "${CARGO_HOME:-}" "$HOME/.cargo" ${SUDO_USER:+"$(getent passwd "$SUDO_USER" | cut -d: -f6)/.cargo"}; do
+    if [ -n "$home" ] && [ -x "$home/bin/cargo" ]; then
+      echo "$home/bin/cargo"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Everything the test suite needs on top: the SDK oracle's virtualenv, openssl for the TLS test, systemd-analyze,
+# PostgreSQL, attr, rustfmt and clippy, the POSIX suites and Garage.
+cafs_install_deps() {
+  cafs_install_run_deps
+  local pkgs=()
   # The Arvados SDK oracle runs in a virtualenv.
   command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3-venv)
-  # The TLS test makes its certificate with the openssl command; scripts/up.sh switches users with setpriv.
+  # The TLS test makes its certificate with the openssl command.
   command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
-  command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
   # The unit files are checked with systemd-analyze verify.
   command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
   # The PostgreSQL catalog is tested against a real server (started by the tests) and psql.
@@ -31,10 +57,6 @@ cafs_install_deps() {
   # Extended attributes are tested with the tools users have: getfattr/setfattr and attr.
   command -v setfattr >/dev/null 2>&1 || pkgs+=(attr)
   if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi
-  if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: this project needs the machine's Rust toolchain (rustup)" >&2
-    return 1
-  fi
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
   # POSIX test suites that the end-to-end tests run on real mounts.
