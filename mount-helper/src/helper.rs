@@ -49,14 +49,15 @@ struct HeldMount {
     sb: (u32, u32),
 }
 
-/// The mounts the daemon holds a duplicate fd of, by mount point, with what was handed over.
+/// The mounts the daemon holds a duplicate fd of, by mount id (a path can be mounted on again once the first
+/// mount has been moved away with its parent), with what was handed over.
 #[derive(Debug, Default)]
 pub struct Held {
-    mounts: std::sync::Mutex<HashMap<PathBuf, HeldMount>>,
+    mounts: std::sync::Mutex<HashMap<u64, HeldMount>>,
 }
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, HeldMount>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HeldMount>> {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -73,12 +74,12 @@ impl Held {
     /// once the kernel has torn the connection down. Runs before every request.
     pub fn prune(&self) {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        self.lock().retain(|dir, m| {
+        self.lock().retain(|_, m| {
             let mut p = [PollFd::new(m.dev.as_fd(), PollFlags::empty())];
             let dead = matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0
                 && p[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)));
             if dead {
-                tracing::info!(mount = %shown(dir), "mount gone; no longer held");
+                tracing::info!(mount = %shown(&m.handoff.request.mountpoint), "mount gone; no longer held");
             }
             !dead
         });
@@ -130,7 +131,7 @@ pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config, held: Option<&Held
     let crate::mount::FuseMount { dev, root, id } = mount;
     drop(root);
     if let Some(h) = held {
-        h.lock().insert(target.path.clone(), HeldMount { handoff, dev, id, sb: entry.dev });
+        h.lock().insert(id, HeldMount { handoff, dev, id, sb: entry.dev });
     }
     Ok(())
 }
@@ -205,13 +206,11 @@ pub fn relay_allowed(uid: u32, pid: i32, cfg: &Config) -> Result<(), String> {
 pub fn reclaim(cfg: &Config, held: &Held) -> Result<usize, String> {
     held.prune();
     let sock_path = wire::fd_socket_path(&cfg.cafsd);
-    let mounts: Vec<(PathBuf, Handoff, OwnedFd)> = held
-        .lock()
-        .iter()
-        .filter_map(|(dir, m)| Some((dir.clone(), m.handoff.clone(), m.dev.try_clone().ok()?)))
-        .collect();
+    let mounts: Vec<(u64, Handoff, OwnedFd)> =
+        held.lock().iter().filter_map(|(id, m)| Some((*id, m.handoff.clone(), m.dev.try_clone().ok()?))).collect();
     let mut handed = 0;
-    for (dir, mut h, fd) in mounts {
+    for (id, mut h, fd) in mounts {
+        let dir = h.request.mountpoint.clone();
         h.resume = true;
         let answer = UnixStream::connect(&sock_path)
             .map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))
@@ -228,7 +227,7 @@ pub fn reclaim(cfg: &Config, held: &Held) -> Result<usize, String> {
             Ok((Reply { message, .. }, _)) | Err(message) => {
                 let message = shown_up_to(&message, REPLY_BYTES);
                 tracing::error!(mount = %shown(&dir), %message, "cafsd did not take the mount back; detaching it");
-                if let Some(m) = held.lock().remove(&dir)
+                if let Some(m) = held.lock().remove(&id)
                     && let Err(e) = detach_held(&m)
                 {
                     tracing::warn!(mount = %shown(&dir), error = %e, "not detached");
