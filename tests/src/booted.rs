@@ -12,6 +12,7 @@
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -114,6 +115,48 @@ fn cgroup_pids(dir: &Path) -> Vec<u32> {
     out
 }
 
+/// Removes what containers of test processes that no longer exist left behind (a test killed outright has no
+/// Drop): their empty cgroup directories, empty overlay directories and boot logs. Names carry the test's PID.
+fn sweep_stale() {
+    let stale = |name: &str| {
+        let pid = name.strip_prefix("cafs-boot-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+    };
+    let names = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| stale(&n.to_string_lossy())))
+            .collect()
+    };
+    for cg in names(&cgroup2_root()) {
+        if cgroup_pids(&cg).is_empty() {
+            remove_cgroup(&cg);
+        }
+    }
+    for p in names(Path::new("/var/tmp")) {
+        // rmdir, never a recursive delete: the overlay's directory is empty once its namespace is gone.
+        let _ = if p.is_dir() { std::fs::remove_dir(&p) } else { std::fs::remove_file(&p) };
+    }
+}
+
+/// Removes the cgroup directory `dir` and every one below it, deepest first (a cgroup directory goes only once
+/// its children have).
+fn remove_cgroup(dir: &Path) {
+    let mut dirs = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        dirs.push(d);
+    }
+    for d in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
 /// Whether host PID `pid` is PID 1 of a PID namespace below the host's, running systemd.
 fn is_container_init(pid: u32) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -131,6 +174,7 @@ impl Booted {
         // SAFETY: geteuid has no preconditions and cannot fail.
         assert_eq!(unsafe { libc::geteuid() }, 0, "booting systemd in a namespace needs root");
         assert!(Path::new(SYSTEMD).is_file(), "{SYSTEMD} is missing: install the distribution's systemd");
+        sweep_stale();
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let name = format!("cafs-boot-{}-{seq}", std::process::id());
@@ -145,7 +189,19 @@ impl Booted {
         let log = std::fs::File::create(&me.log).unwrap();
         // The shell moves itself into the supervisor cgroup first, so that the host-side `unshare` is not in
         // the cgroup that becomes the container's root.
-        let child = Command::new("sh")
+        let mut cmd = Command::new("sh");
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe, in the forked child. A test process
+        // killed outright (no Drop) then takes the container with it: the signal reaches `unshare`, whose death
+        // kills PID 1 of the namespace (`--kill-child`).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("-c")
             .arg(concat!(
                 r#"echo 0 > "$CAFS_BOOT_CG/supervisor/cgroup.procs" && "#,
@@ -334,25 +390,15 @@ impl Booted {
         while !cgroup_pids(&self.cgroup).is_empty() && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Deepest first: a cgroup directory goes only once its children have.
-        let mut dirs = Vec::new();
-        let mut stack = vec![self.cgroup.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(entries) = std::fs::read_dir(&d) {
-                stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
+        remove_cgroup(&self.cgroup);
         // The overlay's tmpfs was mounted in the container's mount namespace only: here this is an empty directory.
         let _ = std::fs::remove_dir(&self.base);
         let _ = std::fs::remove_file(&self.log);
     }
 
-    /// Whether everything the container made on the host is gone (after [`Booted::poweroff`]).
-    pub fn left_behind(cgroup_name_prefix: &str) -> Vec<PathBuf> {
+    /// What containers left on the host: entries of the cgroup root and of /var/tmp whose names start with
+    /// `prefix` (none once each [`Booted`] of this process has powered off or been dropped).
+    pub fn left_behind(prefix: &str) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for dir in [cgroup2_root(), PathBuf::from("/var/tmp")] {
             if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -360,7 +406,7 @@ impl Booted {
                     entries
                         .flatten()
                         .map(|e| e.path())
-                        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(cgroup_name_prefix))),
+                        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix))),
                 );
             }
         }
