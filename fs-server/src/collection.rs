@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
-use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
+use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version, Writer};
 use crate::fs::inode::Kind;
 use crate::fs::{Filesystem, FsError, FsOptions, Piece};
 use crate::fs::{sidecar, xattr};
@@ -93,6 +93,9 @@ pub struct Collection {
     /// Earlier trees of a followed ref that still have files open whose bytes changed since: those handles
     /// keep reading the version they opened, from here, until they close.
     retired: std::sync::RwLock<Vec<Filesystem>>,
+    /// Who commits when a commit names nobody (`.cafs/commit`, auto-commit, commit on unmount): the mount's
+    /// owner, checked by the catalog at each commit, since the ref's permissions may change while mounted.
+    writer: std::sync::RwLock<Option<Writer>>,
 }
 
 #[derive(Debug)]
@@ -335,7 +338,17 @@ impl Collection {
             committing: tokio::sync::Mutex::new(()),
             uncertain: Mutex::new(None),
             retired: Default::default(),
+            writer: Default::default(),
         }
+    }
+
+    /// Sets who commits when a commit names nobody (see [`Collection::commit_as`]).
+    pub fn set_writer(&self, writer: Option<Writer>) {
+        *self.writer.write().unwrap_or_else(|p| p.into_inner()) = writer;
+    }
+
+    fn writer(&self, by: Option<&Writer>) -> Option<Writer> {
+        by.cloned().or_else(|| self.writer.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// The tree of collection `pdh` (with the sidecar `sidecar`, if any), numbered afresh.
@@ -479,8 +492,19 @@ impl Collection {
         self.head().version.clone()
     }
 
-    /// Commits the tree (waiting for its uploads on the blocking pool).
+    /// Commits the tree (waiting for its uploads on the blocking pool), as the collection's writer.
     pub async fn commit(&self, committer: &str, message: &str) -> Result<Committed, CollectionError> {
+        self.commit_as(None, committer, message).await
+    }
+
+    /// Commits the tree as `by` (the collection's writer when `None`): the catalog refuses the commit, and
+    /// nothing changes, if that writer may not write the ref.
+    pub async fn commit_as(
+        &self,
+        by: Option<&Writer>,
+        committer: &str,
+        message: &str,
+    ) -> Result<Committed, CollectionError> {
         let Origin::Ref(name) = &self.origin else { return Err(CollectionError::ReadOnly) };
         let _one_at_a_time = self.committing.lock().await;
         self.settle_uncertain(name).await;
@@ -523,6 +547,7 @@ impl Collection {
             sidecar,
             committer: committer.to_string(),
             message: message.to_string(),
+            writer: self.writer(by),
         };
         let v = match self.catalog.commit(&commit).await {
             Ok(v) => v,
@@ -598,9 +623,20 @@ impl Collection {
         committer: &str,
         message: &str,
     ) -> Result<Committed, CollectionError> {
+        self.commit_into_as(name, None, committer, message).await
+    }
+
+    /// [`Collection::commit_into`] as `by` (see [`Collection::commit_as`]).
+    pub async fn commit_into_as(
+        &self,
+        name: &RefName,
+        by: Option<&Writer>,
+        committer: &str,
+        message: &str,
+    ) -> Result<Committed, CollectionError> {
         match &self.origin {
             Origin::Pdh(_) | Origin::Follow(_) => return Err(CollectionError::ReadOnly),
-            Origin::Ref(own) if own == name => return self.commit(committer, message).await,
+            Origin::Ref(own) if own == name => return self.commit_as(by, committer, message).await,
             Origin::Ref(_) => {}
         }
         let _one_at_a_time = self.committing.lock().await;
@@ -619,6 +655,7 @@ impl Collection {
             sidecar,
             committer: committer.to_string(),
             message: message.to_string(),
+            writer: self.writer(by),
         };
         let v = self.catalog.commit(&commit).await?;
         Ok(Committed { pdh: v.pdh, version: v.version, changed: true })

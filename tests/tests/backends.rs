@@ -100,6 +100,7 @@ fn postgres_catalog_refuses_bad_credentials_a_newer_schema_and_tampered_rows() {
         sidecar: b"{}".to_vec(),
         committer: "t".into(),
         message: "m".into(),
+        writer: None,
     };
     let v = rt.block_on(cat.commit(&commit)).unwrap();
     assert!(pg.psql("c", "UPDATE collections SET manifest = replace(manifest, 'data', 'dada')").status.success());
