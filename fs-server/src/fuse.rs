@@ -10,6 +10,9 @@
 //! answers lookups in the root of a writable view but is never listed and cannot be created or removed. Hard
 //! links are refused with `EPERM` (a collection has no way to say two names share bytes that later change
 //! together), and so is a change to the namespace's own directories; a rename between two views is `EXDEV`.
+//!
+//! In a namespace mount every request that reaches a ref is checked against the ref's permissions for the
+//! requesting uid (see [`crate::namespace::access`]); a refusal is `EACCES`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -24,7 +27,8 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::collection::Collection;
+use crate::catalog::{CatalogError, Need, Principal};
+use crate::collection::{Collection, CollectionError};
 use crate::control::{self, Control, ControlFile};
 use crate::fs::inode::{INO_LIMIT, Kind, ROOT, RenameMode};
 use crate::fs::{Attr, FsError, SetAttr, xattr};
@@ -224,6 +228,20 @@ impl CafsFuse {
         }
     }
 
+    /// The requester, in a namespace mount (where each request is checked against the refs' permissions).
+    fn who(&self, req: &Request) -> Option<Principal> {
+        self.ns().map(|ns| ns.principal(req.uid(), req.gid()))
+    }
+
+    /// Whether the requester may change view `v`: in a namespace mount, it needs write permission on the ref.
+    fn may_change(&self, req: &Request, v: &View) -> Result<(), Errno> {
+        let (Some(ns), Some(name)) = (self.ns(), Namespace::ref_of_view(v)) else { return Ok(()) };
+        if v.coll.is_read_only() {
+            return Ok(());
+        }
+        ns.check(&ns.principal(req.uid(), req.gid()), &name, Need::Write).map_err(|e| errno(&e))
+    }
+
     /// The attributes of the kernel's `ino`, and how long the kernel may keep them.
     fn attributes(&self, ino: INodeNo) -> Result<(FileAttr, Duration), Errno> {
         // The namespace's directories, and the roots of views not opened yet, are answered without opening.
@@ -296,12 +314,16 @@ impl CafsFuse {
     }
 
     /// A directory's entries, `.` and `..` first, as one `opendir` sees them.
-    fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
+    fn listing(&self, ino: INodeNo, who: Option<&Principal>) -> Result<Listing, Errno> {
         let mut entries: Listing = Vec::new();
         let (v, local) = match self.at(ino)? {
             Node::Dir(d) => {
                 let ns = self.ns().expect("a namespace directory");
-                let list = ns.list(d).map_err(|e| errno(&e))?;
+                let list = match who {
+                    Some(who) => ns.list_for(who, d),
+                    None => ns.list(d),
+                }
+                .map_err(|e| errno(&e))?;
                 entries.push((b".".to_vec(), d, FileType::Directory));
                 entries.push((b"..".to_vec(), ns.parent_of(d), FileType::Directory));
                 entries.extend(list.into_iter().map(|(name, a)| (name, a.ino, kind(a.kind))));
@@ -329,11 +351,11 @@ impl CafsFuse {
 
     /// The listing `opendir` made for this handle; one made now for a handle this process did not give (the
     /// directory was opened before a restart), kept until its `releasedir`.
-    fn opened_listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Arc<Listing>, Errno> {
+    fn opened_listing(&self, ino: INodeNo, fh: FileHandle, req: &Request) -> Result<Arc<Listing>, Errno> {
         if let Some(l) = self.listings().get(&(ino.0, fh.0)) {
             return Ok(l.clone());
         }
-        let list = Arc::new(self.listing(ino)?);
+        let list = Arc::new(self.listing(ino, self.who(req).as_ref())?);
         self.listings().insert((ino.0, fh.0), list.clone());
         Ok(list)
     }
@@ -414,13 +436,21 @@ impl fuser::Filesystem for CafsFuse {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _live = self.gate.enter();
         let (v, parent) = match or_reply!(reply, self.at(parent)) {
             Node::Dir(d) => {
                 let ns = self.ns().expect("a namespace directory");
+                // An entry that names a ref is checked for each requester, and not cached by the kernel (a
+                // cached name would let the next user in unasked).
+                let mut ttl = TTL;
+                if let Some(r) = ns.ref_of(d, name.as_bytes()) {
+                    let who = ns.principal(req.uid(), req.gid());
+                    or_reply!(reply, ns.check(&who, &r, Need::Read).map_err(|e| errno(&e)));
+                    ttl = Duration::ZERO;
+                }
                 return match ns.lookup(d, name.as_bytes()) {
-                    Ok(a) => reply.entry(&TTL, &file_attr(a.ino, &a), Generation(0)),
+                    Ok(a) => reply.entry(&ttl, &file_attr(a.ino, &a), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 };
             }
@@ -473,6 +503,7 @@ impl fuser::Filesystem for CafsFuse {
             return reply.attr(&Duration::ZERO, &a);
         }
         or_reply!(reply, writable(&v));
+        or_reply!(reply, self.may_change(req, &v));
         let current = or_reply!(reply, v.coll.fs().getattr(local).map_err(|e| errno(&e)));
         // chown: only root gives a file away; the owner may change the group to one of its own.
         if uid.is_some_and(|u| u != current.uid) && req.uid() != 0 {
@@ -517,6 +548,7 @@ impl fuser::Filesystem for CafsFuse {
         }
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, may_create(&v, parent, name));
+        or_reply!(reply, self.may_change(req, &v));
         let r = v.coll.fs().create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         entry(&v, reply, Self::made_again(&v, req, parent, name, r));
     }
@@ -526,7 +558,7 @@ impl fuser::Filesystem for CafsFuse {
         let (v, parent) = match or_reply!(reply, self.at(parent)) {
             Node::Dir(d) => {
                 let ns = self.ns().expect("a namespace directory");
-                return match ns.make_ref(d, name.as_bytes()) {
+                return match ns.make_ref_as(req.uid(), req.gid(), d, name.as_bytes()) {
                     Ok(a) => reply.entry(&TTL, &file_attr(a.ino, &a), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 };
@@ -534,6 +566,7 @@ impl fuser::Filesystem for CafsFuse {
             Node::In(v, parent) => (v, parent),
         };
         or_reply!(reply, may_create(&v, parent, name));
+        or_reply!(reply, self.may_change(req, &v));
         let r = v.coll.fs().mkdir(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         entry(&v, reply, Self::made_again(&v, req, parent, name, r));
     }
@@ -542,6 +575,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, writable(&v));
+        or_reply!(reply, self.may_change(req, &v));
         if is_control_name(&v, parent, name) || parent == CONTROL_DIR {
             return reply.error(Errno::EPERM);
         }
@@ -552,6 +586,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, writable(&v));
+        or_reply!(reply, self.may_change(req, &v));
         if is_control_name(&v, parent, name) {
             return reply.error(Errno::EPERM);
         }
@@ -562,6 +597,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, may_create(&v, parent, link_name));
+        or_reply!(reply, self.may_change(req, &v));
         let r = v.coll.fs().symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), req.uid(), req.gid());
         entry(&v, reply, Self::made_again(&v, req, parent, link_name, r));
     }
@@ -583,6 +619,7 @@ impl fuser::Filesystem for CafsFuse {
             return reply.error(Errno::EXDEV);
         }
         or_reply!(reply, writable(&v));
+        or_reply!(reply, self.may_change(req, &v));
         if is_control_name(&v, parent, name) || is_control_name(&v, newparent, newname) {
             return reply.error(Errno::EPERM);
         }
@@ -610,7 +647,7 @@ impl fuser::Filesystem for CafsFuse {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _live = self.gate.enter();
         let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EISDIR));
         if control_file(local).is_some() {
@@ -619,6 +656,7 @@ impl fuser::Filesystem for CafsFuse {
         let wants_write = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
         if wants_write {
             or_reply!(reply, writable(&v));
+            or_reply!(reply, self.may_change(req, &v));
         }
         let fs = v.coll.fs_for(local);
         match fs.open(local) {
@@ -692,8 +730,12 @@ impl fuser::Filesystem for CafsFuse {
                 }
             };
             let committer = format!("uid {}", req.uid());
-            return match self.rt.block_on(v.control.commit(&v.coll, &committer, &message)) {
+            // In a namespace mount, the requester commits (and must be allowed to write the ref); in a mount of
+            // one ref, its owner does, checked now: the ref's permissions may have changed since the mount.
+            let by = self.ns().map(|ns| ns.writer(req.uid(), req.gid()));
+            return match self.rt.block_on(v.control.commit_as(&v.coll, by.as_ref(), &committer, &message)) {
                 Ok(_) => reply.written(data.len() as u32),
+                Err(CollectionError::Catalog(CatalogError::Denied(_))) => reply.error(Errno::EACCES),
                 Err(_) => reply.error(Errno::EIO),
             };
         }
@@ -750,10 +792,10 @@ impl fuser::Filesystem for CafsFuse {
         Self::empty(reply, v.coll.fs_for(local).fsync_handle(local, self.stale(fh)));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _live = self.gate.enter();
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
-        let list = or_reply!(reply, self.listing(ino));
+        let list = or_reply!(reply, self.listing(ino, self.who(req).as_ref()));
         self.listings().insert((ino.0, fh), Arc::new(list));
         reply.opened(FileHandle(fh), FopenFlags::empty())
     }
@@ -764,9 +806,9 @@ impl fuser::Filesystem for CafsFuse {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _live = self.gate.enter();
-        let list = or_reply!(reply, self.opened_listing(ino, fh));
+        let list = or_reply!(reply, self.opened_listing(ino, fh, req));
         for (i, (name, child, kind)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*child), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
                 break;
@@ -775,9 +817,9 @@ impl fuser::Filesystem for CafsFuse {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _live = self.gate.enter();
-        let list = or_reply!(reply, self.opened_listing(ino, fh));
+        let list = or_reply!(reply, self.opened_listing(ino, fh, req));
         // A view's directory holds its entries in the tree that holds it: found once a page, not once an entry.
         let tree = match self.at(ino) {
             Ok(Node::In(v, local)) => Some((v.coll.fs_for(local), v)),
@@ -831,7 +873,7 @@ impl fuser::Filesystem for CafsFuse {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -844,6 +886,7 @@ impl fuser::Filesystem for CafsFuse {
         if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::EPERM);
         }
+        or_reply!(reply, self.may_change(req, &v));
         let r = xattr::SetMode::from_flags(flags)
             .and_then(|mode| v.coll.setxattr(local, name.as_bytes(), Some(value), mode));
         Self::empty(reply, r);
@@ -855,6 +898,7 @@ impl fuser::Filesystem for CafsFuse {
         if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::EPERM);
         }
+        or_reply!(reply, self.may_change(req, &v));
         let r = v.coll.setxattr(local, name.as_bytes(), None, xattr::SetMode::Any);
         // Sent again after a restart and already gone: the first attempt removed it.
         let r = match r {
@@ -893,6 +937,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, may_create(&v, parent, name));
+        or_reply!(reply, self.may_change(req, &v));
         let fs = v.coll.fs();
         let r = fs.create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         match Self::made_again(&v, req, parent, name, r).and_then(|a| fs.open(a.ino)) {

@@ -20,12 +20,15 @@ pub const RECENT: Duration = Duration::from_secs(1);
 /// How long a uid's group list is kept (groups change rarely; a login's groups are fixed at login anyway).
 const GROUPS_KEPT: Duration = Duration::from_secs(30);
 
+/// A uid's groups by (uid, reported gid), with when they were listed.
+type GroupCache = HashMap<(u32, u32), (Instant, Arc<[u32]>)>;
+
 /// The permission settings of one cafsd.
 #[derive(Debug)]
 pub struct Policy {
     operators: Vec<u32>,
     default_mode: u32,
-    groups: Mutex<HashMap<(u32, u32), (Instant, Arc<[u32]>)>>,
+    groups: Mutex<GroupCache>,
     recent: Mutex<HashMap<RefName, (Instant, Option<RefAccess>)>>,
 }
 

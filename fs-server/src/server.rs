@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 pub use cafs_mount::wire::fd_socket_path;
 use cafs_mount::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply, WireError};
 
-use crate::catalog::{Catalog, RefName};
+use crate::catalog::access::check;
+use crate::catalog::{Catalog, Need, RefName, Writer};
 use crate::collection::{Collection, CollectionError, Committed, follow};
 use crate::control::Control;
 use crate::fs::{FsError, FsOptions};
@@ -27,6 +28,7 @@ use crate::journal;
 use crate::manifest::Pdh;
 use crate::mount::{MountOptions, resume_fd, serve_fd};
 use crate::namespace::{Namespace, NamespaceOptions};
+use crate::policy::Policy;
 use crate::store::BlockStore;
 use crate::systemd::{FdStore, Restored};
 
@@ -210,6 +212,8 @@ pub struct Server {
     /// systemd's file descriptor store, when cafsd runs under systemd with one: every mount's fd is kept there
     /// too, so mounts outlive cafsd even when no helper daemon holds them.
     fdstore: Option<FdStore>,
+    /// Who may use which ref.
+    policy: Arc<Policy>,
 }
 
 /// `dir` as the helper names it: absolute, its components normalized.
@@ -235,6 +239,8 @@ pub struct ServerOptions {
     pub fdstore: Option<FdStore>,
     /// Refs a namespace mount shows writable (see [`NamespaceOptions::writable`]).
     pub namespace_writable: Vec<String>,
+    /// Who may use which ref.
+    pub policy: Arc<Policy>,
 }
 
 impl Server {
@@ -244,7 +250,8 @@ impl Server {
         rt: tokio::runtime::Handle,
         opts: ServerOptions,
     ) -> Arc<Self> {
-        let ServerOptions { helper, journals, autocommit, ref_refresh: refresh, fdstore, namespace_writable } = opts;
+        let ServerOptions { helper, journals, autocommit, ref_refresh: refresh, fdstore, namespace_writable, policy } =
+            opts;
         let server = Arc::new(Self {
             catalog,
             store,
@@ -260,6 +267,7 @@ impl Server {
             prefs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             fdstore,
+            policy,
         });
         rt.spawn(sample_throughput(Arc::downgrade(&server)));
         server
@@ -267,6 +275,10 @@ impl Server {
 
     pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
     }
 
     pub fn uptime(&self) -> Duration {
@@ -424,13 +436,29 @@ impl Server {
                 let pdh = match &h.request.origin {
                     Origin::Ref(name) => {
                         let name = RefName::new(name.clone()).map_err(|e| e.to_string())?;
+                        // Checked for the mount's owner, however the mount was asked for (the API, or the
+                        // helper directly). A mount taken over from an earlier cafsd is served on whatever its
+                        // ref's permissions are now: refusing would detach a live mount and strand its journal,
+                        // and its commits are checked anyway.
+                        let writer = self.policy.writer(h.uid, h.gid);
                         if !h.request.read_only {
+                            // A ref mounted writable before its first commit is created now, owned by the mount's
+                            // owner, so that nobody else takes it before that commit.
+                            let access =
+                                catalog.create_ref(&name, &writer.new_ref).await.map_err(|e| e.to_string())?;
+                            if let Err(e) = check(name.as_str(), &access, &writer.principal, Need::Write) {
+                                if !h.resume {
+                                    return Err(e.to_string());
+                                }
+                                tracing::warn!(mount = %dir.display(), error = %e, "taking over a mount whose owner may no longer write its ref");
+                            }
                             let journal = journal::path_for(&self.journals, name.as_str(), &dir);
                             let (c, r) = Collection::open_ref_journaled(
                                 catalog, store, name, opts, h.uid, h.gid, &journal, &dir,
                             )
                             .await
                             .map_err(|e| e.to_string())?;
+                            c.set_writer(Some(writer));
                             if r.records > 0 {
                                 tracing::warn!(
                                     mount = %dir.display(),
@@ -440,6 +468,13 @@ impl Server {
                                 );
                             }
                             return Ok(c);
+                        }
+                        if let Err(e) = self.policy.check(catalog.as_ref(), &name, &writer.principal, Need::Read).await
+                        {
+                            if !h.resume {
+                                return Err(e.to_string());
+                            }
+                            tracing::warn!(mount = %dir.display(), error = %e, "taking over a mount whose owner may no longer read its ref");
                         }
                         // A ref mounted read-only shows its current version, and then each newer one.
                         return Collection::open_following(catalog, store, name, opts, h.uid, h.gid)
@@ -544,6 +579,7 @@ impl Server {
             keep_immutable: KEEP_IMMUTABLE,
             slots_file: Some(journal::path_for(&self.journals, "", &dir).with_extension("slots")),
             resume: h.resume,
+            policy: self.policy.clone(),
         };
         let ns = Namespace::new(self.catalog.clone(), self.store.clone(), self.rt.clone(), h.uid, h.gid, opts)
             .map_err(|e| e.to_string())?;
@@ -755,17 +791,19 @@ impl Server {
             .ok_or_else(|| ServerError::Internal(format!("{} mounted, but not here", dir.display())))
     }
 
-    /// Commits the mount's tree (into its own ref, or `into` another), as `committer`.
+    /// Commits the mount's tree (into its own ref, or `into` another) as `by`, who must be allowed to write
+    /// that ref (the catalog checks it in the commit's transaction); `committer` is the name the history shows.
     pub async fn commit(
         &self,
         s: &Served,
         into: Option<&RefName>,
+        by: &Writer,
         committer: &str,
         message: &str,
     ) -> Result<Committed, ServerError> {
         Ok(match into {
-            Some(name) => s.coll.commit_into(name, committer, message).await?,
-            None => s.control.commit(&s.coll, committer, message).await?,
+            Some(name) => s.coll.commit_into_as(name, Some(by), committer, message).await?,
+            None => s.control.commit_as(&s.coll, Some(by), committer, message).await?,
         })
     }
 

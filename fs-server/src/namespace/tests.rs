@@ -51,6 +51,7 @@ fn namespace_with(e: &Env, writable: &[&str], resume: bool) -> Result<Arc<Namesp
         keep_immutable: 2,
         slots_file: Some(e.dir.path().join("ns.slots")),
         resume,
+        policy: Arc::default(),
     };
     Namespace::new(e.catalog.clone(), e.store.clone(), e.rt.handle().clone(), 1000, 1000, opts)
 }
