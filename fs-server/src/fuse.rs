@@ -287,7 +287,10 @@ impl CafsFuse {
             (FileType::Directory, 0o755, 0)
         } else {
             let f = control_file(local)?;
-            (FileType::RegularFile, if f.writable() { 0o644 } else { 0o444 }, 0)
+            // In a namespace mount every user may ask for a commit: whether it may make one is the ref's
+            // write permission, which cafs checks for the requester (the kernel checks these bits first).
+            let writable = if self.ns().is_some() { 0o666 } else { 0o644 };
+            (FileType::RegularFile, if f.writable() { writable } else { 0o444 }, 0)
         };
         let now = SystemTime::now();
         Some(FileAttr {
@@ -736,7 +739,10 @@ impl fuser::Filesystem for CafsFuse {
             return match self.rt.block_on(v.control.commit_as(&v.coll, by.as_ref(), &committer, &message)) {
                 Ok(_) => reply.written(data.len() as u32),
                 Err(CollectionError::Catalog(CatalogError::Denied(_))) => reply.error(Errno::EACCES),
-                Err(_) => reply.error(Errno::EIO),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a commit through .cafs/commit failed");
+                    reply.error(Errno::EIO)
+                }
             };
         }
         let fs = v.coll.fs();
@@ -821,9 +827,10 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let list = or_reply!(reply, self.opened_listing(ino, fh, req));
         // A view's directory holds its entries in the tree that holds it: found once a page, not once an entry.
-        let tree = match self.at(ino) {
-            Ok(Node::In(v, local)) => Some((v.coll.fs_for(local), v)),
-            _ => None,
+        let (tree, ns_dir) = match self.at(ino) {
+            Ok(Node::In(v, local)) => (Some((v.coll.fs_for(local), v)), None),
+            Ok(Node::Dir(d)) => (None, self.ns().map(|ns| (ns, d))),
+            Err(_) => (None, None),
         };
         for (i, (name, child, _)) in list.iter().enumerate().skip(offset as usize) {
             let in_tree = tree.as_ref().and_then(|(fs, v)| {
@@ -831,7 +838,11 @@ impl fuser::Filesystem for CafsFuse {
                 Some(fs.getattr(local).map(|a| (file_attr(*child, &a), ttl(v))).map_err(|e| errno(&e)))
             });
             // Attributes as they are now, page by page: an entry removed since the listing was made is skipped.
-            let Ok((attr, ttl)) = in_tree.unwrap_or_else(|| self.attributes(INodeNo(*child))) else { continue };
+            let Ok((attr, mut ttl)) = in_tree.unwrap_or_else(|| self.attributes(INodeNo(*child))) else { continue };
+            // A name that is a ref is not cached, as in lookup: the next user's path walk must ask.
+            if ns_dir.is_some_and(|(ns, d)| ns.ref_of(d, name).is_some()) {
+                ttl = Duration::ZERO;
+            }
             if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }

@@ -234,6 +234,9 @@ async fn commits_are_checked_against_the_refs_owner((a, b): Pair) {
     }
     assert_eq!(a.history(&name).await.unwrap().len(), 1);
     assert_eq!(a.access(&name).await.unwrap(), Some(made), "a refused commit changes no record");
+    // Permission is checked before the version: a stale commit of someone who may not write is refused as such.
+    let stale = b.commit(&commit_by(&other, 0o644, commit(&name, None, &record("stale"), "stale"))).await;
+    assert!(matches!(stale, Err(CatalogError::Denied(_))), "{stale:?}");
 
     // The owner lets the group write: the member may commit, others still not.
     let chmod = AccessChange { mode: Some(0o660), ..Default::default() };

@@ -287,12 +287,14 @@ impl Catalog for PostgresCatalog {
         let tx = c.transaction().await.map_err(pg)?;
         // The ref's row first, locked: a chmod on another node waits for this commit, or this commit for it.
         let access = Self::access_of(&tx, name, true).await?;
+        // Permission first: a writer who may not write the ref learns nothing of its versions.
+        let new_access = commit_access(commit, access)?;
         let head = Self::head_of(&tx, name).await?;
         let current = head.as_ref().map(|h| h.version);
         if current != commit.expected {
             return Err(conflict(current));
         }
-        if let Some(new) = commit_access(commit, access)? {
+        if let Some(new) = new_access {
             Self::insert_access(&tx, name, &new).await?;
         }
         insert_collection(&tx, &commit.record).await?;

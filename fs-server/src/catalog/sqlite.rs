@@ -241,6 +241,8 @@ impl Catalog for SqliteCatalog {
         let commit = commit.clone();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            // Permission first: a writer who may not write the ref learns nothing of its versions.
+            let new_access = commit_access(&commit, access_of(&tx, commit.name.as_str())?)?;
             let head = head_of(&tx, commit.name.as_str())?;
             let current = head.as_ref().map(|h| h.version);
             if current != commit.expected {
@@ -251,7 +253,7 @@ impl Catalog for SqliteCatalog {
                     current,
                 });
             }
-            if let Some(new) = commit_access(&commit, access_of(&tx, commit.name.as_str())?)? {
+            if let Some(new) = new_access {
                 insert_access(&tx, commit.name.as_str(), &new)?;
             }
             insert_collection(&tx, &commit.record)?;

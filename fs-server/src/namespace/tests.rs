@@ -318,3 +318,17 @@ fn each_requester_sees_and_changes_what_the_refs_allow() {
     assert_eq!((made.owner, made.gid, made.mode), (1001, 1001, 0o644));
     assert_eq!(ns.make_ref_as(1000, 1000, by_ref, b"made").unwrap_err(), FsError::Exists);
 }
+
+#[test]
+fn a_commit_by_a_user_who_may_not_write_is_refused_as_denied() {
+    let e = env();
+    commit(&e, "scratch/a", &[("f", b"one")]);
+    let ns = namespace(&e, &["scratch/*"]);
+    let by_ref = ns.lookup(ROOT, BY_REF).unwrap().ino;
+    let w = ns.lookup(by_ref, b"scratch%2Fa").unwrap();
+    let Node::In(view, root) = ns.resolve(w.ino).unwrap() else { panic!() };
+    let f = view.coll.fs().create(root, b"new", 0o644, 0, 0).unwrap();
+    view.coll.fs().write(f.ino, 0, b"x").unwrap();
+    let e1 = e.rt.block_on(view.control.commit_as(&view.coll, Some(&ns.writer(1001, 1001)), "t", "m")).unwrap_err();
+    assert!(matches!(e1, CollectionError::Catalog(crate::catalog::CatalogError::Denied(_))), "{e1:?}");
+}

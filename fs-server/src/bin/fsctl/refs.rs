@@ -53,7 +53,7 @@ fn mode_text(mode: u32) -> String {
         .iter()
         .map(|shift| {
             let bits = mode >> shift;
-            format!("{}{}", if bits & 4 != 0 { 'r' } else { '-' }, if bits & 2 != 0 { 'w' } else { '-' })
+            format!("{}{}-", if bits & 4 != 0 { 'r' } else { '-' }, if bits & 2 != 0 { 'w' } else { '-' })
         })
         .collect()
 }
@@ -115,6 +115,7 @@ mod tests {
         assert_eq!(mode_of("0666").ok(), Some(0o666));
         assert!(mode_of("755").is_err() && mode_of("rw").is_err() && mode_of("8").is_err());
         assert_eq!(mode_text(0o640), "rw-r-----");
+        assert_eq!(mode_text(0o604), "rw----r--");
         assert_eq!(uid_of("root").ok(), Some(0));
         assert_eq!(uid_of("1234").ok(), Some(1234));
         assert!(uid_of("no-such-user-here").is_err());
