@@ -113,9 +113,18 @@ impl PostgresCatalog {
     /// Connects with `url` (`postgresql://user:password@host:port/db?sslmode=...`, or `key=value` form) and
     /// creates the schema if the database has none. Fails if the server cannot be reached.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, CatalogError> {
+        Self::connect_url_migrating(url, max_connections, RefAccess::LEGACY).await
+    }
+
+    /// [`PostgresCatalog::connect`], giving the refs of a database made before refs had owners `legacy`.
+    pub async fn connect_url_migrating(
+        url: &str,
+        max_connections: usize,
+        legacy: RefAccess,
+    ) -> Result<Self, CatalogError> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| CatalogError::Backend(format!("PostgreSQL connection string: {e}").into()))?;
-        Self::connect_with(config, max_connections).await
+        Self::connect_migrating(config, max_connections, legacy).await
     }
 
     /// [`PostgresCatalog::connect`] with the settings parsed (a password added from a file, say). The refs
