@@ -32,6 +32,12 @@ use crate::policy::Policy;
 use crate::store::BlockStore;
 use crate::systemd::{FdStore, Restored};
 
+mod restart;
+mod tasks;
+
+pub use tasks::{autocommit, bind_unix};
+use tasks::{relay, sample_throughput};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("fd socket {path}: {source}")]
@@ -670,16 +676,6 @@ impl Server {
         n.ended().await.map_err(ServerError::Internal)
     }
 
-    /// Leaves a namespace mount for the next cafsd: holds its requests (see [`Server::keep`]; its collections
-    /// are kept one by one as mounts of their own).
-    pub async fn keep_namespace(&self, n: &NamespaceServed, limit: Duration) -> Result<(), ServerError> {
-        let gate = n.gate.clone();
-        tokio::task::spawn_blocking(move || gate.close(limit))
-            .await
-            .map_err(|e| ServerError::Internal(format!("gate task failed: {e}")))?;
-        Ok(())
-    }
-
     fn ended(&self, s: &Served) {
         self.registry().remove(&s.dir);
         let mut outcome = Ok(s.coll.last_pdh());
@@ -708,62 +704,6 @@ impl Server {
         }
         tracing::info!(mount = %s.dir.display(), "unmounted");
         s.ended.send_replace(Some(outcome));
-    }
-
-    /// Serves again the mounts systemd's fd store handed back at start (see [`FdStore::restore`]). A mount that
-    /// cannot be served is dropped from the store and detached. Blocking. Returns how many are served.
-    pub fn restore_stored(self: &Arc<Self>) -> usize {
-        let Some(store) = &self.fdstore else { return 0 };
-        let mut served = 0;
-        for Restored { name, handoff, fd } in store.restore() {
-            let dir = handoff.request.mountpoint.clone();
-            match self.serve(handoff, fd) {
-                Ok(_) => {
-                    tracing::info!(mount = %dir.display(), "took over a mount from systemd's fd store");
-                    served += 1;
-                }
-                Err(message) => {
-                    tracing::error!(mount = %dir.display(), %message, "cannot serve a mount from the fd store; detaching it");
-                    store.forget(&name);
-                    let _ = crate::mount::umount(&dir, true);
-                }
-            }
-        }
-        served
-    }
-
-    /// Asks the helper for the mounts it holds from an earlier cafsd (after a restart): each comes back through
-    /// the fd socket and is served on, its journal recovered. Blocking. Returns the helper's account.
-    pub fn reclaim(&self) -> Result<String, ServerError> {
-        let stream = UnixStream::connect(&self.helper)
-            .map_err(|source| ServerError::HelperUnreachable { path: self.helper.clone(), source })?;
-        stream.set_read_timeout(Some(Duration::from_secs(600))).map_err(|e| ServerError::Internal(e.to_string()))?;
-        wire::send(&stream, &HelperRequest::Reclaim, None).map_err(|e| ServerError::Helper(e.to_string()))?;
-        match wire::recv::<Reply>(&stream).map_err(|e| ServerError::Helper(e.to_string()))? {
-            (Reply { ok: true, message }, _) => Ok(message),
-            (Reply { message, .. }, _) => Err(ServerError::Helper(message)),
-        }
-    }
-
-    /// Leaves the mount for the next cafsd: waits (up to `limit`) for the requests in progress, holds every
-    /// later one unanswered, stores every buffer, commits a changed tree if the mount commits by itself, and
-    /// syncs the journal. The kernel keeps the held requests and sends them to the next cafsd.
-    pub async fn keep(&self, s: &Served, limit: Duration) -> Result<(), ServerError> {
-        let gate = s.gate.clone();
-        let drained = tokio::task::spawn_blocking(move || gate.close(limit))
-            .await
-            .map_err(|e| ServerError::Internal(format!("gate task failed: {e}")))?;
-        if !drained {
-            tracing::warn!(mount = %s.dir.display(), "requests still in progress at the deadline");
-        }
-        if !s.autocommit.is_zero() && s.coll.is_dirty() {
-            s.control.commit(&s.coll, "cafsd", "stop").await?;
-        }
-        let fs = s.coll.fs().clone();
-        tokio::task::spawn_blocking(move || fs.flush_all().and_then(|()| fs.sync_journal()))
-            .await
-            .map_err(|e| ServerError::Internal(format!("flush task failed: {e}")))?
-            .map_err(|e: FsError| ServerError::Collection(e.into()))
     }
 
     /// Asks the helper to mount `request` for `uid` (who must own the mount point, unless root) and hand it
@@ -841,67 +781,5 @@ impl Server {
             }
         }
         s.ended().await.map_err(ServerError::Internal)
-    }
-}
-
-/// Binds a Unix socket at `path`, replacing a stale socket file, but never one that a live process still
-/// serves (a second cafsd on the same socket would otherwise silently take it over).
-pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    if UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another process is serving this socket"));
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    UnixListener::bind(path)
-}
-
-/// Sends `request` to the helper at `helper`, acting for `uid`, and waits for its answer. Blocking.
-fn relay(helper: &Path, uid: u32, request: HelperRequest) -> Result<(), ServerError> {
-    let unreachable = |source| ServerError::HelperUnreachable { path: helper.to_path_buf(), source };
-    let stream = UnixStream::connect(helper).map_err(unreachable)?;
-    // The helper waits up to 120 s for a hand-over's answer and 30 s for the mount to appear.
-    stream.set_read_timeout(Some(Duration::from_secs(180))).map_err(unreachable)?;
-    let request = HelperRequest::Relay { uid, request: Box::new(request) };
-    wire::send(&stream, &request, None).map_err(|e| ServerError::Helper(e.to_string()))?;
-    match wire::recv::<Reply>(&stream) {
-        Ok((Reply { ok: true, .. }, _)) => Ok(()),
-        Ok((Reply { message, .. }, _)) => Err(ServerError::Helper(message)),
-        Err(e) => Err(ServerError::Helper(e.to_string())),
-    }
-}
-
-/// Samples every mount's uploaded bytes once a second, until the server is gone.
-async fn sample_throughput(server: Weak<Server>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let Some(server) = server.upgrade() else { return };
-        let now = Instant::now();
-        for s in server.list() {
-            let bytes = s.coll.fs().upload_stats().uploaded_bytes;
-            s.throughput.lock().unwrap_or_else(|p| p.into_inner()).sample(now, bytes);
-        }
-    }
-}
-
-/// Commits a changed tree once it has been left alone for `idle`; stops once `alive` says the mount is gone.
-pub async fn autocommit(coll: Arc<Collection>, control: Arc<Control>, idle: Duration, alive: impl Fn() -> bool) {
-    let mut seen = coll.fs().generation();
-    let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
-        if !alive() {
-            return;
-        }
-        let now = coll.fs().generation();
-        if now != seen {
-            (seen, since) = (now, Instant::now());
-        } else if coll.is_dirty() && since.elapsed() >= idle {
-            let _ = control.commit(&coll, "cafsd", "auto-commit").await;
-            since = Instant::now();
-        }
     }
 }
