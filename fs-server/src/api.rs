@@ -4,7 +4,9 @@
 //! Callers are identified by the kernel, not by anything they send: on the Unix socket, by the peer
 //! credentials of the connection (a caller drives only the mounts it owns; root drives all). The optional TCP
 //! listener has no peer credentials: a caller there must present the configured bearer token, and then acts as
-//! an operator (all mounts). Operations that change state run as tasks of their own, so that a client that
+//! an operator (all mounts). A ref's owner, group and mode decide who may mount it, commit to it and read its
+//! history, for the caller's uid (see [`crate::policy`]); root, operators and token callers pass. Operations
+//! that change state run as tasks of their own, so that a client that
 //! goes away mid-call (a killed `fsctl`) cancels nothing half-done.
 //!
 //! Every field a request carries is checked before anything is looked up, relayed or changed, and a refusal
@@ -22,12 +24,13 @@ use tokio_stream::Stream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{CatalogError, RefName};
+use crate::catalog::{AccessChange, CatalogError, Need, Principal, RefName, Writer};
 use crate::collection::CollectionError;
 use crate::control::check_message;
 use crate::fs::FsError;
 use crate::fs::inode::NAME_MAX;
 use crate::manifest::Pdh;
+use crate::policy::{CheckError, Policy};
 use crate::server::{Made, NamespaceServed, Served, Server, ServerError};
 
 /// The largest request decoded (tonic's default, stated here): a larger one is refused before any handler runs.
@@ -52,6 +55,22 @@ impl Caller {
         match self {
             Caller::Local { uid, .. } => uid,
             Caller::Token => 0,
+        }
+    }
+
+    /// The caller as ref permissions see it.
+    fn principal(self, policy: &Policy) -> Principal {
+        match self {
+            Caller::Local { uid, gid } => policy.principal(uid, gid),
+            Caller::Token => Principal::root(),
+        }
+    }
+
+    /// The caller committing: what a ref it creates records.
+    fn writer(self, policy: &Policy) -> Writer {
+        match self {
+            Caller::Local { uid, gid } => policy.writer(uid, gid),
+            Caller::Token => policy.writer(0, 0),
         }
     }
 
@@ -102,6 +121,30 @@ impl Api {
         let s = self.server.get(mount_point(dir)?).map_err(status)?;
         s.check_owner(caller.uid(), what).map_err(status)?;
         Ok(s)
+    }
+
+    /// A chown or chmod of a ref by `caller`, checked and applied by the catalog in one transaction.
+    async fn change(
+        &self,
+        caller: Caller,
+        name: String,
+        change: AccessChange,
+    ) -> Result<Response<pb::RefInfoReply>, Status> {
+        let name = ref_name(name)?;
+        let who = caller.principal(self.server.policy());
+        let catalog = self.server.catalog().clone();
+        let (n, c) = (name.clone(), change);
+        let a = detached(async move {
+            catalog.change_access(&n, &c, &who).await.map_err(|e| match e {
+                CatalogError::Denied(d) => Status::permission_denied(d.to_string()),
+                CatalogError::NoSuchRef(_) => Status::not_found(e.to_string()),
+                e => Status::internal(e.to_string()),
+            })
+        })
+        .await?;
+        tracing::info!(r#ref = %name, access = %a, by = caller.uid(), "ref permissions changed");
+        let head = self.server.catalog().head(&name).await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ref_info(&name, &a, head.as_ref())))
     }
 
     fn visible(&self, caller: Caller) -> Vec<Arc<Served>> {
@@ -229,6 +272,25 @@ fn mount_status(s: &Served) -> pb::MountStatus {
     }
 }
 
+/// The gRPC status for a refused or failed permission check.
+fn check_status(e: CheckError) -> Status {
+    match e {
+        CheckError::Denied(d) => Status::permission_denied(d.to_string()),
+        CheckError::Catalog(e) => Status::internal(e.to_string()),
+    }
+}
+
+fn ref_info(name: &RefName, a: &crate::catalog::RefAccess, head: Option<&crate::catalog::Version>) -> pb::RefInfoReply {
+    pb::RefInfoReply {
+        ref_name: name.to_string(),
+        owner_uid: a.owner,
+        gid: a.gid,
+        mode: a.mode,
+        version: head.map_or(0, |v| v.version),
+        pdh: head.map(|v| v.pdh.to_string()).unwrap_or_default(),
+    }
+}
+
 /// The gRPC status for a server error: what the caller did wrong, or what failed.
 fn status(e: ServerError) -> Status {
     let msg = e.to_string();
@@ -241,6 +303,7 @@ fn status(e: ServerError) -> Status {
         ServerError::Collection(c) => match c {
             CollectionError::Catalog(CatalogError::Conflict { .. }) => Status::aborted(msg),
             CollectionError::Catalog(CatalogError::InvalidRef { .. }) => Status::invalid_argument(msg),
+            CollectionError::Catalog(CatalogError::Denied(_)) => Status::permission_denied(msg),
             CollectionError::ReadOnly => Status::failed_precondition(msg),
             CollectionError::UnknownPdh(_) => Status::not_found(msg),
             // The store failed (after retries): the data is held, a later flush or commit may succeed.
@@ -278,6 +341,11 @@ impl Cafs for Api {
         let origin = match r.source {
             Some(Source::RefName(name)) => {
                 let name = ref_name(name)?;
+                // The mount is the caller's (the helper mounts only on the caller's own directories), except
+                // root's for another user, which cafsd checks for that user when the mount is handed over.
+                let need = if r.read_only { Need::Read } else { Need::Write };
+                let who = caller.principal(self.server.policy());
+                self.server.policy().check(catalog.as_ref(), &name, &who, need).await.map_err(check_status)?;
                 if r.read_only && catalog.head(&name).await.map_err(|e| Status::internal(e.to_string()))?.is_none() {
                     return Err(Status::not_found(format!("ref {name} has no committed version to mount read-only")));
                 }
@@ -346,9 +414,13 @@ impl Cafs for Api {
         check_message(&r.message).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let s = self.mount_of(caller, &r.mount_point, "commit")?;
         let server = self.server.clone();
+        // The caller commits: the catalog checks that it may write the ref (the mount's own, or `into`).
+        let by = caller.writer(self.server.policy());
         let c =
-            detached(async move { server.commit(&s, into.as_ref(), &caller.name(), &r.message).await.map_err(status) })
-                .await?;
+            detached(
+                async move { server.commit(&s, into.as_ref(), &by, &caller.name(), &r.message).await.map_err(status) },
+            )
+            .await?;
         Ok(Response::new(pb::CommitReply { pdh: c.pdh.to_string(), version: c.version, changed: c.changed }))
     }
 
@@ -385,8 +457,11 @@ impl Cafs for Api {
     }
 
     async fn log(&self, req: Request<pb::LogRequest>) -> Result<Response<pb::LogReply>, Status> {
-        self.caller(&req)?;
+        let caller = self.caller(&req)?;
         let name = ref_name(req.into_inner().ref_name)?;
+        let who = caller.principal(self.server.policy());
+        let catalog = self.server.catalog();
+        self.server.policy().check(catalog.as_ref(), &name, &who, Need::Read).await.map_err(check_status)?;
         let history = self.server.catalog().history(&name).await.map_err(|e| Status::internal(e.to_string()))?;
         if history.is_empty() {
             return Err(Status::not_found(format!("ref {name} has no versions")));
@@ -403,6 +478,38 @@ impl Cafs for Api {
             })
             .collect();
         Ok(Response::new(pb::LogReply { versions }))
+    }
+
+    async fn ref_info(&self, req: Request<pb::RefInfoRequest>) -> Result<Response<pb::RefInfoReply>, Status> {
+        let caller = self.caller(&req)?;
+        let name = ref_name(req.into_inner().ref_name)?;
+        let catalog = self.server.catalog();
+        let internal = |e: CatalogError| Status::internal(e.to_string());
+        let a = catalog.access(&name).await.map_err(internal)?;
+        let a = a.ok_or_else(|| Status::not_found(format!("ref {name} does not exist")))?;
+        // Its owner may always see whom a ref belongs to, even with its own read bit off (to chmod it back).
+        let who = caller.principal(self.server.policy());
+        if who.uid != a.owner {
+            crate::catalog::access::check(name.as_str(), &a, &who, Need::Read)
+                .map_err(|d| Status::permission_denied(d.to_string()))?;
+        }
+        let head = catalog.head(&name).await.map_err(internal)?;
+        Ok(Response::new(ref_info(&name, &a, head.as_ref())))
+    }
+
+    async fn chown(&self, req: Request<pb::ChownRequest>) -> Result<Response<pb::RefInfoReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let change = AccessChange { owner: Some(r.owner_uid), gid: r.gid, mode: None };
+        self.change(caller, r.ref_name, change).await
+    }
+
+    async fn chmod(&self, req: Request<pb::ChmodRequest>) -> Result<Response<pb::RefInfoReply>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        crate::catalog::access::check_mode(r.mode).map_err(Status::invalid_argument)?;
+        let change = AccessChange { mode: Some(r.mode), ..Default::default() };
+        self.change(caller, r.ref_name, change).await
     }
 
     type WatchStatusStream = WatchStream;

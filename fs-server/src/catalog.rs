@@ -9,9 +9,14 @@
 //! [`CatalogError::Conflict`] and nothing changes — two writers never lose a commit silently. Versions are numbers
 //! rather than hashes so that A→B→A histories cannot fool the check.
 //!
+//! Each ref has an owner, a group and a mode ([`access`]), kept with it: a commit by a [`Writer`] is checked
+//! in the same transaction that moves the ref, so a chmod landing meanwhile cannot be slipped past, and the
+//! commit that creates a ref records its writer as the owner.
+//!
 //! [`SqliteCatalog`] is the embedded default; [`PostgresCatalog`] is shared by a cluster's nodes. [`conformance`] is
 //! the backend-independent test suite every implementation must pass.
 
+pub mod access;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod conformance;
 pub mod faulty;
@@ -23,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+pub use access::{AccessChange, AccessDenied, Need, Principal, RefAccess, Writer};
 pub use postgres::PostgresCatalog;
 pub use sqlite::SqliteCatalog;
 
@@ -38,6 +44,10 @@ pub enum CatalogError {
     BadManifest(#[from] ParseError),
     #[error("tree cannot be committed: {0}")]
     Unrepresentable(String),
+    #[error(transparent)]
+    Denied(#[from] AccessDenied),
+    #[error("ref {0:?} does not exist")]
+    NoSuchRef(String),
     #[error("catalog data is corrupt: {0}")]
     Corrupt(String),
     #[error("catalog backend: {0}")]
@@ -185,6 +195,10 @@ pub struct Commit {
     pub sidecar: Vec<u8>,
     pub committer: String,
     pub message: String,
+    /// Who commits: the catalog checks that it may write the ref, in the commit's own transaction, and a ref
+    /// the commit creates gets its [`Writer::new_ref`]. `None`: unchecked (the library used directly), and a
+    /// ref created gets [`RefAccess::LEGACY`].
+    pub writer: Option<Writer>,
 }
 
 /// One version of a ref.
@@ -228,6 +242,51 @@ pub trait Catalog: Send + Sync + fmt::Debug {
 
     /// Every version of a ref, oldest first.
     async fn history(&self, name: &RefName) -> Result<Vec<Version>, CatalogError>;
+
+    /// A ref's owner, group and mode; `None` for a ref that does not exist (never committed nor created).
+    async fn access(&self, name: &RefName) -> Result<Option<RefAccess>, CatalogError>;
+
+    /// The owner, group and mode of every ref that has them (every ref committed or created), by name.
+    async fn list_access(&self) -> Result<Vec<(RefName, RefAccess)>, CatalogError>;
+
+    /// Creates the ref (with no version yet) owned as `access` says, unless it exists; returns what the ref
+    /// has then: `access`, or the record of whoever created it first.
+    async fn create_ref(&self, name: &RefName, access: &RefAccess) -> Result<RefAccess, CatalogError>;
+
+    /// Changes a ref's owner, group or mode as `by`, checked ([`RefAccess::changed`]) and applied in one
+    /// transaction. [`CatalogError::NoSuchRef`] for a ref that does not exist.
+    async fn change_access(
+        &self,
+        name: &RefName,
+        change: &AccessChange,
+        by: &Principal,
+    ) -> Result<RefAccess, CatalogError>;
+}
+
+/// What a commit does with a ref's record as it is (`current`, none for a new ref): the record to insert for a
+/// new ref, once the writer is checked. Shared by the backends so that they decide alike.
+fn commit_access(commit: &Commit, current: Option<RefAccess>) -> Result<Option<RefAccess>, CatalogError> {
+    match (current, &commit.writer) {
+        (Some(a), Some(w)) => {
+            access::check(commit.name.as_str(), &a, &w.principal, Need::Write)?;
+            Ok(None)
+        }
+        (Some(_), None) => Ok(None),
+        (None, Some(w)) => Ok(Some(w.new_ref)),
+        (None, None) => Ok(Some(RefAccess::LEGACY)),
+    }
+}
+
+/// A record read back from a backend; numbers out of range are corruption.
+fn stored_access(name: &str, owner: i64, gid: i64, mode: i64) -> Result<RefAccess, CatalogError> {
+    let bad = || CatalogError::Corrupt(format!("ref {name:?}: owner {owner}, group {gid}, mode {mode:o}"));
+    let access = RefAccess {
+        owner: u32::try_from(owner).map_err(|_| bad())?,
+        gid: u32::try_from(gid).map_err(|_| bad())?,
+        mode: u32::try_from(mode).map_err(|_| bad())?,
+    };
+    access::check_mode(access.mode).map_err(|_| bad())?;
+    Ok(access)
 }
 
 #[cfg(test)]

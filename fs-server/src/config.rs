@@ -19,6 +19,9 @@
 //! password_file = "/etc/cafs/pg.password"
 //! ```
 //!
+//! `[refs]` (see [`refs`]) names the operators who pass every ref permission check, the mode of new refs, and
+//! the owner of refs already in a catalog made before refs had owners.
+//!
 //! Secrets never sit in this file and are never logged: the S3 keys come from `credentials_file` or from
 //! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, the database password from `password_file` or `PGPASSWORD`
 //! (or the URL, discouraged). A secret file must not be readable by group or others. Unknown keys are errors, so
@@ -31,8 +34,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod refs;
+
 use crate::catalog::{Catalog, CatalogError, PostgresCatalog, RefName, SqliteCatalog};
 use crate::store::{BlockStore, LocalDirStore, S3Config, S3Store, StoreError};
+pub use refs::{RefsConfig, RefsSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,6 +70,8 @@ pub struct Config {
     pub ref_refresh_seconds: u64,
     #[serde(default)]
     pub namespace: NamespaceConfig,
+    #[serde(default)]
+    pub refs: RefsConfig,
 }
 
 /// What a namespace mount (`cafs-mount DIR --namespace`) shows writable:
@@ -179,6 +187,7 @@ impl Config {
                 return Err(format!("namespace.writable: {p:?} is neither a ref name nor one ending in '*': {e}"));
             }
         }
+        config.refs.resolve()?;
         Ok(config)
     }
 
@@ -262,12 +271,18 @@ impl Config {
         }
     }
 
+    /// The `[refs]` section with names resolved (checked by [`Config::parse`] already).
+    pub fn refs(&self) -> Result<RefsSettings, ConfigError> {
+        self.refs.resolve().map_err(ConfigError::Invalid)
+    }
+
     /// Opens (connects to) the catalog.
     pub async fn open_catalog(&self, state: &Path) -> Result<Arc<dyn Catalog>, ConfigError> {
+        let legacy = self.refs()?.migration;
         match &self.catalog {
             CatalogConfig::Sqlite { path } => {
                 let file = path.clone().unwrap_or_else(|| state.join("catalog.sqlite"));
-                let catalog = tokio::task::spawn_blocking(move || SqliteCatalog::open(file))
+                let catalog = tokio::task::spawn_blocking(move || SqliteCatalog::open_migrating(file, legacy))
                     .await
                     .map_err(|e| ConfigError::Invalid(format!("opening the catalog: {e}")))??;
                 Ok(Arc::new(catalog))
@@ -282,7 +297,7 @@ impl Config {
                 {
                     config.password(p);
                 }
-                let catalog = PostgresCatalog::connect_with(config, max_connections.unwrap_or(8)).await?;
+                let catalog = PostgresCatalog::connect_migrating(config, max_connections.unwrap_or(8), legacy).await?;
                 Ok(Arc::new(catalog))
             }
         }

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::catalog::Writer;
 use crate::collection::{Collection, CollectionError, Committed};
 
 /// The directory that holds the control files, in the mount's root.
@@ -118,14 +119,25 @@ impl Control {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
-    /// Commits `coll`, recording the outcome for `status`.
+    /// Commits `coll` as its writer, recording the outcome for `status`.
     pub async fn commit(
         &self,
         coll: &Collection,
         committer: &str,
         message: &str,
     ) -> Result<Committed, CollectionError> {
-        let result = coll.commit(committer, message).await;
+        self.commit_as(coll, None, committer, message).await
+    }
+
+    /// Commits `coll` as `by` (see [`Collection::commit_as`]), recording the outcome for `status`.
+    pub async fn commit_as(
+        &self,
+        coll: &Collection,
+        by: Option<&Writer>,
+        committer: &str,
+        message: &str,
+    ) -> Result<Committed, CollectionError> {
+        let result = coll.commit_as(by, committer, message).await;
         match &result {
             Ok(c) => {
                 tracing::info!(pdh = %c.pdh, version = c.version, changed = c.changed, "committed");

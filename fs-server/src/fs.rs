@@ -51,6 +51,9 @@ pub enum FsError {
     AttrNameTooLong,
     #[error("not supported: {0}")]
     NotSupported(&'static str),
+    /// The ref's owner, group and mode do not allow the requester this use of it.
+    #[error("permission denied: {0}")]
+    Denied(String),
 }
 
 impl FsError {
@@ -71,6 +74,7 @@ impl FsError {
             FsError::TooBig => libc::E2BIG,
             FsError::AttrNameTooLong => libc::ERANGE,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
+            FsError::Denied(_) => libc::EACCES,
         }
     }
 }

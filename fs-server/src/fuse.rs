@@ -10,6 +10,9 @@
 //! answers lookups in the root of a writable view but is never listed and cannot be created or removed. Hard
 //! links are refused with `EPERM` (a collection has no way to say two names share bytes that later change
 //! together), and so is a change to the namespace's own directories; a rename between two views is `EXDEV`.
+//!
+//! In a namespace mount every request that reaches a ref is checked against the ref's permissions for the
+//! requesting uid (see [`crate::namespace::access`]); a refusal is `EACCES`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -24,11 +27,14 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::collection::Collection;
+use crate::catalog::{CatalogError, Need, Principal};
+use crate::collection::{Collection, CollectionError};
 use crate::control::{self, Control, ControlFile};
 use crate::fs::inode::{INO_LIMIT, Kind, ROOT, RenameMode};
 use crate::fs::{Attr, FsError, SetAttr, xattr};
 use crate::namespace::{Namespace, Node, SLOT_SHIFT, View};
+
+mod routing;
 
 /// How long the kernel may cache names and attributes. Every change goes through this mount, so the kernel's
 /// cache stays right; the control files are exempt (their contents change by themselves).
@@ -169,195 +175,6 @@ pub struct CafsFuse {
 /// A directory's entries for `readdir`: name, the kernel's inode number, kind.
 type Listing = Vec<(Vec<u8>, u64, FileType)>;
 
-impl CafsFuse {
-    /// A mount of one collection.
-    pub fn new(coll: Arc<Collection>, control: Arc<Control>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
-        Self::with(Space::One(Arc::new(View::whole(coll, control))), rt, uid, gid)
-    }
-
-    /// A mount of the whole catalog.
-    pub fn namespace(ns: Arc<Namespace>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
-        Self::with(Space::Many(ns), rt, uid, gid)
-    }
-
-    fn with(space: Space, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
-        // Distinct per process start: the time in ms, folded to leave bit 0 for the writer flag; never 0, which
-        // older cafsd versions used for every handle.
-        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
-        let epoch = (ms ^ u64::from(std::process::id()) << 40) & (u64::MAX >> 1) | 1;
-        // Directory handles start at a per-process point too, so that one given before a restart is unlikely to
-        // meet a new one for the same directory (and then both name a listing of that directory anyway).
-        let next_dir_handle = AtomicU64::new(epoch << 20);
-        Self { space, rt, uid, gid, gate: Arc::default(), epoch, listings: Mutex::default(), next_dir_handle }
-    }
-
-    /// Whether `fh` was given by an earlier cafsd.
-    fn stale(&self, fh: FileHandle) -> bool {
-        fh.0 >> 1 != self.epoch
-    }
-
-    /// The gate in front of this mount's requests.
-    pub fn gate(&self) -> Arc<Gate> {
-        self.gate.clone()
-    }
-
-    /// What the kernel's number `ino` names.
-    fn at(&self, ino: INodeNo) -> Result<Node, Errno> {
-        match &self.space {
-            Space::One(v) => Ok(Node::In(v.clone(), ino.0)),
-            Space::Many(ns) => ns.resolve(ino.0).map_err(|e| errno(&e)),
-        }
-    }
-
-    /// The view holding `ino`, and its number there; the namespace's own directories cannot be changed.
-    fn inside(&self, ino: INodeNo) -> Result<(Arc<View>, u64), Errno> {
-        match self.at(ino)? {
-            Node::In(v, local) => Ok((v, local)),
-            Node::Dir(_) => Err(Errno::EPERM),
-        }
-    }
-
-    fn ns(&self) -> Option<&Arc<Namespace>> {
-        match &self.space {
-            Space::Many(ns) => Some(ns),
-            Space::One(_) => None,
-        }
-    }
-
-    /// The attributes of the kernel's `ino`, and how long the kernel may keep them.
-    fn attributes(&self, ino: INodeNo) -> Result<(FileAttr, Duration), Errno> {
-        // The namespace's directories, and the roots of views not opened yet, are answered without opening.
-        if let Some(ns) = self.ns()
-            && (ino.0 >> SLOT_SHIFT == 0 || ino.0 & ((1 << SLOT_SHIFT) - 1) == ROOT)
-        {
-            let a = ns.attr(ino.0).map_err(|e| errno(&e))?;
-            return Ok((file_attr(ino.0, &a), TTL));
-        }
-        let Node::In(v, local) = self.at(ino)? else { unreachable!("the namespace's directories are above") };
-        if let Some(a) = self.virtual_attr(&v, local) {
-            return Ok((a, Duration::ZERO));
-        }
-        let a = v.coll.fs_for(local).getattr(local).map_err(|e| errno(&e))?;
-        Ok((file_attr(ino.0, &a), ttl(&v)))
-    }
-
-    /// A name-making request that the kernel sent again after a restart and that finds its name already
-    /// there: the first attempt made it (cafsd died before answering), so it succeeded.
-    fn made_again(
-        v: &View,
-        req: &Request,
-        parent: u64,
-        name: &OsStr,
-        r: Result<Attr, FsError>,
-    ) -> Result<Attr, FsError> {
-        match r {
-            Err(FsError::Exists) if resent(req) => v.coll.fs().lookup(parent, name.as_bytes()),
-            r => r,
-        }
-    }
-
-    /// A removal sent again that finds its name gone: the first attempt removed it.
-    fn removed_again(req: &Request, r: Result<(), FsError>) -> Result<(), FsError> {
-        match r {
-            Err(FsError::NotFound) if resent(req) => Ok(()),
-            r => r,
-        }
-    }
-
-    fn virtual_attr(&self, v: &View, local: u64) -> Option<FileAttr> {
-        let (kind, perm, size) = if local == CONTROL_DIR {
-            (FileType::Directory, 0o755, 0)
-        } else {
-            let f = control_file(local)?;
-            (FileType::RegularFile, if f.writable() { 0o644 } else { 0o444 }, 0)
-        };
-        let now = SystemTime::now();
-        Some(FileAttr {
-            ino: INodeNo(v.global(local)),
-            size,
-            blocks: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            kind,
-            perm,
-            nlink: if kind == FileType::Directory { 2 } else { 1 },
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        })
-    }
-
-    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), Arc<Listing>>> {
-        self.listings.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A directory's entries, `.` and `..` first, as one `opendir` sees them.
-    fn listing(&self, ino: INodeNo) -> Result<Listing, Errno> {
-        let mut entries: Listing = Vec::new();
-        let (v, local) = match self.at(ino)? {
-            Node::Dir(d) => {
-                let ns = self.ns().expect("a namespace directory");
-                let list = ns.list(d).map_err(|e| errno(&e))?;
-                entries.push((b".".to_vec(), d, FileType::Directory));
-                entries.push((b"..".to_vec(), ns.parent_of(d), FileType::Directory));
-                entries.extend(list.into_iter().map(|(name, a)| (name, a.ino, kind(a.kind))));
-                return Ok(entries);
-            }
-            Node::In(v, local) => (v, local),
-        };
-        if local == CONTROL_DIR {
-            entries.push((b".".to_vec(), ino.0, FileType::Directory));
-            entries.push((b"..".to_vec(), v.global(ROOT), FileType::Directory));
-            for f in ControlFile::ALL {
-                entries.push((f.name().as_bytes().to_vec(), v.global(control_ino(f)), FileType::RegularFile));
-            }
-            return Ok(entries);
-        }
-        let fs = v.coll.fs_for(local);
-        let parent = fs.parent(local).map_err(|e| errno(&e))?;
-        let list = fs.readdir(local).map_err(|e| errno(&e))?;
-        entries.reserve(list.len() + 2);
-        entries.push((b".".to_vec(), ino.0, FileType::Directory));
-        entries.push((b"..".to_vec(), if local == ROOT { v.parent } else { v.global(parent) }, FileType::Directory));
-        entries.extend(list.into_iter().map(|(name, i, k)| (name, v.global(i), kind(k))));
-        Ok(entries)
-    }
-
-    /// The listing `opendir` made for this handle; one made now for a handle this process did not give (the
-    /// directory was opened before a restart), kept until its `releasedir`.
-    fn opened_listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Arc<Listing>, Errno> {
-        if let Some(l) = self.listings().get(&(ino.0, fh.0)) {
-            return Ok(l.clone());
-        }
-        let list = Arc::new(self.listing(ino)?);
-        self.listings().insert((ino.0, fh.0), list.clone());
-        Ok(list)
-    }
-
-    /// An attribute value or name list as `getxattr`/`listxattr` answer: its size when asked for size 0,
-    /// `ERANGE` when it does not fit the caller's buffer.
-    fn sized(reply: ReplyXattr, size: u32, data: &[u8]) {
-        if size == 0 {
-            reply.size(data.len() as u32)
-        } else if data.len() > size as usize {
-            reply.error(Errno::ERANGE)
-        } else {
-            reply.data(data)
-        }
-    }
-
-    fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
-    }
-}
-
 /// How long the kernel may keep names and attributes of a view: what a hash names never changes, so for long.
 fn ttl(v: &View) -> Duration {
     if v.immutable() { IMMUTABLE_TTL } else { TTL }
@@ -414,13 +231,21 @@ impl fuser::Filesystem for CafsFuse {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _live = self.gate.enter();
         let (v, parent) = match or_reply!(reply, self.at(parent)) {
             Node::Dir(d) => {
                 let ns = self.ns().expect("a namespace directory");
+                // An entry that names a ref is checked for each requester, and not cached by the kernel (a
+                // cached name would let the next user in unasked).
+                let mut ttl = TTL;
+                if let Some(r) = ns.ref_of(d, name.as_bytes()) {
+                    let who = ns.principal(req.uid(), req.gid());
+                    or_reply!(reply, ns.check(&who, &r, Need::Read).map_err(|e| errno(&e)));
+                    ttl = Duration::ZERO;
+                }
                 return match ns.lookup(d, name.as_bytes()) {
-                    Ok(a) => reply.entry(&TTL, &file_attr(a.ino, &a), Generation(0)),
+                    Ok(a) => reply.entry(&ttl, &file_attr(a.ino, &a), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 };
             }
@@ -473,6 +298,7 @@ impl fuser::Filesystem for CafsFuse {
             return reply.attr(&Duration::ZERO, &a);
         }
         or_reply!(reply, writable(&v));
+        or_reply!(reply, self.may_change(req, &v));
         let current = or_reply!(reply, v.coll.fs().getattr(local).map_err(|e| errno(&e)));
         // chown: only root gives a file away; the owner may change the group to one of its own.
         if uid.is_some_and(|u| u != current.uid) && req.uid() != 0 {
@@ -517,6 +343,7 @@ impl fuser::Filesystem for CafsFuse {
         }
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, may_create(&v, parent, name));
+        or_reply!(reply, self.may_change(req, &v));
         let r = v.coll.fs().create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         entry(&v, reply, Self::made_again(&v, req, parent, name, r));
     }
@@ -526,7 +353,7 @@ impl fuser::Filesystem for CafsFuse {
         let (v, parent) = match or_reply!(reply, self.at(parent)) {
             Node::Dir(d) => {
                 let ns = self.ns().expect("a namespace directory");
-                return match ns.make_ref(d, name.as_bytes()) {
+                return match ns.make_ref_as(req.uid(), req.gid(), d, name.as_bytes()) {
                     Ok(a) => reply.entry(&TTL, &file_attr(a.ino, &a), Generation(0)),
                     Err(e) => reply.error(errno(&e)),
                 };
@@ -534,6 +361,7 @@ impl fuser::Filesystem for CafsFuse {
             Node::In(v, parent) => (v, parent),
         };
         or_reply!(reply, may_create(&v, parent, name));
+        or_reply!(reply, self.may_change(req, &v));
         let r = v.coll.fs().mkdir(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         entry(&v, reply, Self::made_again(&v, req, parent, name, r));
     }
@@ -542,6 +370,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, writable(&v));
+        or_reply!(reply, self.may_change(req, &v));
         if is_control_name(&v, parent, name) || parent == CONTROL_DIR {
             return reply.error(Errno::EPERM);
         }
@@ -552,6 +381,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, writable(&v));
+        or_reply!(reply, self.may_change(req, &v));
         if is_control_name(&v, parent, name) {
             return reply.error(Errno::EPERM);
         }
@@ -562,6 +392,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, may_create(&v, parent, link_name));
+        or_reply!(reply, self.may_change(req, &v));
         let r = v.coll.fs().symlink(parent, link_name.as_bytes(), target.as_os_str().as_bytes(), req.uid(), req.gid());
         entry(&v, reply, Self::made_again(&v, req, parent, link_name, r));
     }
@@ -583,6 +414,7 @@ impl fuser::Filesystem for CafsFuse {
             return reply.error(Errno::EXDEV);
         }
         or_reply!(reply, writable(&v));
+        or_reply!(reply, self.may_change(req, &v));
         if is_control_name(&v, parent, name) || is_control_name(&v, newparent, newname) {
             return reply.error(Errno::EPERM);
         }
@@ -610,7 +442,7 @@ impl fuser::Filesystem for CafsFuse {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _live = self.gate.enter();
         let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EISDIR));
         if control_file(local).is_some() {
@@ -619,6 +451,7 @@ impl fuser::Filesystem for CafsFuse {
         let wants_write = flags.acc_mode() != fuser::OpenAccMode::O_RDONLY;
         if wants_write {
             or_reply!(reply, writable(&v));
+            or_reply!(reply, self.may_change(req, &v));
         }
         let fs = v.coll.fs_for(local);
         match fs.open(local) {
@@ -692,9 +525,16 @@ impl fuser::Filesystem for CafsFuse {
                 }
             };
             let committer = format!("uid {}", req.uid());
-            return match self.rt.block_on(v.control.commit(&v.coll, &committer, &message)) {
+            // In a namespace mount, the requester commits (and must be allowed to write the ref); in a mount of
+            // one ref, its owner does, checked now: the ref's permissions may have changed since the mount.
+            let by = self.ns().map(|ns| ns.writer(req.uid(), req.gid()));
+            return match self.rt.block_on(v.control.commit_as(&v.coll, by.as_ref(), &committer, &message)) {
                 Ok(_) => reply.written(data.len() as u32),
-                Err(_) => reply.error(Errno::EIO),
+                Err(CollectionError::Catalog(CatalogError::Denied(_))) => reply.error(Errno::EACCES),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a commit through .cafs/commit failed");
+                    reply.error(Errno::EIO)
+                }
             };
         }
         let fs = v.coll.fs();
@@ -750,10 +590,10 @@ impl fuser::Filesystem for CafsFuse {
         Self::empty(reply, v.coll.fs_for(local).fsync_handle(local, self.stale(fh)));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _live = self.gate.enter();
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
-        let list = or_reply!(reply, self.listing(ino));
+        let list = or_reply!(reply, self.listing(ino, self.who(req).as_ref()));
         self.listings().insert((ino.0, fh), Arc::new(list));
         reply.opened(FileHandle(fh), FopenFlags::empty())
     }
@@ -764,9 +604,9 @@ impl fuser::Filesystem for CafsFuse {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _live = self.gate.enter();
-        let list = or_reply!(reply, self.opened_listing(ino, fh));
+        let list = or_reply!(reply, self.opened_listing(ino, fh, req));
         for (i, (name, child, kind)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*child), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
                 break;
@@ -775,13 +615,14 @@ impl fuser::Filesystem for CafsFuse {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _live = self.gate.enter();
-        let list = or_reply!(reply, self.opened_listing(ino, fh));
+        let list = or_reply!(reply, self.opened_listing(ino, fh, req));
         // A view's directory holds its entries in the tree that holds it: found once a page, not once an entry.
-        let tree = match self.at(ino) {
-            Ok(Node::In(v, local)) => Some((v.coll.fs_for(local), v)),
-            _ => None,
+        let (tree, ns_dir) = match self.at(ino) {
+            Ok(Node::In(v, local)) => (Some((v.coll.fs_for(local), v)), None),
+            Ok(Node::Dir(d)) => (None, self.ns().map(|ns| (ns, d))),
+            Err(_) => (None, None),
         };
         for (i, (name, child, _)) in list.iter().enumerate().skip(offset as usize) {
             let in_tree = tree.as_ref().and_then(|(fs, v)| {
@@ -789,7 +630,11 @@ impl fuser::Filesystem for CafsFuse {
                 Some(fs.getattr(local).map(|a| (file_attr(*child, &a), ttl(v))).map_err(|e| errno(&e)))
             });
             // Attributes as they are now, page by page: an entry removed since the listing was made is skipped.
-            let Ok((attr, ttl)) = in_tree.unwrap_or_else(|| self.attributes(INodeNo(*child))) else { continue };
+            let Ok((attr, mut ttl)) = in_tree.unwrap_or_else(|| self.attributes(INodeNo(*child))) else { continue };
+            // A name that is a ref is not cached, as in lookup: the next user's path walk must ask.
+            if ns_dir.is_some_and(|(ns, d)| ns.ref_of(d, name).is_some()) {
+                ttl = Duration::ZERO;
+            }
             if reply.add(attr.ino, i as u64 + 1, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }
@@ -831,7 +676,7 @@ impl fuser::Filesystem for CafsFuse {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -844,6 +689,7 @@ impl fuser::Filesystem for CafsFuse {
         if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::EPERM);
         }
+        or_reply!(reply, self.may_change(req, &v));
         let r = xattr::SetMode::from_flags(flags)
             .and_then(|mode| v.coll.setxattr(local, name.as_bytes(), Some(value), mode));
         Self::empty(reply, r);
@@ -855,6 +701,7 @@ impl fuser::Filesystem for CafsFuse {
         if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::EPERM);
         }
+        or_reply!(reply, self.may_change(req, &v));
         let r = v.coll.setxattr(local, name.as_bytes(), None, xattr::SetMode::Any);
         // Sent again after a restart and already gone: the first attempt removed it.
         let r = match r {
@@ -893,6 +740,7 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.gate.enter();
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, may_create(&v, parent, name));
+        or_reply!(reply, self.may_change(req, &v));
         let fs = v.coll.fs();
         let r = fs.create(parent, name.as_bytes(), mode & !umask, req.uid(), req.gid());
         match Self::made_again(&v, req, parent, name, r).and_then(|a| fs.open(a.ino)) {

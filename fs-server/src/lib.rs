@@ -12,6 +12,7 @@
 //! - [`collection`]: a tree bound to its ref or hash, and the commit logic;
 //! - [`journal`]: the per-mount log of uncommitted changes that a restarted cafsd rebuilds a tree from;
 //! - [`namespace`]: the mount that shows the whole catalog (`by_ref/`, `by_pdh/`, `history/`);
+//! - [`policy`]: who may use which ref: operators, groups, what new refs record, the checks;
 //! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
 //! - [`systemd`]: readiness and the file descriptor store that keeps mounts across cafsd restarts;
 //! - [`api`]: the gRPC API over those mounts, and who may drive which;
@@ -30,6 +31,7 @@ pub mod locator;
 pub mod manifest;
 pub mod mount;
 pub mod namespace;
+pub mod policy;
 pub mod server;
 pub mod store;
 pub mod systemd;

@@ -13,6 +13,10 @@
 //! the life of the mount. Kernel inode numbers are a view's number above [`SLOT_SHIFT`] bits and the view's own
 //! inode number below; view 0 is the namespace's own directories. FUSE-free: the adapter maps requests here.
 //!
+//! Each ref's owner, group and mode decide who sees it: the adapter asks [`access`] on every request that
+//! reaches a ref (by its uid), so one node-wide mount shows each user what that user may read, and lets a
+//! writable ref be written only by whoever may write it.
+//!
 //! The kernel keeps those numbers across a cafsd restart (the mount outlives cafsd), so each number given is
 //! written, before the kernel hears of it, to a slot file that the next cafsd reads back: `slot N ref NAME`,
 //! `slot N pdh HASH`, `slot N version NAME V HASH`, `dir INO NAME`.
@@ -30,7 +34,10 @@ use crate::fs::inode::{INO_LIMIT, Kind, ROOT};
 use crate::fs::{Attr, FsError, FsOptions};
 use crate::journal;
 use crate::manifest::Pdh;
+use crate::policy::Policy;
 use crate::store::BlockStore;
+
+pub mod access;
 
 /// A view's own inode numbers fit below this many bits (see [`INO_LIMIT`]).
 pub const SLOT_SHIFT: u32 = 40;
@@ -119,6 +126,8 @@ pub struct NamespaceOptions {
     pub slots_file: Option<PathBuf>,
     /// Taking over a live mount from an earlier cafsd: read the slot file back instead of starting it afresh.
     pub resume: bool,
+    /// Who may use which ref.
+    pub policy: Arc<Policy>,
 }
 
 /// Whether `name` matches one of `patterns` (exact, or a prefix ending in `*`).
@@ -458,9 +467,14 @@ impl Namespace {
         self.attr(ino)
     }
 
-    /// `mkdir by_ref/NAME`: a new ref, if the configuration makes NAME writable; empty, and in the catalog from
-    /// its first commit on.
+    /// `mkdir by_ref/NAME` by the mount's owner (see [`Namespace::make_ref_as`]).
     pub fn make_ref(&self, dir: u64, name: &[u8]) -> Result<Attr, FsError> {
+        self.make_ref_as(self.uid, self.gid, dir, name)
+    }
+
+    /// `mkdir by_ref/NAME` by `uid`: a new ref, if the configuration makes NAME writable; owned by `uid` (and
+    /// `gid`) from now on, empty, and with a version from its first commit on.
+    pub fn make_ref_as(&self, uid: u32, gid: u32, dir: u64, name: &[u8]) -> Result<Attr, FsError> {
         if dir != BY_REF_INO {
             return Err(FsError::NotPermitted("the namespace's directories are fixed; new refs go in by_ref/"));
         }
@@ -471,6 +485,12 @@ impl Namespace {
         let key = Key::Ref(r.clone());
         if self.keys().contains_key(&key) || self.rt.block_on(self.catalog.head(&r)).map_err(catalog_failed)?.is_some()
         {
+            return Err(FsError::Exists);
+        }
+        // Made by someone else (a writable mount before its first commit): theirs, not made here.
+        let mine = self.opts.policy.new_ref(uid, gid);
+        let made = self.rt.block_on(self.catalog.create_ref(&r, &mine)).map_err(catalog_failed)?;
+        if made != mine {
             return Err(FsError::Exists);
         }
         let ino = self.reserve(key)?;
@@ -633,6 +653,9 @@ impl Namespace {
                         let (c, r) =
                             Collection::open_ref_journaled(catalog, store, name.clone(), opts, uid, gid, &journal, &at)
                                 .await?;
+                        // Commits nobody asks for (auto-commit, unmount) are the mount's owner's; a user's
+                        // `.cafs/commit` is checked as that user (see the adapter).
+                        c.set_writer(Some(self.opts.policy.writer(uid, gid)));
                         if r.records > 0 {
                             tracing::warn!(
                                 view = %at.display(),

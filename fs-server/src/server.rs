@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 pub use cafs_mount::wire::fd_socket_path;
 use cafs_mount::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply, WireError};
 
-use crate::catalog::{Catalog, RefName};
+use crate::catalog::access::check;
+use crate::catalog::{Catalog, Need, RefName, Writer};
 use crate::collection::{Collection, CollectionError, Committed, follow};
 use crate::control::Control;
 use crate::fs::{FsError, FsOptions};
@@ -27,8 +28,15 @@ use crate::journal;
 use crate::manifest::Pdh;
 use crate::mount::{MountOptions, resume_fd, serve_fd};
 use crate::namespace::{Namespace, NamespaceOptions};
+use crate::policy::Policy;
 use crate::store::BlockStore;
 use crate::systemd::{FdStore, Restored};
+
+mod restart;
+mod tasks;
+
+pub use tasks::{autocommit, bind_unix};
+use tasks::{relay, sample_throughput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -210,6 +218,8 @@ pub struct Server {
     /// systemd's file descriptor store, when cafsd runs under systemd with one: every mount's fd is kept there
     /// too, so mounts outlive cafsd even when no helper daemon holds them.
     fdstore: Option<FdStore>,
+    /// Who may use which ref.
+    policy: Arc<Policy>,
 }
 
 /// `dir` as the helper names it: absolute, its components normalized.
@@ -235,6 +245,8 @@ pub struct ServerOptions {
     pub fdstore: Option<FdStore>,
     /// Refs a namespace mount shows writable (see [`NamespaceOptions::writable`]).
     pub namespace_writable: Vec<String>,
+    /// Who may use which ref.
+    pub policy: Arc<Policy>,
 }
 
 impl Server {
@@ -244,7 +256,8 @@ impl Server {
         rt: tokio::runtime::Handle,
         opts: ServerOptions,
     ) -> Arc<Self> {
-        let ServerOptions { helper, journals, autocommit, ref_refresh: refresh, fdstore, namespace_writable } = opts;
+        let ServerOptions { helper, journals, autocommit, ref_refresh: refresh, fdstore, namespace_writable, policy } =
+            opts;
         let server = Arc::new(Self {
             catalog,
             store,
@@ -260,6 +273,7 @@ impl Server {
             prefs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             fdstore,
+            policy,
         });
         rt.spawn(sample_throughput(Arc::downgrade(&server)));
         server
@@ -267,6 +281,10 @@ impl Server {
 
     pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
     }
 
     pub fn uptime(&self) -> Duration {
@@ -424,13 +442,29 @@ impl Server {
                 let pdh = match &h.request.origin {
                     Origin::Ref(name) => {
                         let name = RefName::new(name.clone()).map_err(|e| e.to_string())?;
+                        // Checked for the mount's owner, however the mount was asked for (the API, or the
+                        // helper directly). A mount taken over from an earlier cafsd is served on whatever its
+                        // ref's permissions are now: refusing would detach a live mount and strand its journal,
+                        // and its commits are checked anyway.
+                        let writer = self.policy.writer(h.uid, h.gid);
                         if !h.request.read_only {
+                            // A ref mounted writable before its first commit is created now, owned by the mount's
+                            // owner, so that nobody else takes it before that commit.
+                            let access =
+                                catalog.create_ref(&name, &writer.new_ref).await.map_err(|e| e.to_string())?;
+                            if let Err(e) = check(name.as_str(), &access, &writer.principal, Need::Write) {
+                                if !h.resume {
+                                    return Err(e.to_string());
+                                }
+                                tracing::warn!(mount = %dir.display(), error = %e, "taking over a mount whose owner may no longer write its ref");
+                            }
                             let journal = journal::path_for(&self.journals, name.as_str(), &dir);
                             let (c, r) = Collection::open_ref_journaled(
                                 catalog, store, name, opts, h.uid, h.gid, &journal, &dir,
                             )
                             .await
                             .map_err(|e| e.to_string())?;
+                            c.set_writer(Some(writer));
                             if r.records > 0 {
                                 tracing::warn!(
                                     mount = %dir.display(),
@@ -440,6 +474,13 @@ impl Server {
                                 );
                             }
                             return Ok(c);
+                        }
+                        if let Err(e) = self.policy.check(catalog.as_ref(), &name, &writer.principal, Need::Read).await
+                        {
+                            if !h.resume {
+                                return Err(e.to_string());
+                            }
+                            tracing::warn!(mount = %dir.display(), error = %e, "taking over a mount whose owner may no longer read its ref");
                         }
                         // A ref mounted read-only shows its current version, and then each newer one.
                         return Collection::open_following(catalog, store, name, opts, h.uid, h.gid)
@@ -544,6 +585,7 @@ impl Server {
             keep_immutable: KEEP_IMMUTABLE,
             slots_file: Some(journal::path_for(&self.journals, "", &dir).with_extension("slots")),
             resume: h.resume,
+            policy: self.policy.clone(),
         };
         let ns = Namespace::new(self.catalog.clone(), self.store.clone(), self.rt.clone(), h.uid, h.gid, opts)
             .map_err(|e| e.to_string())?;
@@ -644,16 +686,6 @@ impl Server {
         n.ended().await.map_err(ServerError::Internal)
     }
 
-    /// Leaves a namespace mount for the next cafsd: holds its requests (see [`Server::keep`]; its collections
-    /// are kept one by one as mounts of their own).
-    pub async fn keep_namespace(&self, n: &NamespaceServed, limit: Duration) -> Result<(), ServerError> {
-        let gate = n.gate.clone();
-        tokio::task::spawn_blocking(move || gate.close(limit))
-            .await
-            .map_err(|e| ServerError::Internal(format!("gate task failed: {e}")))?;
-        Ok(())
-    }
-
     fn ended(&self, s: &Served) {
         self.registry().remove(&s.dir);
         let mut outcome = Ok(s.coll.last_pdh());
@@ -684,62 +716,6 @@ impl Server {
         s.ended.send_replace(Some(outcome));
     }
 
-    /// Serves again the mounts systemd's fd store handed back at start (see [`FdStore::restore`]). A mount that
-    /// cannot be served is dropped from the store and detached. Blocking. Returns how many are served.
-    pub fn restore_stored(self: &Arc<Self>) -> usize {
-        let Some(store) = &self.fdstore else { return 0 };
-        let mut served = 0;
-        for Restored { name, handoff, fd } in store.restore() {
-            let dir = handoff.request.mountpoint.clone();
-            match self.serve(handoff, fd) {
-                Ok(_) => {
-                    tracing::info!(mount = %dir.display(), "took over a mount from systemd's fd store");
-                    served += 1;
-                }
-                Err(message) => {
-                    tracing::error!(mount = %dir.display(), %message, "cannot serve a mount from the fd store; detaching it");
-                    store.forget(&name);
-                    let _ = crate::mount::umount(&dir, true);
-                }
-            }
-        }
-        served
-    }
-
-    /// Asks the helper for the mounts it holds from an earlier cafsd (after a restart): each comes back through
-    /// the fd socket and is served on, its journal recovered. Blocking. Returns the helper's account.
-    pub fn reclaim(&self) -> Result<String, ServerError> {
-        let stream = UnixStream::connect(&self.helper)
-            .map_err(|source| ServerError::HelperUnreachable { path: self.helper.clone(), source })?;
-        stream.set_read_timeout(Some(Duration::from_secs(600))).map_err(|e| ServerError::Internal(e.to_string()))?;
-        wire::send(&stream, &HelperRequest::Reclaim, None).map_err(|e| ServerError::Helper(e.to_string()))?;
-        match wire::recv::<Reply>(&stream).map_err(|e| ServerError::Helper(e.to_string()))? {
-            (Reply { ok: true, message }, _) => Ok(message),
-            (Reply { message, .. }, _) => Err(ServerError::Helper(message)),
-        }
-    }
-
-    /// Leaves the mount for the next cafsd: waits (up to `limit`) for the requests in progress, holds every
-    /// later one unanswered, stores every buffer, commits a changed tree if the mount commits by itself, and
-    /// syncs the journal. The kernel keeps the held requests and sends them to the next cafsd.
-    pub async fn keep(&self, s: &Served, limit: Duration) -> Result<(), ServerError> {
-        let gate = s.gate.clone();
-        let drained = tokio::task::spawn_blocking(move || gate.close(limit))
-            .await
-            .map_err(|e| ServerError::Internal(format!("gate task failed: {e}")))?;
-        if !drained {
-            tracing::warn!(mount = %s.dir.display(), "requests still in progress at the deadline");
-        }
-        if !s.autocommit.is_zero() && s.coll.is_dirty() {
-            s.control.commit(&s.coll, "cafsd", "stop").await?;
-        }
-        let fs = s.coll.fs().clone();
-        tokio::task::spawn_blocking(move || fs.flush_all().and_then(|()| fs.sync_journal()))
-            .await
-            .map_err(|e| ServerError::Internal(format!("flush task failed: {e}")))?
-            .map_err(|e: FsError| ServerError::Collection(e.into()))
-    }
-
     /// Asks the helper to mount `request` for `uid` (who must own the mount point, unless root) and hand it
     /// here. Blocking: call it from a blocking context.
     pub fn mount(&self, uid: u32, request: MountRequest, autocommit: Option<Duration>) -> Result<Made, ServerError> {
@@ -765,17 +741,19 @@ impl Server {
             .ok_or_else(|| ServerError::Internal(format!("{} mounted, but not here", dir.display())))
     }
 
-    /// Commits the mount's tree (into its own ref, or `into` another), as `committer`.
+    /// Commits the mount's tree (into its own ref, or `into` another) as `by`, who must be allowed to write
+    /// that ref (the catalog checks it in the commit's transaction); `committer` is the name the history shows.
     pub async fn commit(
         &self,
         s: &Served,
         into: Option<&RefName>,
+        by: &Writer,
         committer: &str,
         message: &str,
     ) -> Result<Committed, ServerError> {
         Ok(match into {
-            Some(name) => s.coll.commit_into(name, committer, message).await?,
-            None => s.control.commit(&s.coll, committer, message).await?,
+            Some(name) => s.coll.commit_into_as(name, Some(by), committer, message).await?,
+            None => s.control.commit_as(&s.coll, Some(by), committer, message).await?,
         })
     }
 
@@ -813,67 +791,5 @@ impl Server {
             }
         }
         s.ended().await.map_err(ServerError::Internal)
-    }
-}
-
-/// Binds a Unix socket at `path`, replacing a stale socket file, but never one that a live process still
-/// serves (a second cafsd on the same socket would otherwise silently take it over).
-pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    if UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another process is serving this socket"));
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    UnixListener::bind(path)
-}
-
-/// Sends `request` to the helper at `helper`, acting for `uid`, and waits for its answer. Blocking.
-fn relay(helper: &Path, uid: u32, request: HelperRequest) -> Result<(), ServerError> {
-    let unreachable = |source| ServerError::HelperUnreachable { path: helper.to_path_buf(), source };
-    let stream = UnixStream::connect(helper).map_err(unreachable)?;
-    // The helper waits up to 120 s for a hand-over's answer and 30 s for the mount to appear.
-    stream.set_read_timeout(Some(Duration::from_secs(180))).map_err(unreachable)?;
-    let request = HelperRequest::Relay { uid, request: Box::new(request) };
-    wire::send(&stream, &request, None).map_err(|e| ServerError::Helper(e.to_string()))?;
-    match wire::recv::<Reply>(&stream) {
-        Ok((Reply { ok: true, .. }, _)) => Ok(()),
-        Ok((Reply { message, .. }, _)) => Err(ServerError::Helper(message)),
-        Err(e) => Err(ServerError::Helper(e.to_string())),
-    }
-}
-
-/// Samples every mount's uploaded bytes once a second, until the server is gone.
-async fn sample_throughput(server: Weak<Server>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let Some(server) = server.upgrade() else { return };
-        let now = Instant::now();
-        for s in server.list() {
-            let bytes = s.coll.fs().upload_stats().uploaded_bytes;
-            s.throughput.lock().unwrap_or_else(|p| p.into_inner()).sample(now, bytes);
-        }
-    }
-}
-
-/// Commits a changed tree once it has been left alone for `idle`; stops once `alive` says the mount is gone.
-pub async fn autocommit(coll: Arc<Collection>, control: Arc<Control>, idle: Duration, alive: impl Fn() -> bool) {
-    let mut seen = coll.fs().generation();
-    let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
-        if !alive() {
-            return;
-        }
-        let now = coll.fs().generation();
-        if now != seen {
-            (seen, since) = (now, Instant::now());
-        } else if coll.is_dirty() && since.elapsed() >= idle {
-            let _ = control.commit(&coll, "cafsd", "auto-commit").await;
-            since = Instant::now();
-        }
     }
 }

@@ -100,6 +100,7 @@ fn postgres_catalog_refuses_bad_credentials_a_newer_schema_and_tampered_rows() {
         sidecar: b"{}".to_vec(),
         committer: "t".into(),
         message: "m".into(),
+        writer: None,
     };
     let v = rt.block_on(cat.commit(&commit)).unwrap();
     assert!(pg.psql("c", "UPDATE collections SET manifest = replace(manifest, 'data', 'dada')").status.success());
@@ -112,4 +113,45 @@ fn postgres_catalog_refuses_bad_credentials_a_newer_schema_and_tampered_rows() {
     assert!(pg.psql("c", "UPDATE cafs_schema SET version = 99").status.success());
     let e = rt.block_on(PostgresCatalog::connect(&pg.url_with_password("c"), 2)).unwrap_err();
     assert!(e.to_string().contains("newer"), "{e}");
+}
+
+/// A database made before refs had owners (schema 1: no `refs` table) is migrated by the first node that
+/// connects: every ref gets the owner the configuration names, once; later connections change nothing.
+#[test]
+fn postgres_catalog_gives_the_refs_of_an_older_database_owners() {
+    use cafs::catalog::{AccessChange, Principal, RefAccess, RefName};
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(tmp.path());
+    let rt = rt();
+    pg.create_db("old");
+    let url = pg.url_with_password("old");
+    let cat = rt.block_on(PostgresCatalog::connect(&url, 2)).unwrap();
+    for name in ["a", "b/c"] {
+        let commit = cafs::catalog::Commit {
+            name: RefName::new(name).unwrap(),
+            expected: None,
+            record: cafs::catalog::conformance::record(name),
+            sidecar: vec![],
+            committer: "t".into(),
+            message: "m".into(),
+            writer: None,
+        };
+        rt.block_on(cat.commit(&commit)).unwrap();
+    }
+    drop(cat);
+    assert!(pg.psql("old", "DROP TABLE refs; UPDATE cafs_schema SET version = 1").status.success());
+
+    let legacy = RefAccess { owner: 1000, gid: 100, mode: 0o640 };
+    let cat = rt.block_on(PostgresCatalog::connect_url_migrating(&url, 2, legacy)).unwrap();
+    let all = rt.block_on(cat.list_access()).unwrap();
+    let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b/c"]);
+    assert!(all.iter().all(|(_, a)| *a == legacy), "{all:?}");
+    assert_eq!(String::from_utf8_lossy(&pg.psql("old", "SELECT version FROM cafs_schema").stdout).trim(), "2");
+    let change = AccessChange { mode: Some(0o600), ..Default::default() };
+    rt.block_on(cat.change_access(&RefName::new("a").unwrap(), &change, &Principal::root())).unwrap();
+    // Another node connecting later, with other settings, migrates nothing again.
+    let other = rt.block_on(PostgresCatalog::connect_url_migrating(&url, 2, RefAccess::LEGACY)).unwrap();
+    let a = rt.block_on(other.access(&RefName::new("a").unwrap())).unwrap().unwrap();
+    assert_eq!(a, RefAccess { mode: 0o600, ..legacy });
 }

@@ -54,6 +54,7 @@ async fn tree_to_collection_and_back() {
         sidecar: b"{}".to_vec(),
         committer: "test".into(),
         message: "import".into(),
+        writer: None,
     };
     let v = catalog.commit(&commit).await.unwrap();
     assert_eq!(v.pdh, record.pdh());

@@ -177,6 +177,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             fdstore: FdStore::from_env(&state.join("fdstore"), args.fd_store)
                 .context("systemd's file descriptor store")?,
             namespace_writable: config.namespace.writable.clone(),
+            policy: {
+                let refs = config.refs().context("[refs]")?;
+                tracing::info!(operators = ?refs.operators, default_mode = %format!("{:04o}", refs.default_mode), "ref permissions");
+                Arc::new(cafs::policy::Policy::new(refs.operators, refs.default_mode))
+            },
         },
     );
     // Mounts an earlier cafsd left in systemd's fd store: taken first, while their fds still have the numbers

@@ -103,6 +103,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A ref's owner, group and mode
+    Ref {
+        #[command(subcommand)]
+        action: RefCommand,
+    },
+    /// Give a ref to OWNER (a user name or uid), and to GROUP if given: root and operators only
+    Chown {
+        r#ref: String,
+        #[arg(value_name = "OWNER[:GROUP]")]
+        owner: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a ref's mode (octal read and write bits, as for a file: 644, 640, 600, 664, 666): its owner, root
+    /// and operators
+    Chmod {
+        r#ref: String,
+        mode: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Job wrapper: mount a fresh writable collection at DIR, run CMD there, commit on exit 0 and print the
     /// hash on stdout, unmount; exits with CMD's code. On failure the partial output is committed to the ref
     /// NAME.failed instead, and NAME does not move.
@@ -115,6 +136,16 @@ enum Command {
         dir: Option<PathBuf>,
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RefCommand {
+    /// Owner, group, mode and current version of a ref
+    Show {
+        r#ref: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -364,6 +395,9 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 }
             }
         }
+        Command::Ref { action: RefCommand::Show { r#ref, json } } => refs::show(c, r#ref, json).await?,
+        Command::Chown { r#ref, owner, json } => refs::chown(c, r#ref, owner, json).await?,
+        Command::Chmod { r#ref, mode, json } => refs::chmod(c, r#ref, mode, json).await?,
         Command::Run { .. } if remote => {
             return Err(Failure {
                 code: 2,
@@ -464,6 +498,9 @@ async fn show_progress(mut c: Client, mount_point: String) {
     }
     bar.finish_and_clear();
 }
+
+#[path = "fsctl/refs.rs"]
+mod refs;
 
 mod job {
     //! `fsctl run`: the job wrapper.

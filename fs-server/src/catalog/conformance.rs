@@ -8,7 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version};
+use super::{
+    AccessChange, Catalog, CatalogError, CollectionRecord, Commit, Principal, RefAccess, RefName, Version, Writer,
+};
 use crate::locator::Locator;
 use crate::manifest::{Manifest, Segment};
 
@@ -27,6 +29,9 @@ where
     sidecars_belong_to_versions(fresh().await).await;
     invalid_input_is_refused(fresh().await).await;
     concurrent_commits_lose_nothing(fresh().await).await;
+    commits_are_checked_against_the_refs_owner(fresh().await).await;
+    created_refs_keep_their_first_creator(fresh().await).await;
+    chown_and_chmod_are_checked(fresh().await).await;
 }
 
 /// A collection with one file holding `content`.
@@ -50,7 +55,18 @@ fn commit(name: &RefName, expected: Option<u64>, rec: &CollectionRecord, msg: &s
         sidecar: format!("{{\"message\":{msg:?}}}").into_bytes(),
         committer: "conformance".into(),
         message: msg.into(),
+        writer: None,
     }
+}
+
+fn user(uid: u32, groups: &[u32]) -> Principal {
+    Principal { uid, groups: groups.to_vec(), privileged: false }
+}
+
+/// `commit` by `who`, a ref it creates owned by it with `mode`.
+fn commit_by(who: &Principal, mode: u32, c: Commit) -> Commit {
+    let new_ref = RefAccess { owner: who.uid, gid: who.groups[0], mode };
+    Commit { writer: Some(Writer { principal: who.clone(), new_ref }), ..c }
 }
 
 fn r(name: &str) -> RefName {
@@ -195,4 +211,101 @@ async fn concurrent_commits_lose_nothing((a, b): Pair) {
         assert_eq!(v.version, i as u64 + 1);
         assert_eq!(v.parent, if i == 0 { None } else { Some(history[i - 1].pdh) });
     }
+}
+
+/// A commit is checked against the ref's record in the transaction that moves the ref; a refused one stores
+/// nothing; the commit that creates a ref records its writer; a chmod lets others in.
+async fn commits_are_checked_against_the_refs_owner((a, b): Pair) {
+    let name = r("owned");
+    let (owner, member, other) = (user(1000, &[1000]), user(1001, &[1001, 1000]), user(1002, &[1002]));
+    assert_eq!(a.access(&name).await.unwrap(), None);
+    a.commit(&commit_by(&owner, 0o640, commit(&name, None, &record("one"), "first"))).await.unwrap();
+    let made = RefAccess { owner: 1000, gid: 1000, mode: 0o640 };
+    assert_eq!(b.access(&name).await.unwrap(), Some(made), "the creator owns the ref, on every handle");
+    assert_eq!(b.list_access().await.unwrap(), [(name.clone(), made)]);
+
+    for who in [&member, &other] {
+        let loser = record(&format!("by {}", who.uid));
+        match b.commit(&commit_by(who, 0o644, commit(&name, Some(1), &loser, "refused"))).await {
+            Err(CatalogError::Denied(d)) => assert_eq!((d.uid, d.what, d.access), (who.uid, "write", made)),
+            other => panic!("uid {} must not write a 0640 ref of uid 1000: {other:?}", who.uid),
+        }
+        assert!(a.get_collection(&loser.pdh()).await.unwrap().is_none(), "a refused commit stores nothing");
+    }
+    assert_eq!(a.history(&name).await.unwrap().len(), 1);
+    assert_eq!(a.access(&name).await.unwrap(), Some(made), "a refused commit changes no record");
+    // Permission is checked before the version: a stale commit of someone who may not write is refused as such.
+    let stale = b.commit(&commit_by(&other, 0o644, commit(&name, None, &record("stale"), "stale"))).await;
+    assert!(matches!(stale, Err(CatalogError::Denied(_))), "{stale:?}");
+
+    // The owner lets the group write: the member may commit, others still not.
+    let chmod = AccessChange { mode: Some(0o660), ..Default::default() };
+    a.change_access(&name, &chmod, &owner).await.unwrap();
+    b.commit(&commit_by(&member, 0o644, commit(&name, Some(1), &record("two"), "member"))).await.unwrap();
+    let e = b.commit(&commit_by(&other, 0o644, commit(&name, Some(2), &record("x"), "x"))).await.unwrap_err();
+    assert!(matches!(e, CatalogError::Denied(_)), "{e}");
+    // Root and operators pass; a commit of the library itself (no writer) is not checked.
+    let operator = Principal { uid: 1005, groups: vec![1005], privileged: true };
+    a.commit(&commit_by(&operator, 0o644, commit(&name, Some(2), &record("three"), "operator"))).await.unwrap();
+    a.commit(&commit(&name, Some(3), &record("four"), "library")).await.unwrap();
+    assert_eq!(b.access(&name).await.unwrap().unwrap().owner, 1000, "writers other than the creator own nothing");
+    let unowned = r("unowned");
+    a.commit(&commit(&unowned, None, &record("u"), "library")).await.unwrap();
+    assert_eq!(b.access(&unowned).await.unwrap(), Some(RefAccess::LEGACY));
+}
+
+/// A ref created before its first commit (a writable mount, `mkdir` in a namespace) keeps whoever created it
+/// first, on every handle; the creation makes no version.
+async fn created_refs_keep_their_first_creator((a, b): Pair) {
+    let name = r("claimed");
+    let first = RefAccess { owner: 1000, gid: 1000, mode: 0o600 };
+    let second = RefAccess { owner: 1001, gid: 1001, mode: 0o666 };
+    let (x, y) = tokio::join!(a.create_ref(&name, &first), b.create_ref(&name, &second));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x, y, "two creators at once: both see the one that won");
+    assert!(x == first || x == second);
+    assert_eq!(a.create_ref(&name, &second).await.unwrap(), x, "a later creation changes nothing");
+    assert!(b.head(&name).await.unwrap().is_none());
+    assert!(b.history(&name).await.unwrap().is_empty());
+    assert_eq!(b.list_access().await.unwrap(), [(name.clone(), x)]);
+    // The winner commits the first version; the loser may not.
+    let winner = user(x.owner, &[x.gid]);
+    let loser = user(if x.owner == 1000 { 1001 } else { 1000 }, &[1]);
+    let lost = commit_by(&loser, 0o644, commit(&name, None, &record("l"), "l"));
+    if x == first {
+        assert!(matches!(b.commit(&lost).await, Err(CatalogError::Denied(_))));
+    }
+    a.commit(&commit_by(&winner, 0o644, commit(&name, None, &record("w"), "w"))).await.unwrap();
+    assert_eq!(b.access(&name).await.unwrap(), Some(x), "the first commit keeps the record made at creation");
+}
+
+async fn chown_and_chmod_are_checked((a, b): Pair) {
+    let name = r("changed");
+    let (owner, other) = (user(1000, &[1000]), user(1001, &[1001]));
+    let nothing = AccessChange { mode: Some(0o600), ..Default::default() };
+    assert!(matches!(a.change_access(&name, &nothing, &Principal::root()).await, Err(CatalogError::NoSuchRef(_))));
+    a.commit(&commit_by(&owner, 0o644, commit(&name, None, &record("c"), "c"))).await.unwrap();
+    let was = RefAccess { owner: 1000, gid: 1000, mode: 0o644 };
+
+    let chmod = AccessChange { mode: Some(0o600), ..Default::default() };
+    let chown = AccessChange { owner: Some(1001), gid: Some(1001), mode: None };
+    for (change, by) in [(&chmod, &other), (&chown, &owner), (&chown, &other)] {
+        let e = b.change_access(&name, change, by).await.unwrap_err();
+        assert!(matches!(e, CatalogError::Denied(_)), "{e}");
+    }
+    let bad = AccessChange { mode: Some(0o777), ..Default::default() };
+    assert!(matches!(a.change_access(&name, &bad, &Principal::root()).await, Err(CatalogError::Denied(_))));
+    assert_eq!(a.access(&name).await.unwrap(), Some(was), "refusals change nothing");
+
+    assert_eq!(b.change_access(&name, &chmod, &owner).await.unwrap(), RefAccess { mode: 0o600, ..was });
+    let given = a.change_access(&name, &chown, &Principal::root()).await.unwrap();
+    assert_eq!(given, RefAccess { owner: 1001, gid: 1001, mode: 0o600 });
+    assert_eq!(b.access(&name).await.unwrap(), Some(given));
+    // The new owner writes and chmods; the old one no longer may.
+    b.commit(&commit_by(&other, 0o644, commit(&name, Some(1), &record("d"), "d"))).await.unwrap();
+    let e = a.commit(&commit_by(&owner, 0o644, commit(&name, Some(2), &record("e"), "e"))).await.unwrap_err();
+    assert!(matches!(e, CatalogError::Denied(_)), "{e}");
+    assert!(matches!(a.change_access(&name, &chmod, &owner).await, Err(CatalogError::Denied(_))));
+    b.change_access(&name, &AccessChange { mode: Some(0o666), ..Default::default() }, &other).await.unwrap();
+    a.commit(&commit_by(&owner, 0o644, commit(&name, Some(2), &record("e"), "e"))).await.unwrap();
 }

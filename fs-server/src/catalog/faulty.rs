@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::CollectionRecord;
-use super::{Catalog, CatalogError, Commit, RefName, Version};
+use super::{AccessChange, Catalog, CatalogError, Commit, Principal, RefAccess, RefName, Version};
 use crate::manifest::Pdh;
 
 #[derive(Debug)]
@@ -110,5 +110,30 @@ impl<C: Catalog> Catalog for FaultyCatalog<C> {
     async fn history(&self, name: &RefName) -> Result<Vec<Version>, CatalogError> {
         self.enter().await?;
         self.inner.history(name).await
+    }
+
+    async fn access(&self, name: &RefName) -> Result<Option<RefAccess>, CatalogError> {
+        self.enter().await?;
+        self.inner.access(name).await
+    }
+
+    async fn list_access(&self) -> Result<Vec<(RefName, RefAccess)>, CatalogError> {
+        self.enter().await?;
+        self.inner.list_access().await
+    }
+
+    async fn create_ref(&self, name: &RefName, access: &RefAccess) -> Result<RefAccess, CatalogError> {
+        self.enter().await?;
+        self.inner.create_ref(name, access).await
+    }
+
+    async fn change_access(
+        &self,
+        name: &RefName,
+        change: &AccessChange,
+        by: &Principal,
+    ) -> Result<RefAccess, CatalogError> {
+        self.enter().await?;
+        self.inner.change_access(name, change, by).await
     }
 }

@@ -9,7 +9,10 @@
 //!
 //! Connections come from a small pool (`deadpool-postgres`); TLS (OpenSSL) is used as the connection string's
 //! `sslmode` asks. The schema is created on first use under an advisory lock, so two nodes starting at once do
-//! not race, and a database made by a newer cafs is refused rather than misread.
+//! not race, and a database made by a newer cafs is refused rather than misread. Schema 2 added the `refs`
+//! table (owner, group and mode of each ref); a schema-1 database is migrated under the same lock, its refs
+//! given the owner the first node to start names. A commit and a chown or chmod of one ref lock its `refs` row,
+//! so the permission a commit is checked against is the one it lands under, on every node.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,10 +20,13 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
-use super::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version, from_micros, micros, parse_pdh};
+use super::{
+    AccessChange, Catalog, CatalogError, CollectionRecord, Commit, Principal, RefAccess, RefName, Version,
+    commit_access, from_micros, micros, parse_pdh, stored_access,
+};
 use crate::manifest::Pdh;
 
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// The advisory lock key schema changes are made under (any constant; "cafs" in ASCII).
 const SCHEMA_LOCK: i64 = 0x6361_6673;
 
@@ -45,6 +51,12 @@ CREATE TABLE IF NOT EXISTS versions (
     committer    TEXT NOT NULL,
     message      TEXT NOT NULL,
     PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS refs (
+    name  TEXT COLLATE "C" PRIMARY KEY,
+    owner BIGINT NOT NULL,
+    gid   BIGINT NOT NULL,
+    mode  BIGINT NOT NULL
 );
 "#;
 
@@ -101,13 +113,32 @@ impl PostgresCatalog {
     /// Connects with `url` (`postgresql://user:password@host:port/db?sslmode=...`, or `key=value` form) and
     /// creates the schema if the database has none. Fails if the server cannot be reached.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, CatalogError> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| CatalogError::Backend(format!("PostgreSQL connection string: {e}").into()))?;
-        Self::connect_with(config, max_connections).await
+        Self::connect_url_migrating(url, max_connections, RefAccess::LEGACY).await
     }
 
-    /// [`PostgresCatalog::connect`] with the settings parsed (a password added from a file, say).
+    /// [`PostgresCatalog::connect`], giving the refs of a database made before refs had owners `legacy`.
+    pub async fn connect_url_migrating(
+        url: &str,
+        max_connections: usize,
+        legacy: RefAccess,
+    ) -> Result<Self, CatalogError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| CatalogError::Backend(format!("PostgreSQL connection string: {e}").into()))?;
+        Self::connect_migrating(config, max_connections, legacy).await
+    }
+
+    /// [`PostgresCatalog::connect`] with the settings parsed (a password added from a file, say). The refs
+    /// of a database made before refs had owners are given [`RefAccess::LEGACY`].
     pub async fn connect_with(config: tokio_postgres::Config, max_connections: usize) -> Result<Self, CatalogError> {
+        Self::connect_migrating(config, max_connections, RefAccess::LEGACY).await
+    }
+
+    /// [`PostgresCatalog::connect_with`], giving the refs of a database made before refs had owners `legacy`.
+    pub async fn connect_migrating(
+        config: tokio_postgres::Config,
+        max_connections: usize,
+        legacy: RefAccess,
+    ) -> Result<Self, CatalogError> {
         let describe = format!(
             "{}@{:?}/{}",
             config.get_user().unwrap_or("?"),
@@ -127,7 +158,7 @@ impl PostgresCatalog {
             .build()
             .map_err(backend)?;
         let catalog = Self { pool, describe };
-        catalog.migrate().await?;
+        catalog.migrate(legacy).await?;
         Ok(catalog)
     }
 
@@ -142,7 +173,7 @@ impl PostgresCatalog {
         })
     }
 
-    async fn migrate(&self) -> Result<(), CatalogError> {
+    async fn migrate(&self, legacy: RefAccess) -> Result<(), CatalogError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await.map_err(pg)?;
@@ -157,9 +188,51 @@ impl PostgresCatalog {
                     "the database has schema version {v}, newer than this cafs understands ({SCHEMA_VERSION})"
                 )));
             }
+            Some(v) if v < SCHEMA_VERSION => {
+                let moved = tx
+                    .execute(
+                        "INSERT INTO refs (name, owner, gid, mode) SELECT DISTINCT name, $1::BIGINT, $2::BIGINT, \
+                         $3::BIGINT FROM versions ON CONFLICT (name) DO NOTHING",
+                        &[&i64::from(legacy.owner), &i64::from(legacy.gid), &i64::from(legacy.mode)],
+                    )
+                    .await
+                    .map_err(pg)?;
+                tx.execute("UPDATE cafs_schema SET version = $1", &[&SCHEMA_VERSION]).await.map_err(pg)?;
+                tracing::info!(from = v, refs = moved, owner = %legacy, "catalog schema migrated; refs have owners");
+            }
             Some(_) => {}
         }
         tx.commit().await.map_err(pg)
+    }
+
+    /// The ref's record, its row locked until `c`'s transaction ends when `lock`.
+    async fn access_of(
+        c: &impl deadpool_postgres::GenericClient,
+        name: &str,
+        lock: bool,
+    ) -> Result<Option<RefAccess>, CatalogError> {
+        let sql = if lock {
+            "SELECT owner, gid, mode FROM refs WHERE name = $1 FOR UPDATE"
+        } else {
+            "SELECT owner, gid, mode FROM refs WHERE name = $1"
+        };
+        let row = c.query_opt(sql, &[&name]).await.map_err(pg)?;
+        row.map(|r| stored_access(name, r.get(0), r.get(1), r.get(2))).transpose()
+    }
+
+    /// Inserts the ref's record unless it has one, and returns (and locks) the record it has then.
+    async fn insert_access(
+        c: &impl deadpool_postgres::GenericClient,
+        name: &str,
+        a: &RefAccess,
+    ) -> Result<RefAccess, CatalogError> {
+        c.execute(
+            "INSERT INTO refs (name, owner, gid, mode) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+            &[&name, &i64::from(a.owner), &i64::from(a.gid), &i64::from(a.mode)],
+        )
+        .await
+        .map_err(pg)?;
+        Self::access_of(c, name, true).await?.ok_or_else(|| CatalogError::NoSuchRef(name.to_string()))
     }
 
     /// Where this catalog is, for logs (no password).
@@ -221,10 +294,17 @@ impl Catalog for PostgresCatalog {
         let name = commit.name.as_str();
         let conflict = |current| CatalogError::Conflict { name: name.to_string(), expected: commit.expected, current };
         let tx = c.transaction().await.map_err(pg)?;
+        // The ref's row first, locked: a chmod on another node waits for this commit, or this commit for it.
+        let access = Self::access_of(&tx, name, true).await?;
+        // Permission first: a writer who may not write the ref learns nothing of its versions.
+        let new_access = commit_access(commit, access)?;
         let head = Self::head_of(&tx, name).await?;
         let current = head.as_ref().map(|h| h.version);
         if current != commit.expected {
             return Err(conflict(current));
+        }
+        if let Some(new) = new_access {
+            Self::insert_access(&tx, name, &new).await?;
         }
         insert_collection(&tx, &commit.record).await?;
         let sidecar = Pdh::of_text(&commit.sidecar);
@@ -299,5 +379,51 @@ impl Catalog for PostgresCatalog {
             .await
             .map_err(pg)?;
         rows.iter().map(to_version).collect()
+    }
+
+    async fn access(&self, name: &RefName) -> Result<Option<RefAccess>, CatalogError> {
+        Self::access_of(&self.client().await?, name.as_str(), false).await
+    }
+
+    async fn list_access(&self) -> Result<Vec<(RefName, RefAccess)>, CatalogError> {
+        let c = self.client().await?;
+        let rows = c.query("SELECT name, owner, gid, mode FROM refs ORDER BY name", &[]).await.map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let access = stored_access(&name, r.get(1), r.get(2), r.get(3))?;
+                Ok((RefName::new(name).map_err(|e| CatalogError::Corrupt(e.to_string()))?, access))
+            })
+            .collect()
+    }
+
+    async fn create_ref(&self, name: &RefName, access: &RefAccess) -> Result<RefAccess, CatalogError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let now = Self::insert_access(&tx, name.as_str(), access).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(now)
+    }
+
+    async fn change_access(
+        &self,
+        name: &RefName,
+        change: &AccessChange,
+        by: &Principal,
+    ) -> Result<RefAccess, CatalogError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let now = Self::access_of(&tx, name.as_str(), true)
+            .await?
+            .ok_or_else(|| CatalogError::NoSuchRef(name.to_string()))?;
+        let new = now.changed(name.as_str(), change, by)?;
+        tx.execute(
+            "UPDATE refs SET owner = $2, gid = $3, mode = $4 WHERE name = $1",
+            &[&name.as_str(), &i64::from(new.owner), &i64::from(new.gid), &i64::from(new.mode)],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(new)
     }
 }

@@ -4,6 +4,9 @@
 //! transaction (the write lock is taken before the ref is read), and `(name, version)` is the primary key of the
 //! version table, so two committers — threads, or processes sharing the file — cannot both take the same version.
 //! rusqlite is synchronous: every call runs on tokio's blocking pool.
+//!
+//! Schema 2 added the `refs` table (owner, group and mode of each ref); a schema-1 file is migrated when it is
+//! opened, its refs given the owner the caller names.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,10 +15,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version, from_micros, micros, parse_pdh};
+use super::{
+    AccessChange, Catalog, CatalogError, CollectionRecord, Commit, Principal, RefAccess, RefName, Version,
+    commit_access, from_micros, micros, parse_pdh, stored_access,
+};
 use crate::manifest::Pdh;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS collections (
@@ -38,6 +44,12 @@ CREATE TABLE IF NOT EXISTS versions (
     message      TEXT NOT NULL,
     PRIMARY KEY (name, version)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refs (
+    name  TEXT PRIMARY KEY,
+    owner INTEGER NOT NULL,
+    gid   INTEGER NOT NULL,
+    mode  INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 #[derive(Debug, Clone)]
@@ -51,8 +63,15 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> CatalogError {
 }
 
 impl SqliteCatalog {
-    /// Opens (creating if needed) the catalog database at `path`.
+    /// Opens (creating if needed) the catalog database at `path`; refs of an older file are given
+    /// [`RefAccess::LEGACY`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CatalogError> {
+        Self::open_migrating(path, RefAccess::LEGACY)
+    }
+
+    /// Opens (creating if needed) the catalog database at `path`; refs of a file made before refs had owners
+    /// are given `legacy`.
+    pub fn open_migrating(path: impl AsRef<Path>, legacy: RefAccess) -> Result<Self, CatalogError> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(backend)?;
@@ -69,8 +88,25 @@ impl SqliteCatalog {
                 path.display()
             )));
         }
-        conn.execute_batch(SCHEMA).map_err(backend)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(backend)?;
+        let mut conn = conn;
+        // One transaction, taken before the version is read again: two processes opening an old file at once
+        // migrate it once.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+        if version < SCHEMA_VERSION {
+            tx.execute_batch(SCHEMA).map_err(backend)?;
+            let moved = tx
+                .execute(
+                    "INSERT OR IGNORE INTO refs (name, owner, gid, mode) SELECT DISTINCT name, ?1, ?2, ?3 FROM versions",
+                    params![legacy.owner, legacy.gid, legacy.mode],
+                )
+                .map_err(backend)?;
+            if moved > 0 {
+                tracing::info!(refs = moved, owner = %legacy, "refs made before refs had owners now have one");
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), path })
     }
 
@@ -127,6 +163,25 @@ fn head_of(conn: &Connection, name: &str) -> Result<Option<Version>, CatalogErro
     .map_err(backend)?
     .map(to_version)
     .transpose()
+}
+
+fn access_of(conn: &Connection, name: &str) -> Result<Option<RefAccess>, CatalogError> {
+    let row: Option<(i64, i64, i64)> = conn
+        .query_row("SELECT owner, gid, mode FROM refs WHERE name = ?1", params![name], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+        .map_err(backend)?;
+    row.map(|(o, g, m)| stored_access(name, o, g, m)).transpose()
+}
+
+fn insert_access(conn: &Connection, name: &str, a: &RefAccess) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO refs (name, owner, gid, mode) VALUES (?1, ?2, ?3, ?4)",
+        params![name, a.owner, a.gid, a.mode],
+    )
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn insert_collection(conn: &Connection, record: &CollectionRecord) -> Result<(), CatalogError> {
@@ -186,6 +241,8 @@ impl Catalog for SqliteCatalog {
         let commit = commit.clone();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            // Permission first: a writer who may not write the ref learns nothing of its versions.
+            let new_access = commit_access(&commit, access_of(&tx, commit.name.as_str())?)?;
             let head = head_of(&tx, commit.name.as_str())?;
             let current = head.as_ref().map(|h| h.version);
             if current != commit.expected {
@@ -195,6 +252,9 @@ impl Catalog for SqliteCatalog {
                     expected: commit.expected,
                     current,
                 });
+            }
+            if let Some(new) = new_access {
+                insert_access(&tx, commit.name.as_str(), &new)?;
             }
             insert_collection(&tx, &commit.record)?;
             let sidecar = insert_sidecar(&tx, &commit.sidecar)?;
@@ -259,6 +319,61 @@ impl Catalog for SqliteCatalog {
         })
         .await
     }
+
+    async fn access(&self, name: &RefName) -> Result<Option<RefAccess>, CatalogError> {
+        let name = name.clone();
+        self.run(move |conn| access_of(conn, name.as_str())).await
+    }
+
+    async fn list_access(&self) -> Result<Vec<(RefName, RefAccess)>, CatalogError> {
+        self.run(|conn| {
+            let mut stmt = conn.prepare("SELECT name, owner, gid, mode FROM refs ORDER BY name").map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .map_err(backend)?;
+            rows.map(|r| {
+                let (name, o, g, m) = r.map_err(backend)?;
+                let access = stored_access(&name, o, g, m)?;
+                Ok((RefName::new(name).map_err(|e| CatalogError::Corrupt(e.to_string()))?, access))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn create_ref(&self, name: &RefName, access: &RefAccess) -> Result<RefAccess, CatalogError> {
+        let (name, access) = (name.clone(), *access);
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            insert_access(&tx, name.as_str(), &access)?;
+            let now = access_of(&tx, name.as_str())?.ok_or_else(|| CatalogError::NoSuchRef(name.to_string()))?;
+            tx.commit().map_err(backend)?;
+            Ok(now)
+        })
+        .await
+    }
+
+    async fn change_access(
+        &self,
+        name: &RefName,
+        change: &AccessChange,
+        by: &Principal,
+    ) -> Result<RefAccess, CatalogError> {
+        let (name, change, by) = (name.clone(), *change, by.clone());
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let now = access_of(&tx, name.as_str())?.ok_or_else(|| CatalogError::NoSuchRef(name.to_string()))?;
+            let new = now.changed(name.as_str(), &change, &by)?;
+            tx.execute(
+                "UPDATE refs SET owner = ?2, gid = ?3, mode = ?4 WHERE name = ?1",
+                params![name.as_str(), new.owner, new.gid, new.mode],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(new)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +410,7 @@ mod tests {
             sidecar: b"{\"mode\":420}".to_vec(),
             committer: "t".into(),
             message: "m".into(),
+            writer: None,
         };
         let v = cat.commit(&commit).await.unwrap();
         let raw = Connection::open(dir.path().join("c.sqlite")).unwrap();
@@ -321,6 +437,7 @@ mod tests {
                 sidecar: vec![1, 2],
                 committer: "t".into(),
                 message: "m".into(),
+                writer: None,
             };
             cat.commit(&commit).await.unwrap();
         }
@@ -329,6 +446,45 @@ mod tests {
         assert_eq!(head.pdh, rec.pdh());
         assert_eq!(cat.get_sidecar(&head.sidecar).await.unwrap().unwrap(), [1, 2]);
         assert_eq!(cat.get_collection(&rec.pdh()).await.unwrap().unwrap(), rec);
+    }
+
+    /// A file made before refs had owners (schema 1: no `refs` table) gets a record for each ref it holds, with
+    /// the owner the caller names, once; the next open changes nothing, and new refs get their creator.
+    #[tokio::test]
+    async fn an_older_file_gets_owners_for_its_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let old = SqliteCatalog::open(&path).unwrap();
+        for name in ["a", "b/c"] {
+            let rec = crate::catalog::conformance::record(name);
+            let commit = Commit {
+                name: RefName::new(name).unwrap(),
+                expected: None,
+                record: rec,
+                sidecar: vec![],
+                committer: "t".into(),
+                message: "m".into(),
+                writer: None,
+            };
+            old.commit(&commit).await.unwrap();
+        }
+        drop(old);
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch("DROP TABLE refs; PRAGMA user_version = 1;").unwrap();
+        drop(raw);
+
+        let legacy = RefAccess { owner: 1000, gid: 100, mode: 0o640 };
+        let cat = SqliteCatalog::open_migrating(&path, legacy).unwrap();
+        let all = cat.list_access().await.unwrap();
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b/c"]);
+        assert!(all.iter().all(|(_, a)| *a == legacy), "{all:?}");
+        let mine = crate::catalog::AccessChange { mode: Some(0o600), ..Default::default() };
+        cat.change_access(&RefName::new("a").unwrap(), &mine, &crate::catalog::Principal::root()).await.unwrap();
+        drop(cat);
+        let again = SqliteCatalog::open_migrating(&path, RefAccess::LEGACY).unwrap();
+        let a = again.access(&RefName::new("a").unwrap()).await.unwrap().unwrap();
+        assert_eq!(a, RefAccess { mode: 0o600, ..legacy }, "a migrated file is not migrated again");
     }
 
     #[tokio::test]

@@ -76,3 +76,39 @@ fn namespace_writable_patterns_are_checked() {
     }
     assert!(Config::parse("[namespace]\nwritabel = []\n").unwrap_err().contains("writabel"));
 }
+
+#[test]
+fn refs_settings_resolve_names_and_modes() {
+    let d = Config::parse("").unwrap().refs().unwrap();
+    assert_eq!(d, RefsSettings::default());
+    assert_eq!((d.default_mode, d.migration), (0o644, crate::catalog::RefAccess::LEGACY));
+    let c = Config::parse(
+        "[refs]\noperators = [\"root\", 1005]\ndefault_mode = \"0640\"\nmigration_owner = 1005\n\
+         migration_group = \"root\"\nmigration_mode = 0o600\n",
+    )
+    .unwrap();
+    let r = c.refs().unwrap();
+    assert_eq!(r.operators, [0, 1005]);
+    assert_eq!(r.default_mode, 0o640);
+    assert_eq!(r.migration, crate::catalog::RefAccess { owner: 1005, gid: 0, mode: 0o600 });
+    // A named owner brings its primary group.
+    let r = Config::parse("[refs]\nmigration_owner = \"root\"\n").unwrap().refs().unwrap();
+    assert_eq!((r.migration.owner, r.migration.gid), (0, 0));
+}
+
+#[test]
+fn refs_settings_that_cannot_work_are_errors_that_name_them() {
+    for (text, names) in [
+        ("[refs]\noperators = [\"no-such-user-here\"]\n", "no-such-user-here"),
+        ("[refs]\ndefault_mode = \"0755\"\n", "default_mode"),
+        ("[refs]\ndefault_mode = \"rw-r--r--\"\n", "default_mode"),
+        ("[refs]\nmigration_mode = 0o1644\n", "migration_mode"),
+        ("[refs]\nmigration_owner = \"no-such-user-here\"\n", "migration_owner"),
+        ("[refs]\nmigration_owner = 3999999\n", "migration_group"),
+        ("[refs]\nmigration_group = \"no-such-group-here\"\n", "migration_group"),
+        ("[refs]\noperator = [0]\n", "operator"),
+    ] {
+        let e = Config::parse(text).unwrap_err();
+        assert!(e.contains(names), "{text:?}: {e}");
+    }
+}

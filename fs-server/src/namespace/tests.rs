@@ -36,6 +36,13 @@ fn commit(e: &Env, name: &str, files: &[(&str, &[u8])]) -> Pdh {
     e.rt.block_on(c.commit("t", "test")).unwrap().pdh
 }
 
+/// Sets the mode of `name` as root.
+fn chmod(e: &Env, name: &str, mode: u32) {
+    let change = crate::catalog::AccessChange { mode: Some(mode), ..Default::default() };
+    let root = crate::catalog::Principal::root();
+    e.rt.block_on(e.catalog.change_access(&RefName::new(name).unwrap(), &change, &root)).unwrap();
+}
+
 fn namespace(e: &Env, writable: &[&str]) -> Arc<Namespace> {
     namespace_with(e, writable, false).unwrap()
 }
@@ -51,6 +58,7 @@ fn namespace_with(e: &Env, writable: &[&str], resume: bool) -> Result<Arc<Namesp
         keep_immutable: 2,
         slots_file: Some(e.dir.path().join("ns.slots")),
         resume,
+        policy: Arc::default(),
     };
     Namespace::new(e.catalog.clone(), e.store.clone(), e.rt.handle().clone(), 1000, 1000, opts)
 }
@@ -129,6 +137,8 @@ fn configured_refs_are_writable_views_that_commit() {
     let e = env();
     commit(&e, "scratch/a", &[("f", b"one")]);
     commit(&e, "results", &[("f", b"one")]);
+    // The refs were made by root (0644); the mount's owner, uid 1000, commits, so it must be let write.
+    chmod(&e, "scratch/a", 0o666);
     let ns = namespace(&e, &["scratch/*"]);
     assert!(matches(&ns.options().writable, "scratch/b") && !matches(&ns.options().writable, "scratchy"));
     let by_ref = ns.lookup(ROOT, BY_REF).unwrap();
@@ -261,4 +271,64 @@ fn mkdir_in_by_ref_makes_a_writable_ref() {
     assert_eq!(c.version, 1);
     let head = e.rt.block_on(e.catalog.head(&RefName::new("scratch/b").unwrap())).unwrap().unwrap();
     assert_eq!(head.pdh, c.pdh);
+}
+
+/// Each requester sees the refs it may read, in `by_ref/` and `history/`; the others are refused with
+/// `EACCES`; a writable ref's changes need write permission; a ref made by `mkdir` is its maker's.
+#[test]
+fn each_requester_sees_and_changes_what_the_refs_allow() {
+    let e = env();
+    for name in ["public", "secret", "mine"] {
+        commit(&e, name, &[("f", name.as_bytes())]);
+    }
+    chmod(&e, "secret", 0o600);
+    let give = crate::catalog::AccessChange { owner: Some(1000), gid: Some(1000), mode: Some(0o600) };
+    let root = crate::catalog::Principal::root();
+    e.rt.block_on(e.catalog.change_access(&RefName::new("mine").unwrap(), &give, &root)).unwrap();
+    let ns = namespace(&e, &["*"]);
+    let (owner, other, root) = (ns.principal(1000, 1000), ns.principal(1001, 1001), ns.principal(0, 0));
+    let names_for = |who: &crate::catalog::Principal, dir: u64| -> Vec<String> {
+        ns.list_for(who, dir).unwrap().into_iter().map(|(n, _)| String::from_utf8(n).unwrap()).collect()
+    };
+    let by_ref = ns.lookup(ROOT, BY_REF).unwrap().ino;
+    let history = ns.lookup(ROOT, HISTORY).unwrap().ino;
+    for dir in [by_ref, history] {
+        assert_eq!(names_for(&root, dir), ["mine", "public", "secret"]);
+        assert_eq!(names_for(&owner, dir), ["mine", "public"]);
+        assert_eq!(names_for(&other, dir), ["public"]);
+    }
+    let read = crate::catalog::Need::Read;
+    let secret = RefName::new("secret").unwrap();
+    let mine = RefName::new("mine").unwrap();
+    let e1 = ns.check(&other, &mine, read).unwrap_err();
+    assert_eq!(e1.errno(), libc::EACCES, "{e1}");
+    assert!(ns.check(&owner, &secret, read).is_err() && ns.check(&root, &secret, read).is_ok());
+    assert!(ns.check(&owner, &mine, crate::catalog::Need::Write).is_ok());
+    assert_eq!(ns.ref_of(by_ref, b"mine"), Some(mine.clone()));
+    assert_eq!(ns.ref_of(ROOT, BY_REF), None);
+    // history/mine/ itself: its versions are listed for whoever may read the ref.
+    let versions = ns.lookup(history, b"mine").unwrap().ino;
+    assert_eq!(ns.ref_of_dir(versions), Some(mine));
+    assert_eq!(names_for(&owner, versions).len(), 1);
+    assert_eq!(ns.list_for(&other, versions).unwrap_err().errno(), libc::EACCES);
+
+    // mkdir by_ref/NAME by uid 1001 makes a ref uid 1001 owns.
+    ns.make_ref_as(1001, 1001, by_ref, b"made").unwrap();
+    let made = e.rt.block_on(e.catalog.access(&RefName::new("made").unwrap())).unwrap().unwrap();
+    assert_eq!((made.owner, made.gid, made.mode), (1001, 1001, 0o644));
+    assert_eq!(ns.make_ref_as(1000, 1000, by_ref, b"made").unwrap_err(), FsError::Exists);
+}
+
+#[test]
+fn a_commit_by_a_user_who_may_not_write_is_refused_as_denied() {
+    let e = env();
+    commit(&e, "scratch/a", &[("f", b"one")]);
+    let ns = namespace(&e, &["scratch/*"]);
+    let by_ref = ns.lookup(ROOT, BY_REF).unwrap().ino;
+    let w = ns.lookup(by_ref, b"scratch%2Fa").unwrap();
+    let Node::In(view, root) = ns.resolve(w.ino).unwrap() else { panic!() };
+    let f = view.coll.fs().create(root, b"new", 0o644, 0, 0).unwrap();
+    view.coll.fs().write(f.ino, 0, b"x").unwrap();
+    let e1 = e.rt.block_on(view.control.commit_as(&view.coll, Some(&ns.writer(1001, 1001)), "t", "m")).unwrap_err();
+    assert!(matches!(e1, CollectionError::Catalog(crate::catalog::CatalogError::Denied(_))), "{e1:?}");
 }
