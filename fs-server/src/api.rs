@@ -165,7 +165,9 @@ impl Api {
             server: Some(pb::ServerStatus {
                 version: env!("CARGO_PKG_VERSION").into(),
                 uptime_secs: self.server.uptime().as_secs(),
-                mounts: self.server.list().len() as u32,
+                // How many mounts the caller may see: the node's whole count would tell every user about
+                // everyone else's jobs.
+                mounts: self.visible(caller).len() as u32,
             }),
             mounts: mounts.iter().map(|s| mount_status(s)).collect(),
         })

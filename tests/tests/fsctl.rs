@@ -190,7 +190,10 @@ fn only_the_owner_and_root_drive_a_mount() {
     assert!(is_mounted(&dir));
     // Others do not see it in their listing.
     assert_eq!(json(&stack.fsctl(OTHER, &["ls", "--json"])), serde_json::json!([]));
-    assert_eq!(json(&stack.fsctl(OTHER, &["status", "--json"]))["mounts"], serde_json::json!([]));
+    let theirs_status = json(&stack.fsctl(OTHER, &["status", "--json"]));
+    assert_eq!(theirs_status["mounts"], serde_json::json!([]));
+    assert_eq!(theirs_status["server"]["mounts"], 0, "others learn how many mounts the node has: {theirs_status}");
+    assert_eq!(json(&stack.fsctl(0, &["status", "--json"]))["server"]["mounts"], 1);
     // Nor mount over someone else's directory (the helper checks, for the uid cafsd names).
     let err = fails(&stack.fsctl(JOB, &["mount", "x", s(&theirs)]), 1);
     assert!(err.contains("owned by uid 1001"), "{err}");
