@@ -54,10 +54,17 @@ impl Stack {
         Self::start_with(base, cafsd_args, None, &[])
     }
 
-    /// As [`Stack::start`], with the helper started with `--allow-other` (root may ask for mounts every user
-    /// can enter).
-    pub fn start_allowing_other(base: &Path, cafsd_args: &[&str]) -> Self {
-        Self::start_with(base, cafsd_args, None, &["--allow-other"])
+    /// A stack in `tmp/stack` whose cafsd reads `config` (TOML, written to `tmp/cafsd.toml`) and commits only when
+    /// asked (`--autocommit 0`); with `allow_other`, the helper lets root ask for mounts every user can enter.
+    pub fn start_configured(tmp: &Path, config: &str, allow_other: bool) -> Self {
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = tmp.join("cafsd.toml");
+        std::fs::write(&conf, config).unwrap();
+        std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::create_dir(tmp.join("stack")).unwrap();
+        let args = ["--autocommit", "0", "--config", conf.to_str().unwrap()];
+        let helper_args: &[&str] = if allow_other { &["--allow-other"] } else { &[] };
+        Self::start_with(&tmp.join("stack"), &args, None, helper_args)
     }
 
     /// As [`Stack::start`], with cafsd started (every time) as systemd starts it with a file descriptor store

@@ -18,17 +18,7 @@ fn out(dir: &Path, script: &str) -> String {
 }
 
 fn stack(tmp: &Path, allow_other: bool) -> Stack {
-    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = tmp.join("cafsd.toml");
-    std::fs::write(&conf, "ref_refresh_seconds = 1\n[namespace]\nwritable = [\"scratch/*\"]\n").unwrap();
-    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::create_dir(tmp.join("stack")).unwrap();
-    let args = ["--autocommit", "0", "--config", conf.to_str().unwrap()];
-    if allow_other {
-        Stack::start_allowing_other(&tmp.join("stack"), &args)
-    } else {
-        Stack::start(&tmp.join("stack"), &args)
-    }
+    Stack::start_configured(tmp, "ref_refresh_seconds = 1\n[namespace]\nwritable = [\"scratch/*\"]\n", allow_other)
 }
 
 /// Commits the mount at `dir` and returns the new hash.

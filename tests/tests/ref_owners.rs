@@ -3,7 +3,6 @@
 //! `.cafs/commit`), read (`log`, a read-only mount) or seen in a node-wide namespace mount unless its mode lets
 //! them; its owner, root and an operator can; `chmod` and `chown` change who passes, at once.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,21 +17,13 @@ const OTHER: u32 = 1001;
 const OPERATOR: u32 = 1002;
 
 fn stack(tmp: &Path, allow_other: bool) -> Stack {
-    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = tmp.join("cafsd.toml");
-    std::fs::write(
-        &conf,
-        format!("ref_refresh_seconds = 1\n[namespace]\nwritable = [\"scratch/*\"]\n[refs]\noperators = [{OPERATOR}]\n"),
+    Stack::start_configured(
+        tmp,
+        &format!(
+            "ref_refresh_seconds = 1\n[namespace]\nwritable = [\"scratch/*\"]\n[refs]\noperators = [{OPERATOR}]\n"
+        ),
+        allow_other,
     )
-    .unwrap();
-    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::create_dir(tmp.join("stack")).unwrap();
-    let args = ["--autocommit", "0", "--config", conf.to_str().unwrap()];
-    if allow_other {
-        Stack::start_allowing_other(&tmp.join("stack"), &args)
-    } else {
-        Stack::start(&tmp.join("stack"), &args)
-    }
 }
 
 fn s(p: &Path) -> &str {
