@@ -6,8 +6,8 @@
 //! listener has no peer credentials: a caller there must present the configured bearer token, and then acts as
 //! an operator (all mounts). A ref's owner, group and mode decide who may mount it, commit to it and read its
 //! history, for the caller's uid (see [`crate::policy`]); root, operators and token callers pass. Operations
-//! that change state run as tasks of their own, so that a client that
-//! goes away mid-call (a killed `fsctl`) cancels nothing half-done.
+//! that change state run as tasks of their own, so that a client that goes away mid-call (a killed `fsctl`)
+//! cancels nothing half-done.
 //!
 //! Every field a request carries is checked before anything is looked up, relayed or changed, and a refusal
 //! repeats at most the first few dozen bytes of what it refuses (a status message travels in an HTTP/2 header).
