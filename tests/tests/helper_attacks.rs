@@ -303,9 +303,9 @@ sys.stdin.read()
 }
 
 /// A client that sends its request a byte a second keeps no connection past the request deadline (10 s),
-/// however long it goes on; another user is served meanwhile. And a 60 KiB path is not echoed back whole.
+/// however long it goes on; another user is served meanwhile.
 #[test]
-fn a_trickling_client_is_cut_off_and_replies_quote_a_short_prefix() {
+fn a_trickling_client_is_cut_off_at_the_request_deadline() {
     const SLOW: &str = r#"
 import socket, struct, sys, time
 s = socket.socket(socket.AF_UNIX)
@@ -354,11 +354,34 @@ print("still open after 30 s", flush=True)
         .unwrap_or_else(|| panic!("the trickling client was not cut off: {said}"));
     assert!((8.0..16.0).contains(&secs), "cut off after {secs} s, not at the 10 s deadline: {said}");
     assert!(h.alive());
+}
 
+/// A refusal quotes a short prefix of a 60 KiB path, not the whole of it.
+#[test]
+fn a_refusal_quotes_a_short_prefix_of_a_long_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Helper::start(tmp.path(), None);
     let long = format!("/tmp/{}", "a".repeat(60_000));
     let r = ask(&h.socket, JOB, &mount_request(Path::new(&long)), None);
-    assert!(r.contains(r#""ok":false"#) && r.contains("bytes)"), "{}", &r[..r.len().min(300)]);
+    assert!(r.contains(r#""ok":false"#), "{}", &r[..r.len().min(300)]);
     assert!(r.len() < 1024, "a reply of {} bytes quotes the whole path", r.len());
+    assert!(r.contains("bytes)"), "the reply says how long the path was: {r}");
+}
+
+/// A held mount that someone else unmounted is forgotten at the next request of any kind, not only at the next
+/// successful unmount.
+#[test]
+fn the_fds_of_mounts_gone_are_let_go_at_the_next_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Helper::start(tmp.path(), None);
+    let _cafsd = FakeCafsd::start(&h.grpc, |_| Answer::Accept);
+    let out = job_tree(&h, "gone", JOB);
+    assert_eq!(ask(&h.socket, JOB, &mount_request(&out), None), r#"{"ok":true,"message":""}"#);
+    assert_eq!(h.fuse_fds(), 1);
+    nix::mount::umount2(&out, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    let r = ask(&h.socket, OTHER, r#"{"unmount":{"mountpoint":"/nonexistent"}}"#, None);
+    assert!(r.contains(r#""ok":false"#), "{r}");
+    assert_eq!(h.fuse_fds(), 0, "the fd of a mount that is gone is still held");
 }
 
 /// The helper listens only in a directory that no one but root can change: in one cafsd's user owns, that user
