@@ -1,6 +1,6 @@
 //! The distribution's systemd booted as PID 1 of a private container, for tests of the unit files under the real
 //! service manager: new mount, UTS, IPC, network, PID and cgroup namespaces, a root that is an overlay of the
-//! host's `/` (writes land in a tmpfs that dies with the namespace), and cafs's binaries linked into the
+//! host's `/` (writes land in a tmpfs that dies with the namespace), and cafs's binaries bound into the
 //! container's `/usr/local/bin`, where the units name them. The test drives it from outside with `nsenter`.
 //!
 //! Never on the host's own `/`: systemd's tmpfiles rules would clean the host's `/tmp` and its sysctl rules
@@ -35,8 +35,9 @@ const MASKED: &[&str] = &[
 /// Runs as PID 1 of the new namespaces: moves itself into the payload cgroup and makes that the root of a new
 /// cgroup namespace (a second pass of the same script), builds the container's root (an overlay of `/` with
 /// its own `/dev`, `/proc`, read-only `/sys`, a cgroup2 mount and fresh `/tmp` and `/var/tmp`), masks units,
-/// links the binaries in, switches root, makes every mount shared (private to this namespace's peer groups: the
-/// host's mounts were made private copies by `unshare --propagation private`) and becomes systemd. The `/.oldroot` detach keeps no host mount inside.
+/// binds the binaries in, switches root, makes every mount shared (private to this namespace's peer groups: the
+/// host's mounts were made private copies by `unshare --propagation private`) and becomes systemd. The
+/// `/.oldroot` detach keeps no host mount inside.
 const INNER: &str = r#"
 set -eu
 if [ -z "${CAFS_BOOT_CGNS:-}" ]; then
@@ -65,7 +66,12 @@ mount -t tmpfs tmp "$R/tmp"
 mount -t tmpfs vartmp "$R/var/tmp"
 mkdir -p "$R/etc/systemd/system" "$R/usr/local/bin"
 for u in $CAFS_BOOT_MASK; do ln -sfn /dev/null "$R/etc/systemd/system/$u"; done
-for b in $CAFS_BOOT_BINS; do ln -sfn "$CAFS_BOOT_BIN_DIR/$b" "$R/usr/local/bin/$b"; done
+# Bound in, not linked: the binaries may live under /tmp, which the container's own tmpfs hides.
+for b in $CAFS_BOOT_BINS; do
+    rm -f "$R/usr/local/bin/$b"
+    touch "$R/usr/local/bin/$b"
+    mount --bind "$CAFS_BOOT_BIN_DIR/$b" "$R/usr/local/bin/$b"
+done
 cd "$R"
 mkdir .oldroot
 pivot_root . .oldroot
@@ -167,8 +173,8 @@ fn is_container_init(pid: u32) -> bool {
 }
 
 impl Booted {
-    /// Boots systemd to `basic.target` with `bins` (names in `bin_dir`) linked into `/usr/local/bin`, and waits
-    /// (at most 60 s) for `systemctl is-system-running --wait`. Fails the test when the container does not come
+    /// Boots systemd to `basic.target` with `bins` (names in `bin_dir`) bound onto files in `/usr/local/bin`, and
+    /// waits (at most 60 s) for `systemctl is-system-running --wait`. Fails the test when the container does not come
     /// up, with what its boot printed.
     pub fn boot(bin_dir: &Path, bins: &[&str]) -> Self {
         // SAFETY: geteuid has no preconditions and cannot fail.
