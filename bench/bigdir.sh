@@ -2,7 +2,7 @@
 # A collection of one directory of many files (default 1,000,000): how long cafsd takes to mount it (by hash,
 # and by ref with its sidecar of modes and times), `ls -f` of the directory, and a lookup + read of one file in
 # it, each beside the same listing of a plain directory of as many files on the same disk. Three runs of each;
-# prints the median. Needs root (mounts). Targets (issue 7): mount at most 3 s, `ls -f` at most 10 s.
+# prints the median. Needs root (mounts). Targets: mount at most 3 s, `ls -f` at most 10 s.
 #   bench/bigdir.sh [FILES] [WORKDIR]   (default: 1000000, a new directory under /var/tmp)
 set -euo pipefail
 cd "$(dirname "$0")/.."

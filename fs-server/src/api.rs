@@ -12,6 +12,7 @@
 //! Every field a request carries is checked before anything is looked up, relayed or changed, and a refusal
 //! repeats at most the first few dozen bytes of what it refuses (a status message travels in an HTTP/2 header).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -512,6 +513,33 @@ impl Cafs for Api {
         crate::catalog::access::check_mode(r.mode).map_err(Status::invalid_argument)?;
         let change = AccessChange { mode: Some(r.mode), ..Default::default() };
         self.change(caller, r.ref_name, change).await
+    }
+
+    async fn list_refs(&self, req: Request<pb::ListRefsRequest>) -> Result<Response<pb::ListRefsReply>, Status> {
+        let caller = self.caller(&req)?;
+        let prefix = req.into_inner().prefix;
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/');
+        if prefix.len() > 255 || !prefix.bytes().all(allowed) {
+            return Err(Status::invalid_argument(format!(
+                "invalid ref prefix {}: at most 255 bytes of letters, digits, '.', '_', '-' and '/'",
+                shown(&prefix)
+            )));
+        }
+        let who = caller.principal(self.server.policy());
+        let catalog = self.server.catalog();
+        let internal = |e: CatalogError| Status::internal(e.to_string());
+        let records = catalog.list_access().await.map_err(internal)?;
+        let heads: HashMap<RefName, crate::catalog::Version> =
+            catalog.list_refs().await.map_err(internal)?.into_iter().map(|v| (v.name.clone(), v)).collect();
+        let mut refs: Vec<pb::RefInfoReply> = records
+            .iter()
+            .filter(|(name, a)| {
+                name.as_str().starts_with(&prefix) && (a.owner == who.uid || a.allows(&who, Need::Read))
+            })
+            .map(|(name, a)| ref_info(name, a, heads.get(name)))
+            .collect();
+        refs.sort_by(|a, b| a.ref_name.cmp(&b.ref_name));
+        Ok(Response::new(pb::ListRefsReply { refs }))
     }
 
     type WatchStatusStream = WatchStream;

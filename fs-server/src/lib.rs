@@ -4,8 +4,8 @@
 //! everything else stands on:
 //! - [`locator`]: Keep-compatible block names (`md5hex+size[+hints]`) and the MD5 hashing behind them;
 //! - [`manifest`]: the Arvados manifest codec (parse, normalize, portable data hash);
-//! - [`store`]: the block store trait and its local-directory implementation;
-//! - [`catalog`]: named, versioned collections (refs and history) and their SQLite implementation;
+//! - [`store`]: the block store trait and its implementations (a local directory, S3);
+//! - [`catalog`]: named, versioned collections (refs and history) in SQLite or PostgreSQL;
 //! - [`bigbuf`]: block-sized buffers backed by huge pages;
 //! - [`config`]: the configuration file that selects a node's block store and catalog;
 //! - [`fs`]: the filesystem core (FUSE-free, store-agnostic);

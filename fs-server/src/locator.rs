@@ -4,7 +4,7 @@
 //! Hints are carried along (a signed manifest must be written back signed) but never take part in identity:
 //! two locators naming the same bytes compare equal through [`Locator::stripped_eq`], and the portable data hash
 //! is computed over stripped locators. MD5 comes from OpenSSL, whose assembly implementation measured faster
-//! here than the pure-Rust and `md5-asm` ones (see README).
+//! here than the pure-Rust and `md5-asm` ones (docs/benchmarks.md).
 
 use std::fmt;
 

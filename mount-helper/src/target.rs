@@ -2,7 +2,7 @@
 //! (once to check, once to mount) could be swapped in between for a symlink to `/etc`. Instead the path is opened
 //! once, as an `O_PATH` directory fd with `openat2(RESOLVE_NO_SYMLINKS)`, every check that concerns the
 //! directory is made on that fd, the fd's path is read back from the kernel and checked again, and the mount is
-//! made on the fd itself (`/proc/self/fd/N`).
+//! moved onto the fd itself (`move_mount` with `MOVE_MOUNT_T_EMPTY_PATH`).
 //!
 //! Refused: a relative path or one with `.`/`..` components; a system path (`/`, `/etc`, `/usr`, `/proc`,
 //! `/sys`, `/dev`, ... or below them); a path outside the configured allowed roots (or an allowed root itself);
@@ -71,7 +71,7 @@ pub struct Policy {
     pub allowed_roots: Vec<PathBuf>,
 }
 
-/// A checked mount point: an `O_PATH` fd of the directory, to mount on through `/proc/self/fd/N`.
+/// A checked mount point: an `O_PATH` fd of the directory, which the new mount is moved onto.
 #[derive(Debug)]
 pub struct Target {
     pub path: PathBuf,
@@ -81,13 +81,6 @@ pub struct Target {
     /// The directory's owner and group.
     pub uid: u32,
     pub gid: u32,
-}
-
-impl Target {
-    /// The path through which the kernel reaches exactly this directory.
-    pub fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
-    }
 }
 
 fn below(path: &Path, root: &Path) -> bool {

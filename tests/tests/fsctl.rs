@@ -28,7 +28,10 @@ fn every_verb_end_to_end() {
     let dir = stack.job_dir("out", JOB);
 
     // --help for every verb, and usage errors exit 2.
-    for verb in ["mount", "umount", "commit", "flush", "status", "ls", "log", "run"] {
+    for verb in [
+        "mount", "umount", "commit", "flush", "status", "ls", "log", "refs", "get", "put", "ref", "chown", "chmod",
+        "run",
+    ] {
         ok(&stack.fsctl(JOB, &[verb, "--help"]));
     }
     fails(&stack.fsctl(JOB, &["commit"]), 2);
@@ -146,8 +149,9 @@ fn run_commits_a_job_and_its_hash_reads_back_byte_for_byte() {
     assert_eq!(log[0]["pdh"].as_str(), Some(pdh.as_str()));
 
     // An existing ref is refused: a job gets a fresh collection.
+    // fsctl's own failures exit 125, as env's do: a scheduler tells them from the job's.
     let r = stack.fsctl(JOB, &["run", "--ref", "job-1", "--dir", s(&job), "--", "true"]);
-    assert!(fails(&r, 1).contains("exists already"));
+    assert!(fails(&r, 125).contains("exists already"));
 
     // A failing job: its exit code, its partial output under job-2.failed, job-2 itself never made.
     let r =
@@ -161,9 +165,35 @@ fn run_commits_a_job_and_its_hash_reads_back_byte_for_byte() {
     ok(&stack.fsctl(JOB, &["mount", &partial, s(&check)]));
     ok(&sh_as(JOB, &check, "test \"$(cat part)\" = half"));
     ok(&stack.fsctl(JOB, &["umount", s(&check)]));
-    // A command that cannot start commits nothing.
-    fails(&stack.fsctl(JOB, &["run", "--ref", "job-3", "--dir", s(&job), "--", "/no/such/command"]), 1);
+    // A command that cannot start commits nothing: 127 when it is not found, 126 when it cannot be executed.
+    fails(&stack.fsctl(JOB, &["run", "--ref", "job-3", "--dir", s(&job), "--", "/no/such/command"]), 127);
     fails(&stack.fsctl(JOB, &["log", "job-3"]), 1);
+    let plain = work.join("not-a-program");
+    std::fs::write(&plain, "echo never\n").unwrap();
+    fails(&stack.fsctl(JOB, &["run", "--ref", "job-3", "--dir", s(&job), "--", s(&plain)]), 126);
+    fails(&stack.fsctl(JOB, &["log", "job-3"]), 1);
+    // --pdh-file: stdout is the job's alone, and the hash is in the file.
+    let pdh_file = work.join("pdh");
+    let r = stack.fsctl(
+        JOB,
+        &[
+            "run",
+            "--ref",
+            "job-4",
+            "--dir",
+            s(&job),
+            "--pdh-file",
+            s(&pdh_file),
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo 1 > f",
+        ],
+    );
+    assert_eq!(ok(&r), "out\n");
+    let written = std::fs::read_to_string(&pdh_file).unwrap();
+    let log = json(&stack.fsctl(JOB, &["log", "job-4", "--json"]));
+    assert_eq!(Some(written.trim()), log[0]["pdh"].as_str());
     assert!(stack.mounts().is_empty());
 }
 
@@ -343,4 +373,107 @@ fn the_tcp_listener_needs_tls_and_a_token() {
     assert!(fails(&cafs_tests::run_bounded(&mut plain, Duration::from_secs(60)), 1).contains("https"));
     let status = ok(&fsctl(&["--ca", s(&cert), "--token-file", s(&token), "status"]));
     assert!(status.contains("0 mounts"), "{status}");
+}
+
+/// `fsctl put DIR REF` then `fsctl get`, with `TMPDIR` (where their scratch mounts go) in `scratch`.
+fn copy_verb(stack: &Stack, uid: u32, scratch: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = stack.fsctl_cmd(uid, args);
+    cmd.env("TMPDIR", scratch);
+    cafs_tests::run_bounded(&mut cmd, Duration::from_secs(300))
+}
+
+#[test]
+fn put_and_get_copy_trees_and_refs_lists_what_a_user_may_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Stack::start(tmp.path(), &["--autocommit", "0"]);
+    let scratch = stack.job_dir("scratch", JOB);
+    let src = stack.job_dir("src", JOB);
+    let out = stack.job_dir("out", JOB);
+    ok(&sh_as(
+        JOB,
+        &src,
+        "mkdir -p a/b e && echo hi > a/b/x && chmod 640 a/b/x && head -c 3000000 /dev/urandom > big && \
+         touch -d @1000000000 big && ln -s a/b/x link && chmod 750 a && touch -d @1100000000 a",
+    ));
+
+    // put: a new ref's first version, with its message; the hash on stdout.
+    let p = copy_verb(&stack, JOB, &scratch, &["put", s(&src), "data", "-m", "first put", "--json"]);
+    let p = json(&p);
+    let pdh = p["pdh"].as_str().unwrap().to_string();
+    assert_eq!(p["version"], 1);
+    let log = json(&stack.fsctl(JOB, &["log", "data", "--json"]));
+    assert_eq!((log[0]["pdh"].as_str(), log[0]["message"].as_str()), (Some(pdh.as_str()), Some("first put")));
+
+    // get by hash: a hash names the manifest alone, so the files' bytes and the directories.
+    let bytes = out.join("bytes");
+    ok(&copy_verb(&stack, JOB, &scratch, &["get", &pdh, s(&bytes)]));
+    ok(&sh_as(JOB, &bytes, "cmp big ../../src/big && cmp a/b/x ../../src/a/b/x && test -d e && test ! -e link"));
+    // get by ref into a missing directory: the same bytes, modes, times and symlink.
+    let got = out.join("one");
+    ok(&copy_verb(&stack, JOB, &scratch, &["get", "data", s(&got)]));
+    let check = "diff -r --no-dereference ../../src . && test \"$(stat -c %a a/b/x)\" = 640 && \
+                 test \"$(stat -c %a a)\" = 750 && test \"$(stat -c %Y big)\" = 1000000000 && \
+                 test \"$(stat -c %Y a)\" = 1100000000 && test \"$(readlink link)\" = a/b/x && test -d e";
+    ok(&sh_as(JOB, &got, check));
+    // A directory with something in it is refused, and keeps what it had.
+    assert!(fails(&copy_verb(&stack, JOB, &scratch, &["get", "data", s(&got)]), 2).contains("not empty"));
+    ok(&sh_as(JOB, &got, check));
+
+    // A second put is DIR's tree alone: what was removed from DIR is gone from the new version.
+    ok(&sh_as(JOB, &src, "rm big && echo new > a/new"));
+    let second = ok(&copy_verb(&stack, JOB, &scratch, &["put", s(&src), "data"])).trim().to_string();
+    assert_ne!(second, pdh);
+    let got2 = out.join("two");
+    ok(&copy_verb(&stack, JOB, &scratch, &["get", "data", s(&got2)]));
+    ok(&sh_as(JOB, &got2, "test ! -e big && test \"$(cat a/new)\" = new && diff -r --no-dereference ../../src ."));
+
+    // A FIFO is refused by name before anything changes.
+    ok(&sh_as(JOB, &src, "mkfifo a/pipe"));
+    let err = fails(&copy_verb(&stack, JOB, &scratch, &["put", s(&src), "data"]), 1);
+    assert!(err.contains("a/pipe") && err.contains("only regular files"), "{err}");
+    assert_eq!(json(&stack.fsctl(JOB, &["log", "data", "--json"])).as_array().unwrap().len(), 2);
+    // The scratch mounts are gone, and so are their directories.
+    assert!(stack.mounts().is_empty());
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch directories left behind");
+
+    // refs: what the caller may read. Another user's private ref is not listed; root sees it.
+    let theirs = stack.job_dir("theirs", OTHER);
+    ok(&sh_as(OTHER, &theirs, "echo mine > f"));
+    let scratch_other = stack.job_dir("scratch-other", OTHER);
+    ok(&copy_verb(&stack, OTHER, &scratch_other, &["put", s(&theirs), "private"]));
+    ok(&stack.fsctl(OTHER, &["chmod", "private", "600"]));
+    let names = |uid: u32, args: &[&str]| -> Vec<String> {
+        let all = json(&stack.fsctl(uid, args));
+        all.as_array().unwrap().iter().map(|r| r["ref"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names(JOB, &["refs", "--json"]), ["data"]);
+    assert_eq!(names(OTHER, &["refs", "--json"]), ["data", "private"]);
+    assert_eq!(names(0, &["refs", "--json"]), ["data", "private"]);
+    assert_eq!(names(0, &["refs", "pri", "--json"]), ["private"]);
+    assert!(fails(&stack.fsctl(JOB, &["refs", "no spaces"]), 2).contains("invalid ref prefix"));
+    let one = &json(&stack.fsctl(JOB, &["refs", "--json"]))[0];
+    assert_eq!(
+        (one["owner_uid"].as_u64(), one["version"].as_u64(), one["pdh"].as_str()),
+        (Some(1000), Some(2), Some(second.as_str()))
+    );
+    assert!(ok(&stack.fsctl(JOB, &["refs"])).contains("version 2"));
+
+    // CAFS_SERVER stands for --server; --read-only (alias --ro); umount --json.
+    let d = out.join("view");
+    std::fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(JOB), Some(JOB)).unwrap();
+    let mut cmd = std::process::Command::new(bin("fsctl"));
+    std::os::unix::process::CommandExt::uid(&mut cmd, JOB);
+    cmd.env("CAFS_SERVER", &stack.socket).args(["mount", "data", s(&d), "--read-only", "--json"]);
+    let m = json(&cafs_tests::run_bounded(&mut cmd, Duration::from_secs(60)));
+    assert_eq!(m["read_only"], true);
+    // Unmounting prints the hash the mount ended at: for a read-only view, the one it showed.
+    assert_eq!(json(&stack.fsctl(JOB, &["umount", s(&d), "--json"]))["pdh"].as_str(), Some(second.as_str()));
+    ok(&stack.fsctl(JOB, &["mount", "data", s(&d)]));
+    ok(&sh_as(JOB, &d, "echo third > third"));
+    let u = json(&stack.fsctl(JOB, &["umount", s(&d), "--json"]));
+    let log = json(&stack.fsctl(JOB, &["log", "data", "--json"]));
+    let third = log.as_array().unwrap().iter().find(|v| v["version"] == 3).expect("version 3");
+    assert_eq!(u["pdh"].as_str(), third["pdh"].as_str());
+    assert!(stack.mounts().is_empty());
 }

@@ -51,7 +51,7 @@ struct Args {
     /// Development mode (root only): mount a collection on DIR and serve it until SIGTERM or unmount.
     #[arg(long, value_name = "DIR")]
     mount: Option<PathBuf>,
-    /// With --mount: the ref to mount, writable (created by the first commit when absent).
+    /// With --mount: the ref to mount, writable (created when missing).
     #[arg(long = "ref", value_name = "NAME", conflicts_with = "pdh", requires = "mount")]
     ref_name: Option<String>,
     /// With --mount: a committed collection to mount read-only.

@@ -1,8 +1,9 @@
 //! fsctl: the command-line client of cafsd's gRPC API, and `fsctl run`, the job wrapper.
 //!
-//! The verbs and their arguments are the ones DESIGN.md fixes. Exit codes: 0 success, 1 the operation failed
-//! (the reason on stderr), 2 a usage error (from clap, or a request the server calls invalid). `fsctl run`
-//! exits with its command's code.
+//! Exit codes: 0 success, 1 the operation failed (the reason on stderr), 2 a usage error (from clap, or a
+//! request the server calls invalid). `fsctl run` exits with its command's code, or as `env` does when it
+//! cannot run it (125 fsctl failed, 126 not executable, 127 not found). Every verb that prints data prints
+//! JSON with `--json`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 struct Args {
     /// cafsd's gRPC socket, or https://HOST:PORT for a remote cafsd's TCP listener
     /// [default: $XDG_RUNTIME_DIR/cafs/cafsd.sock if it exists, else /run/cafs/cafsd.sock]
-    #[arg(long, global = true, value_name = "PATH|URL")]
+    #[arg(long, global = true, env = "CAFS_SERVER", value_name = "PATH|URL")]
     server: Option<String>,
     /// With an https:// server: the certificate (PEM) of the server or of its CA.
     #[arg(long, global = true, value_name = "PEM")]
@@ -37,7 +38,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Mount a collection at DIR: a ref name (writable; created by its first commit) or a hash (read-only)
+    /// Mount a collection at DIR: a ref name (writable; created, yours, when missing) or a hash (read-only)
     Mount {
         /// A ref name, or a portable data hash; with --namespace, the directory
         source: String,
@@ -47,7 +48,7 @@ enum Command {
         #[arg(long)]
         namespace: bool,
         /// Read-only (a ref then shows its latest version)
-        #[arg(long)]
+        #[arg(long = "read-only", visible_alias = "ro")]
         ro: bool,
         /// Commit after this many seconds without changes (0: never) [default: the server's]
         #[arg(long, value_name = "SECS")]
@@ -64,13 +65,15 @@ enum Command {
         /// Drop the changes made since the last commit instead of committing them
         #[arg(long)]
         discard: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Commit the tree at DIR and print its hash
     Commit {
         dir: PathBuf,
         /// Commit message
         #[arg(short, long, default_value = "")]
-        m: String,
+        message: String,
         /// Commit as the next version of this ref instead of the mount's own (which stays where it is)
         #[arg(long, value_name = "REF")]
         into: Option<String>,
@@ -100,6 +103,25 @@ enum Command {
     /// History of a ref, oldest first
     Log {
         r#ref: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The refs you may read (root: all), with owner, group, mode and current version
+    Refs {
+        /// Only the refs whose names start with this
+        prefix: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a collection (a ref's current version, or a hash) into DIR, which must be missing or empty
+    Get { source: String, dir: PathBuf },
+    /// Commit DIR's tree (regular files, directories, symlinks) as the next version of REF; prints the hash
+    Put {
+        dir: PathBuf,
+        r#ref: String,
+        /// Commit message
+        #[arg(short, long, default_value = "")]
+        message: String,
         #[arg(long)]
         json: bool,
     },
@@ -134,6 +156,9 @@ enum Command {
         /// Where to mount it (created when missing) [default: a new directory under $TMPDIR or /tmp]
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Write the hash of the committed output to FILE (atomically) instead of stdout, which stays the job's
+        #[arg(long, value_name = "FILE")]
+        pdh_file: Option<PathBuf>,
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
@@ -168,6 +193,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let is_run = matches!(args.command, Command::Run { .. });
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -177,7 +203,11 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(args)) {
         Ok(code) => ExitCode::from(code),
-        Err(Failure { code, error }) => {
+        Err(Failure { mut code, error }) => {
+            // For `run`, anything but the command's own code is fsctl failing, as `env` reports it.
+            if is_run && code < job::WRAPPER_FAILED {
+                code = job::WRAPPER_FAILED;
+            }
             let text = match error.downcast_ref::<tonic::Status>() {
                 Some(s) => s.message().to_string(),
                 None => format!("{error:#}"),
@@ -298,15 +328,32 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 println!("mounted {} at {}", describe(&m), m.mount_point);
             }
         }
-        Command::Umount { dir, discard } => {
-            let r = c.unmount(pb::UnmountRequest { mount_point: absolute(&dir)?, discard }).await?.into_inner();
-            if !r.pdh.is_empty() {
+        Command::Umount { dir, discard, json } => {
+            let mount_point = absolute(&dir)?;
+            // Unmounting a changed tree commits it, waiting for its uploads.
+            let progress = (!discard).then(|| tokio::spawn(show_progress(c.clone(), mount_point.clone())));
+            let r = c.unmount(pb::UnmountRequest { mount_point, discard }).await;
+            if let Some(p) = progress {
+                p.abort();
+                let _ = p.await;
+            }
+            let r = r?.into_inner();
+            if json {
+                println!("{}", json!({"pdh": r.pdh}));
+            } else if !r.pdh.is_empty() {
                 println!("{}", r.pdh);
             }
         }
-        Command::Commit { dir, m, into, json } => {
-            let req =
-                pb::CommitRequest { mount_point: absolute(&dir)?, message: m, into_ref: into.unwrap_or_default() };
+        Command::Commit { dir, message, into: None, json } => {
+            let r = copy::commit_with_progress(&mut c, &absolute(&dir)?, message).await?;
+            if json {
+                println!("{}", json!({"pdh": r.pdh, "version": r.version, "changed": r.changed}));
+            } else {
+                println!("{}", r.pdh);
+            }
+        }
+        Command::Commit { dir, message, into: Some(into), json } => {
+            let req = pb::CommitRequest { mount_point: absolute(&dir)?, message, into_ref: into };
             let r = c.commit(req).await?.into_inner();
             if json {
                 println!("{}", json!({"pdh": r.pdh, "version": r.version, "changed": r.changed}));
@@ -395,6 +442,12 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 }
             }
         }
+        Command::Refs { prefix, json } => refs::list(c, prefix.unwrap_or_default(), json).await?,
+        Command::Get { .. } | Command::Put { .. } if remote => {
+            return Err(usage(&format!("fsctl get and put mount here: they need the local cafsd, not {server}")));
+        }
+        Command::Get { source, dir } => copy::get(c, source, dir).await?,
+        Command::Put { dir, r#ref, message, json } => copy::put(c, dir, r#ref, message, json).await?,
         Command::Ref { action: RefCommand::Show { r#ref, json } } => refs::show(c, r#ref, json).await?,
         Command::Chown { r#ref, owner, json } => refs::chown(c, r#ref, owner, json).await?,
         Command::Chmod { r#ref, mode, json } => refs::chmod(c, r#ref, mode, json).await?,
@@ -404,7 +457,9 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 error: anyhow!("fsctl run mounts here: it needs the local cafsd, not {server}"),
             });
         }
-        Command::Run { ref_name, dir, cmd } => return job::run(c, ref_name, dir, cmd).await,
+        Command::Run { ref_name, dir, pdh_file, cmd } => {
+            return job::run(c, job::Job { ref_name, dir, pdh_file, cmd }).await;
+        }
     }
     Ok(0)
 }
@@ -499,158 +554,9 @@ async fn show_progress(mut c: Client, mount_point: String) {
     bar.finish_and_clear();
 }
 
+#[path = "fsctl/copy.rs"]
+mod copy;
+#[path = "fsctl/job.rs"]
+mod job;
 #[path = "fsctl/refs.rs"]
 mod refs;
-
-mod job {
-    //! `fsctl run`: the job wrapper.
-
-    use std::os::unix::process::ExitStatusExt;
-
-    use super::*;
-
-    pub async fn run(
-        mut c: Client,
-        ref_name: Option<String>,
-        dir: Option<PathBuf>,
-        cmd: Vec<String>,
-    ) -> Result<u8, Failure> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let ref_name = ref_name.unwrap_or_else(|| format!("job-{}-{}", now.as_secs(), std::process::id()));
-        match c.log(pb::LogRequest { ref_name: ref_name.clone() }).await {
-            Ok(_) => {
-                return Err(Failure {
-                    code: 1,
-                    error: anyhow!(
-                        "ref {ref_name} exists already; fsctl run makes a fresh collection: pick a new name"
-                    ),
-                });
-            }
-            Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(s.into()),
-        }
-        let (dir, made) = match dir {
-            Some(d) => {
-                let made = !d.exists();
-                std::fs::create_dir_all(&d).with_context(|| format!("{}", d.display()))?;
-                (d, made)
-            }
-            None => {
-                let d = std::env::temp_dir().join(format!("cafs-run-{}-{}", now.as_nanos(), std::process::id()));
-                std::fs::create_dir(&d).with_context(|| format!("{}", d.display()))?;
-                (d, true)
-            }
-        };
-        let mount_point = absolute(&dir)?;
-        let req = pb::MountRequest {
-            mount_point: mount_point.clone(),
-            source: Some(Source::RefName(ref_name.clone())),
-            read_only: false,
-            autocommit_secs: None,
-            allow_other: false,
-        };
-        if let Err(e) = c.mount(req).await {
-            if made {
-                let _ = std::fs::remove_dir(&dir);
-            }
-            return Err(e.into());
-        }
-        let shown = cmd.join(" ");
-        let code = match run_child(&dir, &cmd).await {
-            Ok(code) => code,
-            Err(e) => {
-                let _ = c.unmount(pb::UnmountRequest { mount_point: mount_point.clone(), discard: true }).await;
-                if made {
-                    let _ = std::fs::remove_dir(&dir);
-                }
-                return Err(Failure {
-                    code: 1,
-                    error: e.context(format!("cannot run {shown:?}; nothing is committed")),
-                });
-            }
-        };
-        let finished = match code {
-            0 => finish(&mut c, &mount_point, None, &format!("fsctl run: {shown}")).await,
-            n => {
-                let failed = format!("{ref_name}.failed");
-                eprintln!("fsctl run: {shown:?} exited with {n}; keeping its partial output as ref {failed}");
-                finish(&mut c, &mount_point, Some(&failed), &format!("fsctl run: {shown} (failed: exit {n})")).await
-            }
-        };
-        match finished {
-            Ok(pdh) => {
-                if made {
-                    let _ = std::fs::remove_dir(&dir);
-                }
-                if code == 0 {
-                    println!("{pdh}");
-                } else {
-                    eprintln!("fsctl run: partial output: {pdh}");
-                }
-                Ok(code)
-            }
-            Err(e) => Err(Failure { code: 1, error: e }),
-        }
-    }
-
-    /// `message` cut to what cafsd accepts (a command line may be longer than a commit message may be).
-    fn fitted(message: &str) -> String {
-        const MORE: &str = " ...";
-        if message.len() <= cafs::control::MAX_MESSAGE {
-            return message.to_string();
-        }
-        let mut end = cafs::control::MAX_MESSAGE - MORE.len();
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}{MORE}", &message[..end])
-    }
-
-    /// Commits (into `into`, when given) and unmounts; on failure the mount is left in place with its data, and
-    /// the error says so.
-    async fn finish(c: &mut Client, mount_point: &str, into: Option<&str>, message: &str) -> anyhow::Result<String> {
-        let req = pb::CommitRequest {
-            mount_point: mount_point.to_string(),
-            message: fitted(message),
-            into_ref: into.unwrap_or_default().to_string(),
-        };
-        let pdh = match c.commit(req).await {
-            Ok(r) => r.into_inner().pdh,
-            Err(s) => bail!("commit failed: {}; the output stays mounted at {mount_point}", s.message()),
-        };
-        // A failed job's tree went to its .failed ref: its own ref must not get it on unmount.
-        let discard = into.is_some();
-        if let Err(s) = c.unmount(pb::UnmountRequest { mount_point: mount_point.to_string(), discard }).await {
-            bail!("committed {pdh}, but unmounting {mount_point} failed: {}", s.message());
-        }
-        Ok(pdh)
-    }
-
-    /// Runs the command in `dir`; its exit code (128 + the signal for a command killed by one). SIGINT and
-    /// SIGTERM sent to fsctl go to the command, which then decides how the job ends.
-    async fn run_child(dir: &Path, cmd: &[String]) -> anyhow::Result<u8> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut child = tokio::process::Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .current_dir(dir)
-            .spawn()
-            .with_context(|| cmd[0].clone())?;
-        let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-        let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
-        let status = loop {
-            let sig = tokio::select! {
-                s = child.wait() => break s?,
-                _ = int.recv() => nix::sys::signal::Signal::SIGINT,
-                _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
-            };
-            if let Some(pid) = pid {
-                let _ = nix::sys::signal::kill(pid, sig);
-            }
-        };
-        Ok(match (status.code(), status.signal()) {
-            (Some(c), _) => c as u8,
-            (None, Some(s)) => 128 + s as u8,
-            _ => 1,
-        })
-    }
-}

@@ -1,4 +1,4 @@
-//! `fsctl ref show`, `fsctl chown` and `fsctl chmod`: a ref's owner, group and mode.
+//! `fsctl refs`, `fsctl ref show`, `fsctl chown` and `fsctl chmod`: refs, their owner, group and mode.
 
 use super::*;
 
@@ -58,13 +58,14 @@ fn mode_text(mode: u32) -> String {
         .collect()
 }
 
+fn to_json(r: &pb::RefInfoReply) -> serde_json::Value {
+    json!({"ref": r.ref_name, "owner_uid": r.owner_uid, "owner": name_of_uid(r.owner_uid), "gid": r.gid,
+           "group": name_of_gid(r.gid), "mode": format!("{:04o}", r.mode), "version": r.version, "pdh": r.pdh})
+}
+
 pub fn print(r: &pb::RefInfoReply, json: bool) {
     if json {
-        println!(
-            "{}",
-            json!({"ref": r.ref_name, "owner_uid": r.owner_uid, "owner": name_of_uid(r.owner_uid), "gid": r.gid,
-                   "group": name_of_gid(r.gid), "mode": format!("{:04o}", r.mode), "version": r.version, "pdh": r.pdh})
-        );
+        println!("{}", to_json(r));
         return;
     }
     let head = if r.version == 0 { "no version yet".to_string() } else { format!("version {} {}", r.version, r.pdh) };
@@ -79,6 +80,19 @@ pub fn print(r: &pb::RefInfoReply, json: bool) {
         mode_text(r.mode),
         head
     );
+}
+
+pub async fn list(mut c: Client, prefix: String, json: bool) -> Result<(), Failure> {
+    let r = c.list_refs(pb::ListRefsRequest { prefix }).await?.into_inner();
+    if json {
+        let all: Vec<_> = r.refs.iter().map(to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for one in &r.refs {
+            print(one, false);
+        }
+    }
+    Ok(())
 }
 
 pub async fn show(mut c: Client, name: String, json: bool) -> Result<(), Failure> {
