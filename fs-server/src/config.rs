@@ -20,7 +20,8 @@
 //! ```
 //!
 //! `[refs]` (see [`refs`]) names the operators who pass every ref permission check, the mode of new refs, and
-//! the owner of refs already in a catalog made before refs had owners.
+//! the owner of refs already in a catalog made before refs had owners. `[metrics]` (see [`MetricsConfig`])
+//! serves cafsd's metrics to Prometheus.
 //!
 //! Secrets never sit in this file and are never logged: the S3 keys come from `credentials_file` or from
 //! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, the database password from `password_file` or `PGPASSWORD`
@@ -72,6 +73,27 @@ pub struct Config {
     pub namespace: NamespaceConfig,
     #[serde(default)]
     pub refs: RefsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Where cafsd serves its metrics to Prometheus (off unless `listen` is given):
+///
+/// ```toml
+/// [metrics]
+/// listen = "127.0.0.1:9464"        # a loopback IP:PORT, or an absolute path: a Unix socket
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The checked `listen`, if any.
+    pub fn listen(&self) -> Result<Option<crate::metrics::Listen>, ConfigError> {
+        self.listen.as_deref().map(crate::metrics::parse_listen).transpose().map_err(ConfigError::Invalid)
+    }
 }
 
 /// What a namespace mount (`cafs-mount DIR --namespace`) shows writable:
@@ -188,6 +210,7 @@ impl Config {
             }
         }
         config.refs.resolve()?;
+        config.metrics.listen().map_err(|e| e.to_string())?;
         Ok(config)
     }
 

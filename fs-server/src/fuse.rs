@@ -119,8 +119,10 @@ pub struct Gate {
 }
 
 impl Gate {
-    fn enter(&self) -> RwLockReadGuard<'_, ()> {
-        self.lock.read().unwrap_or_else(|p| p.into_inner())
+    /// Lets a request of kind `op` in (counted and timed in [`crate::metrics`] until the guard is dropped).
+    fn enter(&self, op: &'static str) -> Live<'_> {
+        let request = crate::metrics::metrics().fuse(op);
+        Live { _open: self.lock.read().unwrap_or_else(|p| p.into_inner()), _request: request }
     }
 
     /// Waits up to `limit` for the requests in progress, then holds all later ones for good. Returns whether
@@ -139,6 +141,12 @@ impl Gate {
         });
         rx.recv_timeout(limit).is_ok()
     }
+}
+
+/// A request let in by the [`Gate`]: the gate cannot close on it, and it is counted when it ends.
+struct Live<'a> {
+    _open: RwLockReadGuard<'a, ()>,
+    _request: crate::metrics::FuseRequest,
 }
 
 /// Whether the kernel sends this request a second time (`FUSE_UNIQUE_RESEND`): it was read by a cafsd that
@@ -232,7 +240,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("lookup");
         let (v, parent) = match or_reply!(reply, self.at(parent)) {
             Node::Dir(d) => {
                 let ns = self.ns().expect("a namespace directory");
@@ -268,7 +276,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("getattr");
         let (a, ttl) = or_reply!(reply, self.attributes(ino));
         reply.attr(&ttl, &a);
     }
@@ -291,7 +299,7 @@ impl fuser::Filesystem for CafsFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("setattr");
         let (v, local) = or_reply!(reply, self.inside(ino));
         if let Some(a) = self.virtual_attr(&v, local) {
             // Truncating `.cafs/commit` (as `echo > .cafs/commit` does) is harmless; nothing else changes.
@@ -319,7 +327,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("readlink");
         let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EINVAL));
         match v.coll.fs_for(local).readlink(local) {
             Ok(t) => reply.data(&t),
@@ -337,7 +345,7 @@ impl fuser::Filesystem for CafsFuse {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("mknod");
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
@@ -349,7 +357,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("mkdir");
         let (v, parent) = match or_reply!(reply, self.at(parent)) {
             Node::Dir(d) => {
                 let ns = self.ns().expect("a namespace directory");
@@ -367,7 +375,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("unlink");
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, writable(&v));
         or_reply!(reply, self.may_change(req, &v));
@@ -378,7 +386,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("rmdir");
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, writable(&v));
         or_reply!(reply, self.may_change(req, &v));
@@ -389,7 +397,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("symlink");
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, may_create(&v, parent, link_name));
         or_reply!(reply, self.may_change(req, &v));
@@ -407,7 +415,7 @@ impl fuser::Filesystem for CafsFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("rename");
         let (v, parent) = or_reply!(reply, self.inside(parent));
         let (to, newparent) = or_reply!(reply, self.inside(newparent));
         if !v.is(&to) {
@@ -438,12 +446,12 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("link");
         reply.error(Errno::EPERM);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("open");
         let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EISDIR));
         if control_file(local).is_some() {
             return reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
@@ -478,7 +486,7 @@ impl fuser::Filesystem for CafsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("read");
         let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EISDIR));
         if let Some(f) = control_file(local) {
             return match v.control.read(&v.coll, f) {
@@ -494,7 +502,10 @@ impl fuser::Filesystem for CafsFuse {
             };
         }
         match v.coll.fs_for(local).read(local, offset, u64::from(size)) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => {
+                crate::metrics::metrics().fuse_read(data.len());
+                reply.data(&data)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -511,7 +522,7 @@ impl fuser::Filesystem for CafsFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("write");
         let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::EISDIR));
         if let Some(f) = control_file(local) {
             if f != ControlFile::Commit {
@@ -542,13 +553,16 @@ impl fuser::Filesystem for CafsFuse {
             return reply.error(errno(&e));
         }
         match fs.write(local, offset, data) {
-            Ok(n) => reply.written(n as u32),
+            Ok(n) => {
+                crate::metrics::metrics().fuse_written(n);
+                reply.written(n as u32)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("flush");
         // close(): a writer hears of a failed upload or of writes lost with a dead cafsd; never a commit. A
         // reader's close has nothing to report.
         if !is_writer(fh) {
@@ -571,7 +585,7 @@ impl fuser::Filesystem for CafsFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("release");
         let (v, local) = or_reply!(reply, self.inside(ino));
         if control_file(local).is_some() {
             return reply.ok();
@@ -582,7 +596,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("fsync");
         let (v, local) = or_reply!(reply, self.inside(ino));
         if control_file(local).is_some() {
             return reply.ok();
@@ -591,7 +605,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("opendir");
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
         let list = or_reply!(reply, self.listing(ino, self.who(req).as_ref()));
         self.listings().insert((ino.0, fh), Arc::new(list));
@@ -599,13 +613,13 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn releasedir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("releasedir");
         self.listings().remove(&(ino.0, fh.0));
         reply.ok();
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("readdir");
         let list = or_reply!(reply, self.opened_listing(ino, fh, req));
         for (i, (name, child, kind)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*child), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
@@ -616,7 +630,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("readdirplus");
         let list = or_reply!(reply, self.opened_listing(ino, fh, req));
         // A view's directory holds its entries in the tree that holds it: found once a page, not once an entry.
         let (tree, ns_dir) = match self.at(ino) {
@@ -643,7 +657,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("getxattr");
         let (v, local) = or_reply!(reply, self.inside(ino).map_err(|_| Errno::ENODATA));
         if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::ENODATA);
@@ -655,7 +669,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("listxattr");
         let (v, local) = match self.at(ino) {
             Ok(Node::In(v, local)) if self.virtual_attr(&v, local).is_none() => (v, local),
             Ok(_) => return Self::sized(reply, size, &[]),
@@ -684,7 +698,7 @@ impl fuser::Filesystem for CafsFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("setxattr");
         let (v, local) = or_reply!(reply, self.inside(ino));
         if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::EPERM);
@@ -696,7 +710,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("removexattr");
         let (v, local) = or_reply!(reply, self.inside(ino));
         if self.virtual_attr(&v, local).is_some() {
             return reply.error(Errno::EPERM);
@@ -712,7 +726,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("fsyncdir");
         // A directory's entries are journal records: make them (and everything before) durable.
         match or_reply!(reply, self.at(ino)) {
             Node::In(v, _) => Self::empty(reply, v.coll.fs().sync_journal()),
@@ -721,7 +735,7 @@ impl fuser::Filesystem for CafsFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("statfs");
         // A block store has no fixed size: report plenty of room.
         let blocks = u64::MAX / 2 / 4096;
         reply.statfs(blocks, blocks, blocks, u64::MAX / 2, u64::MAX / 2, 4096, 255, 4096);
@@ -737,7 +751,7 @@ impl fuser::Filesystem for CafsFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let _live = self.gate.enter();
+        let _live = self.gate.enter("create");
         let (v, parent) = or_reply!(reply, self.inside(parent));
         or_reply!(reply, may_create(&v, parent, name));
         or_reply!(reply, self.may_change(req, &v));

@@ -16,6 +16,7 @@
 //! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
 //! - [`systemd`]: readiness and the file descriptor store that keeps mounts across cafsd restarts;
 //! - [`api`]: the gRPC API over those mounts, and who may drive which;
+//! - [`metrics`]: what cafsd counts, served to Prometheus;
 //! - [`transfer`]: moving a directory tree on disk into a collection and back.
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod fuse;
 pub mod journal;
 pub mod locator;
 pub mod manifest;
+pub mod metrics;
 pub mod mount;
 pub mod namespace;
 pub mod policy;

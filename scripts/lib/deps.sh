@@ -40,7 +40,7 @@ cafs_cargo() {
 }
 
 # Everything the test suite needs on top: the SDK oracle's virtualenv, openssl for the TLS test, systemd-analyze,
-# PostgreSQL, attr, rustfmt and clippy, the POSIX suites and Garage.
+# PostgreSQL, Prometheus's Python client, attr, rustfmt and clippy, the POSIX suites and Garage.
 cafs_install_deps() {
   cafs_install_run_deps
   local pkgs=()
@@ -54,6 +54,8 @@ cafs_install_deps() {
   # The PostgreSQL catalog is tested against a real server (started by the tests) and psql.
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
   command -v psql >/dev/null 2>&1 || pkgs+=(postgresql-client)
+  # The metrics endpoint's output is parsed by the Prometheus project's Python client, the distribution's.
+  /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || pkgs+=(python3-prometheus-client)
   # Extended attributes are tested with the tools users have: getfattr/setfattr and attr.
   command -v setfattr >/dev/null 2>&1 || pkgs+=(attr)
   if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi

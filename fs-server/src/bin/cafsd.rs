@@ -149,6 +149,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("block store ({})", config.describe()))?
     };
     let catalog = config.open_catalog(&state).await.context("catalog")?;
+    // Counted for the metrics, whether or not they are served.
+    let store: Arc<dyn BlockStore> = Arc::new(cafs::metrics::MeteredStore(store));
+    let catalog: Arc<dyn Catalog> = Arc::new(cafs::metrics::MeteredCatalog(catalog));
     if args.check {
         return check_config(&config, &state, store, catalog).await;
     }
@@ -160,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "state directory ready"
     );
     for r in &refs {
-        tracing::info!(r#ref = %r.name, version = r.version, pdh = %r.pdh, "ref");
+        tracing::debug!(r#ref = %r.name, version = r.version, pdh = %r.pdh, "ref");
     }
     if let Some(dir) = &args.mount {
         return serve_mount(&args, dir, &state, store, catalog).await;
@@ -192,6 +195,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(mounts = restored, "took over the mounts systemd's fd store held");
     }
     server.listen(&fd_socket_path(&socket))?;
+    if let Some(listen) = config.metrics.listen().context("[metrics]")? {
+        cafs::metrics::serve(&listen, server.clone()).await.with_context(|| format!("[metrics] listen {listen:?}"))?;
+    }
     // Mounts an earlier cafsd left (the helper kept them): served again before we say we are ready.
     let taking = server.clone();
     match tokio::task::spawn_blocking(move || taking.reclaim()).await? {
