@@ -542,6 +542,15 @@ impl Cafs for Api {
         Ok(Response::new(pb::ListRefsReply { refs }))
     }
 
+    async fn metrics(&self, req: Request<pb::MetricsRequest>) -> Result<Response<pb::MetricsReply>, Status> {
+        self.caller(&req)?;
+        let server = self.server.clone();
+        let text = tokio::task::spawn_blocking(move || crate::metrics::metrics().render(Some(&server)))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::MetricsReply { text }))
+    }
+
     type WatchStatusStream = WatchStream;
 
     /// A status every half second until the caller goes away (or the mount it watches does).

@@ -129,6 +129,28 @@ fn a_scrape_counts_what_a_job_did() {
         assert_eq!(get(&after, level), 0.0, "{level}");
     }
 
+    // fsctl stats: the same numbers through the gRPC API, for any user.
+    let stats: serde_json::Value = serde_json::from_str(&ok(&stack.fsctl(JOB, &["stats", "--json"]))).unwrap();
+    let written = stats["cafs_fuse_bytes_total{direction=\"written\"}"].as_f64().unwrap();
+    assert!(written >= get(&after, "cafs_fuse_bytes_total{direction=\"written\"}"), "{stats}");
+    assert_eq!(stats["cafs_mounts"].as_f64(), Some(0.0), "{stats}");
+    let table = ok(&stack.fsctl(JOB, &["stats"]));
+    assert!(table.contains("cafs_fuse_request_duration_seconds_mean{op=\"write\"}"), "{table}");
+    assert!(ok(&stack.fsctl(JOB, &["stats", "--raw"])).ends_with("# EOF\n"));
+
+    // fsctl status --watch: a status every half second, one JSON object a line, until interrupted.
+    ok(&stack.fsctl(JOB, &["mount", "results", s(&dir)]));
+    let watch = stack.fsctl_cmd(JOB, &["status", s(&dir), "--watch", "--json"]);
+    let mut timeout = Command::new("timeout");
+    timeout.args(["-s", "INT", "2"]).arg(watch.get_program()).args(watch.get_args());
+    std::os::unix::process::CommandExt::uid(&mut timeout, JOB);
+    let out = cafs_tests::run_bounded(&mut timeout, Duration::from_secs(30));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 3, "{} replies in 2 s: {out:?}", lines.len());
+    assert!(lines.iter().all(|l| l["mounts"][0]["mount"]["mount_point"].as_str() == Some(s(&dir))), "{lines:?}");
+    ok(&stack.fsctl(JOB, &["umount", s(&dir)]));
+
     // Only GET (or HEAD) /metrics.
     assert_eq!(http(&socket, "GET", "/").0, 404);
     assert_eq!(http(&socket, "POST", "/metrics").0, 405);

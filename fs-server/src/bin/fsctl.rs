@@ -92,6 +92,18 @@ enum Command {
     /// Status of the mount at DIR, or of the server and every mount you own
     Status {
         dir: Option<PathBuf>,
+        /// Print it again every half second until interrupted (or the mount goes away); with --json, one
+        /// object a line
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// cafsd's counters (FUSE requests, store and catalog calls, commits) and levels, as Prometheus scrapes them
+    Stats {
+        /// Every sample, histogram buckets too, as the metrics endpoint serves them (OpenMetrics text)
+        #[arg(long, conflicts_with = "json")]
+        raw: bool,
         #[arg(long)]
         json: bool,
     },
@@ -382,30 +394,25 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 );
             }
         }
-        Command::Status { dir, json } => {
+        Command::Status { dir, watch: false, json } => {
             let mount_point = dir.map(|d| absolute(&d)).transpose()?.unwrap_or_default();
             let r = c.status(pb::StatusRequest { mount_point: mount_point.clone() }).await?.into_inner();
-            let server = r.server.unwrap_or_default();
-            if json {
-                let mounts: Vec<_> = r.mounts.iter().map(status_json).collect();
-                let server =
-                    json!({"version": server.version, "uptime_secs": server.uptime_secs, "mounts": server.mounts});
-                println!("{}", serde_json::to_string_pretty(&json!({"server": server, "mounts": mounts}))?);
-            } else {
-                if mount_point.is_empty() {
-                    println!(
-                        "cafsd {}, up {}, {} mount{}",
-                        server.version,
-                        human_duration(server.uptime_secs),
-                        server.mounts,
-                        if server.mounts == 1 { "" } else { "s" }
-                    );
+            print_status_reply(&r, mount_point.is_empty(), json, true)?;
+        }
+        Command::Status { dir, watch: true, json } => {
+            let mount_point = dir.map(|d| absolute(&d)).transpose()?.unwrap_or_default();
+            let req = pb::StatusRequest { mount_point: mount_point.clone() };
+            let mut stream = c.watch_status(req).await?.into_inner();
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            while let Some(r) = stream.message().await? {
+                if terminal && !json {
+                    // Home and clear: each reply replaces the last on a terminal.
+                    print!("\x1b[H\x1b[2J");
                 }
-                for s in &r.mounts {
-                    print_status(s);
-                }
+                print_status_reply(&r, mount_point.is_empty(), json, false)?;
             }
         }
+        Command::Stats { raw, json } => stats::show(c, raw, json).await?,
         Command::Ls { json } => {
             let r = c.list_mounts(pb::ListMountsRequest {}).await?.into_inner();
             if json {
@@ -496,6 +503,32 @@ fn status_json(s: &pb::MountStatus) -> serde_json::Value {
     })
 }
 
+/// A status reply: the server's line (when all mounts were asked for) and each mount's; JSON pretty or as one
+/// line.
+fn print_status_reply(r: &pb::StatusReply, all: bool, json: bool, pretty: bool) -> anyhow::Result<()> {
+    let server = r.server.clone().unwrap_or_default();
+    if json {
+        let mounts: Vec<_> = r.mounts.iter().map(status_json).collect();
+        let server = json!({"version": server.version, "uptime_secs": server.uptime_secs, "mounts": server.mounts});
+        let all = json!({"server": server, "mounts": mounts});
+        println!("{}", if pretty { serde_json::to_string_pretty(&all)? } else { all.to_string() });
+        return Ok(());
+    }
+    if all {
+        println!(
+            "cafsd {}, up {}, {} mount{}",
+            server.version,
+            human_duration(server.uptime_secs),
+            server.mounts,
+            if server.mounts == 1 { "" } else { "s" }
+        );
+    }
+    for s in &r.mounts {
+        print_status(s);
+    }
+    Ok(())
+}
+
 fn print_status(s: &pb::MountStatus) {
     let m = s.mount.clone().unwrap_or_default();
     println!("{}: {}", m.mount_point, describe(&m));
@@ -560,3 +593,5 @@ mod copy;
 mod job;
 #[path = "fsctl/refs.rs"]
 mod refs;
+#[path = "fsctl/stats.rs"]
+mod stats;
