@@ -518,8 +518,7 @@ impl Cafs for Api {
     async fn list_refs(&self, req: Request<pb::ListRefsRequest>) -> Result<Response<pb::ListRefsReply>, Status> {
         let caller = self.caller(&req)?;
         let prefix = req.into_inner().prefix;
-        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/');
-        if prefix.len() > 255 || !prefix.bytes().all(allowed) {
+        if prefix.len() > 255 || !prefix.bytes().all(RefName::is_name_byte) {
             return Err(Status::invalid_argument(format!(
                 "invalid ref prefix {}: at most 255 bytes of letters, digits, '.', '_', '-' and '/'",
                 shown(&prefix)

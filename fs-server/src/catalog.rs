@@ -83,7 +83,7 @@ impl RefName {
             Some("empty")
         } else if name.len() > 255 {
             Some("longer than 255 bytes")
-        } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')) {
+        } else if !name.bytes().all(Self::is_name_byte) {
             Some("only letters, digits, '.', '_', '-' and '/' are allowed")
         } else if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
             Some("empty, '.' or '..' path component")
@@ -98,6 +98,11 @@ impl RefName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Whether a ref name may hold this byte: letters, digits, `.`, `_`, `-` and `/`.
+    pub fn is_name_byte(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')
     }
 }
 

@@ -343,30 +343,27 @@ async fn run(args: Args) -> Result<u8, Failure> {
         Command::Umount { dir, discard, json } => {
             let mount_point = absolute(&dir)?;
             // Unmounting a changed tree commits it, waiting for its uploads.
-            let progress = (!discard).then(|| tokio::spawn(show_progress(c.clone(), mount_point.clone())));
-            let r = c.unmount(pb::UnmountRequest { mount_point, discard }).await;
-            if let Some(p) = progress {
-                p.abort();
-                let _ = p.await;
-            }
-            let r = r?.into_inner();
+            let bar = (!discard).then(|| c.clone());
+            let r = with_progress(
+                bar,
+                &mount_point,
+                c.unmount(pb::UnmountRequest { mount_point: mount_point.clone(), discard }),
+            )
+            .await?
+            .into_inner();
             if json {
                 println!("{}", json!({"pdh": r.pdh}));
             } else if !r.pdh.is_empty() {
                 println!("{}", r.pdh);
             }
         }
-        Command::Commit { dir, message, into: None, json } => {
-            let r = copy::commit_with_progress(&mut c, &absolute(&dir)?, message).await?;
-            if json {
-                println!("{}", json!({"pdh": r.pdh, "version": r.version, "changed": r.changed}));
-            } else {
-                println!("{}", r.pdh);
-            }
-        }
-        Command::Commit { dir, message, into: Some(into), json } => {
-            let req = pb::CommitRequest { mount_point: absolute(&dir)?, message, into_ref: into };
-            let r = c.commit(req).await?.into_inner();
+        Command::Commit { dir, message, into, json } => {
+            let mount_point = absolute(&dir)?;
+            // A commit into the mount's own ref waits for its uploads; one --into another ref is shown no bar.
+            let bar = into.is_none().then(|| c.clone());
+            let req =
+                pb::CommitRequest { mount_point: mount_point.clone(), message, into_ref: into.unwrap_or_default() };
+            let r = with_progress(bar, &mount_point, c.commit(req)).await?.into_inner();
             if json {
                 println!("{}", json!({"pdh": r.pdh, "version": r.version, "changed": r.changed}));
             } else {
@@ -375,13 +372,10 @@ async fn run(args: Args) -> Result<u8, Failure> {
         }
         Command::Flush { dir, wait, json } => {
             let mount_point = absolute(&dir)?;
-            let progress = if wait { Some(tokio::spawn(show_progress(c.clone(), mount_point.clone()))) } else { None };
-            let r = c.flush(pb::FlushRequest { mount_point, wait }).await;
-            if let Some(p) = progress {
-                p.abort();
-                let _ = p.await;
-            }
-            let s = r?.into_inner().status.unwrap_or_default();
+            let bar = wait.then(|| c.clone());
+            let r =
+                with_progress(bar, &mount_point, c.flush(pb::FlushRequest { mount_point: mount_point.clone(), wait }));
+            let s = r.await?.into_inner().status.unwrap_or_default();
             if json {
                 println!("{}", status_json(&s));
             } else if wait {
@@ -561,6 +555,17 @@ fn human_duration(secs: u64) -> String {
 fn iso_time(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `call`, with a progress bar of the mount's uploads while it runs when given a client to watch with.
+async fn with_progress<T>(watcher: Option<Client>, mount_point: &str, call: impl std::future::Future<Output = T>) -> T {
+    let progress = watcher.map(|w| tokio::spawn(show_progress(w, mount_point.to_string())));
+    let r = call.await;
+    if let Some(p) = progress {
+        p.abort();
+        let _ = p.await;
+    }
+    r
 }
 
 /// A progress bar of the bytes stored while a flush drains the mount's buffers; drawn only on a terminal.

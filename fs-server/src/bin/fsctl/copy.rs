@@ -206,15 +206,7 @@ pub async fn put(mut c: Client, dir: PathBuf, name: String, message: String, jso
 }
 
 /// A commit, with a progress bar of the uploads it waits for.
-pub async fn commit_with_progress(
-    c: &mut Client,
-    mount_point: &str,
-    message: String,
-) -> anyhow::Result<pb::CommitReply> {
-    let progress = tokio::spawn(show_progress(c.clone(), mount_point.to_string()));
+async fn commit_with_progress(c: &mut Client, mount_point: &str, message: String) -> anyhow::Result<pb::CommitReply> {
     let req = pb::CommitRequest { mount_point: mount_point.to_string(), message, into_ref: String::new() };
-    let r = c.commit(req).await;
-    progress.abort();
-    let _ = progress.await;
-    Ok(r?.into_inner())
+    Ok(with_progress(Some(c.clone()), mount_point, c.commit(req)).await?.into_inner())
 }
