@@ -544,7 +544,7 @@ impl Cafs for Api {
     async fn metrics(&self, req: Request<pb::MetricsRequest>) -> Result<Response<pb::MetricsReply>, Status> {
         self.caller(&req)?;
         let server = self.server.clone();
-        let text = tokio::task::spawn_blocking(move || crate::metrics::metrics().render(Some(&server)))
+        let text = tokio::task::spawn_blocking(move || crate::metrics::metrics().render(Some(&server.levels())))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::MetricsReply { text }))

@@ -21,7 +21,8 @@
 //!
 //! `[refs]` (see [`refs`]) names the operators who pass every ref permission check, the mode of new refs, and
 //! the owner of refs already in a catalog made before refs had owners. `[metrics]` (see [`MetricsConfig`])
-//! serves cafsd's metrics to Prometheus.
+//! serves cafsd's metrics to Prometheus. `[fs]` (see [`FsConfig`]) sizes every mount's memory budget, upload
+//! parallelism, block cache and read-ahead.
 //!
 //! Secrets never sit in this file and are never logged: the S3 keys come from `credentials_file` or from
 //! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, the database password from `password_file` or `PGPASSWORD`
@@ -35,10 +36,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod fs;
 pub mod refs;
 
 use crate::catalog::{Catalog, CatalogError, PostgresCatalog, RefName, SqliteCatalog};
 use crate::store::{BlockStore, LocalDirStore, S3Config, S3Store, StoreError};
+pub use fs::FsConfig;
 pub use refs::{RefsConfig, RefsSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,8 @@ pub struct Config {
     pub refs: RefsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub fs: FsConfig,
 }
 
 /// Where cafsd serves its metrics to Prometheus (off unless `listen` is given):
@@ -211,6 +216,7 @@ impl Config {
         }
         config.refs.resolve()?;
         config.metrics.listen().map_err(|e| e.to_string())?;
+        config.fs.options()?;
         Ok(config)
     }
 
@@ -292,6 +298,11 @@ impl Config {
                 Ok(Arc::new(S3Store::new(&cfg)?))
             }
         }
+    }
+
+    /// What every mount's filesystem core gets: `[fs]` over the defaults (checked by [`Config::parse`] already).
+    pub fn fs_options(&self) -> Result<crate::fs::FsOptions, ConfigError> {
+        self.fs.options().map_err(ConfigError::Invalid)
     }
 
     /// The `[refs]` section with names resolved (checked by [`Config::parse`] already).

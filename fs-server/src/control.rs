@@ -5,13 +5,18 @@
 //!
 //! Each write to `commit` is one commit request and its bytes are the message: at most [`MAX_MESSAGE`] bytes
 //! (else `EFBIG`) of UTF-8 text without NUL (else `EINVAL`); a refused write commits nothing.
+//!
+//! Also the background tasks of a served collection ([`start_tasks`]): auto-commit, the commit nobody asks for
+//! (a changed tree left alone for a while is committed, by the same path as a write to `commit`), and following
+//! a ref's new versions.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::catalog::Writer;
-use crate::collection::{Collection, CollectionError, Committed};
+use crate::collection::{Collection, CollectionError, Committed, Origin, follow};
 
 /// The directory that holds the control files, in the mount's root.
 pub const DIR_NAME: &[u8] = b".cafs";
@@ -184,6 +189,45 @@ impl Control {
                 s
             }
         })
+    }
+}
+
+/// Starts what a served collection needs in the background, for as long as `alive` says it is served:
+/// auto-commit after `autocommit` without changes (a writable tree; zero: never), and moving a followed ref's
+/// tree to each newer version, looking every `refresh` (zero: never). The server, the namespace mount's views
+/// and development mode all start them here.
+pub fn start_tasks(
+    rt: &tokio::runtime::Handle,
+    coll: &Arc<Collection>,
+    control: &Arc<Control>,
+    autocommit: Duration,
+    refresh: Duration,
+    alive: impl Fn() -> bool + Clone + Send + Sync + 'static,
+) {
+    if !coll.is_read_only() && !autocommit.is_zero() {
+        rt.spawn(self::autocommit(coll.clone(), control.clone(), autocommit, alive.clone()));
+    }
+    if matches!(coll.origin(), Origin::Follow(_)) && !refresh.is_zero() {
+        rt.spawn(follow(coll.clone(), refresh, alive));
+    }
+}
+
+/// Commits a changed tree once it has been left alone for `idle`; stops once `alive` says the mount is gone.
+async fn autocommit(coll: Arc<Collection>, control: Arc<Control>, idle: Duration, alive: impl Fn() -> bool) {
+    let mut seen = coll.fs().generation();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
+        if !alive() {
+            return;
+        }
+        let now = coll.fs().generation();
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if coll.is_dirty() && since.elapsed() >= idle {
+            let _ = control.commit(&coll, "cafsd", "auto-commit").await;
+            since = Instant::now();
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`namespace`]: the mount that shows the whole catalog (`by_ref/`, `by_pdh/`, `history/`);
 //! - [`policy`]: who may use which ref: operators, groups, what new refs record, the checks;
 //! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
+//! - [`socket`]: binding cafsd's own Unix sockets without taking one another process serves;
 //! - [`systemd`]: readiness and the file descriptor store that keeps mounts across cafsd restarts;
 //! - [`api`]: the gRPC API over those mounts, and who may drive which;
 //! - [`metrics`]: what cafsd counts, served to Prometheus;
@@ -35,6 +36,7 @@ pub mod mount;
 pub mod namespace;
 pub mod policy;
 pub mod server;
+pub mod socket;
 pub mod store;
 pub mod systemd;
 pub mod transfer;

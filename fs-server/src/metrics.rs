@@ -5,7 +5,8 @@
 //! and catalog calls by kind with their latency and errors (counted by [`MeteredStore`] and [`MeteredCatalog`],
 //! which wrap the backends a node opens), blocks and bytes uploaded and fetched, commits and their conflicts.
 //! What is a level rather than a count (mounts served, memory held for uploads, blocks queued, in flight or
-//! failed) is read from the mounts when a scrape asks.
+//! failed, the journals' size) is read from the mounts when a scrape asks, and the block caches' hits, misses
+//! and evictions from their process-wide totals.
 //!
 //! [`serve`] answers `GET /metrics` over HTTP/1.1 on a loopback address or a Unix socket (`[metrics] listen` in
 //! the config; off by default): the numbers say which refs are busy, so they are not served to the network.
@@ -14,14 +15,13 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::server::Server;
 
 mod backends;
 mod http;
@@ -59,6 +59,17 @@ struct Direction {
     direction: &'static str,
 }
 
+/// What is a level, not a count: read from the mounts when a scrape asks (by the server, which has them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Levels {
+    pub mounts: u64,
+    pub held_bytes: u64,
+    pub queued_blocks: u64,
+    pub in_flight_blocks: u64,
+    pub failed_blocks: u64,
+    pub journal_bytes: u64,
+}
+
 type Latency = Family<Op, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 10 µs to about 40 s, four times wider each.
@@ -83,6 +94,7 @@ pub struct Metrics {
     queued_blocks: Gauge,
     in_flight_blocks: Gauge,
     failed_blocks: Gauge,
+    journal_bytes: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -110,6 +122,7 @@ impl Metrics {
             queued_blocks: Gauge::default(),
             in_flight_blocks: Gauge::default(),
             failed_blocks: Gauge::default(),
+            journal_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -135,6 +148,12 @@ impl Metrics {
         r.register("queued_blocks", "Blocks waiting for an upload slot", m.queued_blocks.clone());
         r.register("in_flight_blocks", "Blocks being uploaded", m.in_flight_blocks.clone());
         r.register("failed_blocks", "Blocks whose upload failed and waits for the next flush", m.failed_blocks.clone());
+        r.register(
+            "journal_bytes",
+            "Size of the writable mounts' journals (cut back to nothing at each commit)",
+            m.journal_bytes.clone(),
+        );
+        r.register_collector(Box::new(CacheCollector));
         Self { registry, ..m }
     }
 
@@ -151,29 +170,41 @@ impl Metrics {
         self.fuse_bytes.get_or_create(&Direction { direction: "written" }).inc_by(bytes as u64);
     }
 
-    /// The metrics as a scrape sees them, with the levels read from `server`'s mounts now.
-    pub fn render(&self, server: Option<&Server>) -> String {
-        if let Some(server) = server {
-            let mounts = server.list();
-            let (mut held, mut queued, mut in_flight, mut failed) = (0u64, 0u64, 0u64, 0u64);
-            for s in &mounts {
-                let up = s.coll.fs().upload_stats();
-                held += up.held_bytes;
-                queued += up.queued as u64;
-                in_flight += up.in_flight as u64;
-                failed += up.failed as u64;
-            }
+    /// The metrics as a scrape sees them, with `levels` (read from the mounts just now) when given.
+    pub fn render(&self, levels: Option<&Levels>) -> String {
+        if let Some(l) = levels {
             let level = |g: &Gauge, n: u64| g.set(i64::try_from(n).unwrap_or(i64::MAX));
-            level(&self.mounts, mounts.len() as u64);
-            level(&self.held_bytes, held);
-            level(&self.queued_blocks, queued);
-            level(&self.in_flight_blocks, in_flight);
-            level(&self.failed_blocks, failed);
+            level(&self.mounts, l.mounts);
+            level(&self.held_bytes, l.held_bytes);
+            level(&self.queued_blocks, l.queued_blocks);
+            level(&self.in_flight_blocks, l.in_flight_blocks);
+            level(&self.failed_blocks, l.failed_blocks);
+            level(&self.journal_bytes, l.journal_bytes);
         }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// The block caches' totals, read at each scrape (they are counted where blocks are read, below this layer).
+#[derive(Debug)]
+struct CacheCollector;
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = crate::fs::cache::totals();
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, help, value) in [
+            ("block_cache_hits", "Block reads served from a mount's memory cache", load(&t.hits)),
+            ("block_cache_misses", "Block reads that waited for a fetch from the store", load(&t.misses)),
+            ("block_cache_evictions", "Blocks let go to keep a cache within its size", load(&t.evicted)),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 
@@ -248,6 +279,9 @@ mod tests {
         assert!(text.contains("cafs_fuse_request_duration_seconds_bucket{le="), "{text}");
         assert!(text.contains("cafs_fuse_bytes_total{direction=\"written\"}"), "{text}");
         assert!(text.contains("# TYPE cafs_mounts gauge"), "{text}");
+        assert!(text.contains("# TYPE cafs_journal_bytes gauge"), "{text}");
+        assert!(text.contains("cafs_block_cache_hits_total "), "{text}");
+        assert!(text.contains("# TYPE cafs_block_cache_misses counter"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

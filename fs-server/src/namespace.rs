@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::catalog::{Catalog, RefName};
-use crate::collection::{Collection, CollectionError, Origin, follow};
+use crate::collection::{Collection, CollectionError, OpenWith, Origin, Source};
 use crate::control::Control;
 use crate::fs::inode::{INO_LIMIT, Kind, ROOT};
 use crate::fs::{Attr, FsError, FsOptions};
@@ -640,43 +640,39 @@ impl Namespace {
         if let Some(v) = slot.view() {
             return Ok(v);
         }
-        let (catalog, store, opts, uid, gid) =
-            (self.catalog.clone(), self.store.clone(), self.opts.fs.clone(), self.uid, self.gid);
+        let (uid, gid) = (self.uid, self.gid);
+        let cx =
+            OpenWith { catalog: self.catalog.clone(), store: self.store.clone(), opts: self.opts.fs.clone(), uid, gid };
+        let catalog = cx.catalog.clone();
         let path = &slot.path;
         let coll = self
             .rt
             .block_on(async {
-                match &slot.key {
+                let source = match &slot.key {
                     Key::Ref(name) if self.writable_key(&slot.key) => {
                         let at = self.opts.mount_point.join(path);
                         let journal = journal::path_for(&self.opts.journals, name.as_str(), &at);
-                        let (c, r) =
-                            Collection::open_ref_journaled(catalog, store, name.clone(), opts, uid, gid, &journal, &at)
-                                .await?;
-                        // Commits nobody asks for (auto-commit, unmount) are the mount's owner's; a user's
-                        // `.cafs/commit` is checked as that user (see the adapter).
-                        c.set_writer(Some(self.opts.policy.writer(uid, gid)));
-                        if r.records > 0 {
-                            tracing::warn!(
-                                view = %at.display(),
-                                records = r.records,
-                                base_version = r.base_version,
-                                "recovered uncommitted changes from the journal"
-                            );
-                        }
-                        Ok(c)
+                        Source::Writable { name: name.clone(), journal, at }
                     }
-                    Key::Ref(name) => Collection::open_following(catalog, store, name.clone(), opts, uid, gid).await,
-                    Key::Pdh(pdh) => Collection::open_pdh(catalog, store, *pdh, opts, uid, gid).await,
+                    Key::Ref(name) => Source::Follow(name.clone()),
+                    Key::Pdh(pdh) => Source::Pdh(*pdh),
                     Key::Version(name, n, pdh) => {
                         let versions = catalog.history(name).await?;
                         let v = versions
                             .into_iter()
                             .find(|v| v.version == *n && v.pdh == *pdh)
                             .ok_or(CollectionError::UnknownPdh(*pdh))?;
-                        Collection::open_version(catalog, store, v, opts, uid, gid).await
+                        Source::Version(v)
                     }
+                };
+                let writable = matches!(source, Source::Writable { .. });
+                let c = Collection::open(cx, source).await?;
+                if writable {
+                    // Commits nobody asks for (auto-commit, unmount) are the mount's owner's; a user's
+                    // `.cafs/commit` is checked as that user (see the adapter).
+                    c.set_writer(Some(self.opts.policy.writer(uid, gid)));
                 }
+                Ok::<_, CollectionError>(c)
             })
             .map_err(opening_failed)?;
         let view = Arc::new(View {
@@ -689,13 +685,14 @@ impl Namespace {
         tracing::info!(view = %view.path.display(), "opened");
         let me = self.me.clone();
         let alive = move || me.upgrade().is_some_and(|ns| ns.alive.load(Ordering::SeqCst));
-        if matches!(view.coll.origin(), Origin::Follow(_)) && !self.opts.refresh.is_zero() {
-            self.rt.spawn(follow(view.coll.clone(), self.opts.refresh, alive.clone()));
-        }
-        if !view.coll.is_read_only() && !self.opts.autocommit.is_zero() {
-            let (coll, control) = (view.coll.clone(), view.control.clone());
-            self.rt.spawn(crate::server::autocommit(coll, control, self.opts.autocommit, alive));
-        }
+        crate::control::start_tasks(
+            &self.rt,
+            &view.coll,
+            &view.control,
+            self.opts.autocommit,
+            self.opts.refresh,
+            alive,
+        );
         *slot.view.write().unwrap_or_else(|p| p.into_inner()) = Some(view.clone());
         if view.immutable() {
             self.let_go(slot.n);

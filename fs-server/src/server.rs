@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -20,7 +20,7 @@ use cafs_mount::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply
 
 use crate::catalog::access::check;
 use crate::catalog::{Catalog, Need, RefName, Writer};
-use crate::collection::{Collection, CollectionError, Committed, follow};
+use crate::collection::{Collection, CollectionError, Committed, OpenWith, Source};
 use crate::control::Control;
 use crate::fs::{FsError, FsOptions};
 use crate::fuse::{CafsFuse, Gate};
@@ -35,7 +35,8 @@ use crate::systemd::{FdStore, Restored};
 mod restart;
 mod tasks;
 
-pub use tasks::{autocommit, bind_unix};
+use crate::control::start_tasks;
+use crate::socket::bind_unix;
 use tasks::{relay, sample_throughput};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,10 +150,6 @@ impl Served {
         let done = rx.wait_for(Option::is_some).await.map_err(|_| "cafsd is stopping".to_string())?;
         done.clone().unwrap_or(Ok(None))
     }
-
-    pub fn is_ended(&self) -> bool {
-        self.ended.borrow().is_some()
-    }
 }
 
 /// Samples of a mount's uploaded-bytes counter, one a second, for a rate over a short window.
@@ -220,6 +217,8 @@ pub struct Server {
     fdstore: Option<FdStore>,
     /// Who may use which ref.
     policy: Arc<Policy>,
+    /// Every mount's filesystem options.
+    fs: FsOptions,
 }
 
 /// `dir` as the helper names it: absolute, its components normalized.
@@ -247,6 +246,8 @@ pub struct ServerOptions {
     pub namespace_writable: Vec<String>,
     /// Who may use which ref.
     pub policy: Arc<Policy>,
+    /// Every mount's filesystem core: memory budget, uploads, cache, read-ahead (`[fs]`).
+    pub fs: FsOptions,
 }
 
 impl Server {
@@ -256,8 +257,16 @@ impl Server {
         rt: tokio::runtime::Handle,
         opts: ServerOptions,
     ) -> Arc<Self> {
-        let ServerOptions { helper, journals, autocommit, ref_refresh: refresh, fdstore, namespace_writable, policy } =
-            opts;
+        let ServerOptions {
+            helper,
+            journals,
+            autocommit,
+            ref_refresh: refresh,
+            fdstore,
+            namespace_writable,
+            policy,
+            fs,
+        } = opts;
         let server = Arc::new(Self {
             catalog,
             store,
@@ -274,6 +283,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             fdstore,
             policy,
+            fs,
         });
         rt.spawn(sample_throughput(Arc::downgrade(&server)));
         server
@@ -338,12 +348,21 @@ impl Server {
         all
     }
 
-    /// Mount points served now (of namespace mounts too, not of the collections shown in them).
-    pub fn mount_points(&self) -> Vec<PathBuf> {
-        let mut all: Vec<_> = self.list().into_iter().filter(|s| s.part_of.is_none()).map(|s| s.dir.clone()).collect();
-        all.extend(self.namespace_list().into_iter().map(|n| n.dir.clone()));
-        all.sort();
-        all
+    /// The levels the metrics report, read from every mount now (blocking: each mount's lock briefly).
+    pub fn levels(&self) -> crate::metrics::Levels {
+        let mounts = self.list();
+        let mut l = crate::metrics::Levels { mounts: mounts.len() as u64, ..Default::default() };
+        for s in &mounts {
+            let up = s.coll.fs().upload_stats();
+            l.held_bytes += up.held_bytes;
+            l.queued_blocks += up.queued as u64;
+            l.in_flight_blocks += up.in_flight as u64;
+            l.failed_blocks += up.failed as u64;
+            if let Some(j) = s.coll.fs().journal() {
+                l.journal_bytes += std::fs::metadata(j.path()).map_or(0, |m| m.len());
+            }
+        }
+        l
     }
 
     /// Listens on `path` (replacing a stale socket file) and handles hand-overs on a thread of its own, until
@@ -434,8 +453,14 @@ impl Server {
         if h.request.origin == Origin::Namespace {
             return self.serve_namespace(h, dev, prefs);
         }
-        let opts = FsOptions::default();
-        let (catalog, store) = (self.catalog.clone(), self.store.clone());
+        let cx = OpenWith {
+            catalog: self.catalog.clone(),
+            store: self.store.clone(),
+            opts: self.fs.clone(),
+            uid: h.uid,
+            gid: h.gid,
+        };
+        let catalog = cx.catalog.clone();
         let coll = self
             .rt
             .block_on(async {
@@ -459,20 +484,9 @@ impl Server {
                                 tracing::warn!(mount = %dir.display(), error = %e, "taking over a mount whose owner may no longer write its ref");
                             }
                             let journal = journal::path_for(&self.journals, name.as_str(), &dir);
-                            let (c, r) = Collection::open_ref_journaled(
-                                catalog, store, name, opts, h.uid, h.gid, &journal, &dir,
-                            )
-                            .await
-                            .map_err(|e| e.to_string())?;
+                            let source = Source::Writable { name, journal, at: dir.clone() };
+                            let c = Collection::open(cx, source).await.map_err(|e| e.to_string())?;
                             c.set_writer(Some(writer));
-                            if r.records > 0 {
-                                tracing::warn!(
-                                    mount = %dir.display(),
-                                    records = r.records,
-                                    base_version = r.base_version,
-                                    "recovered uncommitted changes from the journal"
-                                );
-                            }
                             return Ok(c);
                         }
                         if let Err(e) = self.policy.check(catalog.as_ref(), &name, &writer.principal, Need::Read).await
@@ -483,14 +497,12 @@ impl Server {
                             tracing::warn!(mount = %dir.display(), error = %e, "taking over a mount whose owner may no longer read its ref");
                         }
                         // A ref mounted read-only shows its current version, and then each newer one.
-                        return Collection::open_following(catalog, store, name, opts, h.uid, h.gid)
-                            .await
-                            .map_err(|e| e.to_string());
+                        return Collection::open(cx, Source::Follow(name)).await.map_err(|e| e.to_string());
                     }
                     Origin::Pdh(pdh) => Pdh::parse(pdh).map_err(|e| e.to_string())?,
                     Origin::Namespace => unreachable!("served above"),
                 };
-                Collection::open_pdh(catalog, store, pdh, opts, h.uid, h.gid).await.map_err(|e| e.to_string())
+                Collection::open(cx, Source::Pdh(pdh)).await.map_err(|e| e.to_string())
             })
             .map(Arc::new)?;
         let control = Arc::new(Control::default());
@@ -515,16 +527,9 @@ impl Server {
             part_of: None,
         });
         self.registry().insert(dir.clone(), served.clone());
-        if !autocommit.is_zero() {
-            let (server, at) = (Arc::downgrade(self), dir.clone());
-            let alive = move || server.upgrade().is_some_and(|s| s.serves(&at));
-            self.rt.spawn(self::autocommit(coll.clone(), control, autocommit, alive));
-        }
-        if matches!(coll.origin(), crate::collection::Origin::Follow(_)) && !self.refresh.is_zero() {
-            let (server, at) = (Arc::downgrade(self), dir.clone());
-            let alive = move || server.upgrade().is_some_and(|s| s.serves(&at));
-            self.rt.spawn(follow(coll, self.refresh, alive));
-        }
+        let (server, at) = (Arc::downgrade(self), dir.clone());
+        let alive = move || server.upgrade().is_some_and(|s| s.serves(&at));
+        start_tasks(&self.rt, &coll, &control, autocommit, self.refresh, alive);
         // When the mount goes away (whoever unmounts it), commit a changed tree and forget the mount.
         let server = self.clone();
         std::thread::spawn(move || {
@@ -581,7 +586,7 @@ impl Server {
             journals: self.journals.clone(),
             refresh: self.refresh,
             autocommit,
-            fs: FsOptions::default(),
+            fs: self.fs.clone(),
             keep_immutable: KEEP_IMMUTABLE,
             slots_file: Some(journal::path_for(&self.journals, "", &dir).with_extension("slots")),
             resume: h.resume,

@@ -120,10 +120,6 @@ impl Block {
     pub fn data(&self) -> &Bytes {
         &self.data
     }
-
-    pub fn into_data(self) -> Bytes {
-        self.data
-    }
 }
 
 impl fmt::Debug for Block {

@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -38,8 +38,6 @@ pub enum SystemdError {
     },
 }
 
-/// The fds systemd passes a started service begin here (`SD_LISTEN_FDS_START`).
-const LISTEN_FDS_START: RawFd = 3;
 /// Every name cafsd gives a stored fd starts so; fds under other names are not cafsd's to take.
 const PREFIX: &str = "cafs-";
 
@@ -166,7 +164,7 @@ impl FdStore {
     /// the fds are taken over by number.
     pub fn restore(&self) -> Vec<Restored> {
         let mut restored = Vec::new();
-        for (name, fd) in listened_fds() {
+        for (name, fd) in cafs_mount::activation::listened_fds() {
             if !name.starts_with(PREFIX) {
                 // Not ours: leave the number open, as it was given.
                 std::mem::forget(fd);
@@ -200,37 +198,6 @@ impl FdStore {
         }
         restored
     }
-}
-
-/// The fds systemd passed this process, by name. `LISTEN_*` stays in the environment (changing it with threads
-/// running is unsound); a child would not take the fds for its own, since `LISTEN_PID` names this process.
-fn listened_fds() -> Vec<(String, OwnedFd)> {
-    let pid = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok());
-    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
-    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-    if pid != Some(std::process::id()) || count <= 0 {
-        return Vec::new();
-    }
-    let mut names = names.split(':');
-    (0..count)
-        .filter_map(|i| {
-            let raw = LISTEN_FDS_START + i;
-            let name = names.next().unwrap_or("unknown").to_string();
-            // Systemd passes the fds without close-on-exec; cafsd's children must not inherit mounts.
-            if nix::fcntl::fcntl(
-                // SAFETY: the number is open (systemd passed it) and used only for this call.
-                unsafe { BorrowedFd::borrow_raw(raw) },
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )
-            .is_err()
-            {
-                return None;
-            }
-            // SAFETY: systemd passed fds LISTEN_FDS_START.. to this process (LISTEN_PID is ours) and nothing else
-            // owns them; each is taken over exactly once, here.
-            Some((name, unsafe { OwnedFd::from_raw_fd(raw) }))
-        })
-        .collect()
 }
 
 /// Writes `body` to `path` durably: a temporary file, fsynced, renamed over, and the directory fsynced.

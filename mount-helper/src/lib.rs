@@ -1,6 +1,8 @@
 //! The privileged helper's library: everything `cafs-mount` decides before it touches the system, kept apart
 //! from the binary so that each check is tested directly.
 //!
+//! - [`activation`]: the fds systemd passed (socket activation), shared with cafsd;
+//! - [`cli`]: what the three binaries' command lines share (log output, manual pages);
 //! - [`target`]: whether a peer may mount at a path, decided on a directory fd opened without following
 //!   symlinks, so that the checked directory is the one mounted on.
 //! - [`helper`]: the operations for a peer (mount and hand over; unmount its own cafs mount) and the daemon loop;
@@ -12,6 +14,8 @@
 //! - [`wire`]: the messages on the helper's socket and on cafsd's fd socket (length-prefixed JSON, an fd
 //!   passed with `SCM_RIGHTS`, the peer known by `SO_PEERCRED`), shared by both ends so that they cannot drift.
 
+pub mod activation;
+pub mod cli;
 pub mod helper;
 pub mod limits;
 pub mod mount;

@@ -6,18 +6,18 @@
 //! to (systemd socket activation or `--listen`); each request is made for the uid the kernel reports for the
 //! connection, so a user mounts on and unmounts only what is theirs.
 
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use cafs_mount::cli::{self, CommonArgs};
 use cafs_mount::helper::{self, Config};
 use cafs_mount::limits::{Limits, raise_fd_limit};
 use cafs_mount::target::Policy;
-use cafs_mount::wire::{MountRequest, Origin};
-use clap::{Args, Parser, Subcommand};
+use cafs_mount::wire::{self, MountRequest, Origin};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Where mounts may be made when no configuration says otherwise.
 const DEFAULT_ALLOWED_ROOTS: &[&str] = &["/home", "/mnt", "/scratch", "/tmp", "/var/tmp"];
@@ -30,12 +30,14 @@ struct Cli {
     serve: Option<Serve>,
     #[command(flatten)]
     once: Option<Once>,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// cafsd's gRPC socket; mounts go to the fd socket beside it (cafsd.sock → cafsd.fd.sock)
-    #[arg(long, default_value = "/run/cafs/cafsd.sock")]
+    #[arg(long, default_value = wire::CAFSD_SOCKET)]
     server: PathBuf,
     /// Mount points must lie below one of these (repeatable) [default: /home /mnt /scratch /tmp /var/tmp]
     #[arg(long = "allow-root", value_name = "DIR")]
@@ -49,9 +51,6 @@ struct Common {
 enum Serve {
     /// Run as a daemon on a Unix socket (or the one systemd passes, socket activation)
     Serve {
-        /// Configuration file (not supported yet: use the flags)
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// Socket to listen on when systemd passes none (its directory must be root's alone)
         #[arg(long, default_value = "/run/cafs-mount/mount.sock")]
         listen: PathBuf,
@@ -79,7 +78,7 @@ struct Once {
     ro: bool,
     // (Not a flattened `Common`: clap cannot tell an optional flattened group is present through a nested one.)
     /// cafsd's gRPC socket; mounts go to the fd socket beside it (cafsd.sock → cafsd.fd.sock)
-    #[arg(long, default_value = "/run/cafs/cafsd.sock")]
+    #[arg(long, default_value = wire::CAFSD_SOCKET)]
     server: PathBuf,
     /// Mount points must lie below one of these (repeatable) [default: /home /mnt /scratch /tmp /var/tmp]
     #[arg(long = "allow-root", value_name = "DIR")]
@@ -99,20 +98,16 @@ fn config(c: Common) -> Config {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    if let Some(code) = cli.common.generate_man(Cli::command()) {
+        return code;
+    }
+    cli::init_logging(&cli.common, "info");
     let result = if !nix::unistd::geteuid().is_root() {
         Err("must run as root (it calls mount(2)); cafsd itself runs unprivileged".to_string())
     } else {
         match (cli.serve, cli.once) {
-            (Some(Serve::Serve { config: Some(c), .. }), _) => {
-                Err(format!("--config {}: configuration files are not supported yet", c.display()))
-            }
-            (Some(Serve::Serve { config: None, listen, common }), _) => serve(listen, config(common)),
+            (Some(Serve::Serve { listen, common }), _) => serve(listen, config(common)),
             (None, Some(o)) => once(o),
             (None, None) => Err("nothing to do: see --help".to_string()),
         }
@@ -190,16 +185,12 @@ fn root_only(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The listening socket systemd passed (socket activation: `LISTEN_PID` is us and `LISTEN_FDS` is 1).
+/// The listening socket systemd passed (socket activation: one fd, for this process).
 fn activated_listener() -> Option<UnixListener> {
-    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    if pid != std::process::id() || fds != 1 {
+    let mut fds = cafs_mount::activation::listened_fds();
+    if fds.len() != 1 {
         return None;
     }
     tracing::info!("socket-activated");
-    // SAFETY: under socket activation systemd passes exactly LISTEN_FDS descriptors starting at fd 3 to the
-    // process LISTEN_PID names (checked above); fd 3 is the listening socket and nothing else in this process
-    // owns it.
-    Some(unsafe { UnixListener::from_raw_fd(3) })
+    fds.pop().map(|(_, fd)| UnixListener::from(fd))
 }

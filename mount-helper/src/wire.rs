@@ -111,6 +111,14 @@ pub struct Reply {
     pub message: String,
 }
 
+/// cafsd's gRPC socket on a node (the units' and the helper's default).
+pub const CAFSD_SOCKET: &str = "/run/cafs/cafsd.sock";
+
+/// cafsd's gRPC socket for a user's own cafsd: `$XDG_RUNTIME_DIR/cafs/cafsd.sock`, when that variable is set.
+pub fn user_cafsd_socket() -> Option<PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()).map(|d| PathBuf::from(d).join("cafs/cafsd.sock"))
+}
+
 /// The fd socket that goes with cafsd's gRPC socket path: `cafsd.sock` → `cafsd.fd.sock` (DESIGN.md).
 pub fn fd_socket_path(grpc: &std::path::Path) -> PathBuf {
     let name = grpc.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

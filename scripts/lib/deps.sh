@@ -40,7 +40,7 @@ cafs_cargo() {
 }
 
 # Everything the test suite needs on top: the SDK oracle's virtualenv, openssl for the TLS test, systemd-analyze,
-# PostgreSQL, Prometheus's Python client, attr, rustfmt and clippy, the POSIX suites and Garage.
+# PostgreSQL, Prometheus's Python client, attr, dpkg-dev, rustfmt and clippy, the POSIX suites and Garage.
 cafs_install_deps() {
   cafs_install_run_deps
   local pkgs=()
@@ -58,6 +58,8 @@ cafs_install_deps() {
   /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || pkgs+=(python3-prometheus-client)
   # Extended attributes are tested with the tools users have: getfattr/setfattr and attr.
   command -v setfattr >/dev/null 2>&1 || pkgs+=(attr)
+  # The Debian package is built (scripts/package.sh: dpkg-shlibdeps) and installed in a test.
+  command -v dpkg-shlibdeps >/dev/null 2>&1 || pkgs+=(dpkg-dev)
   if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

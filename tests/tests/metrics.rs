@@ -97,6 +97,8 @@ fn a_scrape_counts_what_a_job_did() {
     ok(&sh_as(JOB, &dir, "head -c 6000000 /dev/urandom > big && for i in $(seq 20); do echo $i > s$i; done"));
     let during = scrape(&socket);
     assert_eq!(get(&during, "cafs_mounts{}"), 1.0);
+    // 21 files made and written, not committed: each is a journal record.
+    assert!(get(&during, "cafs_journal_bytes{}") > 21.0 * 20.0, "{during:?}");
     ok(&stack.fsctl(JOB, &["flush", s(&dir), "--wait"]));
     let pdh = ok(&stack.fsctl(JOB, &["commit", s(&dir), "-m", "metrics"])).trim().to_string();
     ok(&stack.fsctl(JOB, &["umount", s(&dir)]));
@@ -104,6 +106,10 @@ fn a_scrape_counts_what_a_job_did() {
     let ro = stack.job_dir("ro", JOB);
     ok(&stack.fsctl(JOB, &["mount", &pdh, s(&ro)]));
     ok(&sh_as(JOB, &ro, "cat big s* > /dev/null"));
+    let read_once = scrape(&socket);
+    // Again, past the page cache (O_DIRECT): the blocks come from the mount's block cache this time.
+    ok(&sh_as(JOB, &ro, "dd if=big of=/dev/null bs=1M iflag=direct status=none"));
+    let read_twice = scrape(&socket);
     ok(&stack.fsctl(JOB, &["umount", s(&ro)]));
     let after = scrape(&socket);
 
@@ -124,6 +130,11 @@ fn a_scrape_counts_what_a_job_did() {
     assert!(get(&after, "cafs_store_request_duration_seconds_count{op=\"put\"}") >= 1.0);
     assert!(grew(&before, &after, "cafs_commits_total{result=\"ok\"}") >= 1.0);
     assert!(grew(&before, &after, "cafs_catalog_requests_total{op=\"commit\",result=\"ok\"}") >= 1.0);
+    // The first read fetched the blocks (misses), the second found them in memory (hits, no new misses).
+    assert!(grew(&before, &read_once, "cafs_block_cache_misses_total{}") >= 1.0, "{read_once:?}");
+    assert!(grew(&read_once, &read_twice, "cafs_block_cache_hits_total{}") >= 1.0, "{read_twice:?}");
+    assert_eq!(grew(&read_once, &read_twice, "cafs_block_cache_misses_total{}"), 0.0);
+    assert_eq!(get(&after, "cafs_journal_bytes{}"), 0.0, "no writable mount is left");
     // Nothing held or failed once all is stored and unmounted.
     for level in ["cafs_mounts{}", "cafs_held_bytes{}", "cafs_queued_blocks{}", "cafs_failed_blocks{}"] {
         assert_eq!(get(&after, level), 0.0, "{level}");

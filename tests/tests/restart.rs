@@ -266,7 +266,10 @@ fn systemds_fd_store_alone_keeps_a_mount_across_restarts() {
         .unwrap();
     ok(&once);
     let m = stack.manager().unwrap();
-    assert_eq!(m.stored(), vec![cafs::systemd::fd_name(&dir)], "cafsd stored the mount's fd");
+    // cafsd sent the fd before the mount was answered; the manager's thread reads it when it gets to it.
+    let want = vec![cafs::systemd::fd_name(&dir)];
+    cafs_tests::wait_for("the fd store message", Duration::from_secs(10), || m.stored() == want);
+    assert_eq!(m.stored(), want, "cafsd stored the mount's fd");
     assert!(m.ready_count() >= 1, "cafsd said it is ready");
 
     let b = under_restarts(&mut stack, &dir, "store-kill9", 2, brutal);

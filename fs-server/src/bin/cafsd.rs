@@ -19,17 +19,20 @@ use anyhow::{Context, bail};
 use cafs::api::Api;
 use cafs::catalog::Catalog;
 use cafs::catalog::RefName;
-use cafs::collection::Collection;
+use cafs::collection::{Collection, OpenWith, Source};
 use cafs::config::Config;
 use cafs::control::Control;
+use cafs::control::start_tasks;
 use cafs::fs::FsOptions;
 use cafs::fuse::CafsFuse;
 use cafs::manifest::Pdh;
 use cafs::mount::{MountOptions, mount_as_root, umount};
-use cafs::server::{Server, ServerError, ServerOptions, autocommit, bind_unix, fd_socket_path};
+use cafs::server::{Server, ServerError, ServerOptions, fd_socket_path};
+use cafs::socket::bind_unix;
 use cafs::store::BlockStore;
 use cafs::systemd::FdStore;
-use clap::Parser;
+use cafs_mount::cli::{self, CommonArgs};
+use clap::{CommandFactory, Parser};
 
 #[derive(Parser, Debug)]
 #[command(name = "cafsd", version, about = "The cafs filesystem server")]
@@ -91,6 +94,8 @@ struct Args {
     /// With --mount: let users other than the directory's owner in (permission bits still apply).
     #[arg(long, requires = "mount")]
     allow_other: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,22 +112,16 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn default_socket() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("cafs/cafsd.sock"),
-        _ => PathBuf::from("/run/cafs/cafsd.sock"),
-    }
+    cafs_mount::wire::user_cafsd_socket().unwrap_or_else(|| PathBuf::from(cafs_mount::wire::CAFSD_SOCKET))
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fuser=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    if let Some(code) = args.common.generate_man(Args::command()) {
+        return code;
+    }
+    cli::init_logging(&args.common, "info,fuser=error");
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -165,8 +164,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for r in &refs {
         tracing::debug!(r#ref = %r.name, version = r.version, pdh = %r.pdh, "ref");
     }
+    let fs = config.fs_options().context("[fs]")?;
+    tracing::info!(
+        memory_budget = fs.memory_budget,
+        max_uploads = fs.max_uploads,
+        cache_size = fs.cache_size,
+        readahead = fs.readahead,
+        "filesystem options"
+    );
     if let Some(dir) = &args.mount {
-        return serve_mount(&args, dir, &state, store, catalog).await;
+        return serve_mount(&args, dir, &state, store, catalog, fs).await;
     }
     let server = Server::new(
         catalog,
@@ -185,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tracing::info!(operators = ?refs.operators, default_mode = %format!("{:04o}", refs.default_mode), "ref permissions");
                 Arc::new(cafs::policy::Policy::new(refs.operators, refs.default_mode))
             },
+            fs,
         },
     );
     // Mounts an earlier cafsd left in systemd's fd store: taken first, while their fds still have the numbers
@@ -196,7 +204,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     server.listen(&fd_socket_path(&socket))?;
     if let Some(listen) = config.metrics.listen().context("[metrics]")? {
-        cafs::metrics::serve(&listen, server.clone()).await.with_context(|| format!("[metrics] listen {listen:?}"))?;
+        cafs::metrics::serve(&listen, {
+            let server = server.clone();
+            Arc::new(move || server.levels())
+        })
+        .await
+        .with_context(|| format!("[metrics] listen {listen:?}"))?;
     }
     // Mounts an earlier cafsd left (the helper kept them): served again before we say we are ready.
     let taking = server.clone();
@@ -428,33 +441,24 @@ async fn serve_mount(
     state: &std::path::Path,
     store: Arc<dyn BlockStore>,
     catalog: Arc<dyn Catalog>,
+    opts: FsOptions,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("--mount needs root (development mode); unprivileged mounts go through cafs-mount");
     }
     let meta = std::fs::metadata(dir).with_context(|| format!("mount point {}", dir.display()))?;
     let (uid, gid) = (meta.uid(), meta.gid());
-    let opts = FsOptions::default();
-    let coll = match (&args.ref_name, &args.pdh) {
+    let source = match (&args.ref_name, &args.pdh) {
         (Some(name), None) => {
-            let dir = dir.canonicalize().with_context(|| dir.display().to_string())?;
-            let journal = cafs::journal::path_for(&state.join("journal"), name, &dir);
-            let name = RefName::new(name.clone())?;
-            let (c, r) = Collection::open_ref_journaled(catalog, store, name, opts, uid, gid, &journal, &dir).await?;
-            if r.records > 0 {
-                tracing::warn!(
-                    records = r.records,
-                    base_version = r.base_version,
-                    "recovered uncommitted changes from the journal"
-                );
-            }
-            c
+            let at = dir.canonicalize().with_context(|| dir.display().to_string())?;
+            let journal = cafs::journal::path_for(&state.join("journal"), name, &at);
+            Source::Writable { name: RefName::new(name.clone())?, journal, at }
         }
-        (None, Some(pdh)) => Collection::open_pdh(catalog, store, Pdh::parse(pdh)?, opts, uid, gid).await?,
+        (None, Some(pdh)) => Source::Pdh(Pdh::parse(pdh)?),
         _ => bail!("--mount needs --ref NAME or --pdh PDH"),
     };
+    let coll = Collection::open(OpenWith { catalog, store, opts, uid, gid }, source).await?;
     let coll = Arc::new(coll);
     let control = Arc::new(Control::default());
     let fuse = CafsFuse::new(coll.clone(), control.clone(), tokio::runtime::Handle::current(), uid, gid);
@@ -468,15 +472,21 @@ async fn serve_mount(
     std::thread::spawn(move || {
         let _ = ended_tx.send(mounted.wait());
     });
-    if args.autocommit > 0 && !coll.is_read_only() {
-        tokio::spawn(autocommit(coll.clone(), control.clone(), Duration::from_secs(args.autocommit), || true));
-    }
+    // Until the session ends: the final commit below is the last.
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let alive = {
+        let serving = serving.clone();
+        move || serving.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let rt = tokio::runtime::Handle::current();
+    start_tasks(&rt, &coll, &control, Duration::from_secs(args.autocommit), Duration::ZERO, alive);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let ended_early = tokio::select! {
         _ = term.recv() => None,
         _ = tokio::signal::ctrl_c() => None,
         r = &mut ended => Some(r),
     };
+    serving.store(false, std::sync::atomic::Ordering::SeqCst);
     let session = match ended_early {
         Some(r) => r,
         None => {

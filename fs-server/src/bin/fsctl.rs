@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Parser, Subcommand};
+use cafs_mount::cli::{self, CommonArgs};
+use clap::{CommandFactory, Parser, Subcommand};
 use proto::v1::cafs_client::CafsClient;
 use proto::v1::{self as pb, mount_request::Source};
 use serde_json::json;
@@ -20,7 +21,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 #[derive(Parser, Debug)]
-#[command(name = "fsctl", version, about = "Control a running cafsd")]
+#[command(name = "fsctl", version, about = "Control a running cafsd", arg_required_else_help = true)]
 struct Args {
     /// cafsd's gRPC socket, or https://HOST:PORT for a remote cafsd's TCP listener
     /// [default: $XDG_RUNTIME_DIR/cafs/cafsd.sock if it exists, else /run/cafs/cafsd.sock]
@@ -32,8 +33,11 @@ struct Args {
     /// With an https:// server: a file holding the bearer token.
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+    // Optional only so that the hidden --generate-man needs none; main asks for one otherwise.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +178,8 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
+    /// Print a completion script for SHELL (e.g. `fsctl completions bash > /etc/bash_completion.d/fsctl`)
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,7 +211,27 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let is_run = matches!(args.command, Command::Run { .. });
+    if let Some(code) = args.common.generate_man(Args::command()) {
+        return code;
+    }
+    cli::init_logging(&args.common, "warn");
+    let command = match args.command {
+        Some(Command::Completions { shell }) => {
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "fsctl", &mut script);
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fsctl: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(ref c) => c,
+        None => Args::command().error(clap::error::ErrorKind::MissingSubcommand, "a command is needed").exit(),
+    };
+    let is_run = matches!(command, Command::Run { .. });
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -230,14 +256,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// A user's own cafsd when one serves there, else the node's.
 fn default_socket() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        let p = PathBuf::from(d).join("cafs/cafsd.sock");
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from("/run/cafs/cafsd.sock")
+    cafs_mount::wire::user_cafsd_socket()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(cafs_mount::wire::CAFSD_SOCKET))
 }
 
 /// The API client; every call carries the bearer token, if there is one.
@@ -315,7 +338,8 @@ async fn run(args: Args) -> Result<u8, Failure> {
         anyhow::ensure!(d.is_absolute(), "{}: a remote mount point must be an absolute path", d.display());
         d.to_str().map(str::to_string).ok_or_else(|| anyhow!("{}: not UTF-8", d.display()))
     };
-    match args.command {
+    let Some(command) = args.command else { return Err(usage("a command is needed")) };
+    match command {
         Command::Mount { source, dir, namespace, ro, autocommit, allow_other, json } => {
             let (source, dir) = match (namespace, dir) {
                 (true, None) => (Source::Namespace(true), PathBuf::from(source)),
@@ -452,6 +476,8 @@ async fn run(args: Args) -> Result<u8, Failure> {
         Command::Ref { action: RefCommand::Show { r#ref, json } } => refs::show(c, r#ref, json).await?,
         Command::Chown { r#ref, owner, json } => refs::chown(c, r#ref, owner, json).await?,
         Command::Chmod { r#ref, mode, json } => refs::chmod(c, r#ref, mode, json).await?,
+        // Printed by main without a server.
+        Command::Completions { .. } => unreachable!("fsctl completions is handled before connecting"),
         Command::Run { .. } if remote => {
             return Err(Failure {
                 code: 2,

@@ -1,8 +1,10 @@
 //! The block cache: whole blocks, verified by the store on fetch, kept in memory up to a byte budget and evicted
 //! least-recently-used first. Concurrent misses on one block share a single fetch, so a burst of readers of a
-//! cold file costs one store request per block.
+//! cold file costs one store request per block. What all of a process's caches did is counted in [`totals`]
+//! (for cafsd's metrics).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -29,6 +31,25 @@ struct Lru {
     fetching: HashMap<Key, Arc<Fetch>>,
 }
 
+/// Counts over every block cache of the process, only ever growing.
+#[derive(Debug)]
+pub struct CacheTotals {
+    /// Reads of a block served from memory.
+    pub hits: AtomicU64,
+    /// Reads that waited for the block to be fetched (their own fetch, or one already under way).
+    pub misses: AtomicU64,
+    /// Blocks let go to stay within the byte budget.
+    pub evicted: AtomicU64,
+}
+
+static TOTALS: CacheTotals =
+    CacheTotals { hits: AtomicU64::new(0), misses: AtomicU64::new(0), evicted: AtomicU64::new(0) };
+
+/// What the process's block caches have done so far.
+pub fn totals() -> &'static CacheTotals {
+    &TOTALS
+}
+
 #[derive(Debug)]
 pub struct BlockCache {
     capacity: u64,
@@ -53,8 +74,10 @@ impl BlockCache {
             let tick = lru.tick;
             if let Some((data, used)) = lru.blocks.get_mut(&k) {
                 *used = tick;
+                TOTALS.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(data.clone());
             }
+            TOTALS.misses.fetch_add(1, Ordering::Relaxed);
             lru.fetching.entry(k).or_default().clone()
         };
         let result = cell.get_or_init(|| async { store.get(locator).await.map_err(Arc::new) }).await.clone();
@@ -69,6 +92,7 @@ impl BlockCache {
                 let Some((&old, _)) = lru.blocks.iter().min_by_key(|(_, (_, used))| *used) else { break };
                 let (gone, _) = lru.blocks.remove(&old).expect("present");
                 lru.bytes -= gone.len() as u64;
+                TOTALS.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(data)

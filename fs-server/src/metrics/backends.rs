@@ -22,6 +22,7 @@ fn store_result<T>(r: &Result<T, StoreError>) -> &'static str {
     match r {
         Ok(_) => "ok",
         Err(StoreError::NotFound(_)) => "not_found",
+        Err(StoreError::Corrupt { .. }) => "corrupt",
         Err(_) => "error",
     }
 }

@@ -9,12 +9,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Listen, metrics};
-use crate::server::Server;
+use super::{Levels, Listen, metrics};
+
+/// Reads the levels for a scrape (blocking: it takes the mounts' locks briefly).
+pub type ReadLevels = Arc<dyn Fn() -> Levels + Send + Sync>;
 
 /// Serves the metrics at `listen` until the process ends. Binding fails at once (an address in use, a socket
 /// another process serves); a failing connection is logged and the others go on.
-pub async fn serve(listen: &Listen, server: Arc<Server>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(listen: &Listen, levels: ReadLevels) -> std::io::Result<tokio::task::JoinHandle<()>> {
     Ok(match listen {
         Listen::Tcp(addr) => {
             let l = tokio::net::TcpListener::bind(addr).await?;
@@ -22,7 +24,7 @@ pub async fn serve(listen: &Listen, server: Arc<Server>) -> std::io::Result<toki
             tokio::spawn(async move {
                 loop {
                     match l.accept().await {
-                        Ok((stream, _)) => connection(stream, server.clone()),
+                        Ok((stream, _)) => connection(stream, levels.clone()),
                         Err(e) => accept_failed(e).await,
                     }
                 }
@@ -30,14 +32,14 @@ pub async fn serve(listen: &Listen, server: Arc<Server>) -> std::io::Result<toki
         }
         Listen::Unix(path) => {
             // A socket an earlier cafsd left is replaced; one another process serves is not.
-            let l = crate::server::bind_unix(path)?;
+            let l = crate::socket::bind_unix(path)?;
             l.set_nonblocking(true)?;
             let l = tokio::net::UnixListener::from_std(l)?;
             tracing::info!(listen = %path.display(), "serving metrics");
             tokio::spawn(async move {
                 loop {
                     match l.accept().await {
-                        Ok((stream, _)) => connection(stream, server.clone()),
+                        Ok((stream, _)) => connection(stream, levels.clone()),
                         Err(e) => accept_failed(e).await,
                     }
                 }
@@ -52,9 +54,9 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 }
 
-fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, server: Arc<Server>) {
+fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, levels: ReadLevels) {
     tokio::spawn(async move {
-        let service = hyper::service::service_fn(move |req| answer(req, server.clone()));
+        let service = hyper::service::service_fn(move |req| answer(req, levels.clone()));
         if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
         {
             tracing::debug!(error = %e, "metrics: connection ended");
@@ -62,7 +64,7 @@ fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, ser
     });
 }
 
-async fn answer(req: Request<hyper::body::Incoming>, server: Arc<Server>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<hyper::body::Incoming>, levels: ReadLevels) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, kind: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -76,6 +78,6 @@ async fn answer(req: Request<hyper::body::Incoming>, server: Arc<Server>) -> Res
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
     }
     // Reading the mounts' levels takes their locks briefly; keep it off the async workers' hot path.
-    let text = tokio::task::spawn_blocking(move || metrics().render(Some(&server))).await.unwrap_or_default();
+    let text = tokio::task::spawn_blocking(move || metrics().render(Some(&levels()))).await.unwrap_or_default();
     reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text)
 }

@@ -1,21 +1,6 @@
-//! The helper's socket as cafsd uses it (binding its own sockets, relaying requests), and the background tasks
-//! of every mount (throughput samples, auto-commit).
+//! Relaying requests to the helper's socket, and the throughput samples every mount keeps.
 
 use super::*;
-
-/// Binds a Unix socket at `path`, replacing a stale socket file, but never one that a live process still
-/// serves (a second cafsd on the same socket would otherwise silently take it over).
-pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    if UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another process is serving this socket"));
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    UnixListener::bind(path)
-}
 
 /// Sends `request` to the helper at `helper`, acting for `uid`, and waits for its answer. Blocking.
 pub(super) fn relay(helper: &Path, uid: u32, request: HelperRequest) -> Result<(), ServerError> {
@@ -42,25 +27,6 @@ pub(super) async fn sample_throughput(server: Weak<Server>) {
         for s in server.list() {
             let bytes = s.coll.fs().upload_stats().uploaded_bytes;
             s.throughput.lock().unwrap_or_else(|p| p.into_inner()).sample(now, bytes);
-        }
-    }
-}
-
-/// Commits a changed tree once it has been left alone for `idle`; stops once `alive` says the mount is gone.
-pub async fn autocommit(coll: Arc<Collection>, control: Arc<Control>, idle: Duration, alive: impl Fn() -> bool) {
-    let mut seen = coll.fs().generation();
-    let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1).min(idle)).await;
-        if !alive() {
-            return;
-        }
-        let now = coll.fs().generation();
-        if now != seen {
-            (seen, since) = (now, Instant::now());
-        } else if coll.is_dirty() && since.elapsed() >= idle {
-            let _ = control.commit(&coll, "cafsd", "auto-commit").await;
-            since = Instant::now();
         }
     }
 }
