@@ -25,7 +25,7 @@ secs() { printf %.2f "$(echo "$2 - $1" | bc)"; }
 median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 
 # The collection, made through the library (through a mount it would take minutes): the ref `big`.
-pdh=$(cargo bench -q -p fs-server --bench bigdir -- "$state" "$files" 2>"$work/make.log") || { cat "$work/make.log" >&2; exit 1; }
+pdh=$(cargo bench -q -p cafs-core --bench bigdir -- "$state" "$files" 2>"$work/make.log") || { cat "$work/make.log" >&2; exit 1; }
 # Nothing of making it may still be on its way to the disk while cafsd starts (its journal syncs).
 sync
 

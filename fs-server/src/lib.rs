@@ -1,45 +1,29 @@
-//! cafs: a writable filesystem over a content-addressed block store.
+//! cafsd: the daemon that serves cafs mounts, and the library behind `cafsd` and `fsctl`.
 //!
-//! This crate is the library behind `cafsd` and `fsctl`. It owns the formats and the storage backends that
-//! everything else stands on:
-//! - [`locator`]: Keep-compatible block names (`md5hex+size[+hints]`) and the MD5 hashing behind them;
-//! - [`manifest`]: the Arvados manifest codec (parse, normalize, portable data hash);
-//! - [`store`]: the block store trait and its implementations (a local directory, S3);
-//! - [`catalog`]: named, versioned collections (refs and history) in SQLite or PostgreSQL;
-//! - [`bigbuf`]: block-sized buffers backed by huge pages;
-//! - [`config`]: the configuration file that selects a node's block store and catalog;
-//! - [`fs`]: the filesystem core (FUSE-free, store-agnostic);
-//! - [`collection`]: a tree bound to its ref or hash, and the commit logic;
-//! - [`journal`]: the per-mount log of uncommitted changes that a restarted cafsd rebuilds a tree from;
+//! It stands on the core (crate `cafs-core`: formats, block stores, catalogs, the journal, the FUSE-free
+//! filesystem, collections), whose modules it re-exports so that one library name, `cafs`, reaches all of it.
+//! What this crate adds, from the kernel up to the operator:
+//! - [`fuse`]: the `fuser` adapter that turns kernel requests into calls on the views of a mount;
 //! - [`namespace`]: the mount that shows the whole catalog (`by_ref/`, `by_pdh/`, `history/`);
-//! - [`policy`]: who may use which ref: operators, groups, what new refs record, the checks;
+//! - [`control`]: the `.cafs` control files inside a mount, and the background commits and follows;
+//! - [`mount`]: the kernel mount a cafsd serves, from the helper's fd or its own;
 //! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
 //! - [`socket`]: binding cafsd's own Unix sockets without taking one another process serves;
 //! - [`systemd`]: readiness and the file descriptor store that keeps mounts across cafsd restarts;
 //! - [`api`]: the gRPC API over those mounts, and who may drive which;
 //! - [`metrics`]: what cafsd counts, served to Prometheus;
-//! - [`transfer`]: moving a directory tree on disk into a collection and back.
+//! - [`config`]: the configuration file that selects a node's block store and catalog, and tunes the filesystem.
+
+pub use cafs_core::{Locator, Manifest, Pdh};
+pub use cafs_core::{bigbuf, catalog, collection, fs, journal, locator, manifest, policy, store, transfer};
 
 pub mod api;
-pub mod bigbuf;
-pub mod catalog;
-pub mod collection;
 pub mod config;
 pub mod control;
-pub mod fs;
 pub mod fuse;
-pub mod journal;
-pub mod locator;
-pub mod manifest;
 pub mod metrics;
 pub mod mount;
 pub mod namespace;
-pub mod policy;
 pub mod server;
 pub mod socket;
-pub mod store;
 pub mod systemd;
-pub mod transfer;
-
-pub use locator::Locator;
-pub use manifest::{Manifest, Pdh};

@@ -1,4 +1,4 @@
-//! MD5 throughput of cafs's block hashing (`cafs::locator::md5`, OpenSSL's assembly implementation).
+//! MD5 throughput of cafs's block hashing (`cafs_core::locator::md5`, OpenSSL's assembly implementation).
 //!
 //! `cargo bench -p fs-server --bench md5` hashes 64 MiB blocks (the block size cafs writes) for a few seconds
 //! and prints MiB/s. `bench/md5.sh` runs it beside `openssl speed -evp md5 -bytes 1048576`.
@@ -10,7 +10,7 @@ fn main() {
     let mut hashed = 0u64;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
-        std::hint::black_box(cafs::locator::md5(std::hint::black_box(&block)));
+        std::hint::black_box(cafs_core::locator::md5(std::hint::black_box(&block)));
         hashed += block.len() as u64;
     }
     let secs = start.elapsed().as_secs_f64();

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cafs::fs::inode::ROOT;
-use cafs::fs::{Filesystem, FsOptions};
-use cafs::journal::{Header, Journal};
-use cafs::store::{BlockStore, LocalDirStore};
+use cafs_core::fs::inode::ROOT;
+use cafs_core::fs::{Filesystem, FsOptions};
+use cafs_core::journal::{Header, Journal};
+use cafs_core::store::{BlockStore, LocalDirStore};
 
 fn main() {
     let files: usize =

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use cafs::journal::{self, Header, Journal, JournalError, MAX_RECORD, Record};
+use cafs_core::journal::{self, Header, Journal, JournalError, MAX_RECORD, Record};
 
 /// Checks `data` and its CRC-repaired form.
 pub fn check(data: &[u8]) {

@@ -7,8 +7,8 @@
 
 use std::time::Instant;
 
-use cafs::Manifest;
-use cafs::locator::Locator;
+use cafs_core::Manifest;
+use cafs_core::locator::Locator;
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -40,7 +40,7 @@ fn main() {
     }
     for b in 0..=block {
         let seed = format!("block {b}");
-        blocks.push(Locator::from_parts(cafs::locator::md5(seed.as_bytes()), 64 << 20).to_string());
+        blocks.push(Locator::from_parts(cafs_core::locator::md5(seed.as_bytes()), 64 << 20).to_string());
     }
     let mut text = String::with_capacity(files * 64);
     for d in (0..dirs).rev() {

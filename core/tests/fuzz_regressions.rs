@@ -6,8 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cafs::Manifest;
-use cafs::journal::{self, Header, Made, MadeKind, Record, StoredRange};
+use cafs_core::Manifest;
+use cafs_core::journal::{self, Header, Made, MadeKind, Record, StoredRange};
 
 #[path = "../fuzz/fuzz_targets/journal_checks.rs"]
 mod journal_checks;

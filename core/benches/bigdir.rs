@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cafs::catalog::{Catalog, RefName, SqliteCatalog};
-use cafs::collection::Collection;
-use cafs::fs::FsOptions;
-use cafs::fs::inode::ROOT;
-use cafs::store::{BlockStore, LocalDirStore};
+use cafs_core::catalog::{Catalog, RefName, SqliteCatalog};
+use cafs_core::collection::Collection;
+use cafs_core::fs::FsOptions;
+use cafs_core::fs::inode::ROOT;
+use cafs_core::store::{BlockStore, LocalDirStore};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -46,16 +46,16 @@ fn main() {
         let start = Instant::now();
         let record = catalog.get_collection(&pdh).await.unwrap().unwrap();
         let fetched = start.elapsed();
-        let m = cafs::manifest::Manifest::parse(record.manifest_text().as_bytes()).unwrap();
+        let m = cafs_core::manifest::Manifest::parse(record.manifest_text().as_bytes()).unwrap();
         let parsed = start.elapsed();
         let head = catalog.head(&RefName::new("big").unwrap()).await.unwrap().unwrap();
         let sidecar = catalog.get_sidecar(&head.sidecar).await.unwrap().unwrap_or_default();
         let t = Instant::now();
-        let sc = cafs::fs::sidecar::Sidecar::from_bytes(&sidecar).unwrap();
+        let sc = cafs_core::fs::sidecar::Sidecar::from_bytes(&sidecar).unwrap();
         let sc_parsed = t.elapsed();
         drop(sc);
         let t = Instant::now();
-        let fs = cafs::fs::Filesystem::load(
+        let fs = cafs_core::fs::Filesystem::load(
             &m,
             &sidecar,
             store.clone(),

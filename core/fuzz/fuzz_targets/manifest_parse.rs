@@ -5,12 +5,12 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(m) = cafs::Manifest::parse(data) {
+    if let Ok(m) = cafs_core::Manifest::parse(data) {
         let text = m.to_text();
-        let again = cafs::Manifest::parse(text.as_bytes()).expect("normalized text must parse");
+        let again = cafs_core::Manifest::parse(text.as_bytes()).expect("normalized text must parse");
         assert_eq!(again.to_text(), text, "normalized text must be a fixed point");
         assert_eq!(again.pdh(), m.pdh());
         let stripped = m.to_stripped_text();
-        assert_eq!(cafs::Manifest::parse(stripped.as_bytes()).expect("stripped text parses").to_stripped_text(), stripped);
+        assert_eq!(cafs_core::Manifest::parse(stripped.as_bytes()).expect("stripped text parses").to_stripped_text(), stripped);
     }
 });
