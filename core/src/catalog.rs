@@ -54,6 +54,14 @@ pub enum CatalogError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl CatalogError {
+    /// Whether the same call may succeed later: the backend could not be reached or failed on its side. Every
+    /// other variant is the catalog's answer, which a retry would repeat.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CatalogError::Backend(_))
+    }
+}
+
 /// Commit times as the backends store them: microseconds since the epoch.
 fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

@@ -134,7 +134,7 @@ impl Collection {
         let (old, (uid, gid)) = (self.fs(), self.owner);
         let fs = tokio::task::spawn_blocking(move || old.reload(&manifest, &sidecar, uid, gid))
             .await
-            .map_err(|e| FsError::Io(format!("load task failed: {e}")))??;
+            .map_err(|e| FsError::task("load", e))??;
         let generation = fs.generation();
         {
             // Retired before the swap is visible, so that an open of an old number racing the swap finds its
@@ -345,7 +345,7 @@ impl Collection {
             let (version, pdh) = (expected.unwrap_or(0) + 1, record.pdh().to_string());
             let marked = tokio::task::spawn_blocking(move || j.mark_commit(seq, version, &pdh))
                 .await
-                .map_err(|e| FsError::Io(format!("journal task failed: {e}")))?;
+                .map_err(|e| FsError::task("journal", e))?;
             // A journal that cannot be written (a full disk) must not stop the commit: the commit is what
             // makes the tree safe, and its checkpoint then starts the journal afresh.
             if let Err(e) = marked {
@@ -478,9 +478,8 @@ impl Collection {
     /// the async workers.
     async fn snapshot(&self) -> Result<(CollectionRecord, Vec<u8>, u64, Numbering), CollectionError> {
         let fs = self.fs();
-        let s = tokio::task::spawn_blocking(move || fs.snapshot_at())
-            .await
-            .map_err(|e| FsError::Io(format!("snapshot task failed: {e}")))??;
+        let s =
+            tokio::task::spawn_blocking(move || fs.snapshot_at()).await.map_err(|e| FsError::task("snapshot", e))??;
         Ok((CollectionRecord::new(&s.manifest)?, s.sidecar, s.seq, s.numbering))
     }
 }

@@ -28,7 +28,6 @@ use tonic::{Request, Response, Status};
 use crate::catalog::{AccessChange, CatalogError, Need, Principal, RefName, Writer};
 use crate::collection::CollectionError;
 use crate::control::check_message;
-use crate::fs::FsError;
 use crate::fs::inode::NAME_MAX;
 use crate::manifest::Pdh;
 use crate::policy::{CheckError, Policy};
@@ -135,16 +134,9 @@ impl Api {
         let who = caller.principal(self.server.policy());
         let catalog = self.server.catalog().clone();
         let (n, c) = (name.clone(), change);
-        let a = detached(async move {
-            catalog.change_access(&n, &c, &who).await.map_err(|e| match e {
-                CatalogError::Denied(d) => Status::permission_denied(d.to_string()),
-                CatalogError::NoSuchRef(_) => Status::not_found(e.to_string()),
-                e => Status::internal(e.to_string()),
-            })
-        })
-        .await?;
+        let a = detached(async move { catalog.change_access(&n, &c, &who).await.map_err(catalog_status) }).await?;
         tracing::info!(r#ref = %name, access = %a, by = caller.uid(), "ref permissions changed");
-        let head = self.server.catalog().head(&name).await.map_err(|e| Status::internal(e.to_string()))?;
+        let head = self.server.catalog().head(&name).await.map_err(catalog_status)?;
         Ok(Response::new(ref_info(&name, &a, head.as_ref())))
     }
 
@@ -279,7 +271,20 @@ fn mount_status(s: &Served) -> pb::MountStatus {
 fn check_status(e: CheckError) -> Status {
     match e {
         CheckError::Denied(d) => Status::permission_denied(d.to_string()),
-        CheckError::Catalog(e) => Status::internal(e.to_string()),
+        CheckError::Catalog(e) => catalog_status(e),
+    }
+}
+
+/// The gRPC status for the catalog's answer or failure: a backend that is down is worth another try.
+fn catalog_status(e: CatalogError) -> Status {
+    let msg = e.to_string();
+    match e {
+        CatalogError::Conflict { .. } => Status::aborted(msg),
+        CatalogError::InvalidRef { .. } => Status::invalid_argument(msg),
+        CatalogError::Denied(_) => Status::permission_denied(msg),
+        CatalogError::NoSuchRef(_) => Status::not_found(msg),
+        e if e.is_transient() => Status::unavailable(msg),
+        _ => Status::internal(msg),
     }
 }
 
@@ -304,16 +309,21 @@ fn status(e: ServerError) -> Status {
         ServerError::Helper(_) => Status::failed_precondition(msg),
         ServerError::HelperUnreachable { .. } | ServerError::Stopping => Status::unavailable(msg),
         ServerError::Collection(c) => match c {
-            CollectionError::Catalog(CatalogError::Conflict { .. }) => Status::aborted(msg),
-            CollectionError::Catalog(CatalogError::InvalidRef { .. }) => Status::invalid_argument(msg),
-            CollectionError::Catalog(CatalogError::Denied(_)) => Status::permission_denied(msg),
+            CollectionError::Catalog(e) => catalog_status(e),
             CollectionError::ReadOnly => Status::failed_precondition(msg),
             CollectionError::UnknownPdh(_) => Status::not_found(msg),
-            // The store failed (after retries): the data is held, a later flush or commit may succeed.
-            CollectionError::Fs(FsError::Io(_)) => Status::unavailable(msg),
+            // A backend that is down (after retries): the data is held, a later flush or commit may succeed.
+            CollectionError::Fs(e) if e.is_transient() => Status::unavailable(msg),
             _ => Status::internal(msg),
         },
-        ServerError::Socket { .. } | ServerError::Internal(_) => Status::internal(msg),
+        ServerError::Denied(_) => Status::permission_denied(msg),
+        ServerError::BadHash(_) => Status::invalid_argument(msg),
+        ServerError::Refused(_) => Status::failed_precondition(msg),
+        ServerError::Socket { .. }
+        | ServerError::Wire(_)
+        | ServerError::Mount(_)
+        | ServerError::Namespace(_)
+        | ServerError::Internal(_) => Status::internal(msg),
     }
 }
 
@@ -349,7 +359,7 @@ impl Cafs for Api {
                 let need = if r.read_only { Need::Read } else { Need::Write };
                 let who = caller.principal(self.server.policy());
                 self.server.policy().check(catalog.as_ref(), &name, &who, need).await.map_err(check_status)?;
-                if r.read_only && catalog.head(&name).await.map_err(|e| Status::internal(e.to_string()))?.is_none() {
+                if r.read_only && catalog.head(&name).await.map_err(catalog_status)?.is_none() {
                     return Err(Status::not_found(format!("ref {name} has no committed version to mount read-only")));
                 }
                 Origin::Ref(name.as_str().to_string())
@@ -357,7 +367,7 @@ impl Cafs for Api {
             Some(Source::Pdh(text)) => {
                 let pdh = Pdh::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 // Reads the manifest a second time (the mount reads it again): the price of a clean refusal.
-                if catalog.get_collection(&pdh).await.map_err(|e| Status::internal(e.to_string()))?.is_none() {
+                if catalog.get_collection(&pdh).await.map_err(catalog_status)?.is_none() {
                     return Err(Status::not_found(format!("collection {pdh} is not in the catalog")));
                 }
                 Origin::Pdh(text)
@@ -465,7 +475,7 @@ impl Cafs for Api {
         let who = caller.principal(self.server.policy());
         let catalog = self.server.catalog();
         self.server.policy().check(catalog.as_ref(), &name, &who, Need::Read).await.map_err(check_status)?;
-        let history = self.server.catalog().history(&name).await.map_err(|e| Status::internal(e.to_string()))?;
+        let history = self.server.catalog().history(&name).await.map_err(catalog_status)?;
         if history.is_empty() {
             return Err(Status::not_found(format!("ref {name} has no versions")));
         }
@@ -487,8 +497,7 @@ impl Cafs for Api {
         let caller = self.caller(&req)?;
         let name = ref_name(req.into_inner().ref_name)?;
         let catalog = self.server.catalog();
-        let internal = |e: CatalogError| Status::internal(e.to_string());
-        let a = catalog.access(&name).await.map_err(internal)?;
+        let a = catalog.access(&name).await.map_err(catalog_status)?;
         let a = a.ok_or_else(|| Status::not_found(format!("ref {name} does not exist")))?;
         // Its owner may always see whom a ref belongs to, even with its own read bit off (to chmod it back).
         let who = caller.principal(self.server.policy());
@@ -496,7 +505,7 @@ impl Cafs for Api {
             crate::catalog::access::check(name.as_str(), &a, &who, Need::Read)
                 .map_err(|d| Status::permission_denied(d.to_string()))?;
         }
-        let head = catalog.head(&name).await.map_err(internal)?;
+        let head = catalog.head(&name).await.map_err(catalog_status)?;
         Ok(Response::new(ref_info(&name, &a, head.as_ref())))
     }
 
@@ -526,10 +535,9 @@ impl Cafs for Api {
         }
         let who = caller.principal(self.server.policy());
         let catalog = self.server.catalog();
-        let internal = |e: CatalogError| Status::internal(e.to_string());
-        let records = catalog.list_access().await.map_err(internal)?;
+        let records = catalog.list_access().await.map_err(catalog_status)?;
         let heads: HashMap<RefName, crate::catalog::Version> =
-            catalog.list_refs().await.map_err(internal)?.into_iter().map(|v| (v.name.clone(), v)).collect();
+            catalog.list_refs().await.map_err(catalog_status)?.into_iter().map(|v| (v.name.clone(), v)).collect();
         let mut refs: Vec<pb::RefInfoReply> = records
             .iter()
             .filter(|(name, a)| {
@@ -577,6 +585,19 @@ impl Cafs for Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalog_errors_keep_their_kind_in_the_status() {
+        use tonic::Code;
+        let backend = CatalogError::Backend("connection refused".into());
+        assert_eq!(catalog_status(backend).code(), Code::Unavailable);
+        let conflict = CatalogError::Conflict { name: "r".into(), expected: Some(1), current: Some(2) };
+        assert_eq!(catalog_status(conflict).code(), Code::Aborted);
+        assert_eq!(catalog_status(CatalogError::NoSuchRef("r".into())).code(), Code::NotFound);
+        assert_eq!(catalog_status(CatalogError::Corrupt("bad hash".into())).code(), Code::Internal);
+        let down = ServerError::Collection(CollectionError::Catalog(CatalogError::Backend("timed out".into())));
+        assert_eq!(status(down).code(), Code::Unavailable);
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -31,7 +31,7 @@ use crate::catalog::{Catalog, RefName};
 use crate::collection::{Collection, CollectionError, OpenWith, Origin, Source};
 use crate::control::Control;
 use crate::fs::inode::{INO_LIMIT, Kind, ROOT};
-use crate::fs::{Attr, FsError, FsOptions};
+use crate::fs::{Attr, FsError, FsOptions, SharedError};
 use crate::journal;
 use crate::manifest::Pdh;
 use crate::policy::Policy;
@@ -220,12 +220,10 @@ fn opening_failed(e: CollectionError) -> FsError {
     match e {
         CollectionError::UnknownPdh(_) | CollectionError::NoVersion(_) => FsError::NotFound,
         CollectionError::Fs(e) => e,
-        e => FsError::Io(e.to_string()),
+        CollectionError::Catalog(e) => e.into(),
+        CollectionError::Journal(e) => e.into(),
+        e => FsError::Internal(e.to_string()),
     }
-}
-
-fn catalog_failed(e: crate::catalog::CatalogError) -> FsError {
-    FsError::Io(format!("catalog: {e}"))
 }
 
 impl Namespace {
@@ -301,7 +299,9 @@ impl Namespace {
         let Some(file) = &self.slots_file else { return Ok(()) };
         let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
         file.1 = true;
-        file.0.write_all(format!("{line}\n").as_bytes()).map_err(|e| FsError::Io(format!("namespace slot file: {e}")))
+        file.0
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| FsError::State { what: "namespace slot file", error: SharedError::new(e) })
     }
 
     /// Makes what [`Namespace::save`] wrote durable.
@@ -309,7 +309,9 @@ impl Namespace {
         let Some(file) = &self.slots_file else { return Ok(()) };
         let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
         if file.1 {
-            file.0.sync_data().map_err(|e| FsError::Io(format!("namespace slot file: {e}")))?;
+            file.0
+                .sync_data()
+                .map_err(|e| FsError::State { what: "namespace slot file", error: SharedError::new(e) })?;
             file.1 = false;
         }
         Ok(())
@@ -425,7 +427,7 @@ impl Namespace {
                 let name = ref_of_entry(name).ok_or(FsError::NotFound)?;
                 // A ref shown once stays (refs are never deleted; a made one has no version yet).
                 if !self.keys().contains_key(&Key::Ref(name.clone())) {
-                    self.rt.block_on(self.catalog.head(&name)).map_err(catalog_failed)?.ok_or(FsError::NotFound)?;
+                    self.rt.block_on(self.catalog.head(&name)).map_err(FsError::from)?.ok_or(FsError::NotFound)?;
                 }
                 self.reserve(Key::Ref(name))?
             }
@@ -438,7 +440,7 @@ impl Namespace {
                 if !self.keys().contains_key(&Key::Pdh(pdh)) {
                     self.rt
                         .block_on(self.catalog.get_collection(&pdh))
-                        .map_err(catalog_failed)?
+                        .map_err(FsError::from)?
                         .ok_or(FsError::NotFound)?;
                 }
                 self.reserve(Key::Pdh(pdh))?
@@ -448,7 +450,7 @@ impl Namespace {
                 // As in by_ref/: a history shown once stays.
                 let known = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).by_name.contains_key(&name);
                 if !known {
-                    self.rt.block_on(self.catalog.head(&name)).map_err(catalog_failed)?.ok_or(FsError::NotFound)?;
+                    self.rt.block_on(self.catalog.head(&name)).map_err(FsError::from)?.ok_or(FsError::NotFound)?;
                 }
                 self.history_dir(name)?
             }
@@ -457,7 +459,7 @@ impl Namespace {
                 let (n, pdh) = version_entry(name).ok_or(FsError::NotFound)?;
                 let key = Key::Version(r.clone(), n, pdh);
                 if !self.keys().contains_key(&key) {
-                    let versions = self.rt.block_on(self.catalog.history(&r)).map_err(catalog_failed)?;
+                    let versions = self.rt.block_on(self.catalog.history(&r)).map_err(FsError::from)?;
                     versions.iter().find(|v| v.version == n && v.pdh == pdh).ok_or(FsError::NotFound)?;
                 }
                 self.reserve(key)?
@@ -483,13 +485,12 @@ impl Namespace {
             return Err(FsError::NotPermitted("the configuration does not make this ref writable"));
         }
         let key = Key::Ref(r.clone());
-        if self.keys().contains_key(&key) || self.rt.block_on(self.catalog.head(&r)).map_err(catalog_failed)?.is_some()
-        {
+        if self.keys().contains_key(&key) || self.rt.block_on(self.catalog.head(&r)).map_err(FsError::from)?.is_some() {
             return Err(FsError::Exists);
         }
         // Made by someone else (a writable mount before its first commit): theirs, not made here.
         let mine = self.opts.policy.new_ref(uid, gid);
-        let made = self.rt.block_on(self.catalog.create_ref(&r, &mine)).map_err(catalog_failed)?;
+        let made = self.rt.block_on(self.catalog.create_ref(&r, &mine)).map_err(FsError::from)?;
         if made != mine {
             return Err(FsError::Exists);
         }
@@ -505,7 +506,7 @@ impl Namespace {
         let names: Vec<(Vec<u8>, u64)> = match dir {
             ROOT => vec![(BY_REF.to_vec(), BY_REF_INO), (BY_PDH.to_vec(), BY_PDH_INO), (HISTORY.to_vec(), HISTORY_INO)],
             BY_REF_INO => {
-                let refs = self.rt.block_on(self.catalog.list_refs()).map_err(catalog_failed)?;
+                let refs = self.rt.block_on(self.catalog.list_refs()).map_err(FsError::from)?;
                 let mut out = Vec::with_capacity(refs.len());
                 for v in refs {
                     out.push((ref_entry(&v.name), self.reserve(Key::Ref(v.name))?));
@@ -538,7 +539,7 @@ impl Namespace {
                 out
             }
             HISTORY_INO => {
-                let refs = self.rt.block_on(self.catalog.list_refs()).map_err(catalog_failed)?;
+                let refs = self.rt.block_on(self.catalog.list_refs()).map_err(FsError::from)?;
                 let mut out = Vec::with_capacity(refs.len());
                 for v in refs {
                     out.push((ref_entry(&v.name), self.history_dir(v.name)?));
@@ -547,7 +548,7 @@ impl Namespace {
             }
             _ => {
                 let r = self.history_ref(dir).ok_or(FsError::NotFound)?;
-                let versions = self.rt.block_on(self.catalog.history(&r)).map_err(catalog_failed)?;
+                let versions = self.rt.block_on(self.catalog.history(&r)).map_err(FsError::from)?;
                 let mut out = Vec::with_capacity(versions.len());
                 for v in versions {
                     let entry = format!("{}-{}", v.version, v.pdh).into_bytes();

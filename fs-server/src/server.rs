@@ -25,10 +25,10 @@ use crate::control::Control;
 use crate::fs::{FsError, FsOptions};
 use crate::fuse::{CafsFuse, Gate};
 use crate::journal;
-use crate::manifest::Pdh;
-use crate::mount::{MountOptions, resume_fd, serve_fd};
-use crate::namespace::{Namespace, NamespaceOptions};
-use crate::policy::Policy;
+use crate::manifest::{Pdh, PdhError};
+use crate::mount::{MountError, MountOptions, resume_fd, serve_fd};
+use crate::namespace::{Namespace, NamespaceError, NamespaceOptions};
+use crate::policy::{CheckError, Policy};
 use crate::store::BlockStore;
 use crate::systemd::{FdStore, Restored};
 
@@ -65,6 +65,19 @@ pub enum ServerError {
     Collection(#[from] CollectionError),
     #[error("cafsd is shutting down; it takes no new mounts")]
     Stopping,
+    /// A hand-over that cannot be served as sent (not from root, no fd, a mount point already served).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Denied(#[from] CheckError),
+    #[error(transparent)]
+    BadHash(#[from] PdhError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
     #[error("{0}")]
     Internal(String),
 }
@@ -402,7 +415,8 @@ impl Server {
             }
             // The helper checking who listens here (to trust relayed requests) connects and hangs up.
             Ok(None) => return,
-            Err(message) => {
+            Err(e) => {
+                let message = e.to_string();
                 tracing::warn!(%message, "hand-over refused");
                 Reply { ok: false, message }
             }
@@ -412,17 +426,17 @@ impl Server {
         }
     }
 
-    fn accept(self: &Arc<Self>, stream: &UnixStream) -> Result<Option<PathBuf>, String> {
-        let (uid, _, pid) = wire::peer(stream).map_err(|e| e.to_string())?;
+    fn accept(self: &Arc<Self>, stream: &UnixStream) -> Result<Option<PathBuf>, ServerError> {
+        let (uid, _, pid) = wire::peer(stream)?;
         if uid != 0 {
-            return Err(format!("only root hands over mounts (peer uid {uid}, pid {pid})"));
+            return Err(ServerError::Refused(format!("only root hands over mounts (peer uid {uid}, pid {pid})")));
         }
         let (h, fd): (Handoff, _) = match wire::recv(stream) {
             Ok(m) => m,
             Err(WireError::Closed) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
-        let fd = fd.ok_or("a hand-over must carry the /dev/fuse fd")?;
+        let fd = fd.ok_or_else(|| ServerError::Refused("a hand-over must carry the /dev/fuse fd".into()))?;
         self.serve(h, fd).map(Some)
     }
 
@@ -435,11 +449,11 @@ impl Server {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    fn serve(self: &Arc<Self>, mut h: Handoff, dev: OwnedFd) -> Result<PathBuf, String> {
+    fn serve(self: &Arc<Self>, mut h: Handoff, dev: OwnedFd) -> Result<PathBuf, ServerError> {
         if self.is_stopping() {
-            return Err("cafsd is shutting down".into());
+            return Err(ServerError::Stopping);
         }
-        let dir = normalize(&h.request.mountpoint).map_err(|e| e.to_string())?;
+        let dir = normalize(&h.request.mountpoint)?;
         h.request.mountpoint = dir.clone();
         let prefs = self.prefs.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
         if self.serves(&dir) {
@@ -448,7 +462,7 @@ impl Server {
             if h.resume {
                 return Ok(dir);
             }
-            return Err(format!("{} is already served", dir.display()));
+            return Err(ServerError::Refused(format!("{} is already served", dir.display())));
         }
         if h.request.origin == Origin::Namespace {
             return self.serve_namespace(h, dev, prefs);
@@ -464,9 +478,9 @@ impl Server {
         let coll = self
             .rt
             .block_on(async {
-                let pdh = match &h.request.origin {
+                let pdh: Pdh = match &h.request.origin {
                     Origin::Ref(name) => {
-                        let name = RefName::new(name.clone()).map_err(|e| e.to_string())?;
+                        let name = RefName::new(name.clone()).map_err(CollectionError::from)?;
                         // Checked for the mount's owner, however the mount was asked for (the API, or the
                         // helper directly). A mount taken over from an earlier cafsd is served on whatever its
                         // ref's permissions are now: refusing would detach a live mount and strand its journal,
@@ -476,33 +490,33 @@ impl Server {
                             // A ref mounted writable before its first commit is created now, owned by the mount's
                             // owner, so that nobody else takes it before that commit.
                             let access =
-                                catalog.create_ref(&name, &writer.new_ref).await.map_err(|e| e.to_string())?;
+                                catalog.create_ref(&name, &writer.new_ref).await.map_err(CollectionError::from)?;
                             if let Err(e) = check(name.as_str(), &access, &writer.principal, Need::Write) {
                                 if !h.resume {
-                                    return Err(e.to_string());
+                                    return Err(ServerError::Denied(e.into()));
                                 }
                                 tracing::warn!(mount = %dir.display(), error = %e, "taking over a mount whose owner may no longer write its ref");
                             }
                             let journal = journal::path_for(&self.journals, name.as_str(), &dir);
                             let source = Source::Writable { name, journal, at: dir.clone() };
-                            let c = Collection::open(cx, source).await.map_err(|e| e.to_string())?;
+                            let c = Collection::open(cx, source).await?;
                             c.set_writer(Some(writer));
                             return Ok(c);
                         }
                         if let Err(e) = self.policy.check(catalog.as_ref(), &name, &writer.principal, Need::Read).await
                         {
                             if !h.resume {
-                                return Err(e.to_string());
+                                return Err(e.into());
                             }
                             tracing::warn!(mount = %dir.display(), error = %e, "taking over a mount whose owner may no longer read its ref");
                         }
                         // A ref mounted read-only shows its current version, and then each newer one.
-                        return Collection::open(cx, Source::Follow(name)).await.map_err(|e| e.to_string());
+                        return Ok(Collection::open(cx, Source::Follow(name)).await?);
                     }
-                    Origin::Pdh(pdh) => Pdh::parse(pdh).map_err(|e| e.to_string())?,
+                    Origin::Pdh(pdh) => Pdh::parse(pdh)?,
                     Origin::Namespace => unreachable!("served above"),
                 };
-                Collection::open(cx, Source::Pdh(pdh)).await.map_err(|e| e.to_string())
+                Ok(Collection::open(cx, Source::Pdh(pdh)).await?)
             })
             .map(Arc::new)?;
         let control = Arc::new(Control::default());
@@ -549,7 +563,7 @@ impl Server {
         dev: OwnedFd,
         fuse: CafsFuse,
         read_only: bool,
-    ) -> Result<(crate::mount::Mounted, Option<String>), String> {
+    ) -> Result<(crate::mount::Mounted, Option<String>), ServerError> {
         let dir = &h.request.mountpoint;
         let opts = MountOptions { read_only, ..MountOptions::default() };
         // Kept in systemd's store before it is served: a mount is never served without a holder that outlives
@@ -567,17 +581,21 @@ impl Server {
         } else {
             serve_fd(dir, dev, fuse, &opts)
         }
-        .map_err(|e| {
+        .inspect_err(|_| {
             if let (Some(store), Some(name)) = (&self.fdstore, &fdname) {
                 store.forget(name);
             }
-            e.to_string()
         })?;
         Ok((mounted, fdname))
     }
 
     /// Serves a namespace mount (see [`crate::namespace`]).
-    fn serve_namespace(self: &Arc<Self>, h: Handoff, dev: OwnedFd, prefs: Option<Prefs>) -> Result<PathBuf, String> {
+    fn serve_namespace(
+        self: &Arc<Self>,
+        h: Handoff,
+        dev: OwnedFd,
+        prefs: Option<Prefs>,
+    ) -> Result<PathBuf, ServerError> {
         let dir = h.request.mountpoint.clone();
         let autocommit = prefs.map_or(self.autocommit, |p| p.autocommit);
         let opts = NamespaceOptions {
@@ -592,8 +610,7 @@ impl Server {
             resume: h.resume,
             policy: self.policy.clone(),
         };
-        let ns = Namespace::new(self.catalog.clone(), self.store.clone(), self.rt.clone(), h.uid, h.gid, opts)
-            .map_err(|e| e.to_string())?;
+        let ns = Namespace::new(self.catalog.clone(), self.store.clone(), self.rt.clone(), h.uid, h.gid, opts)?;
         let fuse = CafsFuse::namespace(ns.clone(), self.rt.clone(), h.uid, h.gid);
         let gate = fuse.gate();
         let (mounted, fdname) = self.attach(&h, dev, fuse, !ns.has_writable())?;

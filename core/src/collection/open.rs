@@ -138,7 +138,7 @@ impl Collection {
             let path = journal.to_path_buf();
             tokio::task::spawn_blocking(move || Journal::open(&path))
                 .await
-                .map_err(|e| FsError::Io(format!("journal task failed: {e}")))??
+                .map_err(|e| FsError::task("journal", e))??
         };
         let Some((j, header, records)) = opened else {
             let c = Self::open_ref(catalog, store, name.clone(), opts, uid, gid).await?;
@@ -196,7 +196,7 @@ impl Collection {
             Ok((fs, generation))
         })
         .await
-        .map_err(|e| FsError::Io(format!("replay task failed: {e}")))??;
+        .map_err(|e| FsError::task("replay", e))??;
         fs.attach_journal(Arc::new(j));
         let recovered = Recovered { records: n, base_version };
         let mut c = Self::assemble(fs, Origin::Ref(name), catalog, head);
@@ -238,9 +238,9 @@ impl Collection {
         // async workers.
         let index = tokio::task::spawn_blocking(move || sidecar::Index::from_bytes(&sidecar));
         let manifest = tokio::task::spawn_blocking(move || record.presented_manifest());
-        let failed = |e: tokio::task::JoinError| FsError::Io(format!("parsing task failed: {e}"));
+        let failed = |e: tokio::task::JoinError| FsError::task("parsing", e);
         let manifest = manifest.await.map_err(failed)??;
-        let index = index.await.map_err(failed)?.map_err(|e| FsError::Io(e.to_string()))?;
+        let index = index.await.map_err(failed)?.map_err(|e| FsError::Corrupt(e.to_string()))?;
         Ok((manifest, index))
     }
 }

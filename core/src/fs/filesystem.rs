@@ -27,12 +27,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use super::FsError;
 use super::cache::BlockCache;
 use super::extents::{BufId, Extents, Source};
 use super::inode::{Body, Ino, Kind, Meta, ROOT, RenameMode, Table};
 use super::sidecar::{self, EntryMeta, Sidecar};
 use super::xattr::{self, SetMode};
+use super::{FsError, SharedError};
 use crate::journal::{Journal, Made, MadeKind, Numbering, Record, StoredRange};
 use crate::locator::{Locator, MAX_BLOCK_SIZE};
 use crate::manifest::{Dir, Entry, Manifest, Segment};
@@ -129,7 +129,7 @@ enum BufData {
     /// Still being written.
     Open(Vec<u8>),
     /// Sealed: being uploaded, or waiting to be retried after `error`.
-    Sealed { data: Bytes, uploading: bool, error: Option<String> },
+    Sealed { data: Bytes, uploading: bool, error: Option<SharedError<StoreError>> },
     /// A small buffer copied into the pack buffer `pack` at offset `at`; kept (for reads) until the pack lands.
     InPack { data: Bytes, pack: BufId, at: u64 },
 }

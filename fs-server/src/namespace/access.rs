@@ -51,7 +51,7 @@ impl Namespace {
         match self.rt.block_on(self.opts.policy.check_recent(self.catalog.as_ref(), name, who, need)) {
             Ok(()) => Ok(()),
             Err(CheckError::Denied(d)) => Err(FsError::Denied(d.to_string())),
-            Err(CheckError::Catalog(e)) => Err(catalog_failed(e)),
+            Err(CheckError::Catalog(e)) => Err(e.into()),
         }
     }
 
@@ -65,7 +65,7 @@ impl Namespace {
             return Ok(all);
         }
         // One query for every ref's record, instead of one per entry.
-        let records = self.rt.block_on(self.catalog.list_access()).map_err(catalog_failed)?;
+        let records = self.rt.block_on(self.catalog.list_access()).map_err(FsError::from)?;
         self.opts.policy.remember_all(&records);
         let records: HashMap<RefName, crate::catalog::RefAccess> = records.into_iter().collect();
         Ok(all

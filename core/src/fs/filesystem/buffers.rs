@@ -21,7 +21,7 @@ impl Filesystem {
                 BufData::Sealed { uploading: true, .. } => s.queued += 1,
                 BufData::Sealed { error: Some(e), .. } => {
                     s.failed += 1;
-                    s.last_error = Some(e.clone());
+                    s.last_error = Some(e.to_string());
                 }
                 BufData::Sealed { .. } => s.queued += 1,
                 _ => {}
@@ -264,7 +264,7 @@ impl Filesystem {
                     if let Some(Buffer { data: BufData::Sealed { uploading, error, .. }, .. }) = st.buffers.get_mut(&id)
                     {
                         *uploading = false;
-                        *error = Some(e.to_string());
+                        *error = Some(SharedError::new(e));
                     }
                 }
             }
@@ -282,7 +282,7 @@ impl Filesystem {
                 data => Some(data),
             };
             if let Some(BufData::Sealed { error: Some(e), .. }) = sealed {
-                return Err(FsError::Io(e.clone()));
+                return Err(FsError::Store(e.clone()));
             }
         }
         Ok(())
@@ -306,11 +306,7 @@ impl Filesystem {
             if !st.unsynced.contains(&ino) {
                 self.shared.log(&st.table, |table| Some(Record::Synced { path: table.path(ino)? }));
             }
-            return Err(FsError::Io(
-                "writes to this file that were not yet stored were lost when cafsd stopped abruptly (kill -9 or a \
-                 crash); what was fsynced is intact"
-                    .into(),
-            ));
+            return Err(FsError::WritesLost);
         }
         Ok(())
     }
@@ -438,7 +434,7 @@ impl Filesystem {
                 }
             }
             if !pending {
-                return failed.map_or(Ok(()), |e| Err(FsError::Io(e)));
+                return failed.map_or(Ok(()), |e| Err(FsError::Store(e)));
             }
             st = self.wait(st);
         }

@@ -16,7 +16,7 @@ impl Filesystem {
         uid: u32,
         gid: u32,
     ) -> Result<Self, FsError> {
-        let index = sidecar::Index::from_bytes(sidecar).map_err(|e| FsError::Io(e.to_string()))?;
+        let index = sidecar::Index::from_bytes(sidecar).map_err(|e| FsError::Corrupt(e.to_string()))?;
         Self::load_numbered(manifest, &index, &Numbering::default(), store, rt, opts, uid, gid)
     }
 
@@ -95,7 +95,7 @@ impl Filesystem {
             |key: &str, default_perm: u32| sidecar.get(key).map_or_else(|| default_meta(default_perm), meta_of);
         // Metadata and attributes from one lookup: on a million entries each lookup is a cache miss.
         let entry_for = |key: &str, default_perm: u32| match sidecar.get(key) {
-            Some(e) => Ok((meta_of(e), e.xattrs().map_err(|e| FsError::Io(e.to_string()))?)),
+            Some(e) => Ok::<_, FsError>((meta_of(e), e.xattrs().map_err(|e| FsError::Corrupt(e.to_string()))?)),
             None => Ok((default_meta(default_perm), None)),
         };
         let (root_meta, root_xattrs) = entry_for("", 0o755)?;
@@ -156,13 +156,13 @@ impl Filesystem {
         }
         // Symlinks live only in the sidecar.
         for (key, target) in sidecar.symlinks() {
-            let comps = sidecar::components(key).map_err(|e| FsError::Io(e.to_string()))?;
+            let comps = sidecar::components(key).map_err(|e| FsError::Corrupt(e.to_string()))?;
             let Some((name, dirs)) = comps.split_last() else { continue };
             let mut parent = ROOT;
             for d in dirs {
                 parent = table.lookup(parent, d)?;
             }
-            let target = sidecar::unescape_target(target).map_err(|e| FsError::Io(e.to_string()))?;
+            let target = sidecar::unescape_target(target).map_err(|e| FsError::Corrupt(e.to_string()))?;
             let comps: Vec<&[u8]> = comps.iter().map(|c| &c[..]).collect();
             table.create_as(parent, name, Body::Symlink(target.into()), meta_for(key, 0o777), number(&comps))?;
         }

@@ -29,7 +29,9 @@ impl Filesystem {
                 pieces.push(match piece.src {
                     Source::Hole => Piece::Zeros(piece.len as usize),
                     Source::Buffer { id, offset } => {
-                        let buf = buffers.get(&id).ok_or_else(|| FsError::Io("buffer vanished".into()))?;
+                        let buf = buffers
+                            .get(&id)
+                            .ok_or_else(|| FsError::Internal("a buffer a read plan named is gone".into()))?;
                         Piece::Copied(Bytes::copy_from_slice(buf.bytes(offset, piece.len)))
                     }
                     Source::Stored { block, offset } => Piece::Stored(block, offset as usize, piece.len as usize),
@@ -64,10 +66,7 @@ impl Filesystem {
         }
         // Stored pieces are fetched without the lock.
         let fetch = |block: &Locator| {
-            self.shared
-                .rt
-                .block_on(self.shared.cache.get(self.shared.store.as_ref(), block))
-                .map_err(|e| FsError::Io(e.to_string()))
+            self.shared.rt.block_on(self.shared.cache.get(self.shared.store.as_ref(), block)).map_err(FsError::from)
         };
         if let [Piece::Stored(block, off, n)] = pieces.as_slice() {
             return Ok(fetch(block)?.slice(*off..off + n));
@@ -97,7 +96,7 @@ impl Filesystem {
                 .shared
                 .rt
                 .block_on(self.shared.cache.get(self.shared.store.as_ref(), &block))
-                .map_err(|e| FsError::Io(e.to_string()))?;
+                .map_err(FsError::from)?;
             for (ino, at, offset, len) in pieces {
                 let mut st = self.lock();
                 let unchanged = match st.table.get(ino).map(|i| &i.body) {

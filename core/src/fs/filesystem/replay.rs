@@ -7,10 +7,7 @@ impl Filesystem {
     /// Makes every change recorded so far durable in the journal (a no-op without one).
     pub fn sync_journal(&self) -> Result<(), FsError> {
         match self.shared.journal.get() {
-            Some(j) => j.sync().map_err(|e| match e.errno() {
-                Some(libc::ENOSPC) => FsError::NoSpace(e.to_string()),
-                _ => FsError::Io(e.to_string()),
-            }),
+            Some(j) => j.sync().map_err(FsError::from),
             None => Ok(()),
         }
     }
@@ -35,7 +32,7 @@ impl Filesystem {
         let mut st = self.lock();
         assert!(self.shared.journal.get().is_none(), "replay before attaching a journal");
         for (n, r) in records.iter().enumerate() {
-            Self::apply(&mut st, r).map_err(|e| FsError::Io(format!("journal record {} ({r:?}): {e}", n + 1)))?;
+            Self::apply(&mut st, r).map_err(|e| FsError::Corrupt(format!("journal record {} ({r:?}): {e}", n + 1)))?;
             Self::reap(&mut st);
         }
         let unsynced = std::mem::take(&mut st.unsynced);
@@ -139,7 +136,7 @@ impl Filesystem {
                 let Body::File(x) = &mut i.body else { return Err(FsError::Invalid("stored bytes for a non-file")) };
                 for r in ranges {
                     r.at.checked_add(r.len).ok_or(FsError::Invalid("a stored range past the largest offset"))?;
-                    let block = Locator::parse(&r.locator).map_err(|e| FsError::Io(e.to_string()))?;
+                    let block = Locator::parse(&r.locator).map_err(|e| FsError::Corrupt(e.to_string()))?;
                     if r.offset.checked_add(r.len).is_none_or(|end| end > block.size()) {
                         return Err(FsError::Invalid("a stored range beyond its block"));
                     }

@@ -46,12 +46,8 @@ impl Filesystem {
             let hole = longest_hole(&st);
             if hole > 0 {
                 drop(st);
-                let zeros =
-                    Block::new(vec![0u8; hole.min(MAX_BLOCK_SIZE) as usize]).map_err(|e| FsError::Io(e.to_string()))?;
-                self.shared
-                    .rt
-                    .block_on(put_with_retry(&self.shared, &zeros))
-                    .map_err(|e| FsError::Io(e.to_string()))?;
+                let zeros = Block::new(vec![0u8; hole.min(MAX_BLOCK_SIZE) as usize]).map_err(FsError::from)?;
+                self.shared.rt.block_on(put_with_retry(&self.shared, &zeros)).map_err(FsError::from)?;
                 let mut st = self.lock();
                 // Holes of any length map onto the zero block in pieces; only new writes send us round again.
                 if st.buffers.values().any(|b| b.len() > 0) {

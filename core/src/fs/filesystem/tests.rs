@@ -192,6 +192,27 @@ fn corrupted_store_reads_are_errors_not_bytes() {
 }
 
 #[test]
+fn store_failures_keep_their_kind() {
+    // A store that is down is worth another try; a block that comes back corrupt is not. Both are EIO to the
+    // kernel, and the API tells them apart by the kind the error keeps.
+    let e = env();
+    let f = fs(&e, FsOptions { cache_size: 0, ..small(4096) });
+    let ino = f.create(ROOT, b"f", 0o644, 0, 0).unwrap().ino;
+    e.store.fail_puts.store(true, Ordering::SeqCst);
+    f.write(ino, 0, b"precious").unwrap();
+    let down = f.fsync(ino).unwrap_err();
+    assert!(matches!(&down, FsError::Store(s) if matches!(s.get(), StoreError::Unavailable(_))), "{down:?}");
+    assert!(down.is_transient(), "{down}");
+    assert_eq!(f.upload_error(ino).unwrap_err(), down, "write and close report the same failure");
+    e.store.fail_puts.store(false, Ordering::SeqCst);
+    f.fsync(ino).unwrap();
+    e.store.corrupt_gets.store(true, Ordering::SeqCst);
+    let corrupt = f.read(ino, 0, 8).unwrap_err();
+    assert!(matches!(&corrupt, FsError::Store(s) if matches!(s.get(), StoreError::Corrupt { .. })), "{corrupt:?}");
+    assert!(!corrupt.is_transient(), "{corrupt}");
+}
+
+#[test]
 fn a_torn_put_is_repaired_by_the_retry_and_never_read() {
     let e = env();
     let f = fs(&e, FsOptions { cache_size: 0, ..small(4096) });
