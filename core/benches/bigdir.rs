@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cafs_core::catalog::{Catalog, RefName, SqliteCatalog};
-use cafs_core::collection::Collection;
-use cafs_core::fs::FsOptions;
+use cafs_core::collection::{Collection, OpenWith, Source};
 use cafs_core::fs::inode::ROOT;
+use cafs_core::fs::{FsOptions, Setup};
 use cafs_core::store::{BlockStore, LocalDirStore};
 
 fn main() {
@@ -29,7 +29,7 @@ fn main() {
         }
         let name = RefName::new("big").unwrap();
         let coll =
-            Collection::open_ref(catalog.clone(), store.clone(), name, FsOptions::default(), 0, 0).await.unwrap();
+            Collection::open(OpenWith::new(catalog.clone(), store.clone()), Source::Scratch(name)).await.unwrap();
         let fs = coll.fs();
         let dir = fs.mkdir(ROOT, b"d", 0o755, 0, 0).unwrap().ino;
         tokio::task::block_in_place(|| {
@@ -55,16 +55,14 @@ fn main() {
         let sc_parsed = t.elapsed();
         drop(sc);
         let t = Instant::now();
-        let fs = cafs_core::fs::Filesystem::load(
-            &m,
-            &sidecar,
-            store.clone(),
-            tokio::runtime::Handle::current(),
-            FsOptions::default(),
-            0,
-            0,
-        )
-        .unwrap();
+        let setup = Setup {
+            store: store.clone(),
+            rt: tokio::runtime::Handle::current(),
+            opts: FsOptions::default(),
+            uid: 0,
+            gid: 0,
+        };
+        let fs = cafs_core::fs::Filesystem::load(&m, &sidecar, setup).unwrap();
         let loaded = t.elapsed();
         drop(fs);
         eprintln!(
@@ -77,7 +75,7 @@ fn main() {
         let start = Instant::now() - parsed;
         let name = RefName::new("big").unwrap();
         let coll =
-            Collection::open_ref(catalog.clone(), store.clone(), name, FsOptions::default(), 0, 0).await.unwrap();
+            Collection::open(OpenWith::new(catalog.clone(), store.clone()), Source::Scratch(name)).await.unwrap();
         let opened = start.elapsed() - parsed;
         eprintln!(
             "manifest {} bytes: fetched in {:.2} s, parsed in {:.2} s; the ref opened (fetch, parse, load) in {:.2} s",

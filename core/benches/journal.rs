@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cafs_core::fs::inode::ROOT;
-use cafs_core::fs::{Filesystem, FsOptions};
+use cafs_core::fs::{Filesystem, FsOptions, Setup};
 use cafs_core::journal::{Header, Journal};
 use cafs_core::store::{BlockStore, LocalDirStore};
 
@@ -30,7 +30,8 @@ fn main() {
         next_ino: 0,
     };
 
-    let live = Filesystem::new(store.clone(), rt.handle().clone(), FsOptions::default(), 1000, 1000);
+    let setup = Setup { store, rt: rt.handle().clone(), opts: FsOptions::default(), uid: 1000, gid: 1000 };
+    let live = Filesystem::new(setup.clone());
     live.attach_journal(Arc::new(Journal::create(&path, &header).unwrap()));
     let start = Instant::now();
     let dirs: Vec<u64> =
@@ -50,7 +51,7 @@ fn main() {
     let start = Instant::now();
     let (_, _, records) = Journal::open(&path).unwrap().unwrap();
     let read = start.elapsed();
-    let replayed = Filesystem::new(store, rt.handle().clone(), FsOptions::default(), 1000, 1000);
+    let replayed = Filesystem::new(setup);
     replayed.replay(&records).unwrap();
     let total = start.elapsed();
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, CatalogError, CollectionRecord, Commit, RefName, Version, Writer};
 use crate::fs::inode::Kind;
-use crate::fs::{Filesystem, FsError, FsOptions, Piece};
+use crate::fs::{Filesystem, FsError, FsOptions, Piece, Setup};
 use crate::fs::{sidecar, xattr};
 use crate::journal::{Header, Journal, JournalError, Numbering};
 use crate::manifest::{Manifest, Pdh};

@@ -14,7 +14,7 @@ pub mod inode;
 pub mod sidecar;
 pub mod xattr;
 
-pub use filesystem::{Attr, Filesystem, FsOptions, Piece, SetAttr, Snapshot, UploadStats};
+pub use filesystem::{Attr, Filesystem, FsOptions, Piece, SetAttr, Setup, Snapshot, UploadStats};
 
 use std::fmt;
 use std::sync::Arc;

@@ -237,7 +237,7 @@ mod tests {
 
     use super::*;
     use crate::catalog::{Catalog, RefName, SqliteCatalog};
-    use crate::fs::FsOptions;
+    use crate::collection::{OpenWith, Source};
     use crate::fs::inode::ROOT;
     use crate::store::{BlockStore, LocalDirStore};
 
@@ -259,7 +259,7 @@ mod tests {
         let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(dir.path().join("c.sqlite")).unwrap());
         let store: Arc<dyn BlockStore> = Arc::new(LocalDirStore::open(dir.path().join("b")).unwrap());
         let name = RefName::new("r").unwrap();
-        let coll = rt.block_on(Collection::open_ref(catalog, store, name, FsOptions::default(), 0, 0)).unwrap();
+        let coll = rt.block_on(Collection::open(OpenWith::new(catalog, store), Source::Scratch(name))).unwrap();
         let ctl = Control::default();
         assert_eq!(ControlFile::from_name(b"status"), Some(ControlFile::Status));
         assert_eq!(ControlFile::from_name(b"nope"), None);

@@ -1,7 +1,7 @@
 //! Opening a collection: a ref (writable, journaled, recovered from its journal when an earlier cafsd left one),
 //! a ref followed read-only, a hash, or one version of a ref. [`Collection::open`] with a [`Source`] is the one
-//! way mounts open them (the server, the namespace mount's views and development mode alike); the constructors
-//! below it are its steps.
+//! way to open one (the server, the namespace mount's views, development mode, tests and benchmarks alike); the
+//! constructors below it are its steps, and each takes the same [`OpenWith`].
 
 use super::*;
 
@@ -11,6 +11,9 @@ pub enum Source {
     /// The ref, writable, with its changes journaled at `journal` for the mount at `at` (replayed when an
     /// earlier cafsd left that journal).
     Writable { name: RefName, journal: PathBuf, at: PathBuf },
+    /// The ref, writable, without a journal: a tree that a restarted cafsd cannot recover (library use: a copy
+    /// into a ref, tests).
+    Scratch(RefName),
     /// The ref, read-only: its current version, then each newer one.
     Follow(RefName),
     /// A committed collection by its hash.
@@ -29,14 +32,26 @@ pub struct OpenWith {
     pub gid: u32,
 }
 
+impl OpenWith {
+    /// The backends with default options, owned by root.
+    pub fn new(catalog: Arc<dyn Catalog>, store: Arc<dyn BlockStore>) -> Self {
+        Self { catalog, store, opts: FsOptions::default(), uid: 0, gid: 0 }
+    }
+
+    /// What the tree is built with, on the current runtime.
+    fn setup(&self) -> Setup {
+        let rt = tokio::runtime::Handle::current();
+        Setup { store: self.store.clone(), rt, opts: self.opts.clone(), uid: self.uid, gid: self.gid }
+    }
+}
+
 impl Collection {
     /// Opens `source` for a mount. A writable ref's recovered journal records are logged (as a warning: what
     /// they hold was not committed).
     pub async fn open(cx: OpenWith, source: Source) -> Result<Self, CollectionError> {
-        let OpenWith { catalog, store, opts, uid, gid } = cx;
         match source {
             Source::Writable { name, journal, at } => {
-                let (c, r) = Self::open_ref_journaled(catalog, store, name, opts, uid, gid, &journal, &at).await?;
+                let (c, r) = Self::open_ref_journaled(&cx, name, &journal, &at).await?;
                 if r.records > 0 {
                     tracing::warn!(
                         mount = %at.display(),
@@ -47,93 +62,61 @@ impl Collection {
                 }
                 Ok(c)
             }
-            Source::Follow(name) => Self::open_following(catalog, store, name, opts, uid, gid).await,
-            Source::Pdh(pdh) => Self::open_pdh(catalog, store, pdh, opts, uid, gid).await,
-            Source::Version(v) => Self::open_version(catalog, store, v, opts, uid, gid).await,
+            Source::Scratch(name) => Self::open_ref(&cx, name).await,
+            Source::Follow(name) => Self::open_following(&cx, name).await,
+            Source::Pdh(pdh) => Self::open_pdh(&cx, pdh).await,
+            Source::Version(v) => Self::open_version(&cx, v).await,
         }
     }
 
     /// Opens the ref `name` (its current version, or an empty tree if it does not exist yet).
-    pub async fn open_ref(
-        catalog: Arc<dyn Catalog>,
-        store: Arc<dyn BlockStore>,
-        name: RefName,
-        opts: FsOptions,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Self, CollectionError> {
-        let head = catalog.head(&name).await?;
+    async fn open_ref(cx: &OpenWith, name: RefName) -> Result<Self, CollectionError> {
+        let head = cx.catalog.head(&name).await?;
         let fs = match &head {
-            Some(v) => Self::load(catalog.as_ref(), store, v.pdh, Some(v.sidecar), opts, uid, gid).await?,
-            None => Filesystem::new(store, tokio::runtime::Handle::current(), opts, uid, gid),
+            Some(v) => Self::load(cx, v.pdh, Some(v.sidecar)).await?,
+            None => Filesystem::new(cx.setup()),
         };
-        Ok(Self::assemble(fs, Origin::Ref(name), catalog, head))
+        Ok(Self::assemble(fs, Origin::Ref(name), cx.catalog.clone(), head))
     }
 
     /// Opens the current version of the ref `name` read-only, to follow it: [`Collection::refresh`] moves the
     /// tree to each newer version. Unlike a mount by hash, the version's sidecar (modes, times, symlinks) is
     /// shown.
-    pub async fn open_following(
-        catalog: Arc<dyn Catalog>,
-        store: Arc<dyn BlockStore>,
-        name: RefName,
-        opts: FsOptions,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Self, CollectionError> {
-        let mut c = Self::open_ref(catalog, store, name.clone(), opts, uid, gid).await?;
+    async fn open_following(cx: &OpenWith, name: RefName) -> Result<Self, CollectionError> {
+        let mut c = Self::open_ref(cx, name.clone()).await?;
         if c.last_version().is_none() {
             return Err(CollectionError::NoVersion(name));
         }
         c.origin = Origin::Follow(name);
-        c.owner = (uid, gid);
+        c.owner = (cx.uid, cx.gid);
         Ok(c)
     }
 
     /// Opens a committed collection by its hash, read-only (with default metadata: a hash names a manifest, not
     /// a sidecar).
-    pub async fn open_pdh(
-        catalog: Arc<dyn Catalog>,
-        store: Arc<dyn BlockStore>,
-        pdh: Pdh,
-        opts: FsOptions,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Self, CollectionError> {
-        let fs = Self::load(catalog.as_ref(), store, pdh, None, opts, uid, gid).await?;
-        Ok(Self::assemble(fs, Origin::Pdh(pdh), catalog, None))
+    async fn open_pdh(cx: &OpenWith, pdh: Pdh) -> Result<Self, CollectionError> {
+        let fs = Self::load(cx, pdh, None).await?;
+        Ok(Self::assemble(fs, Origin::Pdh(pdh), cx.catalog.clone(), None))
     }
 
     /// Opens one committed version of a ref, read-only and immutable like a mount by hash, but with the
     /// version's sidecar (modes, times, symlinks, attributes), which a bare hash does not name.
-    pub async fn open_version(
-        catalog: Arc<dyn Catalog>,
-        store: Arc<dyn BlockStore>,
-        version: Version,
-        opts: FsOptions,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Self, CollectionError> {
-        let fs = Self::load(catalog.as_ref(), store, version.pdh, Some(version.sidecar), opts, uid, gid).await?;
-        Ok(Self::assemble(fs, Origin::Pdh(version.pdh), catalog, Some(version)))
+    async fn open_version(cx: &OpenWith, version: Version) -> Result<Self, CollectionError> {
+        let fs = Self::load(cx, version.pdh, Some(version.sidecar)).await?;
+        Ok(Self::assemble(fs, Origin::Pdh(version.pdh), cx.catalog.clone(), Some(version)))
     }
 
     /// Opens the ref `name` for a mount at `mount_point`, journaling its changes in `journal`. If that journal
     /// exists (an earlier cafsd stopped without committing), the tree is its base version with its records
     /// replayed — uncommitted, as it was; otherwise the ref's current version and a new journal.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn open_ref_journaled(
-        catalog: Arc<dyn Catalog>,
-        store: Arc<dyn BlockStore>,
+    pub(super) async fn open_ref_journaled(
+        cx: &OpenWith,
         name: RefName,
-        opts: FsOptions,
-        uid: u32,
-        gid: u32,
         journal: &Path,
         mount_point: &Path,
     ) -> Result<(Self, Recovered), CollectionError> {
         use std::os::unix::ffi::OsStrExt;
-        let rt = tokio::runtime::Handle::current();
+        let catalog = &cx.catalog;
         let opened = {
             let path = journal.to_path_buf();
             tokio::task::spawn_blocking(move || Journal::open(&path))
@@ -141,7 +124,7 @@ impl Collection {
                 .map_err(|e| FsError::task("journal", e))??
         };
         let Some((j, header, records)) = opened else {
-            let c = Self::open_ref(catalog, store, name.clone(), opts, uid, gid).await?;
+            let c = Self::open_ref(cx, name.clone()).await?;
             let header = Header {
                 format: Header::FORMAT,
                 ref_name: name.to_string(),
@@ -180,13 +163,12 @@ impl Collection {
         let n = rebased.records.len();
         let base_version = rebased.head_version;
         let numbering = Numbering { inos: header.inos, next: header.next_ino };
+        let setup = cx.setup();
         // Loading and replaying a large tree is CPU work under the tree's lock: off the async workers.
         let (fs, generation) = tokio::task::spawn_blocking(move || -> Result<_, FsError> {
             let fs = match loaded {
-                Some((manifest, sidecar)) => {
-                    Filesystem::load_numbered(&manifest, &sidecar, &numbering, store, rt, opts, uid, gid)?
-                }
-                None => Filesystem::new(store, rt, opts, uid, gid),
+                Some((manifest, sidecar)) => Filesystem::load_numbered(&manifest, &sidecar, &numbering, setup)?,
+                None => Filesystem::new(setup),
             };
             let (covered, rest) = rebased.records.split_at(rebased.covered.min(rebased.records.len()));
             fs.replay(covered)?;
@@ -199,24 +181,15 @@ impl Collection {
         .map_err(|e| FsError::task("replay", e))??;
         fs.attach_journal(Arc::new(j));
         let recovered = Recovered { records: n, base_version };
-        let mut c = Self::assemble(fs, Origin::Ref(name), catalog, head);
+        let mut c = Self::assemble(fs, Origin::Ref(name), catalog.clone(), head);
         c.head.get_mut().unwrap_or_else(|p| p.into_inner()).generation = generation;
         Ok((c, recovered))
     }
 
     /// The tree of collection `pdh` (with the sidecar `sidecar`, if any), numbered afresh.
-    pub(super) async fn load(
-        catalog: &dyn Catalog,
-        store: Arc<dyn BlockStore>,
-        pdh: Pdh,
-        sidecar: Option<Pdh>,
-        opts: FsOptions,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Filesystem, CollectionError> {
-        let rt = tokio::runtime::Handle::current();
-        let (manifest, sidecar) = Self::fetch(catalog, pdh, sidecar).await?;
-        let fs = Filesystem::load_numbered(&manifest, &sidecar, &Numbering::default(), store, rt, opts, uid, gid)?;
+    async fn load(cx: &OpenWith, pdh: Pdh, sidecar: Option<Pdh>) -> Result<Filesystem, CollectionError> {
+        let (manifest, sidecar) = Self::fetch(cx.catalog.as_ref(), pdh, sidecar).await?;
+        let fs = Filesystem::load_numbered(&manifest, &sidecar, &Numbering::default(), cx.setup())?;
         drop_later((manifest, sidecar));
         Ok(fs)
     }

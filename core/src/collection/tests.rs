@@ -21,9 +21,13 @@ fn env() -> Env {
     Env { _dir: dir, rt, catalog, store }
 }
 
+fn with(e: &Env) -> OpenWith {
+    OpenWith::new(e.catalog.clone(), e.store.clone())
+}
+
 fn open(e: &Env, name: &str) -> Collection {
     let name = RefName::new(name).unwrap();
-    e.rt.block_on(Collection::open_ref(e.catalog.clone(), e.store.clone(), name, FsOptions::default(), 0, 0)).unwrap()
+    e.rt.block_on(Collection::open(with(e), Source::Scratch(name))).unwrap()
 }
 
 fn write(c: &Collection, name: &[u8], data: &[u8]) {
@@ -87,16 +91,8 @@ fn a_conflicting_commit_fails_and_keeps_the_tree() {
 fn a_followed_ref_moves_to_each_new_version_and_open_files_keep_theirs() {
     let e = env();
     let name = RefName::new("shared").unwrap();
-    let follow = || {
-        e.rt.block_on(Collection::open_following(
-            e.catalog.clone(),
-            e.store.clone(),
-            name.clone(),
-            FsOptions::default(),
-            7,
-            7,
-        ))
-    };
+    let follow =
+        || e.rt.block_on(Collection::open(OpenWith { uid: 7, gid: 7, ..with(&e) }, Source::Follow(name.clone())));
     assert!(matches!(follow(), Err(CollectionError::NoVersion(_))), "nothing to show before a commit");
     let w = open(&e, "shared");
     write(&w, b"same", b"in both versions");
@@ -176,18 +172,7 @@ fn open_journaled(e: &Env, name: &str) -> (Collection, Recovered) {
 
 fn open_journaled_at(e: &Env, name: &str, journal: &Path) -> (Collection, Recovered) {
     let name = RefName::new(name).unwrap();
-    let (c, r) =
-        e.rt.block_on(Collection::open_ref_journaled(
-            e.catalog.clone(),
-            e.store.clone(),
-            name,
-            FsOptions::default(),
-            0,
-            0,
-            journal,
-            Path::new("/mnt/job"),
-        ))
-        .unwrap();
+    let (c, r) = e.rt.block_on(Collection::open_ref_journaled(&with(e), name, journal, Path::new("/mnt/job"))).unwrap();
     (c, r)
 }
 
@@ -477,7 +462,13 @@ fn a_full_state_disk_fails_fsync_with_enospc_and_corrupts_nothing() {
     // What is on disk is a valid journal (a prefix of the changes) that replays cleanly.
     let (_, _, records) = Journal::open(&journal).unwrap().unwrap();
     assert!(!records.is_empty() && records.len() < made);
-    let replayed = Filesystem::new(e.store.clone(), e.rt.handle().clone(), FsOptions::default(), 0, 0);
+    let replayed = Filesystem::new(Setup {
+        store: e.store.clone(),
+        rt: e.rt.handle().clone(),
+        opts: FsOptions::default(),
+        uid: 0,
+        gid: 0,
+    });
     replayed.replay(&records).unwrap();
     // Room again, and a commit: the journal starts afresh from it and works again.
     std::fs::remove_file(disk.join("filler")).unwrap();
@@ -494,17 +485,13 @@ fn collections_opened_by_hash_are_read_only() {
     let c = open(&e, "src");
     write(&c, b"f", b"bytes");
     let done = e.rt.block_on(c.commit("t", "m")).unwrap();
-    let ro =
-        e.rt.block_on(Collection::open_pdh(e.catalog.clone(), e.store.clone(), done.pdh, FsOptions::default(), 0, 0))
-            .unwrap();
+    let ro = e.rt.block_on(Collection::open(with(&e), Source::Pdh(done.pdh))).unwrap();
     assert!(ro.is_read_only());
     assert_eq!(ro.last_pdh(), Some(done.pdh));
     let ino = ro.fs().lookup(ROOT, b"f").unwrap().ino;
     assert_eq!(&ro.fs().read(ino, 0, 10).unwrap()[..], b"bytes");
     assert!(matches!(e.rt.block_on(ro.commit("t", "m")), Err(CollectionError::ReadOnly)));
     let unknown = Pdh::of_text(b"nothing");
-    let err =
-        e.rt.block_on(Collection::open_pdh(e.catalog.clone(), e.store.clone(), unknown, FsOptions::default(), 0, 0))
-            .unwrap_err();
+    let err = e.rt.block_on(Collection::open(with(&e), Source::Pdh(unknown))).unwrap_err();
     assert!(matches!(err, CollectionError::UnknownPdh(p) if p == unknown));
 }

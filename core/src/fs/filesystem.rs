@@ -50,6 +50,17 @@ use buffers::put_with_retry;
 pub use snapshot::Snapshot;
 use snapshot::{LivePiece, same_entry};
 
+/// What a tree is built with: where its blocks go, the runtime its uploads and fetches run on, its options, and
+/// the owner of what records none (the root of a new tree, entries a sidecar does not name).
+#[derive(Clone)]
+pub struct Setup {
+    pub store: Arc<dyn BlockStore>,
+    pub rt: tokio::runtime::Handle,
+    pub opts: FsOptions,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct FsOptions {
     /// Size of a buffer block (at most 64 MiB).
@@ -312,13 +323,13 @@ fn from_ns(ns: i64) -> SystemTime {
 
 impl Filesystem {
     /// An empty tree whose root belongs to `uid`/`gid`.
-    pub fn new(store: Arc<dyn BlockStore>, rt: tokio::runtime::Handle, opts: FsOptions, uid: u32, gid: u32) -> Self {
+    pub fn new(setup: Setup) -> Self {
         let t = now();
-        let root = Meta { perm: 0o755, uid, gid, mtime: t, ctime: t, atime: t };
-        Self::with_table(Table::new(root), store, rt, opts)
+        let root = Meta { perm: 0o755, uid: setup.uid, gid: setup.gid, mtime: t, ctime: t, atime: t };
+        Self::with_table(Table::new(root), setup)
     }
 
-    fn with_table(table: Table, store: Arc<dyn BlockStore>, rt: tokio::runtime::Handle, opts: FsOptions) -> Self {
+    fn with_table(table: Table, Setup { store, rt, opts, .. }: Setup) -> Self {
         assert!(opts.buffer_size > 0 && opts.buffer_size as u64 <= MAX_BLOCK_SIZE, "buffer size 1..=64 MiB");
         let state = State {
             table,

@@ -22,7 +22,7 @@ fn env() -> Env {
 fn commit(e: &Env, name: &str, files: &[(&str, &[u8])]) -> Pdh {
     let name = RefName::new(name).unwrap();
     let c =
-        e.rt.block_on(Collection::open_ref(e.catalog.clone(), e.store.clone(), name, FsOptions::default(), 0, 0))
+        e.rt.block_on(Collection::open(OpenWith::new(e.catalog.clone(), e.store.clone()), Source::Scratch(name)))
             .unwrap();
     for (f, data) in files {
         let fs = c.fs();

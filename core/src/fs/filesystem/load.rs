@@ -7,17 +7,9 @@ use super::*;
 impl Filesystem {
     /// The tree of a committed collection: its manifest and sidecar (an empty sidecar gives defaults: files
     /// `0644`, directories `0755`, owned by `uid`/`gid`, modified now).
-    pub fn load(
-        manifest: &Manifest,
-        sidecar: &[u8],
-        store: Arc<dyn BlockStore>,
-        rt: tokio::runtime::Handle,
-        opts: FsOptions,
-        uid: u32,
-        gid: u32,
-    ) -> Result<Self, FsError> {
+    pub fn load(manifest: &Manifest, sidecar: &[u8], setup: Setup) -> Result<Self, FsError> {
         let index = sidecar::Index::from_bytes(sidecar).map_err(|e| FsError::Corrupt(e.to_string()))?;
-        Self::load_numbered(manifest, &index, &Numbering::default(), store, rt, opts, uid, gid)
+        Self::load_numbered(manifest, &index, &Numbering::default(), setup)
     }
 
     /// A tree of another version of the same collection, with this tree's store and options. Whatever is the
@@ -34,16 +26,8 @@ impl Filesystem {
             (inos.collect(), next)
         };
         let sh = &self.shared;
-        let new = Self::load_numbered(
-            manifest,
-            sidecar,
-            &Numbering { inos, next },
-            sh.store.clone(),
-            sh.rt.clone(),
-            sh.opts.clone(),
-            uid,
-            gid,
-        )?;
+        let setup = Setup { store: sh.store.clone(), rt: sh.rt.clone(), opts: sh.opts.clone(), uid, gid };
+        let new = Self::load_numbered(manifest, sidecar, &Numbering { inos, next }, setup)?;
         {
             let old = self.lock();
             let mut st = new.lock();
@@ -67,17 +51,13 @@ impl Filesystem {
     /// [`Filesystem::load`], giving the entries the inode numbers `numbering` names (by path): the numbers a
     /// live tree had when it was committed, which the kernel may still hold after cafsd restarted. Entries it
     /// does not name get numbers from its `next` on.
-    #[allow(clippy::too_many_arguments)]
     pub fn load_numbered(
         manifest: &Manifest,
         sidecar: &sidecar::Index,
         numbering: &Numbering,
-        store: Arc<dyn BlockStore>,
-        rt: tokio::runtime::Handle,
-        opts: FsOptions,
-        uid: u32,
-        gid: u32,
+        setup: Setup,
     ) -> Result<Self, FsError> {
+        let (uid, gid) = (setup.uid, setup.gid);
         let numbers: HashMap<&[u8], Ino> = numbering.inos.iter().map(|(p, i)| (&p[..], *i)).collect();
         let number = |comps: &[&[u8]]| {
             if numbers.is_empty() {
@@ -189,6 +169,6 @@ impl Filesystem {
         for (ino, key) in dirs {
             table.get_mut(ino)?.meta = meta_for(&key, 0o755);
         }
-        Ok(Self::with_table(table, store, rt, opts))
+        Ok(Self::with_table(table, setup))
     }
 }

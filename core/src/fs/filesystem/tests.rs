@@ -33,8 +33,13 @@ fn small(buffer_size: usize) -> FsOptions {
     FsOptions { buffer_size, retry_delay: Duration::from_millis(5), upload_attempts: 2, ..FsOptions::default() }
 }
 
+/// The test store and runtime, owned by `owner` (uid and gid).
+fn setup(e: &Env, opts: FsOptions, owner: u32) -> Setup {
+    Setup { store: e.store.clone(), rt: e.rt.handle().clone(), opts, uid: owner, gid: owner }
+}
+
 fn fs(e: &Env, opts: FsOptions) -> Filesystem {
-    Filesystem::new(e.store.clone(), e.rt.handle().clone(), opts, 1000, 1000)
+    Filesystem::new(setup(e, opts, 1000))
 }
 
 fn all_stored(f: &Filesystem, ino: Ino) -> bool {
@@ -330,7 +335,7 @@ fn snapshot_and_load_keep_bytes_modes_times_symlinks_and_holes() {
         assert!(e.rt.block_on(e.store.inner().exists(loc)).unwrap(), "{loc} stored");
     }
 
-    let g = Filesystem::load(&manifest, &sidecar, e.store.clone(), e.rt.handle().clone(), small(4096), 0, 0).unwrap();
+    let g = Filesystem::load(&manifest, &sidecar, setup(&e, small(4096), 0)).unwrap();
     assert_eq!(describe(&g), before);
     // A second snapshot of the loaded tree is the same collection.
     let (again, sidecar2) = g.snapshot().unwrap();
@@ -375,8 +380,7 @@ fn small_files_share_blocks() {
     let ino = f.lookup(d, b"f0500").unwrap().ino;
     assert_eq!(&f.read(ino, 0, 100).unwrap()[..], b"small file number 500\n");
     // Read back from the stored pack after a reload, too.
-    let g =
-        Filesystem::load(&manifest, &[], e.store.clone(), e.rt.handle().clone(), FsOptions::default(), 0, 0).unwrap();
+    let g = Filesystem::load(&manifest, &[], setup(&e, FsOptions::default(), 0)).unwrap();
     let d = g.lookup(ROOT, b"many").unwrap().ino;
     let ino = g.lookup(d, b"f0999").unwrap().ino;
     assert_eq!(&g.read(ino, 0, 100).unwrap()[..], b"small file number 999\n");
@@ -608,7 +612,7 @@ proptest! {
         let x = base.create(d, b"n2", 0o644, 1, 1).unwrap().ino;
         base.write(x, 0, &[9u8; 10_000]).unwrap();
         let (manifest, sidecar) = base.snapshot().unwrap();
-        let load = || Filesystem::load(&manifest, &sidecar, e.store.clone(), e.rt.handle().clone(), small(4096), 1, 1).unwrap();
+        let load = || Filesystem::load(&manifest, &sidecar, setup(&e, small(4096), 1)).unwrap();
 
         let path = e._dir.path().join("j.journal");
         let header = crate::journal::Header { format: crate::journal::Header::FORMAT, ref_name: "r".into(), mount_point: b"/m".to_vec(), base_version: 1, inos: Vec::new(), next_ino: 0 };
