@@ -17,11 +17,67 @@ use std::time::{Duration, Instant};
 use nix::mount::MntFlags;
 
 use crate::limits::{Admission, Limits, Ticket};
-use crate::mount::{FuseOptions, detach, mount_fuse};
+use crate::mount::{FuseOptions, MountError, detach, mount_fuse};
 use crate::mountinfo::{self, MountEntry};
-use crate::target::{Policy, check, open_child, open_dir};
-use crate::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply};
+use crate::target::{Policy, TargetError, check, open_child, open_dir};
+use crate::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply, WireError};
 use crate::{shown, shown_up_to};
+
+/// Why the helper refused or could not do a request. Its text is what the client reads in the reply (cut to a
+/// short prefix there), so every variant names what it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// The mount point failed its checks.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The request is well-formed, but not one this peer may have done.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{}: not a cafs mount", shown(.0))]
+    NotCafs(PathBuf),
+    #[error("{}: a cafs mount without an owner", shown(.0))]
+    NoOwner(PathBuf),
+    #[error("{}: the mount belongs to uid {owner}, not to uid {peer}", shown(.path))]
+    NotOwner { path: PathBuf, owner: u32, peer: u32 },
+    #[error("{}: moved while being mounted", shown(.0))]
+    Moved(PathBuf),
+    /// A held mount that is gone, or whose mount point now holds another mount.
+    #[error("{0}")]
+    Gone(String),
+    #[error("cannot reach cafsd at {}: {source}", .path.display())]
+    Unreachable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cafsd refused the mount: {0}")]
+    CafsdRefused(String),
+    #[error("handing the mount to cafsd: {0}")]
+    Handover(#[source] WireError),
+    #[error("reading the mount table: {0}")]
+    MountTable(#[source] std::io::Error),
+    #[error("{}: {source}", shown(.path))]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unmounting {}: {errno}", shown(.path))]
+    Unmount { path: PathBuf, errno: nix::errno::Errno },
+}
+
+/// A connection to cafsd's fd socket, with a bound on how long cafsd may take to answer.
+fn connect_cafsd(cfg: &Config) -> Result<UnixStream, HelperError> {
+    let path = wire::fd_socket_path(&cfg.cafsd);
+    let stream =
+        UnixStream::connect(&path).map_err(|source| HelperError::Unreachable { path: path.clone(), source })?;
+    stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|source| HelperError::Io { path, source })?;
+    Ok(stream)
+}
 
 /// The filesystem type of every mount the helper makes; nothing of another type is ever unmounted.
 const FSTYPE: &str = "fuse.cafs";
@@ -89,43 +145,40 @@ impl Held {
 /// Mounts `req` for `peer` (a uid) and hands it to cafsd. The mount is made onto the checked directory's fd,
 /// and on any failure after that it is detached through the fd of its own root, so a refused request leaves
 /// nothing behind and no path is resolved again. With `held`, the device fd is kept for later hand-overs.
-pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config, held: Option<&Held>) -> Result<(), String> {
-    let target = check(&req.mountpoint, peer, &cfg.policy).map_err(|e| e.to_string())?;
+pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config, held: Option<&Held>) -> Result<(), HelperError> {
+    let target = check(&req.mountpoint, peer, &cfg.policy)?;
     let read_only = req.read_only || matches!(req.origin, Origin::Pdh(_));
     if req.allow_other && !(cfg.allow_other && peer == 0) {
-        return Err(if cfg.allow_other {
+        return Err(HelperError::Refused(if cfg.allow_other {
             format!("only root may mount for every user (allow_other); uid {peer} asked")
         } else {
             "this helper does not make mounts for every user (allow_other): start it with --allow-other".into()
-        });
+        }));
     }
     let allow_other = req.allow_other;
     let request = MountRequest { mountpoint: target.path.clone(), origin: req.origin.clone(), read_only, allow_other };
     // The mount belongs to the directory's owner: the peer itself, or the job user when root asks.
     let fuse = FuseOptions { uid: target.uid, gid: target.gid, root_mode: target.mode, read_only, allow_other };
-    let sock_path = wire::fd_socket_path(&cfg.cafsd);
-    let stream =
-        UnixStream::connect(&sock_path).map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
-    let mount = mount_fuse(target.fd.as_fd(), &fuse).map_err(|e| e.to_string())?;
-    let fail = |message: String| {
+    let stream = connect_cafsd(cfg)?;
+    let mount = mount_fuse(target.fd.as_fd(), &fuse)?;
+    let fail = |e: HelperError| {
         if let Err(e) = detach(mount.root.as_fd()) {
             tracing::error!(error = %e, "detaching a mount that failed");
         }
-        Err(message)
+        Err(e)
     };
     // The directory was checked at its path; renamed in between, the mount would be where nobody expects it.
     let entry = match mountinfo::find(mount.id) {
         Ok(Some(e)) if e.mount_point == target.path => e,
-        Ok(_) => return fail(format!("{}: moved while being mounted", shown(&target.path))),
-        Err(e) => return fail(format!("reading the mount table: {e}")),
+        Ok(_) => return fail(HelperError::Moved(target.path.clone())),
+        Err(e) => return fail(HelperError::MountTable(e)),
     };
     let handoff = Handoff { request, uid: target.uid, gid: target.gid, resume: false, held: held.is_some() };
     let answer = wire::send(&stream, &handoff, Some(mount.dev.as_fd())).and_then(|()| wire::recv::<Reply>(&stream));
     match answer {
         Ok((Reply { ok: true, .. }, _)) => {}
-        Ok((Reply { message, .. }, _)) => return fail(format!("cafsd refused the mount: {message}")),
-        Err(e) => return fail(format!("handing the mount to cafsd: {e}")),
+        Ok((Reply { message, .. }, _)) => return fail(HelperError::CafsdRefused(message)),
+        Err(e) => return fail(HelperError::Handover(e)),
     }
     // cafsd serves it from here on. The root fd is closed (it would keep the mount busy for a plain unmount).
     let crate::mount::FuseMount { dev, root, id } = mount;
@@ -137,94 +190,98 @@ pub fn mount_for(peer: u32, req: &MountRequest, cfg: &Config, held: Option<&Held
 }
 
 /// The cafs mount with id `id`, if it exists.
-fn cafs_mount(id: u64) -> Result<Option<MountEntry>, String> {
-    Ok(mountinfo::find(id).map_err(|e| format!("reading the mount table: {e}"))?.filter(|m| m.fstype == FSTYPE))
+fn cafs_mount(id: u64) -> Result<Option<MountEntry>, HelperError> {
+    Ok(mountinfo::find(id).map_err(HelperError::MountTable)?.filter(|m| m.fstype == FSTYPE))
 }
 
 /// Unmounts the cafs mount at `dir` for `peer`: only its owner or root may. The parent is opened without
 /// following symlinks, and the mount point is opened and unmounted relative to that fd, so that swapping a
 /// path component between the check and the unmount cannot redirect it to another mount. The mount is
 /// identified by its id, and must be a cafs mount whose mount point is `dir` itself.
-pub fn unmount_for(peer: u32, dir: &Path) -> Result<(), String> {
+pub fn unmount_for(peer: u32, dir: &Path) -> Result<(), HelperError> {
     if !dir.is_absolute() {
-        return Err(format!("{}: the mount point must be an absolute path", shown(dir)));
+        return Err(TargetError::NotAbsolute(dir.to_path_buf()).into());
     }
     let dir: PathBuf = dir.components().collect();
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-        return Err(format!("{}: not a cafs mount", shown(&dir)));
+        return Err(HelperError::NotCafs(dir));
     };
-    let parent_fd = open_dir(parent).map_err(|e| e.to_string())?;
+    let parent_fd = open_dir(parent)?;
     {
-        let root = open_child(&parent_fd, name, &dir).map_err(|e| e.to_string())?;
-        let id = mountinfo::mount_id_of(&root).map_err(|e| format!("{}: {e}", shown(&dir)))?;
-        let entry = cafs_mount(id)?
-            .filter(|m| m.mount_point == dir)
-            .ok_or_else(|| format!("{}: not a cafs mount", shown(&dir)))?;
-        let owner = entry.fuse_owner().ok_or_else(|| format!("{}: a cafs mount without an owner", shown(&dir)))?;
+        let root = open_child(&parent_fd, name, &dir)?;
+        let id = mountinfo::mount_id_of(&root).map_err(|source| HelperError::Io { path: dir.clone(), source })?;
+        let Some(entry) = cafs_mount(id)?.filter(|m| m.mount_point == dir) else {
+            return Err(HelperError::NotCafs(dir));
+        };
+        let Some(owner) = entry.fuse_owner() else { return Err(HelperError::NoOwner(dir)) };
         if peer != 0 && peer != owner {
-            return Err(format!("{}: the mount belongs to uid {owner}, not to uid {peer}", shown(&dir)));
+            return Err(HelperError::NotOwner { path: dir, owner, peer });
         }
         // (The fd on the mount itself would keep it busy: it is closed here.)
     }
     let via = PathBuf::from(format!("/proc/self/fd/{}", parent_fd.as_raw_fd())).join(name);
-    nix::mount::umount2(&via, MntFlags::UMOUNT_NOFOLLOW).map_err(|errno| format!("unmounting {}: {errno}", shown(&dir)))
+    nix::mount::umount2(&via, MntFlags::UMOUNT_NOFOLLOW).map_err(|errno| HelperError::Unmount { path: dir, errno })
 }
 
 /// Detaches a held mount that cafsd would not take back, found by its id wherever it is mounted now, and
 /// only if it is still the mount that was made (same id, same superblock, a cafs mount).
-fn detach_held(m: &HeldMount) -> Result<(), String> {
-    let entry = cafs_mount(m.id)?.filter(|e| e.dev == m.sb).ok_or("it is no longer mounted")?;
-    let root = open_dir(&entry.mount_point).map_err(|e| e.to_string())?;
-    if mountinfo::mount_id_of(&root).map_err(|e| e.to_string())? != m.id {
-        return Err(format!("{} is now another mount", shown(&entry.mount_point)));
+fn detach_held(m: &HeldMount) -> Result<(), HelperError> {
+    let Some(entry) = cafs_mount(m.id)?.filter(|e| e.dev == m.sb) else {
+        return Err(HelperError::Gone("it is no longer mounted".into()));
+    };
+    let root = open_dir(&entry.mount_point)?;
+    let id =
+        mountinfo::mount_id_of(&root).map_err(|source| HelperError::Io { path: entry.mount_point.clone(), source })?;
+    if id != m.id {
+        return Err(HelperError::Gone(format!("{} is now another mount", shown(&entry.mount_point))));
     }
-    detach(root.as_fd()).map_err(|e| e.to_string())
+    Ok(detach(root.as_fd())?)
 }
 
 /// Whether the peer (`uid`, `pid`) may relay requests for other users: root, or the very process that listens
 /// on cafsd's fd socket (the kernel records the listener's credentials when it calls `listen`, and reports
 /// them to whoever connects).
-pub fn relay_allowed(uid: u32, pid: i32, cfg: &Config) -> Result<(), String> {
+pub fn relay_allowed(uid: u32, pid: i32, cfg: &Config) -> Result<(), HelperError> {
     if uid == 0 {
         return Ok(());
     }
     let sock = wire::fd_socket_path(&cfg.cafsd);
-    let probe = UnixStream::connect(&sock).map_err(|e| format!("cannot reach cafsd at {}: {e}", sock.display()))?;
-    let (server_uid, _, server_pid) = wire::peer(&probe).map_err(|e| e.to_string())?;
+    let probe = UnixStream::connect(&sock).map_err(|source| HelperError::Unreachable { path: sock.clone(), source })?;
+    let (server_uid, _, server_pid) = wire::peer(&probe)?;
     if (server_uid, server_pid) != (uid, pid) {
-        return Err(format!(
+        return Err(HelperError::Refused(format!(
             "only cafsd (uid {server_uid}, pid {server_pid}, serving {}) may relay requests; uid {uid} pid {pid} \
              may not",
             sock.display()
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Hands every held mount to cafsd again, marked as resumed. A mount cafsd refuses is detached (lazily): a
 /// mount nobody serves would leave its users waiting forever. Returns how many were handed over.
-pub fn reclaim(cfg: &Config, held: &Held) -> Result<usize, String> {
+pub fn reclaim(cfg: &Config, held: &Held) -> Result<usize, HelperError> {
     held.prune();
-    let sock_path = wire::fd_socket_path(&cfg.cafsd);
     let mounts: Vec<(u64, Handoff, OwnedFd)> =
         held.lock().iter().filter_map(|(id, m)| Some((*id, m.handoff.clone(), m.dev.try_clone().ok()?))).collect();
     let mut handed = 0;
     for (id, mut h, fd) in mounts {
         let dir = h.request.mountpoint.clone();
         h.resume = true;
-        let answer = UnixStream::connect(&sock_path)
-            .map_err(|e| format!("cannot reach cafsd at {}: {e}", sock_path.display()))
-            .and_then(|stream| {
-                stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
-                wire::send(&stream, &h, Some(fd.as_fd())).map_err(|e| e.to_string())?;
-                wire::recv::<Reply>(&stream).map_err(|e| e.to_string())
-            });
+        let answer = connect_cafsd(cfg).and_then(|stream| {
+            wire::send(&stream, &h, Some(fd.as_fd()))?;
+            Ok(wire::recv::<Reply>(&stream)?)
+        });
         match answer {
             Ok((Reply { ok: true, .. }, _)) => {
                 tracing::info!(mount = %shown(&dir), "handed to cafsd again");
                 handed += 1;
             }
-            Ok((Reply { message, .. }, _)) | Err(message) => {
+            refused => {
+                let message = match refused {
+                    Ok((Reply { message, .. }, _)) => message,
+                    Err(e) => e.to_string(),
+                };
                 let message = shown_up_to(&message, REPLY_BYTES);
                 tracing::error!(mount = %shown(&dir), %message, "cafsd did not take the mount back; detaching it");
                 if let Some(m) = held.lock().remove(&id)
@@ -294,9 +351,9 @@ fn summary(req: &HelperRequest) -> String {
 
 fn handle(stream: &UnixStream, uid: u32, pid: i32, deadline: Instant, cfg: &Config, held: &Held, _ticket: Ticket) {
     let result =
-        wire::recv_within::<HelperRequest>(stream, deadline).map_err(|e| e.to_string()).and_then(|(req, fd)| {
+        wire::recv_within::<HelperRequest>(stream, deadline).map_err(HelperError::from).and_then(|(req, fd)| {
             if fd.is_some() {
-                return Err("requests carry no file descriptors".to_string());
+                return Err(HelperError::Refused("requests carry no file descriptors".into()));
             }
             tracing::info!(uid, pid, request = %summary(&req), "request");
             held.prune();
@@ -318,14 +375,14 @@ fn handle(stream: &UnixStream, uid: u32, pid: i32, deadline: Instant, cfg: &Conf
                     String::new()
                 }),
                 HelperRequest::Relay { .. } | HelperRequest::Reclaim => {
-                    Err("a relayed request cannot relay another".into())
+                    Err(HelperError::Refused("a relayed request cannot relay another".into()))
                 }
             }
         });
     let reply = match result {
         Ok(message) => Reply { ok: true, message },
-        Err(message) => {
-            let message = shown_up_to(&message, REPLY_BYTES);
+        Err(e) => {
+            let message = shown_up_to(e.to_string(), REPLY_BYTES);
             tracing::warn!(%message, "refused");
             Reply { ok: false, message }
         }

@@ -132,7 +132,7 @@ fn once(o: Once) -> Result<(), String> {
     // One-shot, run by root itself: asking is enough.
     let common = Common { server: o.server, allow_roots: o.allow_roots, allow_other: o.allow_other };
     // One-shot: nothing stays behind to hold the fd, so the mount lives and dies with cafsd's session.
-    helper::mount_for(nix::unistd::getuid().as_raw(), &req, &config(common), None)
+    helper::mount_for(nix::unistd::getuid().as_raw(), &req, &config(common), None).map_err(|e| e.to_string())
 }
 
 fn serve(listen: PathBuf, cfg: Config) -> Result<(), String> {
