@@ -67,7 +67,8 @@ fn populate(m: &Path) {
 fn write_commit_unmount_remount() {
     let tmp = tempfile::tempdir().unwrap();
     let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
-    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "job", "--autocommit", "0"]);
+    // The development mode's own test: cafsd mounts by itself, and prints only the hash of a commit on unmount.
+    let cafsd = MountedCafsd::start_dev(&state, &mnt, &["--ref", "job", "--autocommit", "0"]);
     populate(&mnt);
 
     // Control files: reachable, not listed, not committed.
@@ -94,7 +95,7 @@ fn write_commit_unmount_remount() {
 
     let (status, _) = cafsd.stop();
     assert!(status.success(), "{status}");
-    let again = MountedCafsd::start(&state, &mnt, &["--ref", "job", "--autocommit", "0"]);
+    let again = MountedCafsd::start_dev(&state, &mnt, &["--ref", "job", "--autocommit", "0"]);
     assert_eq!(tree(&mnt), before, "remount shows the committed tree exactly");
     assert_eq!(fs::read_to_string(mnt.join(".cafs/hash")).unwrap().trim(), pdh);
     assert_eq!(fs::read_to_string(mnt.join(".cafs/dirty")).unwrap(), "0\n");
@@ -265,7 +266,7 @@ fn a_foreign_manifest_with_odd_names_mounts_with_every_byte() {
     });
     assert!(Manifest::parse(text.as_bytes()).is_err(), "the strict parser refuses this manifest");
     let log = tmp.path().join("cafsd.log");
-    let ro = MountedCafsd::start_logged(&state, &mnt, &["--pdh", &pdh.to_string()], &log);
+    let ro = MountedCafsd::start_dev_logged(&state, &mnt, &["--pdh", &pdh.to_string()], &log);
     let read = |p: &str| fs::read(mnt.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     assert_eq!(read("x.cafs-file"), b"0123", "the file moved aside for the directory x");
     assert_eq!(read("x/inner"), b"234");
