@@ -177,8 +177,7 @@ impl Booted {
     /// waits (at most 60 s) for `systemctl is-system-running --wait`. Fails the test when the container does not come
     /// up, with what its boot printed.
     pub fn boot(bin_dir: &Path, bins: &[&str]) -> Self {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "booting systemd in a namespace needs root");
+        assert!(nix::unistd::geteuid().is_root(), "booting systemd in a namespace needs root");
         assert!(Path::new(SYSTEMD).is_file(), "{SYSTEMD} is missing: install the distribution's systemd");
         sweep_stale();
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::stack::{NOBODY, ok};
+use crate::stack::{NOBODY, ok, wait_listening};
 use crate::{run_bounded, terminate};
 
 /// Path of a workspace binary, built once per test process if needed.
@@ -80,17 +80,6 @@ fn production_args(extra: &[&str]) -> (String, Vec<String>, bool) {
         mount.push("--allow-other".into());
     }
     (source.expect("--ref or --pdh"), mount, allow_other)
-}
-
-fn wait_listening(path: &Path, child: &mut Child, what: &str) {
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("{what} exited ({status}) before listening on {}", path.display());
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{what} did not listen within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 impl MountedCafsd {
@@ -224,18 +213,19 @@ impl MountedCafsd {
 impl MountedCafsd {
     /// SIGKILL (a crash); then `before_detach` (stop whatever still uses the mount: once the dead mount is
     /// detached, its path names the directory underneath, and a process still writing there would write
-    /// there); then detach the dead mount. The helper goes with it, and with it the fd it held: the next
-    /// start recovers the tree from the journal.
+    /// there); then detach the dead mount. On the production path the helper is killed with cafsd, before
+    /// anything waits on the mount: the device fd it holds would keep the connection up with nobody answering,
+    /// and a process in a request would wait unkillably. The next start recovers the tree from the journal.
     pub fn kill(mut self, before_detach: impl FnOnce()) {
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+        if let Some(mut s) = self.served.take() {
+            s.helper.kill().unwrap();
+            s.helper.wait().unwrap();
+        }
         before_detach();
         assert!(Command::new("umount").arg("-l").arg(&self.dir).status().unwrap().success());
-        if let Some(mut s) = self.served.take() {
-            let _ = s.helper.kill();
-            let _ = s.helper.wait();
-        }
     }
 }
 

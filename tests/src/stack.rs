@@ -31,11 +31,11 @@ pub struct Stack {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
-fn wait_for(path: &Path, child: &mut Child, what: &str) {
+/// Waits (at most 30 s) until `child`, called `what` in failures, listens on the Unix socket `path`.
+pub(crate) fn wait_listening(path: &Path, child: &mut Child, what: &str) {
     let start = Instant::now();
     // Connect, not just exists: a crashed cafsd leaves its socket file behind.
     while std::os::unix::net::UnixStream::connect(path).is_err() {
@@ -107,7 +107,7 @@ impl Stack {
             .stdin(Stdio::null())
             .spawn()
             .expect("start cafs-mount serve");
-        wait_for(&stack.helper_socket, &mut helper, "cafs-mount serve");
+        wait_listening(&stack.helper_socket, &mut helper, "cafs-mount serve");
         stack.helper = Some(helper);
         stack.start_cafsd(cafsd_args);
         stack
@@ -144,7 +144,7 @@ impl Stack {
             .spawn()
             .expect("start cafsd as nobody");
         drop(passed);
-        wait_for(&self.socket, &mut cafsd, "cafsd");
+        wait_listening(&self.socket, &mut cafsd, "cafsd");
         self.cafsd = Some(cafsd);
     }
 
