@@ -33,7 +33,11 @@ use crate::store::BlockStore;
 use crate::systemd::{FdStore, Restored};
 
 mod restart;
+mod served;
 mod tasks;
+
+use served::{Ending, Throughput};
+pub use served::{NamespaceServed, Served};
 
 use crate::control::start_tasks;
 use crate::socket::bind_unix;
@@ -80,113 +84,6 @@ pub enum ServerError {
     Namespace(#[from] NamespaceError),
     #[error("{0}")]
     Internal(String),
-}
-
-/// One served mount.
-pub struct Served {
-    pub dir: PathBuf,
-    pub coll: Arc<Collection>,
-    pub control: Arc<Control>,
-    /// The mount's owner (the mount point's owner): who may drive it besides root.
-    pub uid: u32,
-    pub gid: u32,
-    /// Zero: never.
-    pub autocommit: Duration,
-    /// The helper, or systemd's fd store, holds a duplicate of the mount's fd: the mount can outlive this cafsd.
-    pub held: bool,
-    /// The name systemd's fd store keeps the mount's fd under, when it does.
-    fdname: Option<String>,
-    gate: Arc<Gate>,
-    /// Set by an unmount that drops uncommitted changes.
-    discard: AtomicBool,
-    throughput: Mutex<Throughput>,
-    /// Set once the mount is gone and its last commit was attempted: the hash it ended at, or why that commit
-    /// failed.
-    ended: tokio::sync::watch::Sender<Option<Result<Option<Pdh>, String>>>,
-    /// For a collection shown in a namespace mount: that mount's point (it is unmounted as a whole).
-    pub part_of: Option<PathBuf>,
-}
-
-/// A namespace mount: the whole catalog at one mount point. Each collection opened in it is registered as a
-/// [`Served`] of its own at its path below the mount point, so that `fsctl commit`, `flush` and `status` reach
-/// it by that path.
-pub struct NamespaceServed {
-    pub dir: PathBuf,
-    pub ns: Arc<Namespace>,
-    pub uid: u32,
-    pub held: bool,
-    fdname: Option<String>,
-    gate: Arc<Gate>,
-    /// Set once the mount is gone and its collections' last commits were attempted.
-    ended: tokio::sync::watch::Sender<Option<Result<(), String>>>,
-}
-
-/// Whether `uid` may `what` the mount at `dir` that `owner` owns: its owner and root may.
-fn may(dir: &Path, owner: u32, uid: u32, what: &'static str) -> Result<(), ServerError> {
-    if uid == 0 || uid == owner {
-        Ok(())
-    } else {
-        Err(ServerError::NotOwner { path: dir.to_path_buf(), owner, uid, what })
-    }
-}
-
-impl NamespaceServed {
-    pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
-        may(&self.dir, self.uid, uid, what)
-    }
-
-    pub fn read_only(&self) -> bool {
-        !self.ns.has_writable()
-    }
-
-    async fn ended(&self) -> Result<(), String> {
-        let mut rx = self.ended.subscribe();
-        let done = rx.wait_for(Option::is_some).await.map_err(|_| "cafsd is stopping".to_string())?;
-        done.clone().unwrap_or(Ok(()))
-    }
-}
-
-impl Served {
-    /// Whether `uid` may drive this mount: its owner and root may.
-    pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
-        may(&self.dir, self.uid, uid, what)
-    }
-
-    /// Bytes per second stored by this mount's uploads over the last few seconds.
-    pub fn upload_rate(&self) -> f64 {
-        self.throughput.lock().unwrap_or_else(|p| p.into_inner()).rate()
-    }
-
-    /// Waits until the mount is gone; returns the hash it ended at.
-    pub async fn ended(&self) -> Result<Option<Pdh>, String> {
-        let mut rx = self.ended.subscribe();
-        let done = rx.wait_for(Option::is_some).await.map_err(|_| "cafsd is stopping".to_string())?;
-        done.clone().unwrap_or(Ok(None))
-    }
-}
-
-/// Samples of a mount's uploaded-bytes counter, one a second, for a rate over a short window.
-#[derive(Default)]
-struct Throughput {
-    samples: VecDeque<(Instant, u64)>,
-}
-
-impl Throughput {
-    const WINDOW: Duration = Duration::from_secs(5);
-
-    fn sample(&mut self, now: Instant, bytes: u64) {
-        self.samples.push_back((now, bytes));
-        while self.samples.len() > 2 && now.duration_since(self.samples[1].0) >= Self::WINDOW {
-            self.samples.pop_front();
-        }
-    }
-
-    fn rate(&self) -> f64 {
-        match (self.samples.front(), self.samples.back()) {
-            (Some(&(t0, b0)), Some(&(t1, b1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0).as_secs_f64(),
-            _ => 0.0,
-        }
-    }
 }
 
 /// How many collections by hash a namespace mount keeps loaded (each costs its tree's inodes in memory).
@@ -537,7 +434,7 @@ impl Server {
             gate,
             discard: AtomicBool::new(false),
             throughput: Mutex::new(Throughput::default()),
-            ended: tokio::sync::watch::channel(None).0,
+            ended: Ending::new(),
             part_of: None,
         });
         self.registry().insert(dir.clone(), served.clone());
@@ -635,7 +532,7 @@ impl Server {
                 gate: view_gate.clone(),
                 discard: AtomicBool::new(false),
                 throughput: Mutex::new(Throughput::default()),
-                ended: tokio::sync::watch::channel(None).0,
+                ended: Ending::new(),
                 part_of: Some(at.clone()),
             });
             // A view never takes the place of another mount registered at its path (one mounted there before
@@ -650,15 +547,8 @@ impl Server {
                 }
             }
         });
-        let served = Arc::new(NamespaceServed {
-            dir: dir.clone(),
-            ns,
-            uid: h.uid,
-            held,
-            fdname,
-            gate,
-            ended: tokio::sync::watch::channel(None).0,
-        });
+        let served =
+            Arc::new(NamespaceServed { dir: dir.clone(), ns, uid: h.uid, held, fdname, gate, ended: Ending::new() });
         self.namespaces().insert(dir.clone(), served.clone());
         let server = self.clone();
         std::thread::spawn(move || {
@@ -677,7 +567,7 @@ impl Server {
         let mut outcome = Ok(());
         for s in views {
             self.ended(&s);
-            if let Some(Err(e)) = s.ended.borrow().clone() {
+            if let Some(Err(e)) = s.ended.get() {
                 outcome = Err(format!("{}: {e}", s.dir.display()));
             }
         }
@@ -689,7 +579,7 @@ impl Server {
             store.forget(name);
         }
         tracing::info!(mount = %n.dir.display(), "namespace unmounted");
-        n.ended.send_replace(Some(outcome));
+        n.ended.set(outcome);
     }
 
     /// Unmounts a namespace mount: commits every changed collection in it first (a failed commit leaves the
@@ -735,7 +625,7 @@ impl Server {
             store.forget(name);
         }
         tracing::info!(mount = %s.dir.display(), "unmounted");
-        s.ended.send_replace(Some(outcome));
+        s.ended.set(outcome);
     }
 
     /// Asks the helper to mount `request` for `uid` (who must own the mount point, unless root) and hand it
