@@ -1,7 +1,7 @@
 //! Makes the collection that `bench/bigdir.sh` mounts: one directory of many small files, committed as the ref
 //! `big` into a state directory that cafsd can serve (a local block store and a SQLite catalog).
 //!
-//! `cargo bench -p fs-server --bench bigdir -- STATE_DIR [FILES]` (default 1,000,000 files). Prints the
+//! `cargo bench -p cafs-core --bench bigdir -- STATE_DIR [FILES]` (default 1,000,000 files). Prints the
 //! collection's hash and how long making it took.
 
 use std::sync::Arc;

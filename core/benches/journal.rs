@@ -1,6 +1,6 @@
 //! Journal replay at scale: how long a restarted cafsd takes to rebuild a tree of many uncommitted files.
 //!
-//! `cargo bench -p fs-server --bench journal [-- FILES]` makes FILES (default 100,000) small files in 100
+//! `cargo bench -p cafs-core --bench journal [-- FILES]` makes FILES (default 100,000) small files in 100
 //! directories of a journaled tree on a local block store in a temporary directory (tmpfs when there is one),
 //! fsyncs them all (so every file's bytes are stored and its records are durable), then times what recovery
 //! does: reading the journal and replaying it onto an empty tree. It checks the replayed tree before printing.

@@ -1,6 +1,6 @@
 //! Manifest codec at scale: parse + normalize + write of a 1,000,000-file manifest.
 //!
-//! `cargo bench -p fs-server --bench manifest [-- FILES]` generates a non-normalized manifest (streams and files
+//! `cargo bench -p cafs-core --bench manifest [-- FILES]` generates a non-normalized manifest (streams and files
 //! in reverse order, each directory split over two lines, small files packed into 64 MiB blocks), then times
 //! parsing it into a tree, writing the normalized text, and computing the PDH. Peak RSS is the process's VmHWM,
 //! which includes the generated input text.

@@ -1,6 +1,6 @@
 //! MD5 throughput of cafs's block hashing (`cafs_core::locator::md5`, OpenSSL's assembly implementation).
 //!
-//! `cargo bench -p fs-server --bench md5` hashes 64 MiB blocks (the block size cafs writes) for a few seconds
+//! `cargo bench -p cafs-core --bench md5` hashes 64 MiB blocks (the block size cafs writes) for a few seconds
 //! and prints MiB/s. `bench/md5.sh` runs it beside `openssl speed -evp md5 -bytes 1048576`.
 
 use std::time::{Duration, Instant};

@@ -118,7 +118,7 @@ fn journal_seeds() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// The seeds on disk are what `journal_seeds` makes now: a change of the journal's encoding shows here, and the
-/// seeds must follow it (`CAFS_WRITE_FUZZ_SEEDS=1 cargo test -p fs-server --test fuzz_regressions` rewrites them).
+/// seeds must follow it (`CAFS_WRITE_FUZZ_SEEDS=1 cargo test -p cafs-core --test fuzz_regressions` rewrites them).
 #[test]
 fn journal_seeds_are_current() {
     let dir = fuzz_dir().join("seeds/journal");

@@ -5,14 +5,13 @@
 //! process that does not come up, fails the test.
 
 use std::os::unix::fs::{PermissionsExt, chown};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::stack::{NOBODY, ok, wait_listening};
+use crate::stack::{NOBODY, ok, spawn_as_nobody, wait_listening};
 use crate::{run_bounded, terminate};
 
 /// Path of a workspace binary, built once per test process if needed.
@@ -119,19 +118,15 @@ impl MountedCafsd {
             child: None,
             served: Some(Served { helper, socket: socket.clone() }),
         };
-        let mut cafsd = Command::new(bin("cafsd"))
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--helper")
-            .arg(&helper_socket)
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start cafsd as nobody");
+        let mut cafsd = spawn_as_nobody(
+            Command::new(bin("cafsd"))
+                .arg("--state-dir")
+                .arg(state)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--helper")
+                .arg(&helper_socket),
+        );
         wait_listening(&socket, &mut cafsd, "cafsd");
         m.child = Some(cafsd);
         let mut fsctl = m.fsctl(&["mount", &source]);

@@ -34,6 +34,11 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Starts cafsd's command `cmd` as `nobody`, as a node runs it, with no input and its output dropped.
+pub(crate) fn spawn_as_nobody(cmd: &mut Command) -> Child {
+    cmd.uid(NOBODY).gid(NOBODY).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("start cafsd as nobody")
+}
+
 /// Waits (at most 30 s) until `child`, called `what` in failures, listens on the Unix socket `path`.
 pub(crate) fn wait_listening(path: &Path, child: &mut Child, what: &str) {
     let start = Instant::now();
@@ -136,13 +141,7 @@ impl Stack {
                 (cmd, Vec::new())
             }
         };
-        let mut cafsd = cmd
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start cafsd as nobody");
+        let mut cafsd = spawn_as_nobody(&mut cmd);
         drop(passed);
         wait_listening(&self.socket, &mut cafsd, "cafsd");
         self.cafsd = Some(cafsd);
