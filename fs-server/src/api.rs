@@ -27,14 +27,14 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{AccessChange, CatalogError, Need, Principal, RefName, Writer};
 use crate::collection::CollectionError;
-use crate::control::check_message;
 use crate::fs::inode::NAME_MAX;
 use crate::manifest::Pdh;
 use crate::policy::{CheckError, Policy};
 use crate::server::{Made, NamespaceServed, Served, Server, ServerError};
+use crate::vfs::control::check_message;
 
 /// The largest request decoded (tonic's default, stated here): a larger one is refused before any handler runs.
-/// The largest sensible request is a commit message of [`crate::control::MAX_MESSAGE`].
+/// The largest sensible request is a commit message of [`crate::vfs::control::MAX_MESSAGE`].
 const MAX_REQUEST: usize = 4 << 20;
 
 /// How many bytes of a refused input an error message repeats.

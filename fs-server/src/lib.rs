@@ -3,9 +3,11 @@
 //! It stands on the core (crate `cafs-core`: formats, block stores, catalogs, the journal, the FUSE-free
 //! filesystem, collections), whose modules it re-exports so that one library name, `cafs`, reaches all of it.
 //! What this crate adds, from the kernel up to the operator:
-//! - [`fuse`]: the `fuser` adapter that turns kernel requests into calls on the views of a mount;
-//! - [`namespace`]: the mount that shows the whole catalog (`by_ref/`, `by_pdh/`, `history/`);
-//! - [`control`]: the `.cafs` control files inside a mount, and the background commits and follows;
+//! - [`vfs`]: what a mount shows and what each kernel request does there, FUSE-free: the views of one
+//!   collection or of the whole catalog (the namespace: `by_ref/`, `by_pdh/`, `history/`), the `.cafs`
+//!   control files, listings, resent requests and the requester's permissions;
+//! - [`fuse`]: the `fuser` adapter that translates kernel requests into calls on the vfs, and its errors into
+//!   errnos;
 //! - [`mount`]: the kernel mount a cafsd serves, from the helper's fd or its own;
 //! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
 //! - [`socket`]: binding cafsd's own Unix sockets without taking one another process serves;
@@ -19,11 +21,10 @@ pub use cafs_core::{bigbuf, catalog, collection, fs, journal, locator, manifest,
 
 pub mod api;
 pub mod config;
-pub mod control;
 pub mod fuse;
 pub mod metrics;
 pub mod mount;
-pub mod namespace;
 pub mod server;
 pub mod socket;
 pub mod systemd;
+pub mod vfs;

@@ -1,7 +1,7 @@
 //! cafsd's metrics, in the Prometheus text format, for an operator's dashboards and alerts.
 //!
 //! One process-wide registry ([`metrics`]) holds what cafsd counts as it works: FUSE requests by kind with
-//! their latency (counted where the adapter lets a request in), bytes read and written through FUSE, block store
+//! their latency (counted where the vfs lets a request in), bytes read and written through FUSE, block store
 //! and catalog calls by kind with their latency and errors (counted by [`MeteredStore`] and [`MeteredCatalog`],
 //! which wrap the backends a node opens), blocks and bytes uploaded and fetched, commits and their conflicts.
 //! What is a level rather than a count (mounts served, memory held for uploads, blocks queued, in flight or

@@ -21,16 +21,17 @@ use cafs_mount::wire::{self, Handoff, HelperRequest, MountRequest, Origin, Reply
 use crate::catalog::access::check;
 use crate::catalog::{Catalog, Need, RefName, Writer};
 use crate::collection::{Collection, CollectionError, Committed, OpenWith, Source};
-use crate::control::Control;
 use crate::fs::{FsError, FsOptions};
-use crate::fuse::{CafsFuse, Gate};
+use crate::fuse::CafsFuse;
 use crate::journal;
 use crate::manifest::{Pdh, PdhError};
 use crate::mount::{MountError, MountOptions, resume_fd, serve_fd};
-use crate::namespace::{Namespace, NamespaceError, NamespaceOptions};
 use crate::policy::{CheckError, Policy};
 use crate::store::BlockStore;
 use crate::systemd::{FdStore, Restored};
+use crate::vfs::Gate;
+use crate::vfs::control::Control;
+use crate::vfs::namespace::{Namespace, NamespaceError, NamespaceOptions};
 
 mod restart;
 mod served;
@@ -39,8 +40,8 @@ mod tasks;
 use served::{Ending, Throughput};
 pub use served::{NamespaceServed, Served};
 
-use crate::control::start_tasks;
 use crate::socket::bind_unix;
+use crate::vfs::control::start_tasks;
 use tasks::{relay, sample_throughput};
 
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
 const JOB: u32 = 1000;
-const MAX_MESSAGE: usize = cafs::control::MAX_MESSAGE;
+const MAX_MESSAGE: usize = cafs::vfs::control::MAX_MESSAGE;
 const MIB: usize = 1 << 20;
 /// Well formed, and no collection of this cafsd.
 const UNKNOWN_PDH: &str = "0123456789abcdef0123456789abcdef+42";

@@ -21,8 +21,6 @@ use cafs::catalog::Catalog;
 use cafs::catalog::RefName;
 use cafs::collection::{Collection, OpenWith, Source};
 use cafs::config::Config;
-use cafs::control::Control;
-use cafs::control::start_tasks;
 use cafs::fs::FsOptions;
 use cafs::fuse::CafsFuse;
 use cafs::manifest::Pdh;
@@ -31,6 +29,8 @@ use cafs::server::{Server, ServerError, ServerOptions, fd_socket_path};
 use cafs::socket::bind_unix;
 use cafs::store::BlockStore;
 use cafs::systemd::FdStore;
+use cafs::vfs::control::Control;
+use cafs::vfs::control::start_tasks;
 use cafs_mount::cli::{self, CommonArgs};
 use clap::{CommandFactory, Parser};
 

@@ -140,10 +140,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `message` cut to what cafsd accepts (a command line may be longer than a commit message may be).
 fn fitted(message: &str) -> String {
     const MORE: &str = " ...";
-    if message.len() <= cafs::control::MAX_MESSAGE {
+    if message.len() <= cafs::vfs::control::MAX_MESSAGE {
         return message.to_string();
     }
-    let mut end = cafs::control::MAX_MESSAGE - MORE.len();
+    let mut end = cafs::vfs::control::MAX_MESSAGE - MORE.len();
     while !message.is_char_boundary(end) {
         end -= 1;
     }

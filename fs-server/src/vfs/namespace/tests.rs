@@ -3,14 +3,14 @@ use crate::store::LocalDirStore;
 
 use super::*;
 
-struct Env {
-    dir: tempfile::TempDir,
-    rt: tokio::runtime::Runtime,
-    catalog: Arc<dyn Catalog>,
-    store: Arc<dyn BlockStore>,
+pub(crate) struct Env {
+    pub dir: tempfile::TempDir,
+    pub rt: tokio::runtime::Runtime,
+    pub catalog: Arc<dyn Catalog>,
+    pub store: Arc<dyn BlockStore>,
 }
 
-fn env() -> Env {
+pub(crate) fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let catalog: Arc<dyn Catalog> = Arc::new(SqliteCatalog::open(dir.path().join("catalog.sqlite")).unwrap());
@@ -19,7 +19,7 @@ fn env() -> Env {
 }
 
 /// Commits `files` (name, bytes) as the next version of `name`; returns its hash.
-fn commit(e: &Env, name: &str, files: &[(&str, &[u8])]) -> Pdh {
+pub(crate) fn commit(e: &Env, name: &str, files: &[(&str, &[u8])]) -> Pdh {
     let name = RefName::new(name).unwrap();
     let c =
         e.rt.block_on(Collection::open(OpenWith::new(e.catalog.clone(), e.store.clone()), Source::Scratch(name)))
@@ -37,13 +37,13 @@ fn commit(e: &Env, name: &str, files: &[(&str, &[u8])]) -> Pdh {
 }
 
 /// Sets the mode of `name` as root.
-fn chmod(e: &Env, name: &str, mode: u32) {
+pub(crate) fn chmod(e: &Env, name: &str, mode: u32) {
     let change = crate::catalog::AccessChange { mode: Some(mode), ..Default::default() };
     let root = crate::catalog::Principal::root();
     e.rt.block_on(e.catalog.change_access(&RefName::new(name).unwrap(), &change, &root)).unwrap();
 }
 
-fn namespace(e: &Env, writable: &[&str]) -> Arc<Namespace> {
+pub(crate) fn namespace(e: &Env, writable: &[&str]) -> Arc<Namespace> {
     namespace_with(e, writable, false).unwrap()
 }
 

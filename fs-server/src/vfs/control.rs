@@ -1,7 +1,7 @@
 //! The control files of a writable mount, reachable by path under `.cafs/` but never listed and never
 //! committed: `commit` (write a message: commit, and the write returns when the commit is durable or fails with
 //! its error), `dirty` (`0` or `1`), `hash` (the last commit's PDH), `manifest` (the current tree's manifest
-//! text, which uploads what is buffered), `status` (JSON). FUSE-free: the adapter routes names and bytes here.
+//! text, which uploads what is buffered), `status` (JSON). FUSE-free: the vfs routes names and bytes here.
 //!
 //! Each write to `commit` is one commit request and its bytes are the message: at most [`MAX_MESSAGE`] bytes
 //! (else `EFBIG`) of UTF-8 text without NUL (else `EINVAL`); a refused write commits nothing.

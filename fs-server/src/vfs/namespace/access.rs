@@ -1,11 +1,11 @@
-//! Who may see and change what in a namespace mount. The adapter asks here with the uid and gid of each
+//! Who may see and change what in a namespace mount. The vfs asks here with the uid and gid of each
 //! request, so a node-wide mount (`allow_other`) answers each user by that user's rights:
 //! - `by_ref/NAME`, `history/NAME` and everything below them need read permission on the ref NAME: a ref the
 //!   requester may not read is left out of listings, and looking it up fails with `EACCES`;
 //! - changing a writable `by_ref/NAME` view (and committing it through `.cafs/commit`) needs write permission;
 //! - `by_pdh/HASH` is not a ref: a hash names bytes, and whoever knows it may read them, as in Keep.
 //!
-//! The kernel caches names, so the adapter gives these entries no cache time: every path walk through
+//! The kernel caches names, so the vfs gives these entries no cache time: every path walk through
 //! `by_ref/NAME` asks again, and a ref's record read within [`crate::policy::RECENT`] answers it.
 
 use super::*;

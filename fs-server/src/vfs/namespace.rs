@@ -11,9 +11,9 @@
 //!
 //! Each collection shown is a [`View`], opened on first use (a lookup inside it, or opening it) and kept for
 //! the life of the mount. Kernel inode numbers are a view's number above [`SLOT_SHIFT`] bits and the view's own
-//! inode number below; view 0 is the namespace's own directories. FUSE-free: the adapter maps requests here.
+//! inode number below; view 0 is the namespace's own directories. FUSE-free: the vfs routes requests here.
 //!
-//! Each ref's owner, group and mode decide who sees it: the adapter asks [`access`] on every request that
+//! Each ref's owner, group and mode decide who sees it: the vfs asks [`access`] on every request that
 //! reaches a ref (by its uid), so one node-wide mount shows each user what that user may read, and lets a
 //! writable ref be written only by whoever may write it.
 //!
@@ -29,20 +29,17 @@ use std::time::{Duration, SystemTime};
 
 use crate::catalog::{Catalog, RefName};
 use crate::collection::{Collection, CollectionError, OpenWith, Origin, Source};
-use crate::control::Control;
-use crate::fs::inode::{INO_LIMIT, Kind, ROOT};
+use crate::fs::inode::{Kind, ROOT};
 use crate::fs::{Attr, FsError, FsOptions, SharedError};
 use crate::journal;
 use crate::manifest::Pdh;
 use crate::policy::Policy;
 use crate::store::BlockStore;
+use crate::vfs::control::Control;
+use crate::vfs::view::{LOCAL_MASK, Node, SLOT_SHIFT, View};
 
 pub mod access;
 
-/// A view's own inode numbers fit below this many bits (see [`INO_LIMIT`]).
-pub const SLOT_SHIFT: u32 = 40;
-const LOCAL_MASK: u64 = (1 << SLOT_SHIFT) - 1;
-const _: () = assert!(INO_LIMIT < LOCAL_MASK);
 /// Views a mount may open in its life; numbers are never reused, so that a number the kernel still holds
 /// never comes to mean something else.
 const MAX_SLOTS: u64 = (1 << (64 - SLOT_SHIFT)) - 1;
@@ -53,57 +50,6 @@ pub const HISTORY: &[u8] = b"history";
 const BY_REF_INO: u64 = 2;
 const BY_PDH_INO: u64 = 3;
 const HISTORY_INO: u64 = 4;
-
-/// One collection shown in a mount: the whole mount for a mount of one collection, or one directory of a
-/// namespace mount.
-pub struct View {
-    pub coll: Arc<Collection>,
-    pub control: Arc<Control>,
-    /// Its number in the mount (0: the only one, numbers unchanged).
-    slot: u64,
-    /// The kernel number of the directory its root is in (its root's `..`).
-    pub parent: u64,
-    /// Where its root is, below the mount point (empty: the mount point itself).
-    pub path: PathBuf,
-}
-
-impl View {
-    /// The view that is a whole mount: the kernel sees the tree's own numbers.
-    pub fn whole(coll: Arc<Collection>, control: Arc<Control>) -> Self {
-        Self { coll, control, slot: 0, parent: ROOT, path: PathBuf::new() }
-    }
-
-    /// The kernel's number for the view's inode `local`.
-    pub fn global(&self, local: u64) -> u64 {
-        self.slot << SLOT_SHIFT | local
-    }
-
-    /// The view's own number for the kernel's `ino`, if `ino` is one of the view's.
-    pub fn local(&self, ino: u64) -> Option<u64> {
-        if self.slot == 0 {
-            return Some(ino);
-        }
-        (ino >> SLOT_SHIFT == self.slot).then_some(ino & LOCAL_MASK)
-    }
-
-    /// Whether `other` shows the same place (it may be another opening of it).
-    pub fn is(&self, other: &View) -> bool {
-        self.slot == other.slot
-    }
-
-    /// Whether what it shows never changes (a hash names its bytes): the kernel may cache it for long.
-    pub fn immutable(&self) -> bool {
-        matches!(self.coll.origin(), Origin::Pdh(_))
-    }
-}
-
-/// What a kernel inode number of a namespace mount names.
-pub enum Node {
-    /// One of the namespace's own directories.
-    Dir(u64),
-    /// An inode of a view, by the view's own number.
-    In(Arc<View>, u64),
-}
 
 /// How a namespace mount shows the catalog.
 #[derive(Debug, Clone)]
@@ -670,7 +616,7 @@ impl Namespace {
                 let c = Collection::open(cx, source).await?;
                 if writable {
                     // Commits nobody asks for (auto-commit, unmount) are the mount's owner's; a user's
-                    // `.cafs/commit` is checked as that user (see the adapter).
+                    // `.cafs/commit` is checked as that user (see the vfs).
                     c.set_writer(Some(self.opts.policy.writer(uid, gid)));
                 }
                 Ok::<_, CollectionError>(c)
@@ -686,7 +632,7 @@ impl Namespace {
         tracing::info!(view = %view.path.display(), "opened");
         let me = self.me.clone();
         let alive = move || me.upgrade().is_some_and(|ns| ns.alive.load(Ordering::SeqCst));
-        crate::control::start_tasks(
+        crate::vfs::control::start_tasks(
             &self.rt,
             &view.coll,
             &view.control,
@@ -773,4 +719,4 @@ fn version_entry(name: &[u8]) -> Option<(u64, Pdh)> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
