@@ -27,10 +27,10 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{AccessChange, CatalogError, Need, Principal, RefName, Writer};
 use crate::collection::CollectionError;
+use crate::daemon::{Made, NamespaceServed, Served, Server, ServerError};
 use crate::fs::inode::NAME_MAX;
 use crate::manifest::Pdh;
 use crate::policy::{CheckError, Policy};
-use crate::server::{Made, NamespaceServed, Served, Server, ServerError};
 use crate::vfs::control::check_message;
 
 /// The largest request decoded (tonic's default, stated here): a larger one is refused before any handler runs.

@@ -8,10 +8,9 @@
 //!   control files, listings, resent requests and the requester's permissions;
 //! - [`fuse`]: the `fuser` adapter that translates kernel requests into calls on the vfs, and its errors into
 //!   errnos;
-//! - [`mount`]: the kernel mount a cafsd serves, from the helper's fd or its own;
-//! - [`server`]: the mounts one cafsd serves, and the socket on which the helper hands their fds over;
-//! - [`socket`]: binding cafsd's own Unix sockets without taking one another process serves;
-//! - [`systemd`]: readiness and the file descriptor store that keeps mounts across cafsd restarts;
+//! - [`daemon`]: the mounts one cafsd serves (single collections and namespaces), the socket on which the
+//!   helper hands their fds over, the kernel mounts themselves, and systemd's readiness and fd store that keep
+//!   mounts across cafsd restarts;
 //! - [`api`]: the gRPC API over those mounts, and who may drive which;
 //! - [`metrics`]: what cafsd counts, served to Prometheus;
 //! - [`config`]: the configuration file that selects a node's block store and catalog, and tunes the filesystem.
@@ -21,10 +20,7 @@ pub use cafs_core::{bigbuf, catalog, collection, fs, journal, locator, manifest,
 
 pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod fuse;
 pub mod metrics;
-pub mod mount;
-pub mod server;
-pub mod socket;
-pub mod systemd;
 pub mod vfs;

@@ -267,7 +267,7 @@ fn systemds_fd_store_alone_keeps_a_mount_across_restarts() {
     ok(&once);
     let m = stack.manager().unwrap();
     // cafsd sent the fd before the mount was answered; the manager's thread reads it when it gets to it.
-    let want = vec![cafs::systemd::fd_name(&dir)];
+    let want = vec![cafs::daemon::systemd::fd_name(&dir)];
     cafs_tests::wait_for("the fd store message", Duration::from_secs(10), || m.stored() == want);
     assert_eq!(m.stored(), want, "cafsd stored the mount's fd");
     assert!(m.ready_count() >= 1, "cafsd said it is ready");
@@ -280,7 +280,7 @@ fn systemds_fd_store_alone_keeps_a_mount_across_restarts() {
     assert_eq!((g.errors, g.lost, g.mismatches), (0, 0, 0), "graceful restarts with the fd store: {}", g.line);
     // Each start took the one stored fd back, and none piled up.
     let m = stack.manager().unwrap();
-    assert_eq!(m.stored(), vec![cafs::systemd::fd_name(&dir)]);
+    assert_eq!(m.stored(), vec![cafs::daemon::systemd::fd_name(&dir)]);
     assert!(m.odd().is_empty(), "unexpected notifications: {:?}", m.odd());
 
     let pdh = ok(&stack.fsctl(JOB, &["commit", &d, "-m", "after restarts"]));

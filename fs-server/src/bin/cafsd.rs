@@ -21,14 +21,14 @@ use cafs::catalog::Catalog;
 use cafs::catalog::RefName;
 use cafs::collection::{Collection, OpenWith, Source};
 use cafs::config::Config;
+use cafs::daemon::mount::{MountOptions, mount_as_root, umount};
+use cafs::daemon::socket::bind_unix;
+use cafs::daemon::systemd::FdStore;
+use cafs::daemon::{Server, ServerError, ServerOptions, fd_socket_path};
 use cafs::fs::FsOptions;
 use cafs::fuse::CafsFuse;
 use cafs::manifest::Pdh;
-use cafs::mount::{MountOptions, mount_as_root, umount};
-use cafs::server::{Server, ServerError, ServerOptions, fd_socket_path};
-use cafs::socket::bind_unix;
 use cafs::store::BlockStore;
-use cafs::systemd::FdStore;
 use cafs::vfs::control::Control;
 use cafs::vfs::control::start_tasks;
 use cafs_mount::cli::{self, CommonArgs};
@@ -243,7 +243,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), until_stopped()),
     );
     tracing::info!(socket = %socket.display(), helper = %args.helper.display(), "serving the gRPC API");
-    if let Err(e) = cafs::systemd::notify_ready() {
+    if let Err(e) = cafs::daemon::systemd::notify_ready() {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
     let mut tcp = match remote {

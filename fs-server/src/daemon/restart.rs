@@ -29,7 +29,7 @@ impl Server {
                 Err(message) => {
                     tracing::error!(mount = %dir.display(), %message, "cannot serve a mount from the fd store; detaching it");
                     store.forget(&name);
-                    let _ = crate::mount::umount(&dir, true);
+                    let _ = crate::daemon::mount::umount(&dir, true);
                 }
             }
         }

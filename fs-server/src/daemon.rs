@@ -1,11 +1,17 @@
-//! cafsd's mounts: the registry of the collections it serves, the fd socket on which the privileged helper
-//! hands over the `/dev/fuse` fd of each mount it made, and the operations the gRPC API drives on them (mount
-//! and unmount go through the helper; commit, flush and status act here). A mount belongs to cafsd, not to the
-//! client that asked for it: it lives until it is unmounted or cafsd stops, whatever happens to that client.
+//! The daemon: the mounts one cafsd serves. Here are their registry, the fd socket on which the privileged
+//! helper hands over the `/dev/fuse` fd of each mount it made, and the operations the gRPC API drives on them
+//! (mount and unmount go through the helper; commit, flush and status act here). A mount belongs to cafsd, not
+//! to the client that asked for it: it lives until it is unmounted or cafsd stops, whatever happens to that
+//! client.
 //!
 //! Only root may hand an fd over (the helper runs as root; `SO_PEERCRED` says who connected). Each hand-over
 //! is answered with a [`Reply`]: the collection could be opened and is being served, or why not (the helper
 //! then unmounts).
+//!
+//! Its parts: [`mount`] (the kernel mount a cafsd serves, from the helper's fd or its own), [`socket`]
+//! (binding cafsd's own Unix sockets without taking one another process serves), [`systemd`] (readiness, and
+//! the fd store that keeps mounts across cafsd restarts), and, private, what one served mount is, keeping
+//! mounts across a restart, and the background tasks of the hand-over.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,23 +31,26 @@ use crate::fs::{FsError, FsOptions};
 use crate::fuse::CafsFuse;
 use crate::journal;
 use crate::manifest::{Pdh, PdhError};
-use crate::mount::{MountError, MountOptions, resume_fd, serve_fd};
 use crate::policy::{CheckError, Policy};
 use crate::store::BlockStore;
-use crate::systemd::{FdStore, Restored};
 use crate::vfs::Gate;
 use crate::vfs::control::Control;
 use crate::vfs::namespace::{Namespace, NamespaceError, NamespaceOptions};
+use mount::{MountError, MountOptions, resume_fd, serve_fd};
+use systemd::{FdStore, Restored};
 
+pub mod mount;
 mod restart;
 mod served;
+pub mod socket;
+pub mod systemd;
 mod tasks;
 
 use served::{Ending, Throughput};
 pub use served::{NamespaceServed, Served};
 
-use crate::socket::bind_unix;
 use crate::vfs::control::start_tasks;
+use socket::bind_unix;
 use tasks::{relay, sample_throughput};
 
 #[derive(Debug, thiserror::Error)]
@@ -461,7 +470,7 @@ impl Server {
         dev: OwnedFd,
         fuse: CafsFuse,
         read_only: bool,
-    ) -> Result<(crate::mount::Mounted, Option<String>), ServerError> {
+    ) -> Result<(mount::Mounted, Option<String>), ServerError> {
         let dir = &h.request.mountpoint;
         let opts = MountOptions { read_only, ..MountOptions::default() };
         // Kept in systemd's store before it is served: a mount is never served without a holder that outlives
