@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{AccessChange, CatalogError, Need, Principal, RefName, Writer};
 use crate::collection::CollectionError;
-use crate::daemon::{Made, NamespaceServed, Served, Server, ServerError};
+use crate::daemon::{Mount, NamespaceServed, Served, Server, ServerError};
 use crate::fs::inode::NAME_MAX;
 use crate::manifest::Pdh;
 use crate::policy::{CheckError, Policy};
@@ -119,7 +119,7 @@ impl Api {
     /// The mount at `dir`, if `caller` may `what` it.
     fn mount_of(&self, caller: Caller, dir: &str, what: &'static str) -> Result<Arc<Served>, Status> {
         let s = self.server.get(mount_point(dir)?).map_err(status)?;
-        s.check_owner(caller.uid(), what).map_err(status)?;
+        s.at.check_owner(caller.uid(), what).map_err(status)?;
         Ok(s)
     }
 
@@ -141,7 +141,7 @@ impl Api {
     }
 
     fn visible(&self, caller: Caller) -> Vec<Arc<Served>> {
-        self.server.list().into_iter().filter(|s| s.check_owner(caller.uid(), "see").is_ok()).collect()
+        self.server.list().into_iter().filter(|s| s.at.check_owner(caller.uid(), "see").is_ok()).collect()
     }
 
     fn status_of(&self, caller: Caller, dir: &str) -> Result<pb::StatusReply, Status> {
@@ -149,8 +149,8 @@ impl Api {
             self.visible(caller)
         } else if let Some(n) = self.server.namespace(mount_point(dir)?) {
             // A namespace mount's status is that of the collections open in it.
-            n.check_owner(caller.uid(), "see").map_err(status)?;
-            self.server.parts(&n.dir)
+            n.at.check_owner(caller.uid(), "see").map_err(status)?;
+            self.server.parts(&n.at.dir)
         } else {
             vec![self.mount_of(caller, dir, "see")?]
         };
@@ -227,11 +227,11 @@ fn mount_info(s: &Served) -> pb::MountInfo {
         crate::collection::Origin::Pdh(p) => (String::new(), Some(*p)),
     };
     pb::MountInfo {
-        mount_point: s.dir.to_string_lossy().into_owned(),
+        mount_point: s.at.dir.to_string_lossy().into_owned(),
         ref_name,
         pdh: pdh.map(|p| p.to_string()).unwrap_or_default(),
         read_only: s.coll.is_read_only(),
-        owner_uid: s.uid,
+        owner_uid: s.at.uid,
         autocommit_secs: s.autocommit.as_secs() as u32,
         namespace: false,
     }
@@ -239,9 +239,9 @@ fn mount_info(s: &Served) -> pb::MountInfo {
 
 fn namespace_info(n: &NamespaceServed) -> pb::MountInfo {
     pb::MountInfo {
-        mount_point: n.dir.to_string_lossy().into_owned(),
+        mount_point: n.at.dir.to_string_lossy().into_owned(),
         read_only: n.read_only(),
-        owner_uid: n.uid,
+        owner_uid: n.at.uid,
         autocommit_secs: n.ns.options().autocommit.as_secs() as u32,
         namespace: true,
         ..Default::default()
@@ -389,8 +389,8 @@ impl Cafs for Api {
         })
         .await?;
         let info = match s {
-            Made::Mount(s) => mount_info(&s),
-            Made::Namespace(n) => namespace_info(&n),
+            Mount::Collection(s) => mount_info(&s),
+            Mount::Namespace(n) => namespace_info(&n),
         };
         Ok(Response::new(pb::MountReply { mount: Some(info) }))
     }
@@ -400,7 +400,7 @@ impl Cafs for Api {
         let r = req.into_inner();
         let server = self.server.clone();
         if let Some(n) = self.server.namespace(mount_point(&r.mount_point)?) {
-            n.check_owner(caller.uid(), "unmount").map_err(status)?;
+            n.at.check_owner(caller.uid(), "unmount").map_err(status)?;
             if r.discard {
                 return Err(Status::invalid_argument("a namespace mount is unmounted with its changes committed"));
             }
@@ -411,7 +411,7 @@ impl Cafs for Api {
         if let Some(whole) = &s.part_of {
             return Err(Status::failed_precondition(format!(
                 "{} is part of the namespace mount at {}: unmount that",
-                s.dir.display(),
+                s.at.dir.display(),
                 whole.display()
             )));
         }
@@ -461,7 +461,7 @@ impl Cafs for Api {
             .server
             .namespace_list()
             .into_iter()
-            .filter(|n| n.check_owner(caller.uid(), "see").is_ok())
+            .filter(|n| n.at.check_owner(caller.uid(), "see").is_ok())
             .map(|n| namespace_info(&n))
             .collect();
         mounts.extend(self.visible(caller).iter().map(|s| mount_info(s)));

@@ -47,7 +47,7 @@ pub mod systemd;
 mod tasks;
 
 use served::{Ending, Throughput};
-pub use served::{NamespaceServed, Served};
+pub use served::{NamespaceServed, Point, Served};
 
 use crate::vfs::control::start_tasks;
 use socket::bind_unix;
@@ -99,9 +99,12 @@ pub enum ServerError {
 /// How many collections by hash a namespace mount keeps loaded (each costs its tree's inodes in memory).
 const KEEP_IMMUTABLE: usize = 32;
 
-/// A mount [`Server::mount`] made.
-pub enum Made {
-    Mount(Arc<Served>),
+/// A served mount, of either kind: what the registry holds at each path, and what [`Server::mount`] made.
+#[derive(Clone)]
+pub enum Mount {
+    /// One collection: a mount of its own, or a collection opened in a namespace mount (at its path there).
+    Collection(Arc<Served>),
+    /// The whole catalog.
     Namespace(Arc<NamespaceServed>),
 }
 
@@ -125,8 +128,9 @@ pub struct Server {
     /// How often a read-only mount of a ref looks for a newer version (zero: never).
     refresh: Duration,
     started: Instant,
-    mounts: Mutex<HashMap<PathBuf, Arc<Served>>>,
-    namespaces: Mutex<HashMap<PathBuf, Arc<NamespaceServed>>>,
+    /// Every served mount by its path: mounts of a collection, namespace mounts, and the collections opened
+    /// in a namespace mount (so that `fsctl commit`, `flush` and `status` reach them by their path).
+    mounts: Mutex<HashMap<PathBuf, Mount>>,
     /// Refs a namespace mount shows writable (see [`NamespaceOptions::writable`]).
     namespace_writable: Vec<String>,
     prefs: Mutex<HashMap<PathBuf, Prefs>>,
@@ -196,8 +200,7 @@ impl Server {
             journals,
             refresh,
             started: Instant::now(),
-            mounts: Mutex::new(HashMap::new()),
-            namespaces: Mutex::default(),
+            mounts: Mutex::default(),
             namespace_writable,
             prefs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
@@ -225,22 +228,21 @@ impl Server {
         &self.helper
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Served>>> {
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Mount>> {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn namespaces(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<NamespaceServed>>> {
-        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether `dir` is served now (a mount, or a namespace mount).
+    /// Whether `dir` is served now (a mount of either kind, or a collection of a namespace mount).
     pub fn serves(&self, dir: &Path) -> bool {
-        self.registry().contains_key(dir) || self.namespaces().contains_key(dir)
+        self.registry().contains_key(dir)
     }
 
     /// The namespace mount at `dir`, if it is one.
     pub fn namespace(&self, dir: &Path) -> Option<Arc<NamespaceServed>> {
-        self.namespaces().get(&normalize(dir).ok()?).cloned()
+        match self.registry().get(&normalize(dir).ok()?) {
+            Some(Mount::Namespace(n)) => Some(n.clone()),
+            _ => None,
+        }
     }
 
     /// The collections open in the namespace mount at `dir`.
@@ -250,22 +252,47 @@ impl Server {
 
     /// Every namespace mount, by mount point.
     pub fn namespace_list(&self) -> Vec<Arc<NamespaceServed>> {
-        let mut all: Vec<_> = self.namespaces().values().cloned().collect();
-        all.sort_by(|a, b| a.dir.cmp(&b.dir));
+        let mut all: Vec<_> = self
+            .registry()
+            .values()
+            .filter_map(|m| match m {
+                Mount::Namespace(n) => Some(n.clone()),
+                Mount::Collection(_) => None,
+            })
+            .collect();
+        all.sort_by(|a, b| a.at.dir.cmp(&b.at.dir));
         all
     }
 
-    /// The mount at `dir`.
+    /// The collection served at `dir`.
     pub fn get(&self, dir: &Path) -> Result<Arc<Served>, ServerError> {
         let dir = normalize(dir)?;
-        self.registry().get(&dir).cloned().ok_or(ServerError::NotServed(dir))
+        match self.registry().get(&dir) {
+            Some(Mount::Collection(s)) => Ok(s.clone()),
+            _ => Err(ServerError::NotServed(dir)),
+        }
     }
 
-    /// Every mount, by mount point.
+    /// Every collection served, by path.
     pub fn list(&self) -> Vec<Arc<Served>> {
-        let mut all: Vec<_> = self.registry().values().cloned().collect();
-        all.sort_by(|a, b| a.dir.cmp(&b.dir));
+        let mut all: Vec<_> = self
+            .registry()
+            .values()
+            .filter_map(|m| match m {
+                Mount::Collection(s) => Some(s.clone()),
+                Mount::Namespace(_) => None,
+            })
+            .collect();
+        all.sort_by(|a, b| a.at.dir.cmp(&b.at.dir));
         all
+    }
+
+    /// Forgets `dir` if `is_it` says what is registered there is the mount that ended.
+    fn forget(&self, dir: &Path, is_it: impl Fn(&Mount) -> bool) {
+        let mut registry = self.registry();
+        if registry.get(dir).is_some_and(is_it) {
+            registry.remove(dir);
+        }
     }
 
     /// The levels the metrics report, read from every mount now (blocking: each mount's lock briefly).
@@ -432,22 +459,18 @@ impl Server {
         let (mounted, fdname) = self.attach(&h, dev, fuse, coll.is_read_only())?;
         let autocommit =
             if coll.is_read_only() { Duration::ZERO } else { prefs.map_or(self.autocommit, |p| p.autocommit) };
+        let at = Point { dir: dir.clone(), uid: h.uid, gid: h.gid, held: h.held || fdname.is_some(), fdname, gate };
         let served = Arc::new(Served {
-            dir: dir.clone(),
+            at,
             coll: coll.clone(),
             control: control.clone(),
-            uid: h.uid,
-            gid: h.gid,
             autocommit,
-            held: h.held || fdname.is_some(),
-            fdname,
-            gate,
             discard: AtomicBool::new(false),
             throughput: Mutex::new(Throughput::default()),
             ended: Ending::new(),
             part_of: None,
         });
-        self.registry().insert(dir.clone(), served.clone());
+        self.registry().insert(dir.clone(), Mount::Collection(served.clone()));
         let (server, at) = (Arc::downgrade(self), dir.clone());
         let alive = move || server.upgrade().is_some_and(|s| s.serves(&at));
         start_tasks(&self.rt, &coll, &control, autocommit, self.refresh, alive);
@@ -455,7 +478,7 @@ impl Server {
         let server = self.clone();
         std::thread::spawn(move || {
             if let Err(e) = mounted.wait() {
-                tracing::warn!(mount = %served.dir.display(), error = %e, "FUSE session ended with an error");
+                tracing::warn!(mount = %served.at.dir.display(), error = %e, "FUSE session ended with an error");
             }
             server.ended(&served);
         });
@@ -530,16 +553,12 @@ impl Server {
                 return;
             }
             let Some(server) = server.upgrade() else { return };
+            let point = Point { dir: at.join(&view.path), uid, gid, held, fdname: None, gate: view_gate.clone() };
             let served = Arc::new(Served {
-                dir: at.join(&view.path),
+                at: point,
                 coll: view.coll.clone(),
                 control: view.control.clone(),
-                uid,
-                gid,
                 autocommit: if view.coll.is_read_only() { Duration::ZERO } else { autocommit },
-                held,
-                fdname: None,
-                gate: view_gate.clone(),
                 discard: AtomicBool::new(false),
                 throughput: Mutex::new(Throughput::default()),
                 ended: Ending::new(),
@@ -548,22 +567,26 @@ impl Server {
             // A view never takes the place of another mount registered at its path (one mounted there before
             // the namespace was mounted over it): that mount's owner would lose commit and unmount through fsctl.
             let mut registry = server.registry();
-            match registry.get(&served.dir) {
-                Some(other) if other.part_of.as_ref() != Some(&at) => {
-                    tracing::warn!(view = %served.dir.display(), "another mount is registered at this path; the view is not");
+            match registry.get(&served.at.dir) {
+                Some(Mount::Collection(other)) if other.part_of.as_ref() == Some(&at) => {}
+                Some(_) => {
+                    tracing::warn!(view = %served.at.dir.display(), "another mount is registered at this path; the view is not");
+                    return;
                 }
-                _ => {
-                    registry.insert(served.dir.clone(), served);
-                }
+                None => {}
             }
+            registry.insert(served.at.dir.clone(), Mount::Collection(served));
         });
-        let served =
-            Arc::new(NamespaceServed { dir: dir.clone(), ns, uid: h.uid, held, fdname, gate, ended: Ending::new() });
-        self.namespaces().insert(dir.clone(), served.clone());
+        let served = Arc::new(NamespaceServed {
+            at: Point { dir: dir.clone(), uid, gid, held, fdname, gate },
+            ns,
+            ended: Ending::new(),
+        });
+        self.registry().insert(dir.clone(), Mount::Namespace(served.clone()));
         let server = self.clone();
         std::thread::spawn(move || {
             if let Err(e) = mounted.wait() {
-                tracing::warn!(mount = %served.dir.display(), error = %e, "FUSE session ended with an error");
+                tracing::warn!(mount = %served.at.dir.display(), error = %e, "FUSE session ended with an error");
             }
             server.namespace_ended(&served);
         });
@@ -573,35 +596,35 @@ impl Server {
     /// After a namespace mount is gone: commits each changed collection in it and forgets them.
     fn namespace_ended(&self, n: &NamespaceServed) {
         n.ns.stop();
-        let views = self.parts(&n.dir);
+        let views = self.parts(&n.at.dir);
         let mut outcome = Ok(());
         for s in views {
             self.ended(&s);
             if let Some(Err(e)) = s.ended.get() {
-                outcome = Err(format!("{}: {e}", s.dir.display()));
+                outcome = Err(format!("{}: {e}", s.at.dir.display()));
             }
         }
         if let Some(path) = &n.ns.options().slots_file {
             let _ = std::fs::remove_file(path);
         }
-        self.namespaces().remove(&n.dir);
-        if let (Some(store), Some(name)) = (&self.fdstore, &n.fdname) {
+        self.forget(&n.at.dir, |m| matches!(m, Mount::Namespace(o) if std::ptr::eq(o.as_ref(), n)));
+        if let (Some(store), Some(name)) = (&self.fdstore, &n.at.fdname) {
             store.forget(name);
         }
-        tracing::info!(mount = %n.dir.display(), "namespace unmounted");
+        tracing::info!(mount = %n.at.dir.display(), "namespace unmounted");
         n.ended.set(outcome);
     }
 
     /// Unmounts a namespace mount: commits every changed collection in it first (a failed commit leaves the
     /// mount in place), then asks the helper to unmount and waits until the session is gone.
     pub async fn unmount_namespace(&self, n: &NamespaceServed) -> Result<(), ServerError> {
-        for s in self.parts(&n.dir) {
+        for s in self.parts(&n.at.dir) {
             if s.coll.is_dirty() {
                 s.control.commit(&s.coll, "cafsd", "unmount").await?;
             }
         }
-        let (helper, request) = (self.helper.clone(), HelperRequest::Unmount { mountpoint: n.dir.clone() });
-        let uid = n.uid;
+        let (helper, request) = (self.helper.clone(), HelperRequest::Unmount { mountpoint: n.at.dir.clone() });
+        let uid = n.at.uid;
         tokio::task::spawn_blocking(move || relay(&helper, uid, request))
             .await
             .map_err(|e| ServerError::Internal(format!("unmount task failed: {e}")))??;
@@ -609,17 +632,17 @@ impl Server {
     }
 
     fn ended(&self, s: &Served) {
-        self.registry().remove(&s.dir);
+        self.forget(&s.at.dir, |m| matches!(m, Mount::Collection(o) if std::ptr::eq(o.as_ref(), s)));
         let mut outcome = Ok(s.coll.last_pdh());
         if s.coll.is_dirty() && !s.discard.load(Ordering::SeqCst) {
             match self.rt.block_on(s.control.commit(&s.coll, "cafsd", "unmount")) {
                 Ok(c) => {
-                    tracing::info!(mount = %s.dir.display(), pdh = %c.pdh, "committed on unmount");
+                    tracing::info!(mount = %s.at.dir.display(), pdh = %c.pdh, "committed on unmount");
                     outcome = Ok(Some(c.pdh));
                 }
                 Err(e) => {
                     tracing::error!(
-                        mount = %s.dir.display(),
+                        mount = %s.at.dir.display(),
                         error = %e,
                         "commit on unmount failed; what was fsynced stays in the journal, recovered when the ref is \
                          mounted there again"
@@ -631,16 +654,16 @@ impl Server {
         if outcome.is_ok() {
             s.coll.remove_journal();
         }
-        if let (Some(store), Some(name)) = (&self.fdstore, &s.fdname) {
+        if let (Some(store), Some(name)) = (&self.fdstore, &s.at.fdname) {
             store.forget(name);
         }
-        tracing::info!(mount = %s.dir.display(), "unmounted");
+        tracing::info!(mount = %s.at.dir.display(), "unmounted");
         s.ended.set(outcome);
     }
 
     /// Asks the helper to mount `request` for `uid` (who must own the mount point, unless root) and hand it
     /// here. Blocking: call it from a blocking context.
-    pub fn mount(&self, uid: u32, request: MountRequest, autocommit: Option<Duration>) -> Result<Made, ServerError> {
+    pub fn mount(&self, uid: u32, request: MountRequest, autocommit: Option<Duration>) -> Result<Mount, ServerError> {
         let dir = normalize(&request.mountpoint)?;
         if self.is_stopping() {
             return Err(ServerError::Stopping);
@@ -653,13 +676,9 @@ impl Server {
         self.prefs.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
         result?;
         // The hand-over registered the mount before the helper answered.
-        if let Some(n) = self.namespace(&dir) {
-            return Ok(Made::Namespace(n));
-        }
         self.registry()
             .get(&dir)
             .cloned()
-            .map(Made::Mount)
             .ok_or_else(|| ServerError::Internal(format!("{} mounted, but not here", dir.display())))
     }
 
@@ -700,8 +719,8 @@ impl Server {
         } else if s.coll.is_dirty() {
             s.control.commit(&s.coll, "cafsd", "unmount").await?;
         }
-        let (helper, request) = (self.helper.clone(), HelperRequest::Unmount { mountpoint: s.dir.clone() });
-        let uid = s.uid;
+        let (helper, request) = (self.helper.clone(), HelperRequest::Unmount { mountpoint: s.at.dir.clone() });
+        let uid = s.at.uid;
         match tokio::task::spawn_blocking(move || relay(&helper, uid, request))
             .await
             .map_err(|e| ServerError::Internal(format!("unmount task failed: {e}")))?

@@ -353,23 +353,24 @@ fn remote_config(args: &Args) -> anyhow::Result<Option<Remote>> {
 async fn shut_down(server: &Arc<Server>, timeout: Duration, on_stop: OnStop) -> usize {
     server.begin_stop();
     let deadline = Instant::now() + timeout;
-    let (kept, others): (Vec<_>, Vec<_>) = server.list().into_iter().partition(|s| on_stop == OnStop::Keep && s.held);
+    let (kept, others): (Vec<_>, Vec<_>) =
+        server.list().into_iter().partition(|s| on_stop == OnStop::Keep && s.at.held);
     // The collections of a namespace mount go with it: kept with it, or committed when it is unmounted.
     let others: Vec<_> = others.into_iter().filter(|s| s.part_of.is_none()).collect();
     let mut keeping = Vec::new();
     for n in server.namespace_list() {
         let server = server.clone();
-        if on_stop == OnStop::Keep && n.held {
+        if on_stop == OnStop::Keep && n.at.held {
             keeping.push(tokio::spawn(async move {
                 let _ = server.keep_namespace(&n, timeout).await;
-                tracing::info!(mount = %n.dir.display(), "namespace kept for the next cafsd");
+                tracing::info!(mount = %n.at.dir.display(), "namespace kept for the next cafsd");
             }));
             continue;
         }
         keeping.push(tokio::spawn(async move {
             match server.unmount_namespace(&n).await {
-                Ok(()) => tracing::info!(mount = %n.dir.display(), "namespace unmounted"),
-                Err(e) => tracing::error!(mount = %n.dir.display(), error = %e, "cannot unmount the namespace"),
+                Ok(()) => tracing::info!(mount = %n.at.dir.display(), "namespace unmounted"),
+                Err(e) => tracing::error!(mount = %n.at.dir.display(), error = %e, "cannot unmount the namespace"),
             }
         }));
     }
@@ -377,9 +378,9 @@ async fn shut_down(server: &Arc<Server>, timeout: Duration, on_stop: OnStop) -> 
         let (server, s) = (server.clone(), s.clone());
         keeping.push(tokio::spawn(async move {
             match server.keep(&s, timeout).await {
-                Ok(()) => tracing::info!(mount = %s.dir.display(), "kept for the next cafsd; journal synced"),
+                Ok(()) => tracing::info!(mount = %s.at.dir.display(), "kept for the next cafsd; journal synced"),
                 Err(e) => tracing::error!(
-                    mount = %s.dir.display(),
+                    mount = %s.at.dir.display(),
                     error = %e,
                     "kept for the next cafsd, but saving failed: only what was fsynced is sure to be in the journal"
                 ),
@@ -393,18 +394,18 @@ async fn shut_down(server: &Arc<Server>, timeout: Duration, on_stop: OnStop) -> 
             loop {
                 match server.unmount(&s, false).await {
                     Ok(pdh) => {
-                        tracing::info!(mount = %s.dir.display(), pdh = ?pdh.map(|p| p.to_string()), "unmounted");
+                        tracing::info!(mount = %s.at.dir.display(), pdh = ?pdh.map(|p| p.to_string()), "unmounted");
                     }
-                    Err(ServerError::HelperUnreachable { .. }) if umount(&s.dir, false).is_ok() => {
+                    Err(ServerError::HelperUnreachable { .. }) if umount(&s.at.dir, false).is_ok() => {
                         let _ = s.ended().await;
                     }
                     // The store may come back: keep trying to commit until the deadline.
                     Err(ServerError::Collection(e)) if Instant::now() + Duration::from_secs(2) < deadline => {
-                        tracing::warn!(mount = %s.dir.display(), error = %e, "commit before unmount failed; retrying");
+                        tracing::warn!(mount = %s.at.dir.display(), error = %e, "commit before unmount failed; retrying");
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         continue;
                     }
-                    Err(e) => tracing::error!(mount = %s.dir.display(), error = %e, "cannot unmount"),
+                    Err(e) => tracing::error!(mount = %s.at.dir.display(), error = %e, "cannot unmount"),
                 }
                 return;
             }
@@ -420,12 +421,12 @@ async fn shut_down(server: &Arc<Server>, timeout: Duration, on_stop: OnStop) -> 
         let outcome = tokio::time::timeout(Duration::from_secs(10), saved).await;
         match outcome {
             Ok(Ok(Ok(()))) => tracing::error!(
-                mount = %s.dir.display(),
+                mount = %s.at.dir.display(),
                 "left uncommitted at shutdown; everything written is in the journal and comes back when the ref is \
                  mounted there again"
             ),
             _ => tracing::error!(
-                mount = %s.dir.display(),
+                mount = %s.at.dir.display(),
                 "left uncommitted at shutdown; only what was fsynced is in the journal"
             ),
         }

@@ -7,7 +7,7 @@ impl Server {
     /// Leaves a namespace mount for the next cafsd: holds its requests (see [`Server::keep`]; its collections
     /// are kept one by one as mounts of their own).
     pub async fn keep_namespace(&self, n: &NamespaceServed, limit: Duration) -> Result<(), ServerError> {
-        let gate = n.gate.clone();
+        let gate = n.at.gate.clone();
         tokio::task::spawn_blocking(move || gate.close(limit))
             .await
             .map_err(|e| ServerError::Internal(format!("gate task failed: {e}")))?;
@@ -53,12 +53,12 @@ impl Server {
     /// later one unanswered, stores every buffer, commits a changed tree if the mount commits by itself, and
     /// syncs the journal. The kernel keeps the held requests and sends them to the next cafsd.
     pub async fn keep(&self, s: &Served, limit: Duration) -> Result<(), ServerError> {
-        let gate = s.gate.clone();
+        let gate = s.at.gate.clone();
         let drained = tokio::task::spawn_blocking(move || gate.close(limit))
             .await
             .map_err(|e| ServerError::Internal(format!("gate task failed: {e}")))?;
         if !drained {
-            tracing::warn!(mount = %s.dir.display(), "requests still in progress at the deadline");
+            tracing::warn!(mount = %s.at.dir.display(), "requests still in progress at the deadline");
         }
         if !s.autocommit.is_zero() && s.coll.is_dirty() {
             s.control.commit(&s.coll, "cafsd", "stop").await?;

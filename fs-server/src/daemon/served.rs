@@ -3,21 +3,27 @@
 
 use super::*;
 
-/// One served mount.
-pub struct Served {
+/// What every served mount has, whatever it shows: its place, its owner, and how its kernel side is kept.
+pub struct Point {
     pub dir: PathBuf,
-    pub coll: Arc<Collection>,
-    pub control: Arc<Control>,
     /// The mount's owner (the mount point's owner): who may drive it besides root.
     pub uid: u32,
     pub gid: u32,
-    /// Zero: never.
-    pub autocommit: Duration,
     /// The helper, or systemd's fd store, holds a duplicate of the mount's fd: the mount can outlive this cafsd.
     pub held: bool,
     /// The name systemd's fd store keeps the mount's fd under, when it does.
     pub(super) fdname: Option<String>,
+    /// In front of the mount's requests (closed to keep the mount for the next cafsd).
     pub(super) gate: Arc<Gate>,
+}
+
+/// One served collection: a mount of its own, or a collection opened in a namespace mount.
+pub struct Served {
+    pub at: Point,
+    pub coll: Arc<Collection>,
+    pub control: Arc<Control>,
+    /// Zero: never.
+    pub autocommit: Duration,
     /// Set by an unmount that drops uncommitted changes.
     pub(super) discard: AtomicBool,
     pub(super) throughput: Mutex<Throughput>,
@@ -32,12 +38,8 @@ pub struct Served {
 /// [`Served`] of its own at its path below the mount point, so that `fsctl commit`, `flush` and `status` reach
 /// it by that path.
 pub struct NamespaceServed {
-    pub dir: PathBuf,
+    pub at: Point,
     pub ns: Arc<Namespace>,
-    pub uid: u32,
-    pub held: bool,
-    pub(super) fdname: Option<String>,
-    pub(super) gate: Arc<Gate>,
     /// Set once the mount is gone and its collections' last commits were attempted.
     pub(super) ended: Ending<()>,
 }
@@ -66,20 +68,18 @@ impl<T: Clone + Default> Ending<T> {
     }
 }
 
-/// Whether `uid` may `what` the mount at `dir` that `owner` owns: its owner and root may.
-fn may(dir: &Path, owner: u32, uid: u32, what: &'static str) -> Result<(), ServerError> {
-    if uid == 0 || uid == owner {
-        Ok(())
-    } else {
-        Err(ServerError::NotOwner { path: dir.to_path_buf(), owner, uid, what })
+impl Point {
+    /// Whether `uid` may `what` this mount: its owner and root may.
+    pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
+        if uid == 0 || uid == self.uid {
+            Ok(())
+        } else {
+            Err(ServerError::NotOwner { path: self.dir.clone(), owner: self.uid, uid, what })
+        }
     }
 }
 
 impl NamespaceServed {
-    pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
-        may(&self.dir, self.uid, uid, what)
-    }
-
     pub fn read_only(&self) -> bool {
         !self.ns.has_writable()
     }
@@ -90,11 +90,6 @@ impl NamespaceServed {
 }
 
 impl Served {
-    /// Whether `uid` may drive this mount: its owner and root may.
-    pub fn check_owner(&self, uid: u32, what: &'static str) -> Result<(), ServerError> {
-        may(&self.dir, self.uid, uid, what)
-    }
-
     /// Bytes per second stored by this mount's uploads over the last few seconds.
     pub fn upload_rate(&self) -> f64 {
         self.throughput.lock().unwrap_or_else(|p| p.into_inner()).rate()
