@@ -13,7 +13,7 @@
 //! the fd store that keeps mounts across cafsd restarts), and, private, what one served mount is, keeping
 //! mounts across a restart, and the background tasks of the hand-over.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -108,6 +108,22 @@ pub enum Mount {
     Namespace(Arc<NamespaceServed>),
 }
 
+impl Mount {
+    fn collection(&self) -> Option<Arc<Served>> {
+        match self {
+            Mount::Collection(s) => Some(s.clone()),
+            Mount::Namespace(_) => None,
+        }
+    }
+
+    fn namespace(&self) -> Option<Arc<NamespaceServed>> {
+        match self {
+            Mount::Namespace(n) => Some(n.clone()),
+            Mount::Collection(_) => None,
+        }
+    }
+}
+
 /// What a gRPC Mount asked for that the helper's hand-over does not carry.
 #[derive(Debug, Clone, Copy)]
 struct Prefs {
@@ -130,7 +146,7 @@ pub struct Server {
     started: Instant,
     /// Every served mount by its path: mounts of a collection, namespace mounts, and the collections opened
     /// in a namespace mount (so that `fsctl commit`, `flush` and `status` reach them by their path).
-    mounts: Mutex<HashMap<PathBuf, Mount>>,
+    mounts: Mutex<BTreeMap<PathBuf, Mount>>,
     /// Refs a namespace mount shows writable (see [`NamespaceOptions::writable`]).
     namespace_writable: Vec<String>,
     prefs: Mutex<HashMap<PathBuf, Prefs>>,
@@ -228,7 +244,7 @@ impl Server {
         &self.helper
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Mount>> {
+    fn registry(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, Mount>> {
         self.mounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -239,10 +255,7 @@ impl Server {
 
     /// The namespace mount at `dir`, if it is one.
     pub fn namespace(&self, dir: &Path) -> Option<Arc<NamespaceServed>> {
-        match self.registry().get(&normalize(dir).ok()?) {
-            Some(Mount::Namespace(n)) => Some(n.clone()),
-            _ => None,
-        }
+        self.registry().get(&normalize(dir).ok()?)?.namespace()
     }
 
     /// The collections open in the namespace mount at `dir`.
@@ -252,39 +265,18 @@ impl Server {
 
     /// Every namespace mount, by mount point.
     pub fn namespace_list(&self) -> Vec<Arc<NamespaceServed>> {
-        let mut all: Vec<_> = self
-            .registry()
-            .values()
-            .filter_map(|m| match m {
-                Mount::Namespace(n) => Some(n.clone()),
-                Mount::Collection(_) => None,
-            })
-            .collect();
-        all.sort_by(|a, b| a.at.dir.cmp(&b.at.dir));
-        all
+        self.registry().values().filter_map(Mount::namespace).collect()
     }
 
     /// The collection served at `dir`.
     pub fn get(&self, dir: &Path) -> Result<Arc<Served>, ServerError> {
         let dir = normalize(dir)?;
-        match self.registry().get(&dir) {
-            Some(Mount::Collection(s)) => Ok(s.clone()),
-            _ => Err(ServerError::NotServed(dir)),
-        }
+        self.registry().get(&dir).and_then(Mount::collection).ok_or(ServerError::NotServed(dir))
     }
 
     /// Every collection served, by path.
     pub fn list(&self) -> Vec<Arc<Served>> {
-        let mut all: Vec<_> = self
-            .registry()
-            .values()
-            .filter_map(|m| match m {
-                Mount::Collection(s) => Some(s.clone()),
-                Mount::Namespace(_) => None,
-            })
-            .collect();
-        all.sort_by(|a, b| a.at.dir.cmp(&b.at.dir));
-        all
+        self.registry().values().filter_map(Mount::collection).collect()
     }
 
     /// Forgets `dir` if `is_it` says what is registered there is the mount that ended.
