@@ -35,6 +35,8 @@ mod routing;
 #[cfg(test)]
 mod tests;
 pub mod view;
+#[cfg(any(test, feature = "test-suite"))]
+pub mod workload;
 
 pub use gate::{Gate, Live};
 pub use namespace::Namespace;
