@@ -8,9 +8,8 @@
 //! is answered with a [`Reply`]: the collection could be opened and is being served, or why not (the helper
 //! then unmounts).
 //!
-//! Its parts: [`mount`] (the kernel mount a cafsd serves, from the helper's fd or its own), [`socket`]
-//! (binding cafsd's own Unix sockets without taking one another process serves), [`systemd`] (readiness, and
-//! the fd store that keeps mounts across cafsd restarts), and, private, what one served mount is, keeping
+//! Its parts: [`mount`] (the kernel mount a cafsd serves, from the helper's fd or its own), [`systemd`]
+//! (readiness, and the fd store that keeps mounts across cafsd restarts), and, private, what one served mount is, keeping
 //! mounts across a restart, and the background tasks of the hand-over.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -42,15 +41,14 @@ use systemd::{FdStore, Restored};
 pub mod mount;
 mod restart;
 mod served;
-pub mod socket;
 pub mod systemd;
 mod tasks;
 
 use served::{Ending, Throughput};
 pub use served::{NamespaceServed, Point, Served};
 
+use crate::socket::bind_unix;
 use crate::vfs::control::start_tasks;
-use socket::bind_unix;
 use tasks::{relay, sample_throughput};
 
 #[derive(Debug, thiserror::Error)]
@@ -511,7 +509,7 @@ impl Server {
         Ok((mounted, fdname))
     }
 
-    /// Serves a namespace mount (see [`crate::namespace`]).
+    /// Serves a namespace mount (see [`crate::vfs::namespace`]).
     fn serve_namespace(
         self: &Arc<Self>,
         h: Handoff,

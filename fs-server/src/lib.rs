@@ -13,6 +13,7 @@
 //!   mounts across cafsd restarts;
 //! - [`api`]: the gRPC API over those mounts, and who may drive which;
 //! - [`metrics`]: what cafsd counts, served to Prometheus;
+//! - [`socket`]: binding cafsd's own Unix sockets (the fd socket, the API, metrics) without taking a live one;
 //! - [`config`]: the configuration file that selects a node's block store and catalog, and tunes the filesystem.
 
 pub use cafs_core::{Locator, Manifest, Pdh};
@@ -23,4 +24,5 @@ pub mod config;
 pub mod daemon;
 pub mod fuse;
 pub mod metrics;
+pub mod socket;
 pub mod vfs;

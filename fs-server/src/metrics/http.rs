@@ -32,7 +32,7 @@ pub async fn serve(listen: &Listen, levels: ReadLevels) -> std::io::Result<tokio
         }
         Listen::Unix(path) => {
             // A socket an earlier cafsd left is replaced; one another process serves is not.
-            let l = crate::daemon::socket::bind_unix(path)?;
+            let l = crate::socket::bind_unix(path)?;
             l.set_nonblocking(true)?;
             let l = tokio::net::UnixListener::from_std(l)?;
             tracing::info!(listen = %path.display(), "serving metrics");
