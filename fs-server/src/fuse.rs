@@ -74,6 +74,25 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes sent with a negative entry, which the kernel does not read.
+const ABSENT: FileAttr = FileAttr {
+    ino: INodeNo(0),
+    size: 0,
+    blocks: 0,
+    atime: SystemTime::UNIX_EPOCH,
+    mtime: SystemTime::UNIX_EPOCH,
+    ctime: SystemTime::UNIX_EPOCH,
+    crtime: SystemTime::UNIX_EPOCH,
+    kind: FileType::RegularFile,
+    perm: 0,
+    nlink: 0,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    blksize: 0,
+    flags: 0,
+};
+
 fn when(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -133,14 +152,21 @@ impl fuser::Filesystem for CafsFuse {
             InitFlags::FUSE_ASYNC_READ
                 | InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO,
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                // cafs clears set-user-ID and set-group-ID itself (see the vfs's setattr and write), which
+                // spares the kernel asking for `security.capability` before every write.
+                | InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         );
         Ok(())
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _live = self.vfs.enter("lookup");
-        entry(reply, self.vfs.lookup(&caller(req), parent.0, name.as_bytes()));
+        match self.vfs.lookup(&caller(req), parent.0, name.as_bytes()) {
+            // A negative entry: inode number 0 with a timeout (the attributes are not read).
+            Err(VfsError::Absent(ttl)) => reply.entry(&ttl, &ABSENT, Generation(0)),
+            r => entry(reply, r),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -284,13 +310,14 @@ impl fuser::Filesystem for CafsFuse {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _live = self.vfs.enter("write");
-        match self.vfs.write(&caller(req), ino.0, offset, data) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.vfs.write(&caller(req), ino.0, offset, data, kill) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

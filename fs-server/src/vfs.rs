@@ -44,11 +44,14 @@ pub use view::{Node, SLOT_SHIFT, View};
 
 use control::{Control, ControlFile, MessageError};
 
-/// How long the kernel may cache names and attributes. Every change goes through this mount, so the kernel's
-/// cache stays right; the control files are exempt (their contents change by themselves).
+/// How long the kernel may cache names and attributes that can change outside this mount: a followed ref's (a
+/// commit elsewhere moves it), the namespace's own directories (refs are made elsewhere). The control files are
+/// not cached at all (their contents change by themselves).
 pub const TTL: Duration = Duration::from_secs(1);
-/// For a mount by hash, whose names and attributes never change.
-pub const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
+/// For what changes only through this mount, so that the kernel's cache stays right however long it keeps it:
+/// a writable collection (every change to it is a request the kernel sends, cafsd being its only writer) and a
+/// collection by hash (it never changes). Names looked up and not found there are cached as long.
+pub const LONG_TTL: Duration = Duration::from_secs(3600);
 
 /// In a view's own numbers, above any the tree gives (and below where the view's number starts).
 const CONTROL_DIR: u64 = (1 << SLOT_SHIFT) - 2;
@@ -83,6 +86,10 @@ pub enum VfsError {
     /// A control file could not be read (its contents are made on read).
     #[error(".cafs/{file}: {error}")]
     Control { file: &'static str, error: CollectionError },
+    /// The name is not there, and the kernel may remember that for this long (a negative entry): the
+    /// directory changes only through this mount.
+    #[error("no such file or directory")]
+    Absent(Duration),
     /// A control file takes no writes (only `.cafs/commit` does).
     #[error(".cafs/{0} is read-only")]
     ControlReadOnly(&'static str),
@@ -98,6 +105,7 @@ impl VfsError {
             VfsError::Commit(CollectionError::Catalog(CatalogError::Denied(_))) => libc::EACCES,
             VfsError::Commit(_) | VfsError::Control { .. } => libc::EIO,
             VfsError::ControlReadOnly(_) => libc::EACCES,
+            VfsError::Absent(_) => libc::ENOENT,
         }
     }
 }

@@ -281,3 +281,39 @@ fn a_foreign_manifest_with_odd_names_mounts_with_every_byte() {
     let logged = fs::read_to_string(&log).unwrap();
     assert_eq!(logged.matches("a name of this collection is shown differently").count(), 4, "{logged}");
 }
+
+/// Set-user-ID and set-group-ID are cleared by cafs (the kernel leaves it to cafs: FUSE_HANDLE_KILLPRIV_V2), as
+/// Linux clears them: on a change of owner, and on a write or truncate by a user without CAP_FSETID; root's own
+/// write keeps them.
+#[test]
+fn set_user_id_is_cleared_as_linux_clears_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "s", "--autocommit", "0", "--allow-other"]);
+    let f = mnt.join("f");
+    let mode = || fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+    let chmod = |m: u32| fs::set_permissions(&f, fs::Permissions::from_mode(m)).unwrap();
+    fs::write(&f, b"x").unwrap();
+    chmod(0o6777);
+    fs::OpenOptions::new().append(true).open(&f).unwrap().write_all(b"by root").unwrap();
+    assert_eq!(mode(), 0o6777, "root (CAP_FSETID) writes without clearing");
+    std::os::unix::fs::chown(&f, Some(65534), Some(65534)).unwrap();
+    assert_eq!(mode(), 0o777, "a chown clears both");
+    chmod(0o6777);
+    let as_nobody = |script: &str| {
+        let s = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+            .arg("sh")
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(s.success(), "{script}");
+    };
+    as_nobody(r#"echo more >> "$1""#);
+    assert_eq!(mode(), 0o777, "a write by the owner without CAP_FSETID clears both");
+    chmod(0o6777);
+    as_nobody(r#"truncate -s 1 "$1""#);
+    assert_eq!(mode(), 0o777, "so does a truncate");
+    assert_eq!(fs::read(&f).unwrap(), b"x");
+    cafsd.stop();
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::routing::{entry, is_control_name, may_create, writable};
+use super::routing::{entry, is_control_name, killed_suidgid, may_create, ttl, writable};
 use super::*;
 use crate::catalog::Need;
 use crate::fs::inode::RenameMode;
@@ -39,7 +39,12 @@ impl Vfs {
         if let Some(local) = control {
             return Ok(Entry { attr: self.virtual_attr(&v, local).expect("virtual"), ttl: Duration::ZERO });
         }
-        Ok(entry(&v, v.coll.fs_for(parent).lookup(parent, name)?))
+        match v.coll.fs_for(parent).lookup(parent, name) {
+            Ok(a) => Ok(entry(&v, a)),
+            // Not there, and only a request through this mount can make it: the kernel may remember that.
+            Err(FsError::NotFound) if v.changes_only_here() => Err(VfsError::Absent(ttl(&v))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Entry> {
@@ -62,10 +67,19 @@ impl Vfs {
         if set.gid.is_some_and(|g| g != current.gid) && c.uid != 0 && (c.uid != current.uid || set.gid != Some(c.gid)) {
             return Err(FsError::NotPermitted("only the owner may change a file's group, to its own").into());
         }
-        let set = SetAttr { perm: set.perm.map(|m| m & 0o7777), ..set.clone() };
+        let mut set = SetAttr { perm: set.perm.map(|m| m & 0o7777), ..set.clone() };
+        // The kernel leaves clearing set-user-ID and set-group-ID to cafs (FUSE_HANDLE_KILLPRIV_V2), and cafs
+        // clears them as Linux does: when a file other than a directory is given to an owner or group, and when
+        // its size is changed by a caller without CAP_FSETID (taken to be every caller but root: the request
+        // does not say).
+        let chown = set.uid.is_some() || set.gid.is_some();
+        if current.kind != Kind::Dir && (chown || (set.size.is_some() && c.uid != 0)) {
+            let perm = set.perm.unwrap_or(current.perm);
+            set.perm = killed_suidgid(perm).or(set.perm);
+        }
         let mut attr = v.coll.fs().setattr(local, &set)?;
         attr.ino = ino;
-        Ok(Entry { attr, ttl: TTL })
+        Ok(Entry { attr, ttl: ttl(&v) })
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -194,8 +208,9 @@ impl Vfs {
         Ok(data)
     }
 
-    /// Writes `data` at `offset`; a write to `.cafs/commit` commits, with `data` as the message.
-    pub fn write(&self, c: &Caller, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    /// Writes `data` at `offset`; a write to `.cafs/commit` commits, with `data` as the message. `kill_suidgid`:
+    /// the kernel asks for set-user-ID and set-group-ID to be cleared (the writer lacks CAP_FSETID).
+    pub fn write(&self, c: &Caller, ino: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Result<usize> {
         let (v, local) = self.inside(ino).map_err(|_| FsError::IsDir)?;
         if let Some(f) = control_file(local) {
             if f != ControlFile::Commit {
@@ -216,6 +231,9 @@ impl Vfs {
         }
         let fs = v.coll.fs();
         fs.upload_error(local)?;
+        if kill_suidgid && let Some(perm) = killed_suidgid(fs.getattr(local)?.perm) {
+            fs.setattr(local, &SetAttr { perm: Some(perm), ..SetAttr::default() })?;
+        }
         let n = fs.write(local, offset, data)?;
         crate::metrics::metrics().fuse_written(n);
         Ok(n)
@@ -366,8 +384,6 @@ impl Vfs {
         let fs = v.coll.fs();
         let r = fs.create(parent, name, mode, c.uid, c.gid);
         let a = Self::made_again(&v, c, parent, name, r).and_then(|a| fs.open(a.ino))?;
-        let mut e = entry(&v, a);
-        e.ttl = TTL;
-        Ok((e, Opened { fh: self.handle(true), direct_io: false, keep_cache: false }))
+        Ok((entry(&v, a), Opened { fh: self.handle(true), direct_io: false, keep_cache: false }))
     }
 }

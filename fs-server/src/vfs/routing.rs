@@ -9,9 +9,17 @@ use crate::catalog::{Need, Principal};
 use crate::fs::inode::ROOT;
 use crate::vfs::view::LOCAL_MASK;
 
-/// How long the kernel may keep names and attributes of a view: what a hash names never changes, so for long.
+/// How long the kernel may keep names and attributes of a view (see [`LONG_TTL`]).
 pub(super) fn ttl(v: &View) -> Duration {
-    if v.immutable() { IMMUTABLE_TTL } else { TTL }
+    if v.changes_only_here() { LONG_TTL } else { TTL }
+}
+
+/// Clears set-user-ID, and set-group-ID where the group may execute, as Linux does when a file is written,
+/// truncated or given away; none when neither is set.
+pub(super) fn killed_suidgid(perm: u32) -> Option<u32> {
+    let sgid = if perm & 0o010 != 0 { 0o2000 } else { 0 };
+    let kill = perm & (0o4000 | sgid);
+    (kill != 0).then_some(perm & !kill)
 }
 
 /// `a` of view `v`, in the kernel's numbers.

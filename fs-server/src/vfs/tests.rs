@@ -253,7 +253,7 @@ fn write(vfs: &Vfs, p: &str, offset: Option<u64>, bytes: &[u8], truncate: bool) 
             Some(o) => o,
             None => no(vfs.getattr(ino))?.attr.size,
         };
-        let n = no(vfs.write(&ME, ino, offset, bytes))?;
+        let n = no(vfs.write(&ME, ino, offset, bytes, false))?;
         assert_eq!(n, bytes.len());
         no(vfs.flush(ino, fh))
     })();
@@ -402,7 +402,7 @@ fn run_case(e: &Env, name: &str, ops: &[Op]) -> Result<(), TestCaseError> {
         if let Op::CommitAndRemount = op {
             let ctl = vfs.lookup(&ME, ROOT, control::DIR_NAME).unwrap().attr.ino;
             let commit = vfs.lookup(&ME, ctl, b"commit").unwrap().attr.ino;
-            prop_assert_eq!(vfs.write(&ME, commit, 0, b"model").unwrap(), 5);
+            prop_assert_eq!(vfs.write(&ME, commit, 0, b"model", false).unwrap(), 5);
             vfs = mount(e, name);
         }
         let want = model.apply(op);
@@ -453,18 +453,18 @@ fn the_control_directory_answers_but_cannot_be_changed() {
     assert_eq!(errno(vfs.link()), libc::EPERM);
 
     let (f, o) = vfs.create(&ME, ROOT, b"f", 0o644).unwrap();
-    vfs.write(&ME, f.attr.ino, 0, b"bytes").unwrap();
+    vfs.write(&ME, f.attr.ino, 0, b"bytes", false).unwrap();
     vfs.flush(f.attr.ino, o.fh).unwrap();
     vfs.release(f.attr.ino).unwrap();
     let hash = vfs.lookup(&ME, ctl, b"hash").unwrap().attr.ino;
-    assert_eq!(errno(vfs.write(&ME, hash, 0, b"x")), libc::EACCES);
+    assert_eq!(errno(vfs.write(&ME, hash, 0, b"x", false)), libc::EACCES);
     assert_eq!(errno(vfs.getxattr(hash, b"user.x")), libc::ENODATA);
     assert_eq!(errno(vfs.setxattr(&ME, hash, b"user.x", b"1", 0)), libc::EPERM);
     let commit = vfs.lookup(&ME, ctl, b"commit").unwrap().attr.ino;
     assert_eq!(vfs.open(&ME, commit, true).unwrap(), Opened { fh: 0, direct_io: true, keep_cache: false });
-    assert_eq!(errno(vfs.write(&ME, commit, 0, b"a\0b")), libc::EINVAL);
+    assert_eq!(errno(vfs.write(&ME, commit, 0, b"a\0b", false)), libc::EINVAL);
     assert_eq!(&vfs.read(hash, 0, 100).unwrap()[..], b"", "a refused message commits nothing");
-    vfs.write(&ME, commit, 0, b"first").unwrap();
+    vfs.write(&ME, commit, 0, b"first", false).unwrap();
     let head = e.rt.block_on(e.catalog.head(&RefName::new("r").unwrap())).unwrap().unwrap();
     assert_eq!(vfs.read(hash, 0, 100).unwrap(), format!("{}\n", head.pdh).into_bytes());
     assert_eq!(&vfs.read(hash, 3, 2).unwrap()[..], &format!("{}\n", head.pdh).as_bytes()[3..5]);
@@ -518,6 +518,74 @@ fn a_namespace_mount_routes_and_checks_each_request() {
     let (f, o) = vfs.create(&root, w2, b"new", 0o644).unwrap();
     vfs.flush(f.attr.ino, o.fh).unwrap();
     vfs.release(f.attr.ino).unwrap();
-    assert_eq!(errno(vfs.write(&other, commit.ino, 0, b"m")), libc::EACCES);
-    assert_eq!(vfs.write(&root, commit.ino, 0, b"m").unwrap(), 1);
+    assert_eq!(errno(vfs.write(&other, commit.ino, 0, b"m", false)), libc::EACCES);
+    assert_eq!(vfs.write(&root, commit.ino, 0, b"m", false).unwrap(), 1);
+}
+
+/// cafs clears set-user-ID and set-group-ID itself (the kernel asks it to, with FUSE_HANDLE_KILLPRIV_V2): on a
+/// write the kernel marks, on a change of owner or group, and on a truncate by anyone but root.
+#[test]
+fn set_user_and_group_ids_are_cleared_as_linux_clears_them() {
+    assert_eq!(routing::killed_suidgid(0o6755), Some(0o755));
+    assert_eq!(routing::killed_suidgid(0o4700), Some(0o700));
+    assert_eq!(routing::killed_suidgid(0o2745), None, "set-group-ID without group execute is kept");
+    assert_eq!(routing::killed_suidgid(0o6745), Some(0o2745));
+    assert_eq!(routing::killed_suidgid(0o755), None);
+
+    let e = env();
+    let vfs = mount(&e, "r");
+    let root = Caller { uid: 0, gid: 0, resent: false };
+    let (f, o) = vfs.create(&ME, ROOT, b"f", 0o644).unwrap();
+    let f = f.attr.ino;
+    let perm = |vfs: &Vfs| vfs.getattr(f).unwrap().attr.perm;
+    let chmod = |m: u32| vfs.setattr(&ME, f, &SetAttr { perm: Some(m), ..Default::default() }).unwrap();
+    chmod(0o6755);
+    vfs.write(&ME, f, 0, b"x", false).unwrap();
+    assert_eq!(perm(&vfs), 0o6755, "a write the kernel does not mark keeps them");
+    vfs.write(&ME, f, 0, b"x", true).unwrap();
+    assert_eq!(perm(&vfs), 0o755);
+
+    chmod(0o6755);
+    vfs.setattr(&root, f, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
+    assert_eq!(perm(&vfs), 0o6755, "root truncates without clearing");
+    vfs.setattr(&ME, f, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
+    assert_eq!(perm(&vfs), 0o755);
+
+    chmod(0o6755);
+    vfs.setattr(&root, f, &SetAttr { uid: Some(UID), gid: Some(UID), ..Default::default() }).unwrap();
+    assert_eq!(perm(&vfs), 0o755, "a chown clears them, even root's and even to the same owner");
+    chmod(0o6755);
+    let a = vfs.setattr(&root, f, &SetAttr { uid: Some(7), perm: Some(0o4711), ..Default::default() }).unwrap();
+    assert_eq!((a.attr.perm, a.attr.uid), (0o711, 7));
+    vfs.flush(f, o.fh).unwrap();
+    vfs.release(f).unwrap();
+
+    let d = vfs.mkdir(&ME, ROOT, b"d", 0o2775).unwrap().attr.ino;
+    let a = vfs.setattr(&root, d, &SetAttr { gid: Some(5), ..Default::default() }).unwrap();
+    assert_eq!(a.attr.perm, 0o2775, "a directory keeps set-group-ID (its new entries inherit the group)");
+}
+
+/// What changes only through the mount (a writable collection, a collection by hash) is cached by the kernel
+/// for long, and so is a name looked up and not found there; a followed ref and the namespace's directories,
+/// which change elsewhere, are not.
+#[test]
+fn only_what_changes_only_here_is_cached_for_long() {
+    let e = env();
+    let vfs = mount(&e, "r");
+    let (f, _) = vfs.create(&ME, ROOT, b"f", 0o644).unwrap();
+    assert_eq!(f.ttl, LONG_TTL);
+    assert_eq!(vfs.lookup(&ME, ROOT, b"f").unwrap().ttl, LONG_TTL);
+    let absent = vfs.lookup(&ME, ROOT, b"nope");
+    assert!(matches!(absent, Err(VfsError::Absent(t)) if t == LONG_TTL), "{absent:?}");
+    assert_eq!(errno(vfs.lookup(&ME, ROOT, b"nope")), libc::ENOENT);
+
+    commit(&e, "followed", &[("f", b"1")]);
+    let ns = Vfs::namespace(namespace(&e, &[]), e.rt.handle().clone(), UID, UID);
+    let by_ref = ns.lookup(&ME, ROOT, namespace::BY_REF).unwrap().attr.ino;
+    let absent = ns.lookup(&ME, by_ref, b"nope");
+    assert!(matches!(absent, Err(VfsError::Fs(FsError::NotFound))), "{absent:?}");
+    let followed = ns.lookup(&ME, by_ref, b"followed").unwrap().attr.ino;
+    assert_eq!(ns.lookup(&ME, followed, b"f").unwrap().ttl, TTL, "a followed ref moves with commits elsewhere");
+    let absent = ns.lookup(&ME, followed, b"nope");
+    assert!(matches!(absent, Err(VfsError::Fs(FsError::NotFound))), "{absent:?}");
 }

@@ -51,9 +51,15 @@ impl View {
         self.slot == other.slot
     }
 
-    /// Whether what it shows never changes (a hash names its bytes): the kernel may cache it for long.
+    /// Whether what it shows never changes (a hash names its bytes).
     pub fn immutable(&self) -> bool {
         matches!(self.coll.origin(), Origin::Pdh(_))
+    }
+
+    /// Whether what it shows changes only through this mount: it never changes, or it is writable (cafsd is its
+    /// only writer, and every change is a kernel request). The kernel may then cache it for long.
+    pub fn changes_only_here(&self) -> bool {
+        self.immutable() || !self.coll.is_read_only()
     }
 }
 
