@@ -186,7 +186,7 @@ impl Inner {
         // Checking each chunk as it arrives overlaps the check with the kernel's read-ahead of the rest, where
         // reading the whole file first and then checking it would do one after the other.
         let size = locator.size() as usize;
-        let mut data = crate::bigbuf::with_capacity(size);
+        let mut data = crate::bigbuf::reused(size);
         let recorded = recorded_crc(&file);
         let (mut md5, mut crc) = (Md5::new(), crc32fast::Hasher::new());
         loop {
@@ -225,7 +225,7 @@ impl Inner {
             self.quarantine(locator);
             return Err(StoreError::Corrupt { locator: locator.clone(), reason });
         }
-        Ok(Bytes::from(data))
+        Ok(crate::bigbuf::into_bytes(data))
     }
 
     /// Moves a block that failed verification out of the way, so that it no longer counts as stored and the next

@@ -212,7 +212,7 @@ impl BlockStore for S3Store {
         // Hashed as it arrives, so the MD5 overlaps the transfer instead of following it; one byte more than the
         // locator's size is already a mismatch, so a longer object is never read whole.
         let size = locator.size() as usize;
-        let mut data = crate::bigbuf::with_capacity(size);
+        let mut data = crate::bigbuf::reused(size);
         let mut md5 = Md5::new();
         let mut body = got.into_stream();
         while let Some(chunk) = body.next().await {
@@ -233,7 +233,7 @@ impl BlockStore for S3Store {
         } else {
             Ok(())
         };
-        let data = Bytes::from(data);
+        let data = crate::bigbuf::into_bytes(data);
         if let Err(e) = hash {
             tracing::warn!(%locator, error = %e, "stored object failed verification; deleting it so a put writes it again");
             if let Err(d) = self.client.delete(&self.key(locator)).await {
