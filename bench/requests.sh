@@ -5,27 +5,20 @@
 # Needs root. Prints Markdown tables.
 #   bench/requests.sh [WORKDIR]   (default: a new directory under /var/tmp)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench/requests.sh needs root" >&2; exit 1; }
-cargo build --release --locked -q -p fs-server
-cafsd=$PWD/target/release/cafsd
-work=${1:-$(mktemp -d /var/tmp/cafs-requests.XXXXXX)}
-mnt=$work/mnt plain=$work/plain state=$work/state
-mkdir -p "$mnt" "$plain"
+source "$(dirname "$0")/lib.sh"
+bench_init requests "${1:-}"
+plain=$work/plain
+mkdir -p "$plain"
 tracing=/sys/kernel/tracing
 event=$tracing/events/fuse/fuse_request_send
-pid= reader= mounted_tracefs= buffer=
-cleanup() {
-  set +e
+reader= mounted_tracefs= buffer= tarball=
+bench_extra_cleanup() {
   if [ -n "$reader" ]; then kill "$reader" 2>/dev/null; fi
   if [ -e "$event/enable" ]; then echo 0 > "$event/enable"; echo 0 > "$event/filter"; fi
   if [ -n "$buffer" ]; then echo "$buffer" > "$tracing/buffer_size_kb"; fi
-  if grep -q " $mnt " /proc/mounts; then umount -l "$mnt" || true; fi
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill "$pid"; wait "$pid" 2>/dev/null || true; fi
   if [ -n "$mounted_tracefs" ]; then umount "$tracing"; fi
-  rm -rf "$work" "${tarball:-}"
+  rm -f "$tarball"
 }
-trap cleanup EXIT
 if [ ! -e "$event" ]; then
   mount -t tracefs nodev "$tracing"
   mounted_tracefs=1
@@ -37,12 +30,8 @@ tarball=/dev/shm/cafs-requests-core.$$.tar
 tar cf "$tarball" -C "$(dirname "$core")" core
 nfiles=$(tar tf "$tarball" | grep -vc '/$')
 
-"$cafsd" --state-dir "$state" --mount "$mnt" --ref bench --autocommit 0 >>"$work/cafsd.log" 2>&1 &
-pid=$!
-for _ in $(seq 300); do grep -q " $mnt " /proc/mounts && break; sleep 0.1; done
-grep -q " $mnt " /proc/mounts || { echo "mount did not appear" >&2; exit 1; }
+cafsd_start
 
-now() { date +%s.%N; }
 t0=$(now); tar xf "$tarball" -C "$plain"; sync; t1=$(now)
 
 # Only this mount's connection: the kernel's dev_t of the mount (major << 20 | minor).
