@@ -154,7 +154,8 @@ impl fuser::Filesystem for CafsFuse {
                 | InitFlags::FUSE_DO_READDIRPLUS
                 | InitFlags::FUSE_READDIRPLUS_AUTO
                 // cafs clears set-user-ID and set-group-ID itself (see the vfs's setattr and write), which
-                // spares the kernel asking for `security.capability` before every write.
+                // spares the kernel a getattr at each chown and a `security.capability` ask at later writes
+                // (the first write of each opened file and each chown still ask: docs/benchmarks.md).
                 | InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         );
         Ok(())
