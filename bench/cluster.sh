@@ -30,7 +30,7 @@ cleanup() {
     kill -9 "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
   done
-  rm -rf "$work" "${rand:-}" "${tarball:-}"
+  rm -rf "$work" "${rand:-}" "${small:-}" "${tarball:-}"
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
@@ -180,12 +180,15 @@ for t in "${targets[@]}"; do start "$t"; done
 
 rand=/dev/shm/cafs-cluster-rand.$$
 head -c $((mib << 20)) /dev/urandom > "$rand"
+small=/dev/shm/cafs-cluster-small.$$
+head -c 4096 /dev/urandom > "$small"
+nsmall=2000
 core=$(rustc --print sysroot)/share/doc/rust/html/core
 tarball=/dev/shm/cafs-cluster-core.$$.tar
 tar cf "$tarball" -C "$(dirname "$core")" core
 nfiles=$(tar tf "$tarball" | grep -vc '/$')
 
-declare -A w r u wc rc uc
+declare -A w r s u wc rc sc uc
 # Before and after a workload on target $1: CPU seconds of its client (cafsd or JuiceFS; none for the plain
 # directory) and of the servers (Garage and PostgreSQL; the local cafs uses neither, so this shows their idle).
 cpu_mark() {
@@ -215,6 +218,16 @@ for t in "${targets[@]}"; do
   cmp "$rand" "$work/$t/big"
 done
 for t in "${targets[@]}"; do
+  mkdir "$work/$t/small"
+  m=$(cpu_mark "$t")
+  t0=$(now)
+  for i in $(seq "$nsmall"); do cp "$small" "$work/$t/small/$i"; done
+  commit "$t"
+  t1=$(now)
+  sc[$t]=$(cpu_used "$t" "$m")
+  s[$t]=$(mibs "$nsmall" "$(secs "$t0" "$t1")")
+done
+for t in "${targets[@]}"; do
   u[$t]=- uc[$t]=-
   [ "${CAFS_BENCH_UNTAR:-1}" = 0 ] && continue
   m=$(cpu_mark "$t")
@@ -238,6 +251,7 @@ for t in "${targets[@]}"; do header+=" ${title[$t]} |"; rule+="---|"; done
 echo "$header"; echo "$rule"
 row "write $mib MiB random, dd bs=1M conv=fsync" w " MiB/s"
 row "cold read $mib MiB, cat" r " MiB/s"
+row "$nsmall × cp of a 4 KiB file + commit (sync)" s " files/s"
 row "tar xf $nfiles files + commit (sync)" u " s"
 echo
 echo "CPU seconds, client (cafsd or JuiceFS) / servers (Garage + PostgreSQL):"
@@ -245,4 +259,25 @@ echo
 echo "$header"; echo "$rule"
 row "write" wc ""
 row "cold read" rc ""
+row "$nsmall × cp + commit" sc ""
 row "tar xf + commit" uc ""
+# Each target's figure over the plain directory's, from the array named $2 (a "-" stays "-").
+ratio_row() {
+  local -n vals=$2
+  local out="| $1 |" t
+  for t in "${targets[@]}"; do
+    if [[ ${vals[$t]} == - || ${vals[plain]} == - ]]; then out+=" - |"; else
+      out+=" $(printf %.2f "$(echo "scale=4; ${vals[$t]} / ${vals[plain]}" | bc)") |"; fi
+  done
+  echo "$out"
+}
+if [[ " ${targets[*]} " == *" plain "* ]]; then
+  echo
+  echo "Over the plain directory (speeds: higher is better; the untar's time: lower is better):"
+  echo
+  echo "$header"; echo "$rule"
+  ratio_row "write" w
+  ratio_row "cold read" r
+  ratio_row "$nsmall × cp + commit" s
+  ratio_row "tar xf + commit (time)" u
+fi
