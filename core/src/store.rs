@@ -6,8 +6,10 @@
 //! is never asked to keep bytes under the wrong name. Every byte a store returns from [`BlockStore::get`] has been
 //! checked against its locator.
 
+mod blockfile;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod conformance;
+mod diskcache;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod faulty;
 mod local;
@@ -18,6 +20,7 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use diskcache::{CachedStore, DiskCache, DiskCacheOptions, DiskCacheStats, free_bytes};
 pub use local::{LocalDirStore, LocalDirStoreOptions};
 pub use s3::{S3Config, S3Store};
 

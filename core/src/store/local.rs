@@ -10,16 +10,10 @@
 //! as stored and the next put writes it again. (`exists` checks the size only — hashing every block it is asked
 //! about would cost a full read.)
 //!
-//! Verification at memory speed: a put records the CRC-32 of the block's bytes in an extended attribute of its
-//! file (`user.cafs.crc32`), and a read checks the bytes against it, many times faster than MD5 (one core
-//! hashes about 700 MiB/s). The CRC is a check against the disk's errors, not against an attacker: whoever can
-//! rewrite a block file and its attribute can rewrite cafs's state directory anyway. A block whose file has no
-//! CRC (written before, or on a filesystem without user attributes) is checked with MD5, as is one whose CRC does
-//! not match, so that a damaged attribute alone never costs a good block.
+//! Every block file carries the CRC-32 of its bytes, and reads are checked against it (see `blockfile`).
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +23,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use super::blockfile::{self, BadFile};
 use super::{Block, BlockStore, StoreError, check_range};
-use crate::locator::{Locator, Md5};
+use crate::locator::Locator;
 
 #[derive(Debug, Clone)]
 pub struct LocalDirStoreOptions {
@@ -65,9 +60,6 @@ const TMP_DIR: &str = ".tmp";
 const CORRUPT_DIR: &str = ".corrupt";
 /// Present once every fan-out directory has been made durable.
 const LAYOUT_MARKER: &str = ".layout-v1";
-
-/// A block is read and hashed this many bytes at a time.
-const READ_CHUNK: usize = 4 << 20;
 
 impl LocalDirStore {
     /// Opens (creating if needed) a store rooted at `root`.
@@ -158,13 +150,7 @@ impl Inner {
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let written = (|| {
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(block.data())?;
-            // Without it (a filesystem without user attributes), reads of the block are checked with MD5.
-            if let Err(e) = set_crc(&f, crc32fast::hash(block.data())) {
-                tracing::debug!(locator = %loc, error = %e, "no CRC recorded for a block; its reads use MD5");
-            }
-            f.sync_all()?;
+            blockfile::write_tmp(&tmp, block.data(), true)?;
             fs::rename(&tmp, &final_path)?;
             sync_dir(fan_dir)
         })();
@@ -176,56 +162,21 @@ impl Inner {
     }
 
     fn get(&self, locator: &Locator) -> Result<Bytes, StoreError> {
-        let mut file = match fs::File::open(self.block_path(locator)) {
+        let file = match fs::File::open(self.block_path(locator)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::NotFound(locator.clone()));
             }
             Err(e) => return Err(StoreError::io("open", locator, e)),
         };
-        // Checking each chunk as it arrives overlaps the check with the kernel's read-ahead of the rest, where
-        // reading the whole file first and then checking it would do one after the other.
-        let size = locator.size() as usize;
-        let mut data = crate::bigbuf::reused(size);
-        let recorded = recorded_crc(&file);
-        let (mut md5, mut crc) = (Md5::new(), crc32fast::Hasher::new());
-        loop {
-            let start = data.len();
-            // One byte past the expected size is asked for, so that a longer file shows.
-            let want = READ_CHUNK.min(size + 1 - start) as u64;
-            let n = (&mut file).take(want).read_to_end(&mut data).map_err(|e| StoreError::io("read", locator, e))?;
-            match recorded {
-                Some(_) => crc.update(&data[start..]),
-                None => md5.update(&data[start..]),
-            }
-            if n == 0 || data.len() > size {
-                break;
+        match blockfile::read_checked(file, locator) {
+            Ok(data) => Ok(data),
+            Err(BadFile::Io(e)) => Err(StoreError::io("read", locator, e)),
+            Err(BadFile::Corrupt(reason)) => {
+                self.quarantine(locator);
+                Err(StoreError::Corrupt { locator: locator.clone(), reason })
             }
         }
-        let reason = if data.len() != size {
-            Some(format!("{} bytes where the locator says {size}", data.len()))
-        } else if recorded.is_some_and(|r| r == crc.finalize()) {
-            None
-        } else {
-            if recorded.is_some() {
-                md5.update(&data);
-            }
-            if md5.finish() != *locator.md5() {
-                Some("MD5 does not match".to_string())
-            } else {
-                // Good bytes under a damaged or missing CRC: record the right one for the next read.
-                if recorded.is_some() {
-                    tracing::warn!(%locator, "a block's recorded CRC was wrong and its MD5 matches; CRC rewritten");
-                }
-                let _ = set_crc(&file, crc32fast::hash(&data));
-                None
-            }
-        };
-        if let Some(reason) = reason {
-            self.quarantine(locator);
-            return Err(StoreError::Corrupt { locator: locator.clone(), reason });
-        }
-        Ok(crate::bigbuf::into_bytes(data))
     }
 
     /// Moves a block that failed verification out of the way, so that it no longer counts as stored and the next
@@ -242,27 +193,6 @@ impl Inner {
             Err(e) => tracing::error!(%locator, error = %e, "block failed verification and could not be moved aside"),
         }
     }
-}
-
-/// The extended attribute that holds a block file's CRC-32 (little-endian).
-const CRC_ATTR: &std::ffi::CStr = c"user.cafs.crc32";
-
-/// Records `crc` on `file`.
-fn set_crc(file: &fs::File, crc: u32) -> io::Result<()> {
-    let value = crc.to_le_bytes();
-    // SAFETY: the fd is open for the whole call, the name is a NUL-terminated string, and `value` is 4 readable
-    // bytes whose length is passed with them.
-    let r = unsafe { libc::fsetxattr(file.as_raw_fd(), CRC_ATTR.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-/// The CRC-32 recorded on `file`, if there is one.
-fn recorded_crc(file: &fs::File) -> Option<u32> {
-    let mut value = [0u8; 4];
-    // SAFETY: the fd is open for the whole call, the name is a NUL-terminated string, and `value` is 4 writable
-    // bytes whose length is passed with them; the kernel writes at most that many.
-    let n = unsafe { libc::fgetxattr(file.as_raw_fd(), CRC_ATTR.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    (n == 4).then(|| u32::from_le_bytes(value))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -312,6 +242,9 @@ impl BlockStore for LocalDirStore {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
+    use super::blockfile::{recorded_crc, set_crc};
     use super::*;
 
     fn store() -> (tempfile::TempDir, LocalDirStore) {
