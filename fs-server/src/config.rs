@@ -22,7 +22,8 @@
 //! `[refs]` (see [`refs`]) names the operators who pass every ref permission check, the mode of new refs, and
 //! the owner of refs already in a catalog made before refs had owners. `[metrics]` (see [`MetricsConfig`])
 //! serves cafsd's metrics to Prometheus. `[fs]` (see [`FsConfig`]) sizes every mount's memory budget, upload
-//! parallelism, block cache and read-ahead.
+//! parallelism, block cache and read-ahead. `[cache]` (see [`CacheConfig`]) bounds the node's disk cache of blocks
+//! from a remote store.
 //!
 //! Secrets never sit in this file and are never logged: the S3 keys come from `credentials_file` or from
 //! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, the database password from `password_file` or `PGPASSWORD`
@@ -36,11 +37,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod cache;
 pub mod fs;
 pub mod refs;
 
 use crate::catalog::{Catalog, CatalogError, PostgresCatalog, RefName, SqliteCatalog};
-use crate::store::{BlockStore, LocalDirStore, S3Config, S3Store, StoreError};
+use crate::store::{BlockStore, CachedStore, DiskCache, LocalDirStore, S3Config, S3Store, StoreError};
+pub use cache::CacheConfig;
 pub use fs::FsConfig;
 pub use refs::{RefsConfig, RefsSettings};
 
@@ -62,6 +65,13 @@ pub enum ConfigError {
     Catalog(#[from] CatalogError),
 }
 
+/// The block store a node reads and writes, and its disk cache if it has one.
+#[derive(Debug)]
+pub struct OpenedStore {
+    pub store: Arc<dyn BlockStore>,
+    pub disk_cache: Option<Arc<DiskCache>>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -80,6 +90,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub fs: FsConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// Where cafsd serves its metrics to Prometheus (off unless `listen` is given):
@@ -217,6 +229,7 @@ impl Config {
         config.refs.resolve()?;
         config.metrics.listen().map_err(|e| e.to_string())?;
         config.fs.options()?;
+        config.cache.check()?;
         Ok(config)
     }
 
@@ -285,17 +298,23 @@ impl Config {
         }))
     }
 
-    /// Opens the block store. Blocking for the local store (it makes and syncs directories).
-    pub fn open_store(&self, state: &Path) -> Result<Arc<dyn BlockStore>, ConfigError> {
+    /// Opens the block store, with the node's disk cache in front of a remote one (see [`CacheConfig`]). Blocking:
+    /// it makes and syncs directories.
+    pub fn open_store(&self, state: &Path) -> Result<OpenedStore, ConfigError> {
         match &self.store {
             StoreConfig::Local { path } => {
                 let root = path.clone().unwrap_or_else(|| state.join("blocks"));
                 let store = LocalDirStore::open(&root).map_err(ConfigError::Store)?;
-                Ok(Arc::new(store))
+                Ok(OpenedStore { store: Arc::new(store), disk_cache: None })
             }
             StoreConfig::S3 { .. } => {
                 let cfg = self.s3()?.expect("an S3 store has S3 settings");
-                Ok(Arc::new(S3Store::new(&cfg)?))
+                let s3: Arc<dyn BlockStore> = Arc::new(S3Store::new(&cfg)?);
+                let Some(opts) = self.cache.options(state).map_err(ConfigError::Invalid)? else {
+                    return Ok(OpenedStore { store: s3, disk_cache: None });
+                };
+                let cache = Arc::new(DiskCache::open(opts).map_err(ConfigError::Store)?);
+                Ok(OpenedStore { store: Arc::new(CachedStore::new(s3, cache.clone())), disk_cache: Some(cache) })
             }
         }
     }

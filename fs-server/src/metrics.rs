@@ -188,6 +188,14 @@ impl Metrics {
     }
 }
 
+/// The node's disk cache, once one is open (one a process).
+static DISK_CACHE: std::sync::OnceLock<std::sync::Arc<crate::store::DiskCache>> = std::sync::OnceLock::new();
+
+/// Counts `cache` in the metrics (the first one given; a process opens one).
+pub fn watch_disk_cache(cache: std::sync::Arc<crate::store::DiskCache>) {
+    let _ = DISK_CACHE.set(cache);
+}
+
 /// The block caches' totals, read at each scrape (they are counted where blocks are read, below this layer).
 #[derive(Debug)]
 struct CacheCollector;
@@ -196,13 +204,37 @@ impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = crate::fs::cache::totals();
         let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
-        for (name, help, value) in [
+        let mut counters = vec![
             ("block_cache_hits", "Block reads served from a mount's memory cache", load(&t.hits)),
             ("block_cache_misses", "Block reads that waited for a fetch from the store", load(&t.misses)),
             ("block_cache_evictions", "Blocks let go to keep a cache within its size", load(&t.evicted)),
-        ] {
+        ];
+        let mut gauges = Vec::new();
+        if let Some(d) = DISK_CACHE.get().map(|c| c.stats()) {
+            counters.extend([
+                ("disk_cache_hits", "Block fetches served from the node's disk cache", d.hits),
+                ("disk_cache_misses", "Block fetches that went to the remote store", d.misses),
+                ("disk_cache_fills", "Blocks kept in the disk cache", d.fills),
+                (
+                    "disk_cache_skipped",
+                    "Blocks not kept: no room above min_free, a failed write, fills busy",
+                    d.skipped,
+                ),
+                ("disk_cache_evictions", "Blocks let go to keep the disk cache within max_size", d.evictions),
+                ("disk_cache_corrupt", "Cached blocks that failed their check and were deleted", d.corrupt),
+            ]);
+            gauges.extend([
+                ("disk_cache_blocks", "Blocks in the disk cache", d.blocks),
+                ("disk_cache_bytes", "Bytes of blocks in the disk cache", d.bytes),
+            ]);
+        }
+        for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        for (name, help, value) in gauges {
+            let gauge = prometheus_client::metrics::gauge::ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         Ok(())
     }

@@ -73,7 +73,8 @@ impl GarageNode {
             .arg("-c")
             .arg(&self.config)
             .arg("server")
-            .env("RUST_LOG", "garage=warn")
+            // Each S3 request is logged (at info, by the API server), for tests that count them.
+            .env("RUST_LOG", "garage=warn,garage_api_common=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -161,6 +162,16 @@ impl Garage {
         let mut cmd = Command::new(garage_bin());
         cmd.arg("-c").arg(&self.nodes[i].config).args(args).stdin(Stdio::null());
         run_bounded(&mut cmd, Duration::from_secs(60))
+    }
+
+    /// The S3 GETs of an object in the bucket the cluster's nodes have received so far (from their logs).
+    pub fn get_object_requests(&self) -> u64 {
+        let wanted = format!(" GET /{}/", self.bucket);
+        let count = |n: &GarageNode| {
+            let log = std::fs::read_to_string(n.dir.join("server.log")).unwrap_or_default();
+            log.lines().filter(|l| l.contains(&wanted)).count() as u64
+        };
+        self.nodes.iter().map(count).sum()
     }
 
     pub fn endpoint(&self, i: usize) -> String {

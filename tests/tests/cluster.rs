@@ -239,3 +239,73 @@ fn losing_a_storage_node_mid_write_loses_nothing() {
     assert_eq!(got, want, "the collection reads back intact with a storage node down");
     ok(&node.fsctl(JOB, &["umount", &v]));
 }
+
+/// The blocks files under a node's disk cache.
+fn cached_blocks(cache: &Path) -> Vec<PathBuf> {
+    let fans = std::fs::read_dir(cache).map(|d| d.flatten().filter(|f| f.file_name().len() == 2).collect::<Vec<_>>());
+    fans.unwrap_or_default()
+        .iter()
+        .flat_map(|f| std::fs::read_dir(f.path()).unwrap().flatten().map(|e| e.path()))
+        .collect()
+}
+
+#[test]
+fn a_node_reads_a_collection_again_from_its_disk_cache_without_asking_the_store() {
+    let (tmp, garage, pg) = servers(1, "diskcache");
+    let base = tmp.path().join("node");
+    std::fs::create_dir_all(&base).unwrap();
+    let conf = node_config(&tmp.path().join("conf"), &garage, &pg, "diskcache", 0);
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("[cache]\nmax_size = \"1GiB\"\n");
+    std::fs::write(&conf, text).unwrap();
+    let args = ["--autocommit", "0", "--config", conf.to_str().unwrap()];
+    let mut node = Stack::start(&base, &args);
+    let cache = node.state().join("cache");
+
+    // Four blocks of 64 MiB and one of 8 MiB, written and committed: uploads do not fill the cache.
+    let dir = node.job_dir("data", JOB);
+    let d = dir.to_str().unwrap().to_string();
+    ok(&node.fsctl(JOB, &["mount", "inputs", &d]));
+    let want = ok(&sh_as(JOB, &dir, "head -c 276824064 /dev/urandom | tee big.bin | md5sum | sed s/-/big.bin/"));
+    ok(&node.fsctl(JOB, &["commit", &d, "-m", "inputs"]));
+    ok(&node.fsctl(JOB, &["umount", &d]));
+    assert!(cached_blocks(&cache).is_empty(), "write-through is off");
+    let read = |node: &Stack| {
+        ok(&node.fsctl(JOB, &["mount", "inputs", &d, "--ro"]));
+        let got = ok(&sh_as(JOB, &dir, "md5sum big.bin"));
+        ok(&node.fsctl(JOB, &["umount", &d]));
+        got
+    };
+
+    // The first read fetches every block from Garage and keeps it.
+    let gets = garage.get_object_requests();
+    assert_eq!(read(&node), want);
+    let fetched = garage.get_object_requests() - gets;
+    assert!(fetched >= 5, "the blocks came from Garage: {fetched} GETs");
+    wait_for("the blocks in the disk cache", Duration::from_secs(30), || cached_blocks(&cache).len() == 5);
+
+    // After a restart of cafsd, with the page cache dropped: every byte from the disk cache, no GET.
+    node.stop_cafsd();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
+    node.start_cafsd(&args);
+    let gets = garage.get_object_requests();
+    assert_eq!(read(&node), want);
+    assert_eq!(garage.get_object_requests() - gets, 0, "no GET to Garage for cached blocks");
+
+    // A cached block damaged on disk is never served: it is deleted and fetched again, once.
+    let damaged = cached_blocks(&cache).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[1000] ^= 0x40;
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&damaged).unwrap(),
+        &bytes,
+        0,
+    )
+    .unwrap();
+    node.stop_cafsd();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
+    node.start_cafsd(&args);
+    let gets = garage.get_object_requests();
+    assert_eq!(read(&node), want);
+    assert_eq!(garage.get_object_requests() - gets, 1, "only the damaged block is fetched again");
+}

@@ -141,12 +141,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let socket = args.socket.clone().unwrap_or_else(default_socket);
     std::fs::create_dir_all(&state).with_context(|| format!("block store: state directory {}", state.display()))?;
     // Opening creates directories and fsyncs: keep it off the async workers.
-    let store = {
+    let opened = {
         let (state, c) = (state.clone(), config.clone());
         tokio::task::spawn_blocking(move || c.open_store(&state))
             .await?
             .with_context(|| format!("block store ({})", config.describe()))?
     };
+    if let Some(cache) = &opened.disk_cache {
+        tracing::info!(dir = %cache.dir().display(), blocks = cache.stats().blocks, bytes = cache.stats().bytes, "disk cache");
+        cafs::metrics::watch_disk_cache(cache.clone());
+    }
+    let store = opened.store;
     let catalog = config.open_catalog(&state).await.context("catalog")?;
     // Counted for the metrics, whether or not they are served.
     let store: Arc<dyn BlockStore> = Arc::new(cafs::metrics::MeteredStore(store));
