@@ -42,6 +42,7 @@ pub mod fs;
 pub mod refs;
 
 use crate::catalog::{Catalog, CatalogError, PostgresCatalog, RefName, SqliteCatalog};
+use crate::metrics::MeteredStore;
 use crate::store::{BlockStore, CachedStore, DiskCache, LocalDirStore, S3Config, S3Store, StoreError};
 pub use cache::CacheConfig;
 pub use fs::FsConfig;
@@ -298,18 +299,19 @@ impl Config {
         }))
     }
 
-    /// Opens the block store, with the node's disk cache in front of a remote one (see [`CacheConfig`]). Blocking:
-    /// it makes and syncs directories.
+    /// Opens the block store (its calls counted in the metrics), with the node's disk cache in front of a remote
+    /// one (see [`CacheConfig`]). Blocking: it makes and syncs directories.
     pub fn open_store(&self, state: &Path) -> Result<OpenedStore, ConfigError> {
         match &self.store {
             StoreConfig::Local { path } => {
                 let root = path.clone().unwrap_or_else(|| state.join("blocks"));
                 let store = LocalDirStore::open(&root).map_err(ConfigError::Store)?;
-                Ok(OpenedStore { store: Arc::new(store), disk_cache: None })
+                Ok(OpenedStore { store: Arc::new(MeteredStore(Arc::new(store))), disk_cache: None })
             }
             StoreConfig::S3 { .. } => {
                 let cfg = self.s3()?.expect("an S3 store has S3 settings");
-                let s3: Arc<dyn BlockStore> = Arc::new(S3Store::new(&cfg)?);
+                // Counted below the cache: the metrics' store calls are the ones that reach the store.
+                let s3: Arc<dyn BlockStore> = Arc::new(MeteredStore(Arc::new(S3Store::new(&cfg)?)));
                 let Some(opts) = self.cache.options(state).map_err(ConfigError::Invalid)? else {
                     return Ok(OpenedStore { store: s3, disk_cache: None });
                 };

@@ -153,8 +153,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let store = opened.store;
     let catalog = config.open_catalog(&state).await.context("catalog")?;
-    // Counted for the metrics, whether or not they are served.
-    let store: Arc<dyn BlockStore> = Arc::new(cafs::metrics::MeteredStore(store));
+    // Counted for the metrics, whether or not they are served (the store's calls by `open_store`).
     let catalog: Arc<dyn Catalog> = Arc::new(cafs::metrics::MeteredCatalog(catalog));
     if args.check {
         return check_config(&config, &state, store, catalog).await;
