@@ -161,9 +161,28 @@ impl Api {
                 // How many mounts the caller may see: the node's whole count would tell every user about
                 // everyone else's jobs.
                 mounts: self.visible(caller).len() as u32,
+                disk_cache: self.server.disk_cache().map(|c| disk_cache_status(c)),
             }),
             mounts: mounts.iter().map(|s| mount_status(s)).collect(),
         })
+    }
+}
+
+fn disk_cache_status(c: &crate::store::DiskCache) -> pb::DiskCacheStatus {
+    let (o, s) = (c.options(), c.stats());
+    pb::DiskCacheStatus {
+        dir: o.dir.display().to_string(),
+        max_size: o.max_size,
+        min_free: o.min_free,
+        write_through: o.write_through,
+        blocks: s.blocks,
+        bytes: s.bytes,
+        hits: s.hits,
+        misses: s.misses,
+        fills: s.fills,
+        skipped: s.skipped,
+        evictions: s.evictions,
+        corrupt: s.corrupt,
     }
 }
 
@@ -547,6 +566,22 @@ impl Cafs for Api {
             .collect();
         refs.sort_by(|a, b| a.ref_name.cmp(&b.ref_name));
         Ok(Response::new(pb::ListRefsReply { refs }))
+    }
+
+    async fn drop_cache(&self, req: Request<pb::DropCacheRequest>) -> Result<Response<pb::DropCacheReply>, Status> {
+        let caller = self.caller(&req)?;
+        if !self.server.policy().is_privileged(caller.uid()) {
+            return Err(Status::permission_denied("only root and operators may drop the node's disk cache"));
+        }
+        let cache = self.server.disk_cache().cloned().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node has no disk cache (the local store needs none, or [cache] max_size is 0)",
+            )
+        })?;
+        let (blocks, bytes) =
+            tokio::task::spawn_blocking(move || cache.drop_all()).await.map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(uid = caller.uid(), blocks, bytes, "disk cache dropped");
+        Ok(Response::new(pb::DropCacheReply { bytes, blocks }))
     }
 
     async fn metrics(&self, req: Request<pb::MetricsRequest>) -> Result<Response<pb::MetricsReply>, Status> {

@@ -31,7 +31,7 @@ use crate::fuse::CafsFuse;
 use crate::journal;
 use crate::manifest::{Pdh, PdhError};
 use crate::policy::{CheckError, Policy};
-use crate::store::BlockStore;
+use crate::store::{BlockStore, DiskCache};
 use crate::vfs::Gate;
 use crate::vfs::control::Control;
 use crate::vfs::namespace::{Namespace, NamespaceError, NamespaceOptions};
@@ -157,6 +157,8 @@ pub struct Server {
     policy: Arc<Policy>,
     /// Every mount's filesystem options.
     fs: FsOptions,
+    /// The node's disk cache of blocks from a remote store, if it has one.
+    disk_cache: Option<Arc<DiskCache>>,
 }
 
 /// `dir` as the helper names it: absolute, its components normalized.
@@ -186,6 +188,8 @@ pub struct ServerOptions {
     pub policy: Arc<Policy>,
     /// Every mount's filesystem core: memory budget, uploads, cache, read-ahead (`[fs]`).
     pub fs: FsOptions,
+    /// The node's disk cache in front of a remote store (`[cache]`), for status and `fsctl cache drop`.
+    pub disk_cache: Option<Arc<DiskCache>>,
 }
 
 impl Server {
@@ -204,6 +208,7 @@ impl Server {
             namespace_writable,
             policy,
             fs,
+            disk_cache,
         } = opts;
         let server = Arc::new(Self {
             catalog,
@@ -221,6 +226,7 @@ impl Server {
             fdstore,
             policy,
             fs,
+            disk_cache,
         });
         rt.spawn(sample_throughput(Arc::downgrade(&server)));
         server
@@ -228,6 +234,10 @@ impl Server {
 
     pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog
+    }
+
+    pub fn disk_cache(&self) -> Option<&Arc<DiskCache>> {
+        self.disk_cache.as_ref()
     }
 
     pub fn policy(&self) -> &Arc<Policy> {

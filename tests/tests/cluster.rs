@@ -308,4 +308,16 @@ fn a_node_reads_a_collection_again_from_its_disk_cache_without_asking_the_store(
     let gets = garage.get_object_requests();
     assert_eq!(read(&node), want);
     assert_eq!(garage.get_object_requests() - gets, 1, "only the damaged block is fetched again");
+
+    // What the cache holds and did, for any user; emptied by root only.
+    let status: serde_json::Value = serde_json::from_str(&ok(&node.fsctl(JOB, &["status", "--json"]))).unwrap();
+    let cache_status = &status["server"]["disk_cache"];
+    assert_eq!(cache_status["max_size"], 1u64 << 30, "{status}");
+    assert!(cache_status["hits"].as_u64().unwrap() >= 4 && cache_status["corrupt"] == 1, "{status}");
+    let refused = node.fsctl(JOB, &["cache", "drop"]);
+    assert!(!refused.status.success(), "a job user may not drop the node's cache");
+    wait_for("the refetched block back in the cache", Duration::from_secs(30), || cached_blocks(&cache).len() == 5);
+    let dropped: serde_json::Value = serde_json::from_str(&ok(&node.fsctl(0, &["cache", "drop", "--json"]))).unwrap();
+    assert_eq!(dropped["blocks"], 5, "{dropped}");
+    assert!(cached_blocks(&cache).is_empty());
 }

@@ -263,15 +263,15 @@ impl DiskCache {
         }
     }
 
-    /// Deletes every cached block (for operators: `fsctl cache drop`). Returns how many bytes it held.
-    pub fn drop_all(&self) -> u64 {
+    /// Deletes every cached block (for operators: `fsctl cache drop`). Returns how many blocks and bytes it held.
+    pub fn drop_all(&self) -> (u64, u64) {
         let mut index = self.lock();
-        let bytes = index.bytes;
+        let held = (index.blocks.len() as u64, index.bytes);
         for name in index.blocks.keys() {
             let _ = fs::remove_file(self.path(name));
         }
         *index = Index { clock: index.clock, ..Index::default() };
-        bytes
+        held
     }
 
     pub fn stats(&self) -> DiskCacheStats {
@@ -291,6 +291,10 @@ impl DiskCache {
 
     pub fn dir(&self) -> &Path {
         &self.opts.dir
+    }
+
+    pub fn options(&self) -> &DiskCacheOptions {
+        &self.opts
     }
 }
 

@@ -151,7 +151,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(dir = %cache.dir().display(), blocks = cache.stats().blocks, bytes = cache.stats().bytes, "disk cache");
         cafs::metrics::watch_disk_cache(cache.clone());
     }
-    let store = opened.store;
+    let (store, disk_cache) = (opened.store, opened.disk_cache);
     let catalog = config.open_catalog(&state).await.context("catalog")?;
     // Counted for the metrics, whether or not they are served (the store's calls by `open_store`).
     let catalog: Arc<dyn Catalog> = Arc::new(cafs::metrics::MeteredCatalog(catalog));
@@ -197,6 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Arc::new(cafs::policy::Policy::new(refs.operators, refs.default_mode))
             },
             fs,
+            disk_cache,
         },
     );
     // Mounts an earlier cafsd left in systemd's fd store: taken first, while their fds still have the numbers

@@ -146,6 +146,11 @@ enum Command {
         #[command(subcommand)]
         action: RefCommand,
     },
+    /// The node's disk cache of blocks from a remote store
+    Cache {
+        #[command(subcommand)]
+        action: CacheCommand,
+    },
     /// Give a ref to OWNER (a user name or uid), and to GROUP if given: root and operators only
     Chown {
         r#ref: String,
@@ -187,6 +192,15 @@ enum RefCommand {
     /// Owner, group, mode and current version of a ref
     Show {
         r#ref: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Delete every cached block (root and operators): later reads fetch them from the store again
+    Drop {
         #[arg(long)]
         json: bool,
     },
@@ -474,6 +488,14 @@ async fn run(args: Args) -> Result<u8, Failure> {
         Command::Get { source, dir } => copy::get(c, source, dir).await?,
         Command::Put { dir, r#ref, message, json } => copy::put(c, dir, r#ref, message, json).await?,
         Command::Ref { action: RefCommand::Show { r#ref, json } } => refs::show(c, r#ref, json).await?,
+        Command::Cache { action: CacheCommand::Drop { json } } => {
+            let r = c.drop_cache(pb::DropCacheRequest {}).await?.into_inner();
+            if json {
+                println!("{}", json!({"blocks": r.blocks, "bytes": r.bytes}));
+            } else {
+                println!("dropped {} block{} ({})", r.blocks, if r.blocks == 1 { "" } else { "s" }, bytes(r.bytes));
+            }
+        }
         Command::Chown { r#ref, owner, json } => refs::chown(c, r#ref, owner, json).await?,
         Command::Chmod { r#ref, mode, json } => refs::chmod(c, r#ref, mode, json).await?,
         // Printed by main without a server.
@@ -529,7 +551,13 @@ fn print_status_reply(r: &pb::StatusReply, all: bool, json: bool, pretty: bool) 
     let server = r.server.clone().unwrap_or_default();
     if json {
         let mounts: Vec<_> = r.mounts.iter().map(status_json).collect();
-        let server = json!({"version": server.version, "uptime_secs": server.uptime_secs, "mounts": server.mounts});
+        let cache = server.disk_cache.as_ref().map(|d| {
+            json!({"dir": d.dir, "max_size": d.max_size, "min_free": d.min_free, "write_through": d.write_through,
+                "blocks": d.blocks, "bytes": d.bytes, "hits": d.hits, "misses": d.misses, "fills": d.fills,
+                "skipped": d.skipped, "evictions": d.evictions, "corrupt": d.corrupt})
+        });
+        let server = json!({"version": server.version, "uptime_secs": server.uptime_secs, "mounts": server.mounts,
+            "disk_cache": cache});
         let all = json!({"server": server, "mounts": mounts});
         println!("{}", if pretty { serde_json::to_string_pretty(&all)? } else { all.to_string() });
         return Ok(());
@@ -542,6 +570,19 @@ fn print_status_reply(r: &pb::StatusReply, all: bool, json: bool, pretty: bool) 
             server.mounts,
             if server.mounts == 1 { "" } else { "s" }
         );
+        if let Some(d) = &server.disk_cache {
+            println!(
+                "disk cache {}: {} of {} in {} blocks; {} hits, {} misses, {} evicted, {} failed their check",
+                d.dir,
+                bytes(d.bytes),
+                bytes(d.max_size),
+                d.blocks,
+                d.hits,
+                d.misses,
+                d.evictions,
+                d.corrupt
+            );
+        }
     }
     for s in &r.mounts {
         print_status(s);
