@@ -2,7 +2,9 @@
 //! sharing one Garage bucket and one PostgreSQL database that the test starts on loopback ports. Node A writes
 //! and commits; node B mounts the ref read-only and reads identical bytes, then follows A's later commits; both
 //! writing one ref, exactly one commit wins and the other node keeps its tree. Also `cafsd --check-config`
-//! against the real servers. Needs root and /dev/fuse.
+//! against the real servers, and the node's disk cache: a restarted node reads a collection again without one
+//! GET to Garage (counted in Garage's request log), a damaged cached block is fetched again, a full cache disk
+//! only means reads from the store. Needs root and /dev/fuse.
 
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
@@ -320,4 +322,59 @@ fn a_node_reads_a_collection_again_from_its_disk_cache_without_asking_the_store(
     let dropped: serde_json::Value = serde_json::from_str(&ok(&node.fsctl(0, &["cache", "drop", "--json"]))).unwrap();
     assert_eq!(dropped["blocks"], 5, "{dropped}");
     assert!(cached_blocks(&cache).is_empty());
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0777"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_cache_disk_only_means_reads_from_the_store() {
+    let (tmp, garage, pg) = servers(1, "fullcache");
+    let base = tmp.path().join("node");
+    std::fs::create_dir_all(&base).unwrap();
+    // A 100 MiB disk for a cache allowed 1 GiB: one 64 MiB block fits, the rest find the disk full.
+    let disk = Tmpfs::mount(&tmp.path().join("cache-disk"), "100m");
+    let conf = node_config(&tmp.path().join("conf"), &garage, &pg, "fullcache", 0);
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str(&format!("[cache]\ndir = \"{}\"\nmax_size = \"1GiB\"\nmin_free = 0\n", disk.0.join("c").display()));
+    std::fs::write(&conf, text).unwrap();
+    let args = ["--autocommit", "0", "--config", conf.to_str().unwrap()];
+    let mut node = Stack::start(&base, &args);
+    let dir = node.job_dir("data", JOB);
+    let d = dir.to_str().unwrap().to_string();
+    ok(&node.fsctl(JOB, &["mount", "inputs", &d]));
+    let want = ok(&sh_as(JOB, &dir, "head -c 276824064 /dev/urandom | tee big.bin | md5sum | sed s/-/big.bin/"));
+    ok(&node.fsctl(JOB, &["commit", &d, "-m", "inputs"]));
+    ok(&node.fsctl(JOB, &["umount", &d]));
+    for round in 0..2 {
+        ok(&node.fsctl(JOB, &["mount", "inputs", &d, "--ro"]));
+        assert_eq!(ok(&sh_as(JOB, &dir, "md5sum big.bin")), want, "round {round}: every byte, cached or not");
+        ok(&node.fsctl(JOB, &["umount", &d]));
+    }
+    let status: serde_json::Value = serde_json::from_str(&ok(&node.fsctl(JOB, &["status", "--json"]))).unwrap();
+    let c = &status["server"]["disk_cache"];
+    assert!(c["skipped"].as_u64().unwrap() >= 1, "fills found the disk full: {status}");
+    assert!(c["bytes"].as_u64().unwrap() <= 100 << 20, "{status}");
+    node.stop_cafsd();
+    drop(node);
+    drop(disk);
 }
