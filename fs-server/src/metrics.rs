@@ -215,11 +215,7 @@ impl Collector for CacheCollector {
                 ("disk_cache_hits", "Block fetches served from the node's disk cache", d.hits),
                 ("disk_cache_misses", "Block fetches that went to the remote store", d.misses),
                 ("disk_cache_fills", "Blocks kept in the disk cache", d.fills),
-                (
-                    "disk_cache_skipped",
-                    "Blocks not kept: no room above min_free, a failed write, fills busy",
-                    d.skipped,
-                ),
+                ("disk_cache_skipped", "Blocks not kept: no room above min_free, or a failed write", d.skipped),
                 ("disk_cache_evictions", "Blocks let go to keep the disk cache within max_size", d.evictions),
                 ("disk_cache_corrupt", "Cached blocks that failed their check and were deleted", d.corrupt),
             ]);

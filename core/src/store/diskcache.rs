@@ -32,8 +32,8 @@ use crate::locator::Locator;
 
 /// Where files are written before they are renamed into place.
 const TMP_DIR: &str = ".tmp";
-/// Fills written at once in the background; a block fetched while that many are under way is not kept.
-const FILLS: usize = 2;
+/// Fills written at once in the background; a fetch that finds that many under way waits for one.
+const FILLS: usize = 4;
 
 /// How a disk cache is bounded.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct DiskCacheStats {
     pub misses: u64,
     /// Blocks put in.
     pub fills: u64,
-    /// Blocks not put in: no room above `min_free`, a write that failed, or fills already under way.
+    /// Blocks not put in: no room above `min_free`, or a write that failed.
     pub skipped: u64,
     /// Blocks let go to stay within `max_size`.
     pub evictions: u64,
@@ -326,13 +326,11 @@ impl CachedStore {
         tokio::task::spawn_blocking(move || cache.get(&locator)).await.ok().flatten()
     }
 
-    /// Keeps the block in the background; skipped when the fills under way are at their limit, so that a fast
-    /// reader never waits for the cache's disk and never holds more than a few blocks for it.
-    fn fill(&self, locator: &Locator, data: Bytes) {
-        let Ok(permit) = self.fills.clone().try_acquire_owned() else {
-            self.cache.counters.skipped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
+    /// Keeps the block in the background. At most [`FILLS`] are written at once: a fetch that finds them all
+    /// under way waits for one to finish, so that every block read is kept (a reader runs at the pace of the
+    /// slower of the store and the cache's disk) and no more than a few blocks are held for the cache.
+    async fn fill(&self, locator: &Locator, data: Bytes) {
+        let Ok(permit) = self.fills.clone().acquire_owned().await else { return };
         let (cache, locator) = (self.cache.clone(), locator.clone());
         tokio::task::spawn_blocking(move || {
             cache.fill(&locator, &data);
@@ -346,7 +344,7 @@ impl BlockStore for CachedStore {
     async fn put(&self, block: &Block) -> Result<(), StoreError> {
         self.inner.put(block).await?;
         if self.cache.opts.write_through {
-            self.fill(block.locator(), block.data().clone());
+            self.fill(block.locator(), block.data().clone()).await;
         }
         Ok(())
     }
@@ -356,7 +354,7 @@ impl BlockStore for CachedStore {
             return Ok(data);
         }
         let data = self.inner.get(locator).await?;
-        self.fill(locator, data.clone());
+        self.fill(locator, data.clone()).await;
         Ok(data)
     }
 
