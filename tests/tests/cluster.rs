@@ -251,75 +251,96 @@ fn cached_blocks(cache: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A node on `garage` and `pg` with `[cache]` set to `cache` (TOML lines), where a job has written and committed
+/// 264 MiB of random bytes (four blocks of 64 MiB and one of 8 MiB) as `big.bin` in the ref `inputs`.
+struct CacheNode {
+    node: Stack,
+    args: Vec<String>,
+    dir: PathBuf,
+    /// `md5sum big.bin` as the job saw it written.
+    want: String,
+}
+
+impl CacheNode {
+    fn start(tmp: &Path, garage: &Garage, pg: &Postgres, db: &str, cache: &str) -> Self {
+        let base = tmp.join("node");
+        std::fs::create_dir_all(&base).unwrap();
+        let conf = node_config(&tmp.join("conf"), garage, pg, db, 0);
+        let text = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("{text}[cache]\n{cache}")).unwrap();
+        let args: Vec<String> =
+            ["--autocommit", "0", "--config", conf.to_str().unwrap()].iter().map(|a| a.to_string()).collect();
+        let node = Stack::start(&base, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let dir = node.job_dir("data", JOB);
+        let d = dir.to_str().unwrap();
+        ok(&node.fsctl(JOB, &["mount", "inputs", d]));
+        let want = ok(&sh_as(JOB, &dir, "head -c 276824064 /dev/urandom | tee big.bin | md5sum | sed s/-/big.bin/"));
+        ok(&node.fsctl(JOB, &["commit", d, "-m", "inputs"]));
+        ok(&node.fsctl(JOB, &["umount", d]));
+        Self { node, args, dir, want }
+    }
+
+    /// `md5sum big.bin` through a read-only mount of `inputs`.
+    fn read(&self) -> String {
+        let d = self.dir.to_str().unwrap();
+        ok(&self.node.fsctl(JOB, &["mount", "inputs", d, "--ro"]));
+        let got = ok(&sh_as(JOB, &self.dir, "md5sum big.bin"));
+        ok(&self.node.fsctl(JOB, &["umount", d]));
+        got
+    }
+
+    /// cafsd stopped and started again, with the page cache dropped in between.
+    fn restart(&mut self) {
+        self.node.stop_cafsd();
+        std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
+        self.node.start_cafsd(&self.args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&ok(&self.node.fsctl(JOB, &["status", "--json"]))).unwrap()
+    }
+}
+
 #[test]
 fn a_node_reads_a_collection_again_from_its_disk_cache_without_asking_the_store() {
     let (tmp, garage, pg) = servers(1, "diskcache");
-    let base = tmp.path().join("node");
-    std::fs::create_dir_all(&base).unwrap();
-    let conf = node_config(&tmp.path().join("conf"), &garage, &pg, "diskcache", 0);
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("[cache]\nmax_size = \"1GiB\"\n");
-    std::fs::write(&conf, text).unwrap();
-    let args = ["--autocommit", "0", "--config", conf.to_str().unwrap()];
-    let mut node = Stack::start(&base, &args);
-    let cache = node.state().join("cache");
-
-    // Four blocks of 64 MiB and one of 8 MiB, written and committed: uploads do not fill the cache.
-    let dir = node.job_dir("data", JOB);
-    let d = dir.to_str().unwrap().to_string();
-    ok(&node.fsctl(JOB, &["mount", "inputs", &d]));
-    let want = ok(&sh_as(JOB, &dir, "head -c 276824064 /dev/urandom | tee big.bin | md5sum | sed s/-/big.bin/"));
-    ok(&node.fsctl(JOB, &["commit", &d, "-m", "inputs"]));
-    ok(&node.fsctl(JOB, &["umount", &d]));
-    assert!(cached_blocks(&cache).is_empty(), "write-through is off");
-    let read = |node: &Stack| {
-        ok(&node.fsctl(JOB, &["mount", "inputs", &d, "--ro"]));
-        let got = ok(&sh_as(JOB, &dir, "md5sum big.bin"));
-        ok(&node.fsctl(JOB, &["umount", &d]));
-        got
-    };
+    let mut n = CacheNode::start(tmp.path(), &garage, &pg, "diskcache", "max_size = \"1GiB\"\n");
+    let cache = n.node.state().join("cache");
+    assert!(cached_blocks(&cache).is_empty(), "uploads do not fill the cache (write-through is off)");
 
     // The first read fetches every block from Garage and keeps it.
     let gets = garage.get_object_requests();
-    assert_eq!(read(&node), want);
+    assert_eq!(n.read(), n.want);
     let fetched = garage.get_object_requests() - gets;
     assert!(fetched >= 5, "the blocks came from Garage: {fetched} GETs");
     wait_for("the blocks in the disk cache", Duration::from_secs(30), || cached_blocks(&cache).len() == 5);
 
     // After a restart of cafsd, with the page cache dropped: every byte from the disk cache, no GET.
-    node.stop_cafsd();
-    std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
-    node.start_cafsd(&args);
+    n.restart();
     let gets = garage.get_object_requests();
-    assert_eq!(read(&node), want);
+    assert_eq!(n.read(), n.want);
     assert_eq!(garage.get_object_requests() - gets, 0, "no GET to Garage for cached blocks");
 
     // A cached block damaged on disk is never served: it is deleted and fetched again, once.
     let damaged = cached_blocks(&cache).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     let mut bytes = std::fs::read(&damaged).unwrap();
     bytes[1000] ^= 0x40;
-    std::os::unix::fs::FileExt::write_all_at(
-        &std::fs::OpenOptions::new().write(true).open(&damaged).unwrap(),
-        &bytes,
-        0,
-    )
-    .unwrap();
-    node.stop_cafsd();
-    std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
-    node.start_cafsd(&args);
+    let file = std::fs::OpenOptions::new().write(true).open(&damaged).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &bytes, 0).unwrap();
+    n.restart();
     let gets = garage.get_object_requests();
-    assert_eq!(read(&node), want);
+    assert_eq!(n.read(), n.want);
     assert_eq!(garage.get_object_requests() - gets, 1, "only the damaged block is fetched again");
 
     // What the cache holds and did, for any user; emptied by root only.
-    let status: serde_json::Value = serde_json::from_str(&ok(&node.fsctl(JOB, &["status", "--json"]))).unwrap();
+    let status = n.status();
     let cache_status = &status["server"]["disk_cache"];
     assert_eq!(cache_status["max_size"], 1u64 << 30, "{status}");
     assert!(cache_status["hits"].as_u64().unwrap() >= 4 && cache_status["corrupt"] == 1, "{status}");
-    let refused = node.fsctl(JOB, &["cache", "drop"]);
+    let refused = n.node.fsctl(JOB, &["cache", "drop"]);
     assert!(!refused.status.success(), "a job user may not drop the node's cache");
     wait_for("the refetched block back in the cache", Duration::from_secs(30), || cached_blocks(&cache).len() == 5);
-    let dropped: serde_json::Value = serde_json::from_str(&ok(&node.fsctl(0, &["cache", "drop", "--json"]))).unwrap();
+    let dropped: serde_json::Value = serde_json::from_str(&ok(&n.node.fsctl(0, &["cache", "drop", "--json"]))).unwrap();
     assert_eq!(dropped["blocks"], 5, "{dropped}");
     assert!(cached_blocks(&cache).is_empty());
 }
@@ -349,32 +370,18 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_cache_disk_only_means_reads_from_the_store() {
     let (tmp, garage, pg) = servers(1, "fullcache");
-    let base = tmp.path().join("node");
-    std::fs::create_dir_all(&base).unwrap();
     // A 100 MiB disk for a cache allowed 1 GiB: one 64 MiB block fits, the rest find the disk full.
     let disk = Tmpfs::mount(&tmp.path().join("cache-disk"), "100m");
-    let conf = node_config(&tmp.path().join("conf"), &garage, &pg, "fullcache", 0);
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str(&format!("[cache]\ndir = \"{}\"\nmax_size = \"1GiB\"\nmin_free = 0\n", disk.0.join("c").display()));
-    std::fs::write(&conf, text).unwrap();
-    let args = ["--autocommit", "0", "--config", conf.to_str().unwrap()];
-    let mut node = Stack::start(&base, &args);
-    let dir = node.job_dir("data", JOB);
-    let d = dir.to_str().unwrap().to_string();
-    ok(&node.fsctl(JOB, &["mount", "inputs", &d]));
-    let want = ok(&sh_as(JOB, &dir, "head -c 276824064 /dev/urandom | tee big.bin | md5sum | sed s/-/big.bin/"));
-    ok(&node.fsctl(JOB, &["commit", &d, "-m", "inputs"]));
-    ok(&node.fsctl(JOB, &["umount", &d]));
+    let cache = format!("dir = \"{}\"\nmax_size = \"1GiB\"\nmin_free = 0\n", disk.0.join("c").display());
+    let mut n = CacheNode::start(tmp.path(), &garage, &pg, "fullcache", &cache);
     for round in 0..2 {
-        ok(&node.fsctl(JOB, &["mount", "inputs", &d, "--ro"]));
-        assert_eq!(ok(&sh_as(JOB, &dir, "md5sum big.bin")), want, "round {round}: every byte, cached or not");
-        ok(&node.fsctl(JOB, &["umount", &d]));
+        assert_eq!(n.read(), n.want, "round {round}: every byte, cached or not");
     }
-    let status: serde_json::Value = serde_json::from_str(&ok(&node.fsctl(JOB, &["status", "--json"]))).unwrap();
+    let status = n.status();
     let c = &status["server"]["disk_cache"];
     assert!(c["skipped"].as_u64().unwrap() >= 1, "fills found the disk full: {status}");
     assert!(c["bytes"].as_u64().unwrap() <= 100 << 20, "{status}");
-    node.stop_cafsd();
-    drop(node);
+    n.node.stop_cafsd();
+    drop(n);
     drop(disk);
 }

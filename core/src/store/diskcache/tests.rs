@@ -1,41 +1,20 @@
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use super::*;
 use crate::store::LocalDirStore;
-
-/// A store that counts the reads that reach it.
-#[derive(Debug)]
-struct Counting(LocalDirStore, AtomicUsize);
-
-#[async_trait]
-impl BlockStore for Counting {
-    async fn put(&self, b: &Block) -> Result<(), StoreError> {
-        self.0.put(b).await
-    }
-    async fn get(&self, l: &Locator) -> Result<Bytes, StoreError> {
-        self.1.fetch_add(1, Ordering::SeqCst);
-        self.0.get(l).await
-    }
-    async fn get_range(&self, l: &Locator, o: u64, n: u64) -> Result<Bytes, StoreError> {
-        self.1.fetch_add(1, Ordering::SeqCst);
-        self.0.get_range(l, o, n).await
-    }
-    async fn exists(&self, l: &Locator) -> Result<bool, StoreError> {
-        self.0.exists(l).await
-    }
-}
+use crate::store::faulty::FaultyStore;
 
 struct Env {
     dir: tempfile::TempDir,
-    remote: Arc<Counting>,
+    /// The remote store; it counts the reads that reach it.
+    remote: Arc<FaultyStore<LocalDirStore>>,
 }
 
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let remote = Arc::new(Counting(LocalDirStore::open(dir.path().join("remote")).unwrap(), AtomicUsize::new(0)));
+        let remote = Arc::new(FaultyStore::new(LocalDirStore::open(dir.path().join("remote")).unwrap()));
         Self { dir, remote }
     }
 
@@ -48,7 +27,7 @@ impl Env {
     }
 
     fn remote_reads(&self) -> usize {
-        self.remote.1.load(Ordering::SeqCst)
+        self.remote.gets.load(Ordering::SeqCst)
     }
 }
 
