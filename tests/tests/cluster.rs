@@ -4,7 +4,8 @@
 //! writing one ref, exactly one commit wins and the other node keeps its tree. Also `cafsd --check-config`
 //! against the real servers, and the node's disk cache: a restarted node reads a collection again without one
 //! GET to Garage (counted in Garage's request log), a damaged cached block is fetched again, a full cache disk
-//! only means reads from the store. Needs root and /dev/fuse.
+//! only means reads from the store, a read larger than the cache leaves it within its bound. Needs root and
+//! /dev/fuse.
 
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
@@ -384,4 +385,24 @@ fn a_full_cache_disk_only_means_reads_from_the_store() {
     n.node.stop_cafsd();
     drop(n);
     drop(disk);
+}
+
+#[test]
+fn the_disk_cache_stays_within_its_bound_under_a_larger_read() {
+    let (tmp, garage, pg) = servers(1, "boundcache");
+    // 264 MiB read through a cache of 130 MiB: at most two blocks of 64 MiB stay.
+    let n = CacheNode::start(tmp.path(), &garage, &pg, "boundcache", "max_size = \"130MiB\"\n");
+    let cache = n.node.state().join("cache");
+    for round in 0..2 {
+        assert_eq!(n.read(), n.want, "round {round}");
+        let status = n.status();
+        let c = &status["server"]["disk_cache"];
+        assert!(c["bytes"].as_u64().unwrap() <= 130 << 20, "{status}");
+    }
+    wait_for("the fills done", Duration::from_secs(30), || {
+        let c = n.status()["server"]["disk_cache"].clone();
+        c["fills"].as_u64().unwrap() >= 8 && c["evictions"].as_u64().unwrap() >= 6
+    });
+    let on_disk: u64 = cached_blocks(&cache).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(on_disk <= 130 << 20, "{on_disk} bytes on disk");
 }
