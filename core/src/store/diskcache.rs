@@ -238,6 +238,8 @@ impl DiskCache {
     }
 
     fn write(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        // Made again if the directory was removed while in use: the cache fills again from the next block on.
+        fs::create_dir_all(self.opts.dir.join(TMP_DIR))?;
         let free = free_bytes(&self.opts.dir)?;
         if free < data.len() as u64 + self.opts.min_free {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "the cache's filesystem is at min_free"));

@@ -138,13 +138,17 @@ async fn no_room_or_a_failing_disk_only_means_uncached_reads() {
     }
     assert_eq!(s.cache().stats().blocks, 0);
 
-    // The cache's directory removed while in use: reads go on, uncached.
+    // The cache's directory removed while in use: reads go on, and the cache fills again.
     let s = e.cached(e.opts(1 << 20));
+    s.get(b.locator()).await.unwrap();
+    filled(&s, 1).await;
     fs::remove_dir_all(s.cache().dir()).unwrap();
-    for _ in 0..2 {
-        assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
-    }
-    assert_eq!(s.cache().stats().blocks, 0);
+    let reads = e.remote_reads();
+    assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
+    assert_eq!(e.remote_reads(), reads + 1, "fetched again");
+    filled(&s, 2).await;
+    assert_eq!(s.get(b.locator()).await.unwrap(), b.data());
+    assert_eq!(e.remote_reads(), reads + 1, "kept again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
