@@ -16,6 +16,9 @@ use cafs_tests::servers::{Garage, Postgres};
 use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
 use cafs_tests::wait_for;
 
+/// The size of a full block.
+const BLOCK: u64 = 64 << 20;
+
 const JOB: u32 = 1000;
 
 /// Writes a node's configuration (S3 on `garage`, PostgreSQL database `db`), its secrets readable only by the
@@ -253,7 +256,7 @@ fn cached_blocks(cache: &Path) -> Vec<PathBuf> {
 }
 
 /// A node on `garage` and `pg` with `[cache]` set to `cache` (TOML lines), where a job has written and committed
-/// 264 MiB of random bytes (four blocks of 64 MiB and one of 8 MiB) as `big.bin` in the ref `inputs`.
+/// `blocks` full blocks of random bytes and one of 8 MiB as `big.bin` in the ref `inputs`.
 struct CacheNode {
     node: Stack,
     args: Vec<String>,
@@ -263,7 +266,7 @@ struct CacheNode {
 }
 
 impl CacheNode {
-    fn start(tmp: &Path, garage: &Garage, pg: &Postgres, db: &str, cache: &str) -> Self {
+    fn start(tmp: &Path, garage: &Garage, pg: &Postgres, db: &str, cache: &str, blocks: u64) -> Self {
         let base = tmp.join("node");
         std::fs::create_dir_all(&base).unwrap();
         let conf = node_config(&tmp.join("conf"), garage, pg, db, 0);
@@ -275,7 +278,9 @@ impl CacheNode {
         let dir = node.job_dir("data", JOB);
         let d = dir.to_str().unwrap();
         ok(&node.fsctl(JOB, &["mount", "inputs", d]));
-        let want = ok(&sh_as(JOB, &dir, "head -c 276824064 /dev/urandom | tee big.bin | md5sum | sed s/-/big.bin/"));
+        let size = blocks * BLOCK + (8 << 20);
+        let job = format!("head -c {size} /dev/urandom | tee big.bin | md5sum | sed s/-/big.bin/");
+        let want = ok(&sh_as(JOB, &dir, &job));
         ok(&node.fsctl(JOB, &["commit", d, "-m", "inputs"]));
         ok(&node.fsctl(JOB, &["umount", d]));
         Self { node, args, dir, want }
@@ -305,7 +310,8 @@ impl CacheNode {
 #[test]
 fn a_node_reads_a_collection_again_from_its_disk_cache_without_asking_the_store() {
     let (tmp, garage, pg) = servers(1, "diskcache");
-    let mut n = CacheNode::start(tmp.path(), &garage, &pg, "diskcache", "max_size = \"1GiB\"\n");
+    // 2 GiB and 8 MiB: 32 blocks of 64 MiB and one of 8 MiB.
+    let mut n = CacheNode::start(tmp.path(), &garage, &pg, "diskcache", "max_size = \"3GiB\"\n", 32);
     let cache = n.node.state().join("cache");
     assert!(cached_blocks(&cache).is_empty(), "uploads do not fill the cache (write-through is off)");
 
@@ -313,8 +319,8 @@ fn a_node_reads_a_collection_again_from_its_disk_cache_without_asking_the_store(
     let gets = garage.get_object_requests();
     assert_eq!(n.read(), n.want);
     let fetched = garage.get_object_requests() - gets;
-    assert!(fetched >= 5, "the blocks came from Garage: {fetched} GETs");
-    wait_for("the blocks in the disk cache", Duration::from_secs(30), || cached_blocks(&cache).len() == 5);
+    assert!(fetched >= 33, "the blocks came from Garage: {fetched} GETs");
+    wait_for("the blocks in the disk cache", Duration::from_secs(30), || cached_blocks(&cache).len() == 33);
 
     // After a restart of cafsd, with the page cache dropped: every byte from the disk cache, no GET.
     n.restart();
@@ -336,13 +342,13 @@ fn a_node_reads_a_collection_again_from_its_disk_cache_without_asking_the_store(
     // What the cache holds and did, for any user; emptied by root only.
     let status = n.status();
     let cache_status = &status["server"]["disk_cache"];
-    assert_eq!(cache_status["max_size"], 1u64 << 30, "{status}");
-    assert!(cache_status["hits"].as_u64().unwrap() >= 4 && cache_status["corrupt"] == 1, "{status}");
+    assert_eq!(cache_status["max_size"], 3u64 << 30, "{status}");
+    assert!(cache_status["hits"].as_u64().unwrap() >= 32 && cache_status["corrupt"] == 1, "{status}");
     let refused = n.node.fsctl(JOB, &["cache", "drop"]);
     assert!(!refused.status.success(), "a job user may not drop the node's cache");
-    wait_for("the refetched block back in the cache", Duration::from_secs(30), || cached_blocks(&cache).len() == 5);
+    wait_for("the refetched block back in the cache", Duration::from_secs(30), || cached_blocks(&cache).len() == 33);
     let dropped: serde_json::Value = serde_json::from_str(&ok(&n.node.fsctl(0, &["cache", "drop", "--json"]))).unwrap();
-    assert_eq!(dropped["blocks"], 5, "{dropped}");
+    assert_eq!(dropped["blocks"], 33, "{dropped}");
     assert!(cached_blocks(&cache).is_empty());
 }
 
@@ -374,7 +380,7 @@ fn a_full_cache_disk_only_means_reads_from_the_store() {
     // A 100 MiB disk for a cache allowed 1 GiB: one 64 MiB block fits, the rest find the disk full.
     let disk = Tmpfs::mount(&tmp.path().join("cache-disk"), "100m");
     let cache = format!("dir = \"{}\"\nmax_size = \"1GiB\"\nmin_free = 0\n", disk.0.join("c").display());
-    let mut n = CacheNode::start(tmp.path(), &garage, &pg, "fullcache", &cache);
+    let mut n = CacheNode::start(tmp.path(), &garage, &pg, "fullcache", &cache, 4);
     for round in 0..2 {
         assert_eq!(n.read(), n.want, "round {round}: every byte, cached or not");
     }
@@ -391,7 +397,7 @@ fn a_full_cache_disk_only_means_reads_from_the_store() {
 fn the_disk_cache_stays_within_its_bound_under_a_larger_read() {
     let (tmp, garage, pg) = servers(1, "boundcache");
     // 264 MiB read through a cache of 130 MiB: at most two blocks of 64 MiB stay.
-    let n = CacheNode::start(tmp.path(), &garage, &pg, "boundcache", "max_size = \"130MiB\"\n");
+    let n = CacheNode::start(tmp.path(), &garage, &pg, "boundcache", "max_size = \"130MiB\"\n", 4);
     let cache = n.node.state().join("cache");
     for round in 0..2 {
         assert_eq!(n.read(), n.want, "round {round}");
