@@ -12,6 +12,7 @@ pub mod conformance;
 mod diskcache;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod faulty;
+mod keep;
 mod local;
 mod s3;
 
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use diskcache::{CachedStore, DiskCache, DiskCacheOptions, DiskCacheStats, free_bytes};
+pub use keep::{KeepConfig, KeepStore, Permit, Signature, Signatures};
 pub use local::{LocalDirStore, LocalDirStoreOptions};
 pub use s3::{S3Config, S3Store};
 

@@ -4,6 +4,7 @@
 //! on first use) as an independent oracle. Nothing here skips: when the SDK cannot be installed, the tests that
 //! need it fail and say why.
 
+pub mod arvados;
 pub mod booted;
 pub mod manager;
 pub mod mount;

@@ -1,0 +1,68 @@
+"""The Arvados Python SDK's KeepClient against a Keep service, for checking the test cluster (and cafs's blocks in
+it) with Arvados's own client. ARVADOS_API_HOST, ARVADOS_API_TOKEN and ARVADOS_API_HOST_INSECURE come from the
+environment, as for any Arvados tool. Prints one JSON document on stdout.
+
+  put-get PROXY_URL|- SEED
+                       put 3 blocks (through the proxy, or through the keepstores the API lists when "-") with 2
+                       copies each; read each back; try reads that Keep must refuse. Prints what happened.
+  get LOCATOR FILE     read the block LOCATOR (signed) and write its bytes to FILE
+"""
+import json
+import os
+import sys
+
+import arvados
+import arvados.errors
+import arvados.keep
+
+
+def client(proxy):
+    if proxy == "-":
+        api = arvados.api("v1")
+        return arvados.keep.KeepClient(api_client=api, num_retries=0)
+    return arvados.keep.KeepClient(proxy=proxy, api_token=os.environ["ARVADOS_API_TOKEN"], num_retries=0)
+
+
+def refused(kc, locator):
+    """The error Keep gave for a read it must refuse, or None if it served the block."""
+    try:
+        kc.get(locator, num_retries=0)
+    except arvados.errors.KeepReadError as e:
+        return type(e).__name__
+    return None
+
+
+def put_get(proxy, seed):
+    kc = client(proxy)
+    out = {"blocks": []}
+    for i, size in enumerate([0, 1000, 3 << 20]):
+        data = bytes((j * 7 + i + seed) % 251 for j in range(size))
+        signed = kc.put(data, copies=2)
+        got = kc.get(signed, num_retries=0)
+        out["blocks"].append({"signed": signed, "read_back": got == data})
+    # A fresh client, so nothing comes from its block cache.
+    kc = client(proxy)
+    big = out["blocks"][2]["signed"]
+    stripped = big.split("+A")[0]
+    sig_at = big.index("+A") + 2
+    forged = big[:sig_at] + ("0" if big[sig_at] != "0" else "1") + big[sig_at + 1:]
+    out["unsigned_read"] = refused(kc, stripped)
+    out["forged_read"] = refused(kc, forged)
+    return out
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "put-get":
+        print(json.dumps(put_get(sys.argv[2], int(sys.argv[3]))))
+    elif cmd == "get":
+        data = client("-").get(sys.argv[2], num_retries=0)
+        with open(sys.argv[3], "wb") as f:
+            f.write(data)
+        print(json.dumps({"bytes": len(data)}))
+    else:
+        sys.exit("unknown command " + cmd)
+
+
+if __name__ == "__main__":
+    main()

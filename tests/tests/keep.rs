@@ -1,0 +1,225 @@
+//! The Keep block store against the test Arvados cluster, and the test cluster against Arvados's own client.
+//!
+//! The cluster (`cafs_tests::arvados`) is written from the Arvados source; the first test has the Python SDK's
+//! `KeepClient` put and get through it, so the behaviour cafs is tested against here is the behaviour Arvados's
+//! code expects of Keep.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cafs::locator::{Locator, hex};
+use cafs::store::{Block, BlockStore, KeepConfig, KeepStore, Permit, Signatures, StoreError};
+use cafs_tests::arvados::{Cluster, ClusterOptions};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// The Python SDK's KeepClient (`py/keep_client.py`) against `cluster`.
+fn sdk(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/keep_client.py");
+    let out = Command::new(cafs_tests::sdk::python()).arg(script).args(args).envs(cluster.env()).output().unwrap();
+    assert!(out.status.success(), "keep_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn config(cluster: &Cluster) -> KeepConfig {
+    KeepConfig {
+        api_host: cluster.api_host(),
+        api_token: cluster.token.clone(),
+        insecure: true,
+        retry_delay: Duration::from_millis(50),
+        ..KeepConfig::default()
+    }
+}
+
+fn store(cfg: KeepConfig) -> KeepStore {
+    KeepStore::new(cfg, Arc::new(Signatures::in_memory())).unwrap()
+}
+
+fn block(seed: u8, len: usize) -> Block {
+    Block::new((0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed)).collect::<Vec<u8>>()).unwrap()
+}
+
+/// Which keepstores hold a copy of `b`.
+fn holders(cluster: &Cluster, n: usize, b: &Block) -> Vec<usize> {
+    (0..n).filter(|&i| cluster.block(i, &hex(b.locator().md5())).is_some()).collect()
+}
+
+fn signed(store: &KeepStore, l: &Locator) -> String {
+    match store.signatures().get(l) {
+        Some(Permit::Signed(s)) => format!("{}{}", l.stripped_string(), s.hint()),
+        other => panic!("no signature for {l}: {other:?}"),
+    }
+}
+
+#[test]
+fn the_test_cluster_serves_the_arvados_python_sdk() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let ways = [("through the proxy", cluster.proxy_url(), "1"), ("to the keepstores the API lists", "-".into(), "2")];
+    for (how, target, seed) in ways {
+        let before: Vec<usize> = (0..2).map(|i| cluster.blocks(i)).collect();
+        let r = sdk(&cluster, &["put-get", &target, seed]);
+        let blocks = r["blocks"].as_array().unwrap();
+        for b in blocks {
+            assert_eq!(b["read_back"], true, "{how}: {r}");
+        }
+        let big = blocks[2]["signed"].as_str().unwrap();
+        assert!(big.contains("+3145728+A") && big.len() == 32 + 8 + 2 + 40 + 1 + 8, "{how}: signed: {big}");
+        assert!(!r["unsigned_read"].is_null(), "{how}: Keep served a block without a signature: {r}");
+        assert!(!r["forged_read"].is_null(), "{how}: Keep served a block with a forged signature: {r}");
+        for (i, b) in before.iter().enumerate() {
+            // The empty block is the same in both rounds.
+            assert!(cluster.blocks(i) >= b + 2, "{how}: keepstore {i} holds a copy of each new block");
+        }
+    }
+}
+
+#[test]
+fn the_keep_store_passes_the_block_store_checks_on_a_cluster_without_signing() {
+    let cluster = Cluster::start(ClusterOptions { blob_signing: false, ..ClusterOptions::default() });
+    let s = Arc::new(store(config(&cluster)));
+    rt().block_on(cafs::store::conformance::run_undamaged(s.clone()));
+    // There, a block another client wrote is read without a signature.
+    let b = block(1, 10);
+    rt().block_on(s.put(&b)).unwrap();
+    let other = store(config(&cluster));
+    assert!(other.signatures().is_empty());
+    assert_eq!(rt().block_on(other.get(b.locator())).unwrap(), b.data());
+}
+
+#[test]
+fn blocks_get_their_replicas_and_the_sdk_reads_what_cafs_wrote() {
+    let cluster = Cluster::start(ClusterOptions { keepstores: 3, ..ClusterOptions::default() });
+    let s = store(config(&cluster));
+    let rt = rt();
+    let b = block(2, 3 << 20);
+    assert!(!rt.block_on(s.exists(b.locator())).unwrap());
+    rt.block_on(s.put(&b)).unwrap();
+    assert_eq!(holders(&cluster, 3, &b).len(), 2, "two replicas, the cluster's default");
+    assert!(rt.block_on(s.exists(b.locator())).unwrap());
+    assert_eq!(rt.block_on(s.get(b.locator())).unwrap(), b.data());
+    // Arvados's own client reads the block with the signature cafs holds.
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("block");
+    sdk(&cluster, &["get", &signed(&s, b.locator()), file.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&file).unwrap(), b.data().to_vec());
+
+    // Through the proxy: one request carries both replicas.
+    let proxied =
+        store(KeepConfig { api_host: String::new(), services: vec![cluster.proxy_url()], ..config(&cluster) });
+    let b = block(3, 1000);
+    rt.block_on(proxied.put(&b)).unwrap();
+    assert_eq!(holders(&cluster, 3, &b).len(), 2);
+    assert_eq!(rt.block_on(proxied.get(b.locator())).unwrap(), b.data());
+}
+
+#[test]
+fn failures_are_retried_passed_over_or_reported() {
+    let cluster = Cluster::start(ClusterOptions { keepstores: 3, ..ClusterOptions::default() });
+    let s = store(config(&cluster));
+    let rt = rt();
+    let order = |b: &Block| cluster.order(&hex(b.locator().md5()));
+
+    // Writes go to the first two services of the block's rendezvous order, as every Keep client's do.
+    let b = block(3, 100);
+    rt.block_on(s.put(&b)).unwrap();
+    assert_eq!(holders(&cluster, 3, &b), {
+        let mut o = order(&b)[..2].to_vec();
+        o.sort();
+        o
+    });
+
+    // A 503 passes the block on to the next service in its order.
+    let b = block(4, 5000);
+    let f = order(&b)[0];
+    cluster.fail_next(f, 503, 1);
+    rt.block_on(s.put(&b)).unwrap();
+    assert_eq!(holders(&cluster, 3, &b), {
+        let mut o = order(&b)[1..].to_vec();
+        o.sort();
+        o
+    });
+
+    // A keepstore that dies costs nothing: its blocks go to the others, and are read from them.
+    let b = block(5, 1 << 20);
+    let f = order(&b)[0];
+    cluster.kill(f);
+    rt.block_on(s.put(&b)).unwrap();
+    let held = holders(&cluster, 3, &b);
+    assert!(held.len() == 2 && !held.contains(&f), "{held:?}");
+    assert_eq!(rt.block_on(s.get(b.locator())).unwrap(), b.data());
+    cluster.revive(f);
+
+    // With only two services for two replicas, a 503 is asked again after a pause.
+    let small = Cluster::start(ClusterOptions { keepstores: 2, ..ClusterOptions::default() });
+    let s2 = store(config(&small));
+    let b = block(11, 100);
+    small.fail_next(1, 503, 2);
+    rt.block_on(s2.put(&b)).unwrap();
+    assert_eq!(small.puts(1), 3, "asked three times");
+    assert_eq!(holders(&small, 2, &b), [0, 1]);
+
+    // A full keepstore (507) is not asked again; with too few others, the put fails and says why.
+    let b = block(7, 100);
+    let puts = small.puts(0);
+    small.fail_next(0, 507, 10);
+    let e = rt.block_on(s2.put(&b)).unwrap_err();
+    assert!(e.to_string().contains("1 of 2 replicas") && e.to_string().contains("507"), "{e}");
+    assert_eq!(small.puts(0), puts + 1, "a full service is not retried");
+}
+
+#[test]
+fn a_damaged_copy_is_passed_over_and_never_served() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let s = store(config(&cluster));
+    let rt = rt();
+    for len in [1000usize, 300_000] {
+        let b = block(8, len);
+        rt.block_on(s.put(&b)).unwrap();
+        let md5 = hex(b.locator().md5());
+        let mut bad = b.data().to_vec();
+        bad[len / 2] ^= 1;
+        cluster.tamper(0, &md5, Bytes::from(bad.clone()));
+        assert_eq!(rt.block_on(s.get(b.locator())).unwrap(), b.data(), "{len}: read from the good copy");
+        cluster.tamper(1, &md5, Bytes::from(bad));
+        let e = rt.block_on(s.get(b.locator())).unwrap_err();
+        assert!(!matches!(e, StoreError::NotFound(_)), "{len}: {e}");
+    }
+}
+
+#[test]
+fn signatures_are_kept_renewed_and_bound_to_the_token() {
+    let cluster = Cluster::start(ClusterOptions { signature_ttl: Duration::from_secs(4), ..ClusterOptions::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keep-signatures");
+    let rt = rt();
+    let b = block(9, 4096);
+    let first = {
+        let s = KeepStore::new(config(&cluster), Arc::new(Signatures::open(&file).unwrap())).unwrap();
+        rt.block_on(s.put(&b)).unwrap();
+        signed(&s, b.locator())
+    };
+    // Another store (cafsd started again) reads the block with the signature kept in the file.
+    let s = KeepStore::new(config(&cluster), Arc::new(Signatures::open(&file).unwrap())).unwrap();
+    assert_eq!(rt.block_on(s.get(b.locator())).unwrap(), b.data());
+    assert!(!std::fs::read_to_string(&file).unwrap().is_empty());
+    // Past half its life, the block no longer counts as stored; the put that follows renews the signature.
+    std::thread::sleep(Duration::from_millis(2200));
+    assert!(!rt.block_on(s.exists(b.locator())).unwrap(), "a signature past half its life is renewed");
+    rt.block_on(s.put(&b)).unwrap();
+    assert_ne!(signed(&s, b.locator()), first);
+    assert!(rt.block_on(s.exists(b.locator())).unwrap());
+    std::thread::sleep(Duration::from_millis(2200));
+    // The first signature has expired by now; the renewed one still reads the block.
+    assert_eq!(rt.block_on(s.get(b.locator())).unwrap(), b.data());
+
+    // A token the API does not accept fails clearly, at the first request.
+    let wrong = store(KeepConfig { api_token: "v2/zzzzz-gj3su-000000000000009/nope".into(), ..config(&cluster) });
+    let e = rt.block_on(wrong.put(&block(10, 10))).unwrap_err();
+    assert!(matches!(e, StoreError::Refused(_)) && e.to_string().contains("refused the token"), "{e}");
+    assert!(!e.to_string().contains("nope"), "the token is not in the message: {e}");
+}
