@@ -25,6 +25,15 @@
 //! parallelism, block cache and read-ahead. `[cache]` (see [`CacheConfig`]) bounds the node's disk cache of blocks
 //! from a remote store.
 //!
+//! A node of an Arvados cluster keeps its blocks in the cluster's Keep (see [`keep`]):
+//!
+//! ```toml
+//! [store]
+//! kind = "keep"
+//! api_host = "zzzzz.example.org"        # or ARVADOS_API_HOST
+//! token_file = "/etc/cafs/arvados.token" # or ARVADOS_API_TOKEN
+//! ```
+//!
 //! Secrets never sit in this file and are never logged: the S3 keys come from `credentials_file` or from
 //! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, the database password from `password_file` or `PGPASSWORD`
 //! (or the URL, discouraged). A secret file must not be readable by group or others. Unknown keys are errors, so
@@ -39,13 +48,17 @@ use serde::Deserialize;
 
 pub mod cache;
 pub mod fs;
+pub mod keep;
 pub mod refs;
 
 use crate::catalog::{Catalog, CatalogError, PostgresCatalog, RefName, SqliteCatalog};
 use crate::metrics::MeteredStore;
-use crate::store::{BlockStore, CachedStore, DiskCache, LocalDirStore, S3Config, S3Store, StoreError};
+use crate::store::{
+    BlockStore, CachedStore, DiskCache, KeepStore, LocalDirStore, S3Config, S3Store, Signatures, StoreError,
+};
 pub use cache::CacheConfig;
 pub use fs::FsConfig;
+pub use keep::KeepSettings;
 pub use refs::{RefsConfig, RefsSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +169,8 @@ pub enum StoreConfig {
         #[serde(default)]
         sign_payload: bool,
     },
+    /// An Arvados cluster's Keep.
+    Keep(KeepSettings),
 }
 
 impl Default for StoreConfig {
@@ -241,6 +256,7 @@ impl Config {
                 format!("local blocks ({})", path.as_deref().map_or("STATE/blocks".into(), |p| p.display().to_string()))
             }
             StoreConfig::S3 { endpoint, bucket, .. } => format!("S3 {endpoint} bucket {bucket}"),
+            StoreConfig::Keep(k) => k.describe(),
         };
         let catalog = match &self.catalog {
             CatalogConfig::Sqlite { path } => format!(
@@ -310,15 +326,28 @@ impl Config {
             }
             StoreConfig::S3 { .. } => {
                 let cfg = self.s3()?.expect("an S3 store has S3 settings");
-                // Counted below the cache: the metrics' store calls are the ones that reach the store.
-                let s3: Arc<dyn BlockStore> = Arc::new(MeteredStore(Arc::new(S3Store::new(&cfg)?)));
-                let Some(opts) = self.cache.options(state).map_err(ConfigError::Invalid)? else {
-                    return Ok(OpenedStore { store: s3, disk_cache: None });
-                };
-                let cache = Arc::new(DiskCache::open(opts).map_err(ConfigError::Store)?);
-                Ok(OpenedStore { store: Arc::new(CachedStore::new(s3, cache.clone())), disk_cache: Some(cache) })
+                self.remote(state, Arc::new(S3Store::new(&cfg)?))
+            }
+            StoreConfig::Keep(k) => {
+                let cfg = k.resolve()?;
+                // Keep's permission signatures for the blocks this node writes: credentials, kept in the state
+                // directory (see `Signatures`).
+                let file = state.join("keep-signatures");
+                let signatures = Signatures::open(&file).map_err(|source| ConfigError::Read { path: file, source })?;
+                self.remote(state, Arc::new(KeepStore::new(cfg, Arc::new(signatures))?))
             }
         }
+    }
+
+    /// A remote store, counted in the metrics, behind the node's disk cache if it has one.
+    fn remote(&self, state: &Path, store: Arc<dyn BlockStore>) -> Result<OpenedStore, ConfigError> {
+        // Counted below the cache: the metrics' store calls are the ones that reach the store.
+        let store: Arc<dyn BlockStore> = Arc::new(MeteredStore(store));
+        let Some(opts) = self.cache.options(state).map_err(ConfigError::Invalid)? else {
+            return Ok(OpenedStore { store, disk_cache: None });
+        };
+        let cache = Arc::new(DiskCache::open(opts).map_err(ConfigError::Store)?);
+        Ok(OpenedStore { store: Arc::new(CachedStore::new(store, cache.clone())), disk_cache: Some(cache) })
     }
 
     /// What every mount's filesystem core gets: `[fs]` over the defaults (checked by [`Config::parse`] already).

@@ -6,12 +6,15 @@ environment, as for any Arvados tool. Prints one JSON document on stdout.
                        put 3 blocks (through the proxy, or through the keepstores the API lists when "-") with 2
                        copies each; read each back; try reads that Keep must refuse. Prints what happened.
   get LOCATOR FILE     read the block LOCATOR (signed) and write its bytes to FILE
+  read MANIFEST OUTDIR read the collection whose (signed) manifest text is in file MANIFEST from Keep, through
+                       the services the API lists, and write its tree under OUTDIR; print its PDH
 """
 import json
 import os
 import sys
 
 import arvados
+import arvados.collection
 import arvados.errors
 import arvados.keep
 
@@ -51,6 +54,33 @@ def put_get(proxy, seed):
     return out
 
 
+def read(manifest_file, out):
+    with open(manifest_file, encoding="utf-8") as f:
+        text = f.read()
+    api = arvados.api("v1")
+    kc = arvados.keep.KeepClient(api_client=api, num_retries=0)
+    r = arvados.collection.CollectionReader(text, api_client=api, keep_client=kc)
+
+    def walk(coll, prefix):
+        for name in sorted(coll.keys()):
+            item = coll[name]
+            path = os.path.join(prefix, name)
+            if isinstance(item, arvados.collection.RichCollectionBase):
+                os.makedirs(path, exist_ok=True)
+                walk(item, path)
+            else:
+                with item.parent.open(name, "rb") as f, open(path, "wb") as o:
+                    while True:
+                        chunk = f.read(8 << 20)
+                        if not chunk:
+                            break
+                        o.write(chunk)
+
+    os.makedirs(out, exist_ok=True)
+    walk(r, out)
+    return {"pdh": r.portable_data_hash()}
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "put-get":
@@ -60,6 +90,8 @@ def main():
         with open(sys.argv[3], "wb") as f:
             f.write(data)
         print(json.dumps({"bytes": len(data)}))
+    elif cmd == "read":
+        print(json.dumps(read(sys.argv[2], sys.argv[3])))
     else:
         sys.exit("unknown command " + cmd)
 

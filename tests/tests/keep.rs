@@ -13,6 +13,7 @@ use bytes::Bytes;
 use cafs::locator::{Locator, hex};
 use cafs::store::{Block, BlockStore, KeepConfig, KeepStore, Permit, Signatures, StoreError};
 use cafs_tests::arvados::{Cluster, ClusterOptions};
+use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -222,4 +223,109 @@ fn signatures_are_kept_renewed_and_bound_to_the_token() {
     let e = rt.block_on(wrong.put(&block(10, 10))).unwrap_err();
     assert!(matches!(e, StoreError::Refused(_)) && e.to_string().contains("refused the token"), "{e}");
     assert!(!e.to_string().contains("nope"), "the token is not in the message: {e}");
+}
+
+/// A job user's uid.
+const JOB: u32 = 1000;
+
+/// A node whose cafsd writes into `cluster`'s Keep (services from the API), its token in a file only cafsd's
+/// user can read.
+fn keep_node(tmp: &Path, cluster: &Cluster) -> Stack {
+    use std::os::unix::fs::PermissionsExt;
+    let token = tmp.join("arvados.token");
+    std::fs::write(&token, format!("{}\n", cluster.token)).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&token, Some(NOBODY), Some(NOBODY)).unwrap();
+    let config = format!(
+        "[store]\nkind = \"keep\"\napi_host = \"{}\"\ntoken_file = \"{}\"\ninsecure = true\n",
+        cluster.api_host(),
+        token.display()
+    );
+    Stack::start_configured(tmp, &config, false)
+}
+
+/// Every file below `dir` with its MD5, as the job user sees them.
+fn tree(dir: &Path) -> String {
+    ok(&sh_as(JOB, dir, "find . -path ./.cafs -prune -o -type f -print0 | sort -z | xargs -0 md5sum"))
+}
+
+/// `manifest` with each locator signed as `signatures` (a `keep-signatures` file) holds it.
+fn signed_manifest(manifest: &str, signatures: &str) -> String {
+    let held: std::collections::HashMap<&str, &str> = signatures
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .filter_map(|s| s.split_once("+A").map(|(l, _)| (l, s)))
+        .collect();
+    manifest
+        .split('\n')
+        .map(|line| line.split(' ').map(|tok| held.get(tok).copied().unwrap_or(tok)).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_job_writes_through_a_mount_into_keep_and_arvados_reads_it_back() {
+    let cluster = Cluster::start(ClusterOptions { keepstores: 3, ..ClusterOptions::default() });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = keep_node(tmp.path(), &cluster);
+    let dir = node.job_dir("out", JOB);
+    let d = dir.to_str().unwrap();
+    ok(&node.fsctl(JOB, &["mount", "results", d]));
+    ok(&sh_as(
+        JOB,
+        &dir,
+        "head -c 150000000 /dev/urandom > big.bin && mkdir -p logs/deep && \
+         for i in $(seq 200); do echo \"line $i\" > logs/f$i.txt; done && echo deep > logs/deep/x",
+    ));
+    let want = tree(&dir);
+    ok(&node.fsctl(JOB, &["commit", d, "-m", "first"]));
+    let manifest = ok(&sh_as(JOB, &dir, "cat .cafs/manifest"));
+    let pdh = ok(&sh_as(JOB, &dir, "cat .cafs/hash")).trim().to_string();
+
+    // Every block of the collection is in Keep, twice (the cluster's default replication), and nowhere else.
+    let blocks: std::collections::BTreeSet<String> = manifest
+        .split_whitespace()
+        .filter(|t| t.len() > 33 && t.as_bytes()[32] == b'+' && !t.contains(':'))
+        .map(|t| t[..32].to_string())
+        .collect();
+    for md5 in &blocks {
+        let copies = (0..3).filter(|&i| cluster.block(i, md5).is_some()).count();
+        assert_eq!(copies, 2, "block {md5}");
+    }
+    assert!(!node.state().join("blocks").exists(), "no local block directory");
+    use std::os::unix::fs::PermissionsExt;
+    let sigfile = node.state().join("keep-signatures");
+    assert_eq!(std::fs::metadata(&sigfile).unwrap().permissions().mode() & 0o777, 0o600);
+    let signatures = std::fs::read_to_string(&sigfile).unwrap();
+    assert!(!signatures.contains(cluster.token.rsplit('/').next().unwrap()), "the token is not kept");
+
+    // Arvados's own client reads the collection from Keep, byte for byte, with the signatures cafs holds.
+    let mf = tmp.path().join("signed.manifest");
+    std::fs::write(&mf, signed_manifest(&manifest, &signatures)).unwrap();
+    let back = tmp.path().join("sdk-read");
+    let r = sdk(&cluster, &["read", mf.to_str().unwrap(), back.to_str().unwrap()]);
+    assert_eq!(r["pdh"], pdh.as_str());
+    assert_eq!(tree(&back), want);
+
+    // After a restart of cafsd with the page cache dropped, the files come from Keep (no local copy, no cache).
+    ok(&node.fsctl(JOB, &["umount", d]));
+    node.stop_cafsd();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").unwrap();
+    std::fs::remove_dir_all(node.state().join("cache")).unwrap();
+    node.start_cafsd(&["--autocommit", "0", "--config", tmp.path().join("cafsd.toml").to_str().unwrap()]);
+    let gets: u64 = (0..3).map(|i| cluster.gets(i)).sum();
+    ok(&node.fsctl(JOB, &["mount", "results", d]));
+    assert_eq!(tree(&dir), want);
+    assert!((0..3).map(|i| cluster.gets(i)).sum::<u64>() >= gets + blocks.len() as u64, "read from Keep");
+
+    // A keepstore that dies while the job writes costs nothing: the blocks go to the other two.
+    cluster.kill(0);
+    ok(&sh_as(JOB, &dir, "head -c 70000000 /dev/urandom > more.bin && rm logs/f1.txt"));
+    let want = tree(&dir);
+    ok(&node.fsctl(JOB, &["commit", d, "-m", "second"]));
+    cluster.revive(0);
+    ok(&node.fsctl(JOB, &["umount", d]));
+    ok(&node.fsctl(JOB, &["mount", "results", d, "--ro"]));
+    assert_eq!(tree(&dir), want);
+    ok(&node.fsctl(JOB, &["umount", d]));
 }
