@@ -41,7 +41,7 @@ pub struct KeepSettings {
 }
 
 /// An environment variable, `None` when unset or empty.
-fn env(name: &str) -> Option<String> {
+pub(super) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
@@ -53,6 +53,11 @@ fn truthy(v: &str) -> bool {
 impl KeepSettings {
     /// The store's settings, with the environment filling what the file leaves out.
     pub fn resolve(&self) -> Result<KeepConfig, ConfigError> {
+        self.resolve_with(env)
+    }
+
+    /// As [`KeepSettings::resolve`], with `env` for the environment.
+    fn resolve_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<KeepConfig, ConfigError> {
         let invalid = |m: &str| ConfigError::Invalid(format!("[store] kind = \"keep\": {m}"));
         let api_token = match &self.token_file {
             Some(f) => read_secret(f)?.trim().to_string(),
@@ -103,5 +108,63 @@ impl KeepSettings {
             (Some(h), _) => format!("keep via {h}"),
             _ => "keep (from the environment)".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn settings(text: &str) -> KeepSettings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_file_or_the_arvados_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "v2/zzzzz-gj3su-000000000000001/secret\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let s = settings(&format!(
+            "api_host = \"zzzzz.example.org\"\ntoken_file = \"{}\"\nreplicas = 3\nstorage_classes = [\"fast\"]\n",
+            token.display()
+        ));
+        let c = s.resolve_with(|_| None).unwrap();
+        assert_eq!(c.api_token, "v2/zzzzz-gj3su-000000000000001/secret");
+        assert_eq!((c.api_host.as_str(), c.replicas, c.insecure), ("zzzzz.example.org", Some(3), false));
+        assert_eq!(c.storage_classes, ["fast"]);
+
+        let vars: HashMap<&str, &str> = HashMap::from([
+            ("ARVADOS_API_TOKEN", "tok"),
+            ("ARVADOS_API_HOST_INSECURE", "true"),
+            ("ARVADOS_KEEP_SERVICES", "http://keep0:25107 http://keep1:25107"),
+        ]);
+        let c = KeepSettings::default().resolve_with(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!((c.api_token.as_str(), c.insecure), ("tok", true));
+        assert_eq!(c.services, ["http://keep0:25107", "http://keep1:25107"]);
+    }
+
+    #[test]
+    fn what_is_missing_or_wrong_is_said() {
+        let err = |s: &KeepSettings, vars: &[(&str, &str)]| {
+            let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+            s.resolve_with(|k| vars.get(k).map(|v| v.to_string())).unwrap_err().to_string()
+        };
+        assert!(err(&KeepSettings::default(), &[("ARVADOS_API_HOST", "h")]).contains("no token"));
+        assert!(err(&KeepSettings::default(), &[("ARVADOS_API_TOKEN", "t")]).contains("no cluster"));
+        let s = settings("api_host = \"https://h/\"");
+        assert!(err(&s, &[("ARVADOS_API_TOKEN", "t")]).contains("without a scheme"));
+        let s = settings("api_host = \"h\"\nreplicas = 0");
+        assert!(err(&s, &[("ARVADOS_API_TOKEN", "t")]).contains("at least 1"));
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = settings(&format!("api_host = \"h\"\ntoken_file = \"{}\"", token.display()));
+        assert!(err(&s, &[]).contains("chmod 600"));
+        assert!(toml::from_str::<KeepSettings>("api_hots = \"h\"").is_err(), "a misspelt key is an error");
     }
 }
