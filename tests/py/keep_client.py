@@ -6,6 +6,8 @@ environment, as for any Arvados tool. Prints one JSON document on stdout.
                        put 3 blocks (through the proxy, or through the keepstores the API lists when "-") with 2
                        copies each; read each back; try reads that Keep must refuse. Prints what happened.
   get LOCATOR FILE     read the block LOCATOR (signed) and write its bytes to FILE
+  create MANIFEST      ask the API to save the manifest text in file MANIFEST as a new collection; print the
+                       HTTP status it answered (200, or its refusal)
   read MANIFEST OUTDIR read the collection whose (signed) manifest text is in file MANIFEST from Keep, through
                        the services the API lists, and write its tree under OUTDIR; print its PDH
 """
@@ -81,6 +83,17 @@ def read(manifest_file, out):
     return {"pdh": r.portable_data_hash()}
 
 
+def create(manifest_file):
+    with open(manifest_file, encoding="utf-8") as f:
+        text = f.read()
+    api = arvados.api("v1")
+    try:
+        r = api.collections().create(body={"manifest_text": text}).execute(num_retries=0)
+    except arvados.errors.ApiError as e:
+        return {"status": e.resp.status}
+    return {"status": 200, "portable_data_hash": r["portable_data_hash"], "uuid": r["uuid"]}
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "put-get":
@@ -90,6 +103,8 @@ def main():
         with open(sys.argv[3], "wb") as f:
             f.write(data)
         print(json.dumps({"bytes": len(data)}))
+    elif cmd == "create":
+        print(json.dumps(create(sys.argv[2])))
     elif cmd == "read":
         print(json.dumps(read(sys.argv[2], sys.argv[3])))
     else:

@@ -20,6 +20,7 @@
 //! and refused), or to hold other bytes for a block.
 
 mod api;
+pub mod collections;
 mod keep;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -88,11 +89,18 @@ pub struct State {
     keepstore_addrs: Vec<SocketAddr>,
     proxy_addr: SocketAddr,
     api_addr: SocketAddr,
+    /// Every collection record, current and past versions.
+    pub collections: Mutex<Vec<collections::Collection>>,
 }
 
 impl State {
     fn token_ok(&self, token: &str) -> bool {
         self.tokens.lock().unwrap().contains(token)
+    }
+
+    /// The user every accepted token belongs to.
+    pub fn user_uuid(&self) -> String {
+        format!("{CLUSTER}-tpzed-000000000000001")
     }
 
     /// `locator` (md5+size) signed for `token`, as keepstore signs it.
@@ -173,6 +181,7 @@ impl Cluster {
             proxy_addr: proxy.local_addr().unwrap(),
             api_addr: api.local_addr().unwrap(),
             tokens: Mutex::new(HashSet::from([token.clone()])),
+            collections: Mutex::new(Vec::new()),
             key,
             opts,
         });
@@ -184,6 +193,25 @@ impl Cluster {
         let tls = api::TlsListener::new(api);
         rt.spawn(axum::serve(tls, api::router(state.clone())).into_future());
         Self { state, token, rt: Some(rt) }
+    }
+
+    /// A project (group UUID) for tests to keep collections in.
+    pub fn project(&self) -> String {
+        format!("{CLUSTER}-j7d0g-000000000000001")
+    }
+
+    /// The current record of every collection named `name`.
+    pub fn collections_named(&self, name: &str) -> Vec<collections::Collection> {
+        let list = self.state.collections.lock().unwrap();
+        list.iter().filter(|c| c.name == name && c.uuid == c.current_version_uuid && !c.trashed).cloned().collect()
+    }
+
+    /// Every record (past versions too) of the collection `uuid`, oldest first.
+    pub fn versions(&self, uuid: &str) -> Vec<collections::Collection> {
+        let list = self.state.collections.lock().unwrap();
+        let mut v: Vec<_> = list.iter().filter(|c| c.current_version_uuid == uuid).cloned().collect();
+        v.sort_by_key(|c| c.version);
+        v
     }
 
     /// `127.0.0.1:port` of the API (HTTPS, self-signed: clients need `ARVADOS_API_HOST_INSECURE`).

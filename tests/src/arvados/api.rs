@@ -16,16 +16,21 @@ use serde_json::{Value, json};
 use super::{CLUSTER, State};
 
 pub fn router(state: Arc<State>) -> Router {
-    Router::new()
+    let r = Router::new()
         .route("/discovery/v1/apis/arvados/v1/rest", get(discovery))
         .route("/arvados/v1/config", get(config))
         .route("/arvados/v1/keep_services/accessible", get(keep_services))
         .route("/arvados/v1/users/current", get(current_user))
-        .fallback(not_found)
-        .with_state(state)
+        .route("/arvados/v1/groups/{uuid}", get(group));
+    super::collections::routes(r).fallback(not_found).with_state(state)
 }
 
-fn json_answer(status: u16, body: Value) -> Response {
+/// The token a request carries.
+pub fn request_token(req: &Request) -> String {
+    super::keep::token(req.headers(), req.uri().query())
+}
+
+pub fn json_answer(status: u16, body: Value) -> Response {
     (StatusCode::from_u16(status).unwrap(), [("Content-Type", "application/json")], body.to_string()).into_response()
 }
 
@@ -68,6 +73,21 @@ fn method(id: &str, path: &str, http: &str, params: &[(&str, &str, &str, bool)],
     m
 }
 
+/// Parameters: name, type, where, required.
+type Param = (&'static str, &'static str, &'static str, bool);
+const UUID: [Param; 1] = [("uuid", "string", "path", true)];
+const CREATE: [Param; 1] = [("ensure_unique_name", "boolean", "query", false)];
+const LIST: [Param; 8] = [
+    ("filters", "array", "query", false),
+    ("where", "object", "query", false),
+    ("order", "array", "query", false),
+    ("select", "array", "query", false),
+    ("limit", "integer", "query", false),
+    ("offset", "integer", "query", false),
+    ("count", "string", "query", false),
+    ("include_old_versions", "boolean", "query", false),
+];
+
 /// The discovery document: the API's description as `services/api`'s schema controller gives it, reduced to the
 /// resources the test cluster serves, with the cluster facts the SDKs read from it.
 async fn discovery(With(state): With<Arc<State>>) -> Response {
@@ -100,6 +120,14 @@ async fn discovery(With(state): With<Arc<State>>) -> Response {
                     "accessible": method("keep_services.accessible", "keep_services/accessible", "GET", &[], None),
                 }},
                 "users": {"methods": {"current": method("users.current", "users/current", "GET", &[], None)}},
+                "groups": {"methods": {"get": method("groups.get", "groups/{uuid}", "GET", &UUID, None)}},
+                "collections": {"methods": {
+                    "list": method("collections.list", "collections", "GET", &LIST, None),
+                    "get": method("collections.get", "collections/{uuid}", "GET", &UUID, None),
+                    "create": method("collections.create", "collections", "POST", &CREATE, Some("collection")),
+                    "update": method("collections.update", "collections/{uuid}", "PUT", &UUID, Some("collection")),
+                    "delete": method("collections.delete", "collections/{uuid}", "DELETE", &UUID, None),
+                }},
             },
         }),
     )
@@ -157,6 +185,32 @@ async fn current_user(With(state): With<Arc<State>>, req: Request) -> Response {
             "username": "test",
             "is_active": true,
             "is_admin": false,
+        }),
+    )
+}
+
+/// The one project of the test cluster.
+async fn group(
+    With(state): With<Arc<State>>,
+    axum::extract::Path(uuid): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    if let Some(r) = unauthorized(&state, &req) {
+        return r;
+    }
+    if uuid != format!("{CLUSTER}-j7d0g-000000000000001") {
+        return error(404, "Path not found");
+    }
+    json_answer(
+        200,
+        json!({
+            "kind": "arvados#group",
+            "uuid": uuid,
+            "owner_uuid": state.user_uuid(),
+            "name": "cafs tests",
+            "group_class": "project",
+            "can_write": true,
+            "can_manage": true,
         }),
     )
 }
