@@ -129,17 +129,26 @@ fn valid_manifest(m: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An API error: its status and message, made into the API's answer by [`Refusal::answer`].
+struct Refusal(u16, String);
+
+impl Refusal {
+    fn answer(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
 /// `check_signatures`: 403 unless every locator's signature verifies for `token` (none needed with blob signing
 /// off, or for the empty block).
-fn check_signatures(state: &State, manifest: &str, token: &str) -> Result<(), Response> {
+fn check_signatures(state: &State, manifest: &str, token: &str) -> Result<(), Refusal> {
     for loc in locators(manifest) {
         let signed = loc.split('+').any(|h| h.starts_with('A'));
         if signed {
             if state.check_signature(loc, token).is_err() {
-                return Err(error(403, &format!("Permission denied: invalid signature on locator {}", &loc[..32])));
+                return Err(Refusal(403, format!("Permission denied: invalid signature on locator {}", &loc[..32])));
             }
         } else if state.opts.blob_signing && !loc.starts_with("d41d8cd98f00b204e9800998ecf8427e+0") {
-            return Err(error(403, &format!("Permission denied: missing signature on locator {loc}")));
+            return Err(Refusal(403, format!("Permission denied: missing signature on locator {loc}")));
         }
     }
     Ok(())
@@ -197,18 +206,19 @@ fn iso8601(secs: u64) -> String {
 /// The request's JSON body: its `collection` (an object, or a string holding one) and its top level. A body
 /// without `collection` is the attributes themselves, as Rails's parameter wrapping takes a JSON body (the
 /// Python SDK sends them so).
-async fn body(req: Request) -> Result<(Map<String, Value>, Map<String, Value>), Response> {
-    let bytes = axum::body::to_bytes(req.into_body(), 128 << 20).await.map_err(|_| error(413, "request too large"))?;
+async fn body(req: Request) -> Result<(Map<String, Value>, Map<String, Value>), Refusal> {
+    let bytes =
+        axum::body::to_bytes(req.into_body(), 128 << 20).await.map_err(|_| Refusal(413, "request too large".into()))?;
     let top: Map<String, Value> = if bytes.is_empty() {
         Map::new()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| error(422, &format!("request body is not JSON: {e}")))?
+        serde_json::from_slice(&bytes).map_err(|e| Refusal(422, format!("request body is not JSON: {e}")))?
     };
     let attrs = match top.get("collection") {
         Some(Value::Object(o)) => o.clone(),
-        Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| error(422, &format!("collection: {e}")))?,
+        Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| Refusal(422, format!("collection: {e}")))?,
         None => top.iter().filter(|(k, _)| *k != "ensure_unique_name").map(|(k, v)| (k.clone(), v.clone())).collect(),
-        Some(_) => return Err(error(422, "collection must be an object")),
+        Some(_) => return Err(Refusal(422, "collection must be an object".into())),
     };
     Ok((attrs, top))
 }
@@ -279,7 +289,7 @@ async fn create(With(state): With<Arc<State>>, req: Request) -> Response {
     let ensure_unique = param(&req, "ensure_unique_name").is_some_and(|v| v == "true");
     let (attrs, top) = match body(req).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.answer(),
     };
     let ensure_unique = ensure_unique || truthy(top.get("ensure_unique_name"));
     let manifest = attrs.get("manifest_text").and_then(Value::as_str).unwrap_or("").to_string();
@@ -287,7 +297,7 @@ async fn create(With(state): With<Arc<State>>, req: Request) -> Response {
         return error(422, &format!("manifest_text: {why}"));
     }
     if let Err(r) = check_signatures(&state, &manifest, &token) {
-        return r;
+        return r.answer();
     }
     let stripped = strip_signatures(&manifest);
     if let Some(given) = attrs.get("portable_data_hash").and_then(Value::as_str)
@@ -341,7 +351,7 @@ async fn update(With(state): With<Arc<State>>, Path(id): Path<String>, req: Requ
     }
     let (attrs, _) = match body(req).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.answer(),
     };
     let mut list = state.collections.lock().unwrap();
     let Some(i) = list.iter().position(|c| c.uuid == id && c.uuid == c.current_version_uuid) else {
@@ -357,7 +367,7 @@ async fn update(With(state): With<Arc<State>>, Path(id): Path<String>, req: Requ
         if stripped != old.manifest
             && let Err(r) = check_signatures(&state, m, &token)
         {
-            return r;
+            return r.answer();
         }
         if let Some(given) = attrs.get("portable_data_hash").and_then(Value::as_str)
             && given != pdh(&stripped)
