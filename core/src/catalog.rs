@@ -13,10 +13,12 @@
 //! in the same transaction that moves the ref, so a chmod landing meanwhile cannot be slipped past, and the
 //! commit that creates a ref records its writer as the owner.
 //!
-//! [`SqliteCatalog`] is the embedded default; [`PostgresCatalog`] is shared by a cluster's nodes. [`conformance`] is
+//! [`SqliteCatalog`] is the embedded default; [`PostgresCatalog`] is shared by a cluster's nodes; [`ArvadosCatalog`]
+//! keeps refs as an Arvados cluster's collections. [`conformance`] is
 //! the backend-independent test suite every implementation must pass.
 
 pub mod access;
+mod arvados;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod conformance;
 pub mod faulty;
@@ -29,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 pub use access::{AccessChange, AccessDenied, Need, Principal, RefAccess, Writer};
+pub use arvados::ArvadosCatalog;
 pub use postgres::PostgresCatalog;
 pub use sqlite::SqliteCatalog;
 
@@ -52,6 +55,9 @@ pub enum CatalogError {
     Corrupt(String),
     #[error("catalog backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend answered, and will answer the same again: a refused token, a name it will not take.
+    #[error("catalog refused: {0}")]
+    Refused(String),
 }
 
 impl CatalogError {

@@ -302,6 +302,7 @@ fn catalog_status(e: CatalogError) -> Status {
         CatalogError::InvalidRef { .. } => Status::invalid_argument(msg),
         CatalogError::Denied(_) => Status::permission_denied(msg),
         CatalogError::NoSuchRef(_) => Status::not_found(msg),
+        CatalogError::Refused(_) => Status::failed_precondition(msg),
         e if e.is_transient() => Status::unavailable(msg),
         _ => Status::internal(msg),
     }

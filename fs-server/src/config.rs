@@ -51,7 +51,8 @@ pub mod fs;
 pub mod keep;
 pub mod refs;
 
-use crate::catalog::{Catalog, CatalogError, PostgresCatalog, RefName, SqliteCatalog};
+use crate::arvados::{Api, ApiConfig};
+use crate::catalog::{ArvadosCatalog, Catalog, CatalogError, PostgresCatalog, RefName, SqliteCatalog};
 use crate::metrics::MeteredStore;
 use crate::store::{
     BlockStore, CachedStore, DiskCache, KeepStore, LocalDirStore, S3Config, S3Store, Signatures, StoreError,
@@ -84,6 +85,8 @@ pub enum ConfigError {
 pub struct OpenedStore {
     pub store: Arc<dyn BlockStore>,
     pub disk_cache: Option<Arc<DiskCache>>,
+    /// The Keep store itself, with `[store] kind = "keep"` (the Arvados catalog signs manifests with it).
+    pub keep: Option<Arc<KeepStore>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -194,6 +197,8 @@ pub enum CatalogConfig {
         #[serde(default)]
         max_connections: Option<usize>,
     },
+    /// Refs as collections of the Arvados cluster whose Keep `[store]` is, in `project`.
+    Arvados { project: String },
 }
 
 impl Default for CatalogConfig {
@@ -264,6 +269,7 @@ impl Config {
                 path.as_deref().map_or("STATE/catalog.sqlite".into(), |p| p.display().to_string())
             ),
             CatalogConfig::Postgres { .. } => "PostgreSQL".to_string(),
+            CatalogConfig::Arvados { project } => format!("Arvados collections in {project}"),
         };
         format!("{store} + {catalog}")
     }
@@ -322,7 +328,7 @@ impl Config {
             StoreConfig::Local { path } => {
                 let root = path.clone().unwrap_or_else(|| state.join("blocks"));
                 let store = LocalDirStore::open(&root).map_err(ConfigError::Store)?;
-                Ok(OpenedStore { store: Arc::new(MeteredStore(Arc::new(store))), disk_cache: None })
+                Ok(OpenedStore { store: Arc::new(MeteredStore(Arc::new(store))), disk_cache: None, keep: None })
             }
             StoreConfig::S3 { .. } => {
                 let cfg = self.s3()?.expect("an S3 store has S3 settings");
@@ -334,7 +340,8 @@ impl Config {
                 // directory (see `Signatures`).
                 let file = state.join("keep-signatures");
                 let signatures = Signatures::open(&file).map_err(|source| ConfigError::Read { path: file, source })?;
-                self.remote(state, Arc::new(KeepStore::new(cfg, Arc::new(signatures))?))
+                let keep = Arc::new(KeepStore::new(cfg, Arc::new(signatures))?);
+                Ok(OpenedStore { keep: Some(keep.clone()), ..self.remote(state, keep)? })
             }
         }
     }
@@ -344,10 +351,11 @@ impl Config {
         // Counted below the cache: the metrics' store calls are the ones that reach the store.
         let store: Arc<dyn BlockStore> = Arc::new(MeteredStore(store));
         let Some(opts) = self.cache.options(state).map_err(ConfigError::Invalid)? else {
-            return Ok(OpenedStore { store, disk_cache: None });
+            return Ok(OpenedStore { store, disk_cache: None, keep: None });
         };
         let cache = Arc::new(DiskCache::open(opts).map_err(ConfigError::Store)?);
-        Ok(OpenedStore { store: Arc::new(CachedStore::new(store, cache.clone())), disk_cache: Some(cache) })
+        let store = Arc::new(CachedStore::new(store, cache.clone()));
+        Ok(OpenedStore { store, disk_cache: Some(cache), keep: None })
     }
 
     /// What every mount's filesystem core gets: `[fs]` over the defaults (checked by [`Config::parse`] already).
@@ -360,8 +368,8 @@ impl Config {
         self.refs.resolve().map_err(ConfigError::Invalid)
     }
 
-    /// Opens (connects to) the catalog.
-    pub async fn open_catalog(&self, state: &Path) -> Result<Arc<dyn Catalog>, ConfigError> {
+    /// Opens (connects to) the catalog. `opened` is the store: the Arvados catalog needs it to be Keep's.
+    pub async fn open_catalog(&self, state: &Path, opened: &OpenedStore) -> Result<Arc<dyn Catalog>, ConfigError> {
         let legacy = self.refs()?.migration;
         match &self.catalog {
             CatalogConfig::Sqlite { path } => {
@@ -383,6 +391,29 @@ impl Config {
                 }
                 let catalog = PostgresCatalog::connect_migrating(config, max_connections.unwrap_or(8), legacy).await?;
                 Ok(Arc::new(catalog))
+            }
+            CatalogConfig::Arvados { project } => {
+                let (Some(keep), StoreConfig::Keep(settings)) = (&opened.keep, &self.store) else {
+                    return Err(ConfigError::Invalid(
+                        "[catalog] kind = \"arvados\" needs [store] kind = \"keep\": a collection names blocks in \
+                         the cluster's Keep"
+                            .into(),
+                    ));
+                };
+                let k = settings.resolve()?;
+                if k.api_host.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "[catalog] kind = \"arvados\" needs the API host ([store] api_host or ARVADOS_API_HOST)".into(),
+                    ));
+                }
+                let api = Api::new(ApiConfig {
+                    host: k.api_host,
+                    token: k.api_token,
+                    insecure: k.insecure,
+                    timeout: Duration::from_secs(300),
+                })
+                .map_err(ConfigError::Invalid)?;
+                Ok(Arc::new(ArvadosCatalog::new(api, project.clone(), keep.clone())?))
             }
         }
     }

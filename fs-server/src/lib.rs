@@ -17,7 +17,7 @@
 //! - [`config`]: the configuration file that selects a node's block store and catalog, and tunes the filesystem.
 
 pub use cafs_core::{Locator, Manifest, Pdh};
-pub use cafs_core::{bigbuf, catalog, collection, fs, journal, locator, manifest, policy, store, transfer};
+pub use cafs_core::{arvados, bigbuf, catalog, collection, fs, journal, locator, manifest, policy, store, transfer};
 
 pub mod api;
 pub mod config;

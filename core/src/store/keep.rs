@@ -16,6 +16,7 @@
 //! another writer): on a cluster that signs, such a block can only be read with a signature from the Arvados API
 //! (a collection's manifest), which the catalog hands in through [`KeepStore::signatures`].
 
+mod manifests;
 mod services;
 mod signatures;
 
@@ -27,6 +28,7 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::{Block, BlockStore, StoreError, check_range};
+use crate::arvados::{Api, ApiConfig, error_chain};
 use crate::locator::{Locator, Md5};
 pub use services::Service;
 pub use signatures::{Permit, Signature, Signatures};
@@ -99,6 +101,8 @@ struct Found {
 pub struct KeepStore {
     cfg: KeepConfig,
     http: reqwest::Client,
+    /// The Arvados API, where services and replication are found (none with a fixed list of services).
+    api: Option<Api>,
     found: Mutex<Option<Found>>,
     signatures: Arc<Signatures>,
     limit: Semaphore,
@@ -157,8 +161,21 @@ impl KeepStore {
             .tls_danger_accept_invalid_certs(cfg.insecure)
             .build()
             .map_err(|e| bad(format!("HTTP client: {e}")))?;
+        let api = if cfg.api_host.is_empty() {
+            None
+        } else {
+            Some(
+                Api::new(ApiConfig {
+                    host: cfg.api_host.clone(),
+                    token: cfg.api_token.clone(),
+                    insecure: cfg.insecure,
+                    timeout: Duration::from_secs(60),
+                })
+                .map_err(bad)?,
+            )
+        };
         let limit = Semaphore::new(cfg.max_concurrency.max(1));
-        Ok(Self { cfg, http, found: Mutex::new(None), signatures, limit })
+        Ok(Self { cfg, http, api, found: Mutex::new(None), signatures, limit })
     }
 
     /// The permission signatures this store holds (the Arvados catalog adds those of the collections it reads,
@@ -175,32 +192,16 @@ impl KeepStore {
         format!("Bearer {}", self.cfg.api_token)
     }
 
-    /// The body of a GET of the Arvados API's `path`.
-    async fn api_get(&self, path: &str) -> Result<Bytes, StoreError> {
-        let url = format!("https://{}/{path}", self.cfg.api_host);
-        let resp = self
-            .http
-            .get(&url)
-            .header("Authorization", self.bearer())
-            .send()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("Arvados API {url}: {}", error_chain(&e))))?;
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| StoreError::Unavailable(format!("Arvados API {url}: {e}")))?;
-        match status {
-            200 => Ok(body),
-            401 | 403 => {
-                Err(StoreError::Refused(format!("Arvados API {url} refused the token ({status}): {}", snippet(&body))))
-            }
-            s if Failure::new(s, "").may_pass() => {
-                Err(StoreError::Unavailable(format!("Arvados API {url}: {s} {}", snippet(&body))))
-            }
-            s => Err(StoreError::Refused(format!("Arvados API {url}: {s} {}", snippet(&body)))),
-        }
-    }
-
     /// The services and the replication, found again when [`REDISCOVER`] has passed (the last list is kept if
     /// the API cannot be asked then).
+    /// A GET of the Arvados API's `path`, as JSON.
+    async fn api_get(&self, path: &str) -> Result<serde_json::Value, StoreError> {
+        let api = self.api.as_ref().ok_or_else(|| StoreError::Refused("no Arvados API host configured".into()))?;
+        api.get(path, &[]).await.map_err(|e| {
+            if e.may_pass() { StoreError::Unavailable(e.to_string()) } else { StoreError::Refused(e.to_string()) }
+        })
+    }
+
     async fn found(&self) -> Result<(Arc<Vec<Service>>, u32), StoreError> {
         let mut found = self.found.lock().await;
         if let Some(f) = &*found
@@ -229,7 +230,7 @@ impl KeepStore {
     async fn discover(&self) -> Result<(Vec<Service>, u32), StoreError> {
         let services = if self.cfg.services.is_empty() {
             let body = self.api_get("arvados/v1/keep_services/accessible").await?;
-            services::parse_accessible(&body).map_err(StoreError::Refused)?
+            services::parse_accessible(body.to_string().as_bytes()).map_err(StoreError::Refused)?
         } else {
             services::fixed(&self.cfg.services).map_err(StoreError::Refused)?
         };
@@ -237,15 +238,8 @@ impl KeepStore {
             Some(n) => n,
             None if self.cfg.api_host.is_empty() => 2,
             None => {
-                #[derive(serde::Deserialize)]
-                struct Discovery {
-                    #[serde(rename = "defaultCollectionReplication")]
-                    replication: Option<u32>,
-                }
-                let body = self.api_get("discovery/v1/apis/arvados/v1/rest").await?;
-                let doc: Discovery = serde_json::from_slice(&body)
-                    .map_err(|e| StoreError::Refused(format!("Arvados API discovery document: {e}")))?;
-                doc.replication.unwrap_or(2)
+                let doc = self.api_get("discovery/v1/apis/arvados/v1/rest").await?;
+                doc.get("defaultCollectionReplication").and_then(|v| v.as_u64()).map_or(2, |n| n as u32)
             }
         };
         Ok((services, replicas.max(1)))
@@ -524,18 +518,6 @@ fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let line = text.lines().next().unwrap_or("").trim();
     line.chars().take(200).collect()
-}
-
-/// An HTTP error with its causes (reqwest's top-level message alone says little: "error sending request").
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[async_trait]

@@ -151,8 +151,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(dir = %cache.dir().display(), blocks = cache.stats().blocks, bytes = cache.stats().bytes, "disk cache");
         cafs::metrics::watch_disk_cache(cache.clone());
     }
+    let catalog = config.open_catalog(&state, &opened).await.context("catalog")?;
     let (store, disk_cache) = (opened.store, opened.disk_cache);
-    let catalog = config.open_catalog(&state).await.context("catalog")?;
     // Counted for the metrics, whether or not they are served (the store's calls by `open_store`).
     let catalog: Arc<dyn Catalog> = Arc::new(cafs::metrics::MeteredCatalog(catalog));
     if args.check {

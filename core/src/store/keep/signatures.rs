@@ -165,6 +165,26 @@ impl Signatures {
         Ok(())
     }
 
+    /// Records many permits with one sync of the file (the signatures of a collection read from the API).
+    pub fn record_all(&self, permits: impl IntoIterator<Item = (Locator, Permit)>) -> io::Result<()> {
+        let mut inner = self.lock();
+        let mut text = String::new();
+        for (locator, permit) in permits {
+            let key = locator.stripped();
+            if inner.map.get(&key) != Some(&permit) {
+                text.push_str(&line(&key, &permit));
+                inner.map.insert(key, permit);
+            }
+        }
+        if let Some(log) = &mut inner.log
+            && !text.is_empty()
+        {
+            log.write_all(text.as_bytes())?;
+            log.sync_data()?;
+        }
+        Ok(())
+    }
+
     /// Forgets the block's signature (the block was found missing or damaged).
     pub fn forget(&self, locator: &Locator) {
         self.lock().map.remove(&locator.stripped());
