@@ -1,6 +1,8 @@
 //! The Arvados catalog against the test Arvados cluster (`cafs_tests::arvados`, itself checked against the
 //! Arvados SDK and tools in `keep.rs`).
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use cafs::arvados::{Api, ApiConfig};
 use cafs::catalog::{ArvadosCatalog, Catalog};
 use cafs::store::{KeepConfig, KeepStore, Signatures};
 use cafs_tests::arvados::{Cluster, ClusterOptions};
+use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
@@ -47,4 +50,137 @@ fn the_arvados_catalog_passes_the_catalog_checks() {
         let pair = (catalog(&cluster, &project), catalog(&cluster, &project));
         async move { pair }
     }));
+}
+
+const JOB: u32 = 1000;
+
+/// A node on `cluster`: Keep for blocks, the cluster's collections in its project for refs; the token in a file
+/// only cafsd's user reads. `token` replaces the cluster's (a wrong one, for a test).
+fn arvados_node(tmp: &Path, cluster: &Cluster, token: &str) -> Stack {
+    let file = tmp.join("arvados.token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
+    let config = format!(
+        "[store]\nkind = \"keep\"\napi_host = \"{}\"\ntoken_file = \"{}\"\ninsecure = true\n\
+         [catalog]\nkind = \"arvados\"\nproject = \"{}\"\n",
+        cluster.api_host(),
+        file.display(),
+        cluster.project()
+    );
+    Stack::start_configured(tmp, &config, false)
+}
+
+/// `md5sum` of every file below `dir` (but `.cafs`), sorted: run as `uid`.
+fn files(uid: u32, dir: &Path) -> String {
+    ok(&sh_as(uid, dir, "find . -path ./.cafs -prune -o -type f -print0 | sort -z | xargs -0 md5sum"))
+}
+
+/// An Arvados tool of the SDK's virtualenv, with `cluster`'s environment.
+fn arv(cluster: &Cluster, tool: &str, args: &[&str]) -> String {
+    let bin = cafs_tests::sdk::python().with_file_name(tool);
+    let out = std::process::Command::new(bin).args(args).envs(cluster.env()).output().unwrap();
+    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_job_commits_arvados_collections_that_arvados_tools_read() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let node = arvados_node(tmp.path(), &cluster, &cluster.token.clone());
+    let dir = node.job_dir("out", JOB);
+    let d = dir.to_str().unwrap();
+    ok(&node.fsctl(JOB, &["mount", "results", d]));
+    ok(&sh_as(
+        JOB,
+        &dir,
+        "head -c 70000000 /dev/urandom > big.bin && mkdir -p 'sub dir' && echo one > 'sub dir/a b.txt' && \
+         for i in $(seq 50); do echo $i > n$i; done && ln -s big.bin link && chmod 600 n1",
+    ));
+    let first = files(JOB, &dir);
+    ok(&node.fsctl(JOB, &["commit", d, "-m", "first"]));
+    let pdh1 = ok(&sh_as(JOB, &dir, "cat .cafs/hash")).trim().to_string();
+
+    // The ref is a collection of the project, named after it, with cafs's PDH.
+    let made = cluster.collections_named("results");
+    assert_eq!(made.len(), 1, "one collection for the ref");
+    let uuid = made[0].uuid.clone();
+    assert_eq!(made[0].owner_uuid, cluster.project());
+    assert_eq!(cafs_tests::arvados::collections::pdh(&made[0].manifest), pdh1);
+    // arv-get (the real client) fetches it from Keep byte for byte.
+    let back = tmp.path().join("arv-get");
+    std::fs::create_dir(&back).unwrap();
+    arv(&cluster, "arv-get", &[&format!("{uuid}/"), &format!("{}/", back.display())]);
+    let got = files(0, &back);
+    // A manifest holds no symlinks (the sidecar does): arv-get has the files.
+    assert_eq!(got, first.lines().filter(|l| !l.ends_with("./link")).collect::<Vec<_>>().join("\n") + "\n");
+
+    // A second commit is a second version of the same collection; `fsctl log` lists Arvados's versions.
+    ok(&sh_as(JOB, &dir, "echo two >> 'sub dir/a b.txt' && rm n2"));
+    ok(&node.fsctl(JOB, &["commit", d, "-m", "second"]));
+    let pdh2 = ok(&sh_as(JOB, &dir, "cat .cafs/hash")).trim().to_string();
+    assert_ne!(pdh1, pdh2);
+    let versions = cluster.versions(&uuid);
+    let pdhs: Vec<String> = versions.iter().map(|c| cafs_tests::arvados::collections::pdh(&c.manifest)).collect();
+    assert!(pdhs.ends_with(&[pdh1.clone(), pdh2.clone()]), "{pdhs:?}");
+    let log = ok(&node.fsctl(JOB, &["log", "results"]));
+    assert!(log.contains("first") && log.contains("second") && log.contains(&pdh1) && log.contains(&pdh2), "{log}");
+    ok(&node.fsctl(JOB, &["umount", d]));
+
+    // Mounted again, the tree is as committed, modes and symlink included (the sidecar came back from the
+    // collection's properties); the collection mounts by its UUID too, read-only.
+    ok(&node.fsctl(JOB, &["mount", "results", d]));
+    let second = files(JOB, &dir);
+    assert_eq!(ok(&sh_as(JOB, &dir, "readlink link; stat -c %a n1")), "big.bin\n600\n");
+    ok(&node.fsctl(JOB, &["umount", d]));
+    ok(&node.fsctl(JOB, &["mount", &uuid, d, "--ro"]));
+    assert_eq!(files(JOB, &dir), second);
+    ok(&node.fsctl(JOB, &["umount", d]));
+}
+
+/// The configuration of a node on `cluster` with `token`, written under `dir`; returns the file.
+fn arvados_config(dir: &Path, cluster: &Cluster, token: &str) -> std::path::PathBuf {
+    let file = dir.join("arvados.token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conf = dir.join("cafsd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[store]\nkind = \"keep\"\napi_host = \"{}\"\ntoken_file = \"{}\"\ninsecure = true\n\
+             [catalog]\nkind = \"arvados\"\nproject = \"{}\"\n",
+            cluster.api_host(),
+            file.display(),
+            cluster.project()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+#[test]
+fn check_config_tries_keep_and_the_api_and_a_wrong_token_is_named() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |conf: &Path| {
+        let mut cmd = std::process::Command::new(cafs_tests::mount::bin("cafsd"));
+        cmd.arg("--config").arg(conf).arg("--state-dir").arg(tmp.path().join("state")).arg("--check-config");
+        cafs_tests::run_bounded(&mut cmd, Duration::from_secs(120))
+    };
+    let good = tmp.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    let out = check(&arvados_config(&good, &cluster, &cluster.token));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("block store: ok") && text.contains("catalog: ok"), "{text}");
+    assert!(!text.contains(cluster.token.rsplit('/').next().unwrap()), "no token printed: {text}");
+
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let out = check(&arvados_config(&bad, &cluster, "v2/zzzzz-gj3su-000000000000009/wrongsecretwrongsecret"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused the token"), "{err}");
+    assert!(!err.contains("wrongsecret"), "the token is not shown: {err}");
 }
