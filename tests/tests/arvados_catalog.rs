@@ -76,6 +76,19 @@ fn files(uid: u32, dir: &Path) -> String {
     ok(&sh_as(uid, dir, "find . -path ./.cafs -prune -o -type f -print0 | sort -z | xargs -0 md5sum"))
 }
 
+/// The Python SDK's KeepClient and API client (`py/keep_client.py`) against `cluster`.
+fn sdk(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/keep_client.py");
+    let out = std::process::Command::new(cafs_tests::sdk::python())
+        .arg(script)
+        .args(args)
+        .envs(cluster.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keep_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// An Arvados tool of the SDK's virtualenv, with `cluster`'s environment.
 fn arv(cluster: &Cluster, tool: &str, args: &[&str]) -> String {
     let bin = cafs_tests::sdk::python().with_file_name(tool);
@@ -126,6 +139,19 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
     assert!(pdhs.ends_with(&[pdh1.clone(), pdh2.clone()]), "{pdhs:?}");
     let log = ok(&node.fsctl(JOB, &["log", "results"]));
     assert!(log.contains("first") && log.contains("second") && log.contains(&pdh1) && log.contains(&pdh2), "{log}");
+
+    // `.arvados#collection`, as a job runner reads it: the tree's manifest signed for the token, which the API
+    // takes as a new collection with the same PDH (crunch-run saves a container's output so).
+    ok(&sh_as(JOB, &dir, "echo three > n3"));
+    let record: serde_json::Value = serde_json::from_str(&ok(&sh_as(JOB, &dir, "cat .arvados#collection"))).unwrap();
+    let text = record["manifest_text"].as_str().unwrap();
+    assert!(text.contains("+A"), "signed: {text}");
+    let saved = tmp.path().join("output.manifest");
+    std::fs::write(&saved, text).unwrap();
+    let r = sdk(&cluster, &["create", saved.to_str().unwrap()]);
+    assert_eq!((r["status"].as_u64(), &r["portable_data_hash"]), (Some(200), &record["portable_data_hash"]), "{r}");
+    assert!(!ok(&sh_as(JOB, &dir, "ls -a")).contains("arvados"), "not listed");
+    ok(&node.fsctl(JOB, &["commit", d, "-m", "third"]));
     ok(&node.fsctl(JOB, &["umount", d]));
 
     // Mounted again, the tree is as committed, modes and symlink included (the sidecar came back from the
@@ -183,4 +209,35 @@ fn check_config_tries_keep_and_the_api_and_a_wrong_token_is_named() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("refused the token"), "{err}");
     assert!(!err.contains("wrongsecret"), "the token is not shown: {err}");
+}
+
+#[test]
+fn signatures_are_renewed_before_a_commit_needs_them() {
+    // A 6 s signature lifetime: a commit 3.5 s after a block was written renews its signature (writes the block
+    // again), so a commit after the first signature expired still names the block with one Keep accepts.
+    let cluster = Cluster::start(ClusterOptions { signature_ttl: Duration::from_secs(6), ..ClusterOptions::default() });
+    let tmp = tempfile::tempdir().unwrap();
+    let node = arvados_node(tmp.path(), &cluster, &cluster.token.clone());
+    let dir = node.job_dir("out", JOB);
+    let d = dir.to_str().unwrap();
+    ok(&node.fsctl(JOB, &["mount", "renewed", d]));
+    ok(&sh_as(JOB, &dir, "head -c 5000000 /dev/urandom > kept.bin && echo 1 > n"));
+    ok(&node.fsctl(JOB, &["commit", d, "-m", "1"]));
+    let puts = |c: &Cluster| (0..2).map(|i| c.puts(i)).sum::<u64>();
+    let before = puts(&cluster);
+    std::thread::sleep(Duration::from_millis(3500));
+    ok(&sh_as(JOB, &dir, "echo 2 > n"));
+    ok(&node.fsctl(JOB, &["commit", d, "-m", "2"]));
+    assert!(puts(&cluster) >= before + 2 * 2, "kept.bin's block and n's written again, twice each");
+    std::thread::sleep(Duration::from_millis(3500));
+    // The first signatures have expired now.
+    ok(&sh_as(JOB, &dir, "echo 3 > n"));
+    ok(&node.fsctl(JOB, &["commit", d, "-m", "3"]));
+    ok(&node.fsctl(JOB, &["umount", d]));
+    let uuid = cluster.collections_named("renewed")[0].uuid.clone();
+    let back = tmp.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    arv(&cluster, "arv-get", &[&format!("{uuid}/"), &format!("{}/", back.display())]);
+    assert_eq!(std::fs::read_to_string(back.join("n")).unwrap(), "3\n");
+    assert_eq!(std::fs::metadata(back.join("kept.bin")).unwrap().len(), 5_000_000);
 }

@@ -267,7 +267,7 @@ impl Catalog for ArvadosCatalog {
         if self.get_collection(&record.pdh()).await?.is_some() {
             return Ok(());
         }
-        let signed = self.keep.sign_manifest(record.manifest_text()).await.map_err(store_error)?;
+        let signed = self.keep.signed_manifest(record.manifest_text()).await.map_err(store_error)?;
         let body = json!({
             "owner_uuid": self.project,
             "name": format!("cafs collection {}", record.pdh()),
@@ -325,7 +325,7 @@ impl Catalog for ArvadosCatalog {
         if at != c.expected {
             return Err(CatalogError::Conflict { name: c.name.to_string(), expected: c.expected, current: at });
         }
-        let signed = self.keep.sign_manifest(c.record.manifest_text()).await.map_err(store_error)?;
+        let signed = self.keep.signed_manifest(c.record.manifest_text()).await.map_err(store_error)?;
         let version = at.unwrap_or(0) + 1;
         let sidecar = Pdh::of_text(&c.sidecar);
         let committed_at = SystemTime::now();

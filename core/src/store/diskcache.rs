@@ -368,6 +368,10 @@ impl BlockStore for CachedStore {
         }
     }
 
+    async fn sign_manifest(&self, text: &str) -> Result<String, StoreError> {
+        self.inner.sign_manifest(text).await
+    }
+
     /// Asks the store: what decides whether a block must be uploaded is the store, not this node's copy.
     async fn exists(&self, locator: &Locator) -> Result<bool, StoreError> {
         self.inner.exists(locator).await

@@ -128,4 +128,8 @@ impl<S: BlockStore> BlockStore for FaultyStore<S> {
     async fn exists(&self, locator: &Locator) -> Result<bool, StoreError> {
         self.inner.exists(locator).await
     }
+
+    async fn sign_manifest(&self, text: &str) -> Result<String, StoreError> {
+        self.inner.sign_manifest(text).await
+    }
 }

@@ -537,6 +537,10 @@ impl BlockStore for KeepStore {
         self.read(locator).await
     }
 
+    async fn sign_manifest(&self, text: &str) -> Result<String, StoreError> {
+        self.signed_manifest(text).await
+    }
+
     async fn get_range(&self, locator: &Locator, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         check_range(locator, offset, len)?;
         if len == 0 {

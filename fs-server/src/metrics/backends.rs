@@ -65,6 +65,10 @@ impl BlockStore for MeteredStore {
         let m = metrics();
         timed(&m.store_requests, &m.store_latency, "exists", store_result, self.0.exists(locator)).await
     }
+
+    async fn sign_manifest(&self, text: &str) -> Result<String, StoreError> {
+        self.0.sign_manifest(text).await
+    }
 }
 
 /// A catalog whose calls are counted (`cafs_catalog_*`), and its commits by result (`cafs_commits_total`).

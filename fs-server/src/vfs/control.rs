@@ -3,6 +3,11 @@
 //! its error), `dirty` (`0` or `1`), `hash` (the last commit's PDH), `manifest` (the current tree's manifest
 //! text, which uploads what is buffered), `status` (JSON). FUSE-free: the vfs routes names and bytes here.
 //!
+//! Also `.arvados#collection` in the root, as arv-mount gives it in a writable collection: JSON with the current
+//! tree's `manifest_text` (uploading what is buffered, and with Keep's permission signatures when the store is
+//! Keep) and its `portable_data_hash`. Job runners read it to save a writable mount's tree as an Arvados
+//! collection (crunch-run saves a container's output so).
+//!
 //! Each write to `commit` is one commit request and its bytes are the message: at most [`MAX_MESSAGE`] bytes
 //! (else `EFBIG`) of UTF-8 text without NUL (else `EINVAL`); a refused write commits nothing.
 //!
@@ -20,6 +25,9 @@ use crate::collection::{Collection, CollectionError, Committed, Origin, follow};
 
 /// The directory that holds the control files, in the mount's root.
 pub const DIR_NAME: &[u8] = b".cafs";
+
+/// arv-mount's file of the collection's record, in the mount's root.
+pub const ARVADOS_NAME: &[u8] = b".arvados#collection";
 
 /// The longest commit message, in bytes, however the commit is asked for. A message describes a version;
 /// anything longer is data sent to the wrong place, and it would be repeated in every listing of the history.
@@ -76,14 +84,23 @@ pub enum ControlFile {
     Hash,
     Manifest,
     Status,
+    /// `.arvados#collection`, in the root rather than in `.cafs/`.
+    Arvados,
 }
 
 impl ControlFile {
-    pub const ALL: [ControlFile; 5] =
-        [ControlFile::Commit, ControlFile::Dirty, ControlFile::Hash, ControlFile::Manifest, ControlFile::Status];
+    pub const ALL: [ControlFile; 6] = [
+        ControlFile::Commit,
+        ControlFile::Dirty,
+        ControlFile::Hash,
+        ControlFile::Manifest,
+        ControlFile::Status,
+        ControlFile::Arvados,
+    ];
 
+    /// The control file named `name` in `.cafs/`.
     pub fn from_name(name: &[u8]) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name().as_bytes() == name)
+        Self::ALL.into_iter().find(|c| *c != ControlFile::Arvados && c.name().as_bytes() == name)
     }
 
     pub fn name(self) -> &'static str {
@@ -93,6 +110,7 @@ impl ControlFile {
             ControlFile::Hash => "hash",
             ControlFile::Manifest => "manifest",
             ControlFile::Status => "status",
+            ControlFile::Arvados => ".arvados#collection",
         }
     }
 
@@ -187,6 +205,16 @@ impl Control {
                 let mut s = serde_json::to_vec_pretty(&self.status(coll)).expect("status serializes");
                 s.push(b'\n');
                 s
+            }
+            ControlFile::Arvados => {
+                let fs = coll.fs();
+                let manifest = fs.snapshot()?.0;
+                let text = fs.signed_manifest(&manifest.to_text()).map_err(CollectionError::from)?;
+                let record = serde_json::json!({
+                    "manifest_text": text,
+                    "portable_data_hash": manifest.pdh().to_string(),
+                });
+                record.to_string().into_bytes()
             }
         })
     }

@@ -30,7 +30,7 @@ impl Vfs {
             Node::In(v, parent) => (v, parent),
         };
         let control = if is_control_name(&v, parent, name) {
-            Some(CONTROL_DIR)
+            Some(if name == control::ARVADOS_NAME { control_ino(ControlFile::Arvados) } else { CONTROL_DIR })
         } else if parent == CONTROL_DIR {
             Some(ControlFile::from_name(name).map(control_ino).ok_or(FsError::NotFound)?)
         } else {

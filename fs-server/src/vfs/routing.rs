@@ -32,8 +32,9 @@ pub(super) fn writable(v: &View) -> Result<(), FsError> {
     if v.coll.is_read_only() { Err(FsError::ReadOnly) } else { Ok(()) }
 }
 
+/// Whether `parent/name` is the control directory or `.arvados#collection`, which a writable mount's root has.
 pub(super) fn is_control_name(v: &View, parent: u64, name: &[u8]) -> bool {
-    parent == ROOT && name == control::DIR_NAME && !v.coll.is_read_only()
+    parent == ROOT && (name == control::DIR_NAME || name == control::ARVADOS_NAME) && !v.coll.is_read_only()
 }
 
 /// Whether a new entry may be made as `parent/name`: the view is writable and the name is not the control
@@ -181,7 +182,7 @@ impl Vfs {
         if local == CONTROL_DIR {
             entries.push((b".".to_vec(), ino, Kind::Dir));
             entries.push((b"..".to_vec(), v.global(ROOT), Kind::Dir));
-            for f in ControlFile::ALL {
+            for f in ControlFile::ALL.into_iter().filter(|f| *f != ControlFile::Arvados) {
                 entries.push((f.name().as_bytes().to_vec(), v.global(control_ino(f)), Kind::File));
             }
             return Ok(entries);

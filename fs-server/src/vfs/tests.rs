@@ -470,6 +470,32 @@ fn the_control_directory_answers_but_cannot_be_changed() {
     assert_eq!(&vfs.read(hash, 3, 2).unwrap()[..], &format!("{}\n", head.pdh).as_bytes()[3..5]);
 }
 
+/// `.arvados#collection` in a writable mount's root: the current tree's manifest (uploaded first) and PDH as
+/// JSON, as arv-mount gives it; never listed, never removed, renamed over or made.
+#[test]
+fn the_arvados_collection_file_gives_the_current_tree() {
+    let e = env();
+    let vfs = mount(&e, "r");
+    let (f, o) = vfs.create(&ME, ROOT, b"a b", 0o644).unwrap();
+    vfs.write(&ME, f.attr.ino, 0, b"data", false).unwrap();
+    vfs.flush(f.attr.ino, o.fh).unwrap();
+    vfs.release(f.attr.ino).unwrap();
+    let file = vfs.lookup(&ME, ROOT, control::ARVADOS_NAME).unwrap();
+    assert_eq!((file.attr.kind, file.ttl), (Kind::File, Duration::ZERO));
+    let json: serde_json::Value = serde_json::from_slice(&vfs.read(file.attr.ino, 0, 1 << 20).unwrap()).unwrap();
+    assert_eq!(json["manifest_text"], ". 8d777f385d3dfec8815d20f7496026dc+4 0:4:a\\040b\n");
+    assert_eq!(
+        json["portable_data_hash"],
+        crate::Pdh::of_text(json["manifest_text"].as_str().unwrap().as_bytes()).to_string()
+    );
+    assert_eq!(list(&vfs, ROOT).unwrap(), b"a b", "not listed");
+    assert_eq!(errno(vfs.unlink(&ME, ROOT, control::ARVADOS_NAME)), libc::EPERM);
+    assert_eq!(errno(vfs.create(&ME, ROOT, control::ARVADOS_NAME, 0o644)), libc::EEXIST);
+    let to = (ROOT, control::ARVADOS_NAME);
+    assert_eq!(errno(vfs.rename(&ME, (ROOT, b"a b"), to, RenameMode::Replace)), libc::EPERM);
+    assert_eq!(errno(vfs.write(&ME, file.attr.ino, 0, b"x", false)), libc::EACCES);
+}
+
 /// A namespace mount checks each requester against the ref's permissions (names that are refs are not cached
 /// by the kernel), keeps its own directories fixed, and refuses a rename between two collections.
 #[test]

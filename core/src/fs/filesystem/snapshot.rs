@@ -10,6 +10,11 @@ impl Filesystem {
         self.snapshot_at().map(|s| (s.manifest, s.sidecar))
     }
 
+    /// A manifest's text as readers outside cafs must be given it (see [`BlockStore::sign_manifest`]).
+    pub fn signed_manifest(&self, text: &str) -> Result<String, FsError> {
+        self.shared.rt.block_on(self.shared.store.sign_manifest(text)).map_err(FsError::from)
+    }
+
     /// [`Filesystem::snapshot`], with the sequence number of the last journal record the snapshot reflects (0
     /// without a journal) and the entries' inode numbers then.
     pub fn snapshot_at(&self) -> Result<Snapshot, FsError> {

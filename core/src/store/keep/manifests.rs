@@ -57,7 +57,7 @@ impl KeepStore {
     /// `text` (a stripped manifest) with every locator signed for this node's token. A block whose signature is
     /// past half its life is written again first (Keep keeps one copy and signs anew), read back with the
     /// signature it has while that is still accepted.
-    pub async fn sign_manifest(&self, text: &str) -> Result<String, StoreError> {
+    pub async fn signed_manifest(&self, text: &str) -> Result<String, StoreError> {
         let mut seen = std::collections::HashSet::new();
         for tok in locator_tokens(text) {
             let l = Locator::parse(tok)
