@@ -241,3 +241,24 @@ fn signatures_are_renewed_before_a_commit_needs_them() {
     assert_eq!(std::fs::read_to_string(back.join("n")).unwrap(), "3\n");
     assert_eq!(std::fs::metadata(back.join("kept.bin")).unwrap().len(), 5_000_000);
 }
+
+#[test]
+fn the_smoke_script_for_real_clusters_passes_on_the_test_cluster() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/arvados-smoke.sh");
+    // cafsd as the tests build it, and the SDK's python3 and arv-get, first on PATH.
+    let cafsd_dir = cafs_tests::mount::bin("cafsd").parent().unwrap().to_path_buf();
+    let sdk_dir = cafs_tests::sdk::python().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}:{}", cafsd_dir.display(), sdk_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(&script).arg(cluster.project()).envs(cluster.env()).env("PATH", path);
+    let out = cafs_tests::run_bounded(&mut cmd, Duration::from_secs(300));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all checks passed") && text.contains("identical: 101 files"), "{text}");
+    assert!(text.contains("trashed collection"), "{text}");
+    assert!(!text.contains(cluster.token.rsplit('/').next().unwrap()), "no token printed");
+    let list = cluster.state.collections.lock().unwrap();
+    let made: Vec<_> = list.iter().filter(|c| c.name.starts_with("cafs-smoke-")).collect();
+    assert!(!made.is_empty() && made.iter().all(|c| c.trashed), "the script's collection, trashed: {made:?}");
+}

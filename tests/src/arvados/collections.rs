@@ -413,9 +413,11 @@ async fn trash(With(state): With<Arc<State>>, Path(id): Path<String>, req: Reque
         return error(401, "Not logged in");
     }
     let mut list = state.collections.lock().unwrap();
-    let Some(c) = list.iter_mut().find(|c| c.uuid == id) else { return error(404, "Path not found") };
-    c.trashed = true;
-    let c = c.clone();
+    let Some(c) = list.iter().find(|c| c.uuid == id).cloned() else { return error(404, "Path not found") };
+    // Past versions follow their collection into the trash (`sync_past_versions`).
+    for v in list.iter_mut().filter(|v| v.current_version_uuid == c.current_version_uuid) {
+        v.trashed = true;
+    }
     drop(list);
     json_answer(200, render(&state, &c, &token))
 }
