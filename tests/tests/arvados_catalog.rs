@@ -109,7 +109,8 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
         JOB,
         &dir,
         "head -c 70000000 /dev/urandom > big.bin && mkdir -p 'sub dir' && echo one > 'sub dir/a b.txt' && \
-         for i in $(seq 50); do echo $i > n$i; done && ln -s big.bin link && chmod 600 n1",
+         for i in $(seq 50); do echo $i > n$i; done && ln -s big.bin link && chmod 600 n1 && \
+         setfattr -n user.prop.sample -v S-42 . && setfattr -n user.prop.stage -v raw .",
     ));
     let first = files(JOB, &dir);
     ok(&node.fsctl(JOB, &["commit", d, "-m", "first"]));
@@ -121,6 +122,11 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
     let uuid = made[0].uuid.clone();
     assert_eq!(made[0].owner_uuid, cluster.project());
     assert_eq!(cafs_tests::arvados::collections::pdh(&made[0].manifest), pdh1);
+    // The root's properties are the collection's.
+    assert_eq!(
+        (made[0].properties["sample"].as_str(), made[0].properties["stage"].as_str()),
+        (Some("S-42"), Some("raw"))
+    );
     // arv-get (the real client) fetches it from Keep byte for byte.
     let back = tmp.path().join("arv-get");
     std::fs::create_dir(&back).unwrap();
@@ -130,13 +136,16 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
     assert_eq!(got, first.lines().filter(|l| !l.ends_with("./link")).collect::<Vec<_>>().join("\n") + "\n");
 
     // A second commit is a second version of the same collection; `fsctl log` lists Arvados's versions.
-    ok(&sh_as(JOB, &dir, "echo two >> 'sub dir/a b.txt' && rm n2"));
+    ok(&sh_as(JOB, &dir, "echo two >> 'sub dir/a b.txt' && rm n2 && setfattr -x user.prop.stage ."));
     ok(&node.fsctl(JOB, &["commit", d, "-m", "second"]));
     let pdh2 = ok(&sh_as(JOB, &dir, "cat .cafs/hash")).trim().to_string();
     assert_ne!(pdh1, pdh2);
     let versions = cluster.versions(&uuid);
     let pdhs: Vec<String> = versions.iter().map(|c| cafs_tests::arvados::collections::pdh(&c.manifest)).collect();
     assert!(pdhs.ends_with(&[pdh1.clone(), pdh2.clone()]), "{pdhs:?}");
+    let now = &cluster.collections_named("results")[0];
+    assert_eq!(now.properties["sample"], "S-42");
+    assert!(!now.properties.contains_key("stage"), "a property removed from the root is removed");
     let log = ok(&node.fsctl(JOB, &["log", "results"]));
     assert!(log.contains("first") && log.contains("second") && log.contains(&pdh1) && log.contains(&pdh2), "{log}");
 

@@ -8,6 +8,10 @@
 //! collection when the next one lands; the history is Arvados's versions. The PDH Arvados computes must be
 //! cafs's own, or the commit fails loudly.
 //!
+//! The root's `user.prop.<key>` attributes are the collection's properties `<key>` (those cafs set are listed
+//! under `cafs:root_props`, so that one removed from the root is removed from the collection; properties set
+//! by others are left alone).
+//!
 //! What a manifest cannot hold travels in the collection's properties, which Arvados snapshots with each
 //! version: the cafs version number, parent, committer, message and time, the ref's owner, group and mode, and
 //! the sidecar (modes, times, symlinks, extended attributes), base64-encoded under `cafs:sidecar` with its hash
@@ -47,6 +51,8 @@ const COMMITTED_AT: &str = "cafs:committed_at";
 const SIDECAR: &str = "cafs:sidecar";
 const SIDECAR_ID: &str = "cafs:sidecar_id";
 const OWNER: &str = "cafs:owner";
+/// The properties cafs set from the root's `user.prop.*`, so that one removed from the root goes too.
+const ROOT_PROPS: &str = "cafs:root_props";
 const GID: &str = "cafs:gid";
 const MODE: &str = "cafs:mode";
 
@@ -131,6 +137,28 @@ fn access_of(record: &Value) -> Result<RefAccess, CatalogError> {
         (Some(o), Some(g), Some(m)) => super::stored_access(uuid_of(record)?, o as i64, g as i64, m as i64),
         _ => Ok(RefAccess::LEGACY),
     }
+}
+
+/// The root's `user.prop.<key>` attributes in `sidecar`, as the collection's properties `key` (text only; a key of
+/// cafs's own is left to cafs).
+fn root_properties(sidecar: &[u8]) -> Result<Map<String, Value>, CatalogError> {
+    let index = crate::fs::sidecar::Index::from_bytes(sidecar).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+    let mut out = Map::new();
+    let Some(root) = index.get("") else { return Ok(out) };
+    let attrs = root.xattrs().map_err(|e| CatalogError::Corrupt(e.to_string()))?.unwrap_or_default();
+    for (name, value) in attrs.iter() {
+        let Some(key) = name.strip_prefix(b"user.prop.") else { continue };
+        match (std::str::from_utf8(key), std::str::from_utf8(value)) {
+            (Ok(k), Ok(v)) if !k.starts_with("cafs:") => {
+                out.insert(k.to_string(), json!(v));
+            }
+            _ => tracing::warn!(
+                property = %String::from_utf8_lossy(key),
+                "a root property that is not text, or named like cafs's own, is not a collection property"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 fn set_access(p: &mut Map<String, Value>, a: &RefAccess) {
@@ -330,6 +358,15 @@ impl Catalog for ArvadosCatalog {
         let sidecar = Pdh::of_text(&c.sidecar);
         let committed_at = SystemTime::now();
         let mut p = found.as_ref().map(props).unwrap_or_default();
+        // The root's properties replace those cafs set before; properties others set stay.
+        if let Some(Value::Array(before)) = p.remove(ROOT_PROPS) {
+            for k in before.iter().filter_map(Value::as_str) {
+                p.remove(k);
+            }
+        }
+        let root = root_properties(&c.sidecar)?;
+        p.insert(ROOT_PROPS.into(), json!(root.keys().collect::<Vec<_>>()));
+        p.extend(root);
         p.insert(REF.into(), json!(c.name.as_str()));
         p.insert(VERSION.into(), json!(version));
         match &current {
