@@ -172,6 +172,10 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
     ok(&node.fsctl(JOB, &["mount", &uuid, d, "--ro"]));
     assert_eq!(files(JOB, &dir), second);
     ok(&node.fsctl(JOB, &["umount", d]));
+    // And an earlier version by its PDH (Arvados keeps it as a past version): a PDH names the manifest only.
+    ok(&node.fsctl(JOB, &["mount", &pdh1, d]));
+    assert_eq!(files(JOB, &dir), first);
+    ok(&node.fsctl(JOB, &["umount", d]));
 }
 
 /// The configuration of a node on `cluster` with `token`, written under `dir`; returns the file.
