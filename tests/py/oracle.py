@@ -42,10 +42,8 @@ def write(keepdir, src):
     return {"manifest": text, "pdh": c.portable_data_hash()}
 
 
-def read(keepdir, manifest_file, out):
-    with open(manifest_file, encoding="utf-8") as f:
-        text = f.read()
-    r = arvados.collection.CollectionReader(text, keep_client=keep(keepdir), replication_desired=1)
+def copy_out(coll, out):
+    """Writes every file and directory of the collection `coll` under the directory `out`."""
 
     def walk(coll, prefix):
         for name in sorted(coll.keys()):
@@ -63,7 +61,14 @@ def read(keepdir, manifest_file, out):
                         o.write(chunk)
 
     os.makedirs(out, exist_ok=True)
-    walk(r, out)
+    walk(coll, out)
+
+
+def read(keepdir, manifest_file, out):
+    with open(manifest_file, encoding="utf-8") as f:
+        text = f.read()
+    r = arvados.collection.CollectionReader(text, keep_client=keep(keepdir), replication_desired=1)
+    copy_out(r, out)
     return {"manifest": r.manifest_text(normalize=True), "pdh": r.portable_data_hash()}
 
 

@@ -272,6 +272,26 @@ impl Cluster {
         self.state.keepstores[i].gets.load(Ordering::SeqCst)
     }
 
+    /// The Python SDK's KeepClient and API client (`tests/py/keep_client.py`) against this cluster: its JSON.
+    pub fn sdk(&self, args: &[&str]) -> serde_json::Value {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/keep_client.py");
+        let mut cmd = std::process::Command::new(crate::sdk::python());
+        cmd.arg(script).args(args).envs(self.env());
+        let out = crate::run_bounded(&mut cmd, Duration::from_secs(300));
+        assert!(out.status.success(), "keep_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// An Arvados command-line tool of the SDK's virtualenv (`arv-put`, `arv-get`) against this cluster: its
+    /// output.
+    pub fn arv(&self, tool: &str, args: &[&str]) -> String {
+        let mut cmd = std::process::Command::new(crate::sdk::python().with_file_name(tool));
+        cmd.args(args).envs(self.env());
+        let out = crate::run_bounded(&mut cmd, Duration::from_secs(300));
+        assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// The environment the Arvados tools read (`ARVADOS_API_HOST`, `ARVADOS_API_TOKEN`, insecure TLS).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

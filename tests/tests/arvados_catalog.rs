@@ -76,27 +76,6 @@ fn files(uid: u32, dir: &Path) -> String {
     ok(&sh_as(uid, dir, "find . -path ./.cafs -prune -o -type f -print0 | sort -z | xargs -0 md5sum"))
 }
 
-/// The Python SDK's KeepClient and API client (`py/keep_client.py`) against `cluster`.
-fn sdk(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/keep_client.py");
-    let out = std::process::Command::new(cafs_tests::sdk::python())
-        .arg(script)
-        .args(args)
-        .envs(cluster.env())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "keep_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// An Arvados tool of the SDK's virtualenv, with `cluster`'s environment.
-fn arv(cluster: &Cluster, tool: &str, args: &[&str]) -> String {
-    let bin = cafs_tests::sdk::python().with_file_name(tool);
-    let out = std::process::Command::new(bin).args(args).envs(cluster.env()).output().unwrap();
-    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn a_job_commits_arvados_collections_that_arvados_tools_read() {
     let cluster = Cluster::start(ClusterOptions::default());
@@ -130,7 +109,7 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
     // arv-get (the real client) fetches it from Keep byte for byte.
     let back = tmp.path().join("arv-get");
     std::fs::create_dir(&back).unwrap();
-    arv(&cluster, "arv-get", &[&format!("{uuid}/"), &format!("{}/", back.display())]);
+    cluster.arv("arv-get", &[&format!("{uuid}/"), &format!("{}/", back.display())]);
     let got = files(0, &back);
     // A manifest holds no symlinks (the sidecar does): arv-get has the files.
     assert_eq!(got, first.lines().filter(|l| !l.ends_with("./link")).collect::<Vec<_>>().join("\n") + "\n");
@@ -157,7 +136,7 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
     assert!(text.contains("+A"), "signed: {text}");
     let saved = tmp.path().join("output.manifest");
     std::fs::write(&saved, text).unwrap();
-    let r = sdk(&cluster, &["create", saved.to_str().unwrap()]);
+    let r = cluster.sdk(&["create", saved.to_str().unwrap()]);
     assert_eq!((r["status"].as_u64(), &r["portable_data_hash"]), (Some(200), &record["portable_data_hash"]), "{r}");
     assert!(!ok(&sh_as(JOB, &dir, "ls -a")).contains("arvados"), "not listed");
     ok(&node.fsctl(JOB, &["commit", d, "-m", "third"]));
@@ -250,7 +229,7 @@ fn signatures_are_renewed_before_a_commit_needs_them() {
     let uuid = cluster.collections_named("renewed")[0].uuid.clone();
     let back = tmp.path().join("back");
     std::fs::create_dir(&back).unwrap();
-    arv(&cluster, "arv-get", &[&format!("{uuid}/"), &format!("{}/", back.display())]);
+    cluster.arv("arv-get", &[&format!("{uuid}/"), &format!("{}/", back.display())]);
     assert_eq!(std::fs::read_to_string(back.join("n")).unwrap(), "3\n");
     assert_eq!(std::fs::metadata(back.join("kept.bin")).unwrap().len(), 5_000_000);
 }

@@ -5,7 +5,6 @@
 //! code expects of Keep.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +16,6 @@ use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-/// The Python SDK's KeepClient (`py/keep_client.py`) against `cluster`.
-fn sdk(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/keep_client.py");
-    let out = Command::new(cafs_tests::sdk::python()).arg(script).args(args).envs(cluster.env()).output().unwrap();
-    assert!(out.status.success(), "keep_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn config(cluster: &Cluster) -> KeepConfig {
@@ -63,7 +54,7 @@ fn the_test_cluster_serves_the_arvados_python_sdk() {
     let ways = [("through the proxy", cluster.proxy_url(), "1"), ("to the keepstores the API lists", "-".into(), "2")];
     for (how, target, seed) in ways {
         let before: Vec<usize> = (0..2).map(|i| cluster.blocks(i)).collect();
-        let r = sdk(&cluster, &["put-get", &target, seed]);
+        let r = cluster.sdk(&["put-get", &target, seed]);
         let blocks = r["blocks"].as_array().unwrap();
         for b in blocks {
             assert_eq!(b["read_back"], true, "{how}: {r}");
@@ -106,7 +97,7 @@ fn blocks_get_their_replicas_and_the_sdk_reads_what_cafs_wrote() {
     // Arvados's own client reads the block with the signature cafs holds.
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("block");
-    sdk(&cluster, &["get", &signed(&s, b.locator()), file.to_str().unwrap()]);
+    cluster.sdk(&["get", &signed(&s, b.locator()), file.to_str().unwrap()]);
     assert_eq!(std::fs::read(&file).unwrap(), b.data().to_vec());
 
     // Through the proxy: one request carries both replicas.
@@ -303,7 +294,7 @@ fn a_job_writes_through_a_mount_into_keep_and_arvados_reads_it_back() {
     let mf = tmp.path().join("signed.manifest");
     std::fs::write(&mf, signed_manifest(&manifest, &signatures)).unwrap();
     let back = tmp.path().join("sdk-read");
-    let r = sdk(&cluster, &["read", mf.to_str().unwrap(), back.to_str().unwrap()]);
+    let r = cluster.sdk(&["read", mf.to_str().unwrap(), back.to_str().unwrap()]);
     assert_eq!(r["pdh"], pdh.as_str());
     assert_eq!(tree(&back), want);
 
@@ -330,14 +321,6 @@ fn a_job_writes_through_a_mount_into_keep_and_arvados_reads_it_back() {
     ok(&node.fsctl(JOB, &["umount", d]));
 }
 
-/// An Arvados command-line tool of the SDK's virtualenv, with `cluster`'s environment.
-fn arv(cluster: &Cluster, tool: &str, args: &[&str]) -> String {
-    let bin = cafs_tests::sdk::python().with_file_name(tool);
-    let out = Command::new(bin).args(args).envs(cluster.env()).output().unwrap();
-    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn arv_put_and_arv_get_round_trip_through_the_test_cluster() {
     let cluster = Cluster::start(ClusterOptions::default());
@@ -348,8 +331,7 @@ fn arv_put_and_arv_get_round_trip_through_the_test_cluster() {
     std::fs::write(src.join("sub dir/b:c.bin"), (0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>())
         .unwrap();
     let p = cluster.project();
-    let uuid = arv(
-        &cluster,
+    let uuid = cluster.arv(
         "arv-put",
         &["--no-resume", "--no-cache", "--project-uuid", &p, "--name", "rt", &format!("{}/", src.display())],
     );
@@ -359,12 +341,12 @@ fn arv_put_and_arv_get_round_trip_through_the_test_cluster() {
     assert_eq!(stored[0].uuid, uuid);
     let back = tmp.path().join("back");
     std::fs::create_dir(&back).unwrap();
-    arv(&cluster, "arv-get", &[&format!("{uuid}/"), &format!("{}/", back.display())]);
+    cluster.arv("arv-get", &[&format!("{uuid}/"), &format!("{}/", back.display())]);
     assert_eq!(cafs_tests::snapshot(&back), cafs_tests::snapshot(&src));
 
     // The API checks signatures: the same manifest without them is refused, with them (as read) accepted.
     let manifest = stored[0].manifest.clone();
     let unsigned = tmp.path().join("unsigned.manifest");
     std::fs::write(&unsigned, &manifest).unwrap();
-    assert_eq!(sdk(&cluster, &["create", unsigned.to_str().unwrap()])["status"], 403);
+    assert_eq!(cluster.sdk(&["create", unsigned.to_str().unwrap()])["status"], 403);
 }

@@ -140,12 +140,17 @@ fn access_of(record: &Value) -> Result<RefAccess, CatalogError> {
 }
 
 /// The root's `user.prop.<key>` attributes in `sidecar`, as the collection's properties `key` (text only; a key of
-/// cafs's own is left to cafs).
-fn root_properties(sidecar: &[u8]) -> Result<Map<String, Value>, CatalogError> {
-    let index = crate::fs::sidecar::Index::from_bytes(sidecar).map_err(|e| CatalogError::Corrupt(e.to_string()))?;
+/// cafs's own is left to cafs). The sidecar is opaque to catalogs: bytes that are not a cafs sidecar give none.
+fn root_properties(sidecar: &[u8]) -> Map<String, Value> {
     let mut out = Map::new();
-    let Some(root) = index.get("") else { return Ok(out) };
-    let attrs = root.xattrs().map_err(|e| CatalogError::Corrupt(e.to_string()))?.unwrap_or_default();
+    let attrs = match crate::fs::sidecar::Index::from_bytes(sidecar).map(|i| i.get("").map(|r| r.xattrs())) {
+        Ok(Some(Ok(Some(attrs)))) => attrs,
+        Ok(_) => return out,
+        Err(e) | Ok(Some(Err(e))) => {
+            tracing::debug!(error = %e, "a sidecar that is not cafs's: no root properties");
+            return out;
+        }
+    };
     for (name, value) in attrs.iter() {
         let Some(key) = name.strip_prefix(b"user.prop.") else { continue };
         match (std::str::from_utf8(key), std::str::from_utf8(value)) {
@@ -158,7 +163,7 @@ fn root_properties(sidecar: &[u8]) -> Result<Map<String, Value>, CatalogError> {
             ),
         }
     }
-    Ok(out)
+    out
 }
 
 fn set_access(p: &mut Map<String, Value>, a: &RefAccess) {
@@ -364,7 +369,7 @@ impl Catalog for ArvadosCatalog {
                 p.remove(k);
             }
         }
-        let root = root_properties(&c.sidecar)?;
+        let root = root_properties(&c.sidecar);
         p.insert(ROOT_PROPS.into(), json!(root.keys().collect::<Vec<_>>()));
         p.extend(root);
         p.insert(REF.into(), json!(c.name.as_str()));
