@@ -145,11 +145,11 @@ fn root_properties(sidecar: &[u8]) -> Map<String, Value> {
     let mut out = Map::new();
     let attrs = match crate::fs::sidecar::Index::from_bytes(sidecar).map(|i| i.get("").map(|r| r.xattrs())) {
         Ok(Some(Ok(Some(attrs)))) => attrs,
-        Ok(_) => return out,
         Err(e) | Ok(Some(Err(e))) => {
             tracing::debug!(error = %e, "a sidecar that is not cafs's: no root properties");
             return out;
         }
+        Ok(_) => return out,
     };
     for (name, value) in attrs.iter() {
         let Some(key) = name.strip_prefix(b"user.prop.") else { continue };
