@@ -14,10 +14,11 @@
 //!   newline; 503 when not enough replicas were written.
 //! - signatures (`sdk/go/arvados/blob_signature.go`): `+A` hex(HMAC-SHA1(key, md5 "@" token "@" expiry "@"
 //!   ttl)) `@` expiry, expiry and TTL in hex seconds.
-//! - the API (`services/api`): the discovery document, `keep_services/accessible`, `users/current`, `config`.
+//! - the API (`services/api`): the discovery document, `keep_services/accessible`, `users/current`, `config`,
+//!   `groups/<uuid>` (the one project), and collections (see [`collections`]).
 //!
 //! Faults for tests: a keepstore can be made to answer a status for its next requests, to die (connections cut
-//! and refused), or to hold other bytes for a block.
+//! and refused; also in the middle of receiving a block), or to hold other bytes for a block.
 
 mod api;
 pub mod collections;
@@ -66,6 +67,8 @@ pub struct Keepstore {
     /// Statuses to answer the next requests with, instead of serving them.
     fail: Mutex<VecDeque<u16>>,
     dead: AtomicBool,
+    /// Dies once the next PUT's body has begun to arrive.
+    die_in_put: AtomicBool,
     pub puts: AtomicU64,
     pub gets: AtomicU64,
 }
@@ -236,6 +239,11 @@ impl Cluster {
     /// Keepstore `i` dies: connections are cut, requests in flight get no answer, new ones are refused.
     pub fn kill(&self, i: usize) {
         self.state.keepstores[i].dead.store(true, Ordering::SeqCst);
+    }
+
+    /// Keepstore `i` dies in the middle of its next PUT, with part of the block received.
+    pub fn kill_during_next_put(&self, i: usize) {
+        self.state.keepstores[i].die_in_put.store(true, Ordering::SeqCst);
     }
 
     pub fn revive(&self, i: usize) {

@@ -155,6 +155,22 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
     ok(&node.fsctl(JOB, &["mount", &pdh1, d]));
     assert_eq!(files(JOB, &dir), first);
     ok(&node.fsctl(JOB, &["umount", d]));
+
+    // A job wrapped by `fsctl run`: its output is a collection when it exits, under the ref it names.
+    let job = node.job_dir("job", JOB);
+    let script = "seq 100000 > numbers.txt && mkdir logs && echo done > logs/run.log";
+    let out =
+        ok(&node.fsctl(JOB, &["run", "--ref", "runs/job-1", "--dir", job.to_str().unwrap(), "--", "sh", "-c", script]));
+    let pdh = out.lines().last().unwrap();
+    let made = cluster.collections_named("runs/job-1");
+    assert_eq!(made.len(), 1);
+    assert_eq!(cafs_tests::arvados::collections::pdh(&made[0].manifest), pdh);
+    let back = tmp.path().join("job-back");
+    std::fs::create_dir(&back).unwrap();
+    cluster.arv("arv-get", &[&format!("{}/", made[0].uuid), &format!("{}/", back.display())]);
+    let want: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(std::fs::read_to_string(back.join("numbers.txt")).unwrap(), want);
+    assert_eq!(std::fs::read_to_string(back.join("logs/run.log")).unwrap(), "done\n");
 }
 
 /// The configuration of a node on `cluster` with `token`, written under `dir`; returns the file.

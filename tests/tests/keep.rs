@@ -146,6 +146,15 @@ fn failures_are_retried_passed_over_or_reported() {
     assert_eq!(rt.block_on(s.get(b.locator())).unwrap(), b.data());
     cluster.revive(f);
 
+    // One that dies in the middle of receiving a block costs nothing either.
+    let b = block(12, 16 << 20);
+    let f = order(&b)[0];
+    cluster.kill_during_next_put(f);
+    rt.block_on(s.put(&b)).unwrap();
+    let held = holders(&cluster, 3, &b);
+    assert!(held.len() == 2 && !held.contains(&f), "{held:?}");
+    cluster.revive(f);
+
     // With only two services for two replicas, a 503 is asked again after a pause.
     let small = Cluster::start(ClusterOptions { keepstores: 2, ..ClusterOptions::default() });
     let s2 = store(config(&small));

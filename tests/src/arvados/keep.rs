@@ -196,6 +196,15 @@ async fn store_block(
     match req.method().clone() {
         Method::PUT => {
             let length = content_length(req.headers());
+            let ks = &state.keepstores[i];
+            if ks.die_in_put.swap(false, Ordering::SeqCst) {
+                // Part of the block arrives, then the process is gone: every connection is cut.
+                use tokio_stream::StreamExt;
+                let _ = req.into_body().into_data_stream().next().await;
+                ks.dead.store(true, Ordering::SeqCst);
+                ks.puts.fetch_add(1, Ordering::SeqCst);
+                return answer(500, "died");
+            }
             let Some(data) = read_body(req).await else { return answer(413, "request entity too large") };
             match put(&state, i, &locator, &data, length, &token) {
                 Put::Stored(signed_locator) => signed(answer(200, signed_locator)),
