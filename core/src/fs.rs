@@ -107,6 +107,9 @@ pub enum FsError {
     /// The state directory's disk is full (the journal could not be written).
     #[error("no space left: {0}")]
     NoSpace(String),
+    /// A seek for data or a hole at or past the end of the file.
+    #[error("no data or hole at or after this offset")]
+    NoSuchOffset,
     /// No attribute of that name.
     #[error("no such attribute")]
     NoAttr,
@@ -141,6 +144,7 @@ impl FsError {
             | FsError::WritesLost
             | FsError::Internal(_) => libc::EIO,
             FsError::NoSpace(_) => libc::ENOSPC,
+            FsError::NoSuchOffset => libc::ENXIO,
             FsError::NoAttr => libc::ENODATA,
             FsError::TooBig => libc::E2BIG,
             FsError::AttrNameTooLong => libc::ERANGE,

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::collection::Collection;
@@ -300,6 +300,14 @@ impl fuser::Filesystem for CafsFuse {
         let _live = self.vfs.enter("read");
         match self.vfs.read(ino.0, offset, size) {
             Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _live = self.vfs.enter("lseek");
+        match self.vfs.lseek(ino.0, offset, whence) {
+            Ok(at) => reply.offset(at),
             Err(e) => reply.error(errno(&e)),
         }
     }

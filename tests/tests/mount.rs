@@ -317,3 +317,46 @@ fn set_user_id_is_cleared_as_linux_clears_it() {
     assert_eq!(fs::read(&f).unwrap(), b"x");
     cafsd.stop();
 }
+
+/// `lseek` with `SEEK_DATA` and `SEEK_HOLE` on a mount, with a plain file of the same shape beside it: both find
+/// the data and the holes (the plain filesystem rounds holes to its blocks, cafs keeps them to the byte, so the
+/// checks are what both must answer).
+#[test]
+fn seek_data_and_seek_hole_find_the_holes() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "sparse", "--autocommit", "0"]);
+    let seek = |f: &fs::File, at: i64, whence: i32| {
+        // SAFETY: an lseek on an fd the File keeps open; it touches no memory.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), at, whence) };
+        if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap()) } else { Ok(r) }
+    };
+    // 8 KiB of data, a hole to 4 MiB, 8 KiB of data at 4 MiB, a hole to the end at 8 MiB.
+    let make = |p: &Path| {
+        let f = fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(p).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[7u8; 8192], 0).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[9u8; 8192], 4 << 20).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f
+    };
+    let plain = make(&tmp.path().join("plain"));
+    let sparse = make(&mnt.join("sparse"));
+    for f in [&plain, &sparse] {
+        assert_eq!(seek(f, 0, libc::SEEK_DATA), Ok(0));
+        assert_eq!(seek(f, 0, libc::SEEK_HOLE), Ok(8192));
+        assert_eq!(seek(f, 8192, libc::SEEK_DATA), Ok(4 << 20));
+        assert_eq!(seek(f, 100_000, libc::SEEK_DATA), Ok(4 << 20));
+        assert_eq!(seek(f, (4 << 20) + 1, libc::SEEK_HOLE), Ok((4 << 20) + 8192));
+        assert_eq!(seek(f, (4 << 20) + 8192, libc::SEEK_DATA), Err(libc::ENXIO), "only a hole is left");
+        assert_eq!(seek(f, (8 << 20) - 1, libc::SEEK_HOLE), Ok((8 << 20) - 1));
+        assert_eq!(seek(f, 8 << 20, libc::SEEK_DATA), Err(libc::ENXIO), "at the end");
+        assert_eq!(seek(f, 8 << 20, libc::SEEK_HOLE), Err(libc::ENXIO));
+        assert_eq!(seek(f, -1, libc::SEEK_DATA).unwrap_err(), libc::ENXIO);
+    }
+    // Tools that copy sparse files use it: cp keeps the holes and the bytes.
+    std::process::Command::new("cp").arg(mnt.join("sparse")).arg(tmp.path().join("copy")).status().unwrap();
+    assert_eq!(fs::read(tmp.path().join("copy")).unwrap(), fs::read(tmp.path().join("plain")).unwrap());
+    drop(sparse);
+    cafsd.stop();
+}

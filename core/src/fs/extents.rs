@@ -152,6 +152,24 @@ impl Extents {
         self.size = size;
     }
 
+    /// Where the next data (`data`) or the next hole starts at or after `at`, as `lseek`'s `SEEK_DATA` and
+    /// `SEEK_HOLE` say: the end of the file counts as a hole; `None` when `at` is at or past the end (`ENXIO`).
+    /// Holes are exact to the byte (no block rounding), and bytes written, even zeros, are data.
+    pub fn seek(&self, at: u64, data: bool) -> Option<u64> {
+        if at >= self.size {
+            return None;
+        }
+        let (first, off) = self.find(at);
+        let mut start = at - off;
+        for (i, e) in self.list[first..].iter().enumerate() {
+            if (e.src != Source::Hole) == data {
+                return Some(if i == 0 { at } else { start });
+            }
+            start += e.len;
+        }
+        if data { None } else { Some(self.size) }
+    }
+
     /// The pieces that make up `offset..offset+len`, clamped to the file's size.
     pub fn read_plan(&self, offset: u64, len: u64) -> Vec<Piece> {
         let end = offset.saturating_add(len).min(self.size);
@@ -298,6 +316,15 @@ mod tests {
                 let (a, b) = (model.len() as u64 / 3, model.len() as u64 / 2 + 7);
                 let part: u64 = x.read_plan(a, b).iter().map(|p| p.len).sum();
                 prop_assert_eq!(part, (model.len() as u64).min(a + b).saturating_sub(a));
+                // Seeks find the model's next written byte and next zero (written bytes are never zero here).
+                for at in [0, a, b, model.len() as u64 - model.len().min(1) as u64, model.len() as u64] {
+                    let next = |hole: bool| model.iter().skip(at as usize).position(|&v| (v == 0) == hole);
+                    let at_end = at >= model.len() as u64;
+                    let want_data = if at_end { None } else { next(false).map(|i| at + i as u64) };
+                    let want_hole = if at_end { None } else { Some(next(true).map_or(model.len() as u64, |i| at + i as u64)) };
+                    prop_assert_eq!(x.seek(at, true), want_data, "SEEK_DATA {}", at);
+                    prop_assert_eq!(x.seek(at, false), want_hole, "SEEK_HOLE {}", at);
+                }
             }
         }
     }

@@ -208,6 +208,29 @@ impl Vfs {
         Ok(data)
     }
 
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the kernel answers the other kinds itself): the offset of the next
+    /// data or hole at or after `offset`. The control files are data through and through.
+    pub fn lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64> {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return Err(FsError::Invalid("only SEEK_DATA and SEEK_HOLE reach the filesystem").into()),
+        };
+        let offset = u64::try_from(offset).map_err(|_| FsError::NoSuchOffset)?;
+        let (v, local) = self.inside(ino).map_err(|_| FsError::IsDir)?;
+        let at = if let Some(f) = control_file(local) {
+            let size = v.control.read(&v.coll, f).map_err(|error| VfsError::Control { file: f.name(), error })?.len();
+            match (offset < size as u64, data) {
+                (false, _) => return Err(FsError::NoSuchOffset.into()),
+                (true, true) => offset,
+                (true, false) => size as u64,
+            }
+        } else {
+            v.coll.fs_for(local).seek(local, offset, data)?
+        };
+        Ok(i64::try_from(at).map_err(|_| FsError::Invalid("offset beyond what lseek returns"))?)
+    }
+
     /// Writes `data` at `offset`; a write to `.cafs/commit` commits, with `data` as the message. `kill_suidgid`:
     /// the kernel asks for set-user-ID and set-group-ID to be cleared (the writer lacks CAP_FSETID).
     pub fn write(&self, c: &Caller, ino: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Result<usize> {

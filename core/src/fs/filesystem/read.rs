@@ -82,6 +82,17 @@ impl Filesystem {
         Ok(Bytes::from(out))
     }
 
+    /// `lseek`'s `SEEK_DATA` (`data`) or `SEEK_HOLE` from `offset` (see [`Extents::seek`]): where the next data
+    /// or hole starts; [`FsError::NoSuchOffset`] at or past the end.
+    pub fn seek(&self, ino: Ino, offset: u64, data: bool) -> Result<u64, FsError> {
+        let st = self.lock();
+        match &st.table.get(ino)?.body {
+            Body::File(x) => x.seek(offset, data).ok_or(FsError::NoSuchOffset),
+            Body::Dir(_) => Err(FsError::IsDir),
+            Body::Symlink(_) => Err(FsError::Invalid("not a regular file")),
+        }
+    }
+
     /// Rewrites stored pieces into new buffers (which the next flush packs into new blocks), so that a commit
     /// no longer refers to blocks that are mostly garbage. A piece the tree changed meanwhile is left alone.
     /// Contents and times stay as they are.
