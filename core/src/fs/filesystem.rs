@@ -39,6 +39,7 @@ use crate::manifest::{Dir, Entry, Manifest, Segment};
 use crate::store::{Block, BlockStore, StoreError};
 
 mod buffers;
+mod copy;
 mod load;
 mod read;
 mod replay;

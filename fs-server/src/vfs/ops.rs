@@ -208,6 +208,34 @@ impl Vfs {
         Ok(data)
     }
 
+    /// `copy_file_range` within one collection: the destination shares the source's stored blocks (see
+    /// [`crate::fs::Filesystem::copy_range`]). Between two collections of a namespace mount it is `EXDEV`, and
+    /// what cafs does not copy by sharing (a control file, a range with a hole) is `EOPNOTSUPP`: the kernel then
+    /// copies by reads and writes.
+    pub fn copy_file_range(
+        &self,
+        c: &Caller,
+        (ino_in, at_in): (u64, u64),
+        (ino_out, at_out): (u64, u64),
+        len: u64,
+    ) -> Result<u64> {
+        let (v, from) = self.inside(ino_in).map_err(|_| FsError::IsDir)?;
+        let (to_view, to) = self.inside(ino_out).map_err(|_| FsError::IsDir)?;
+        if !v.is(&to_view) {
+            return Err(VfsError::CrossView);
+        }
+        writable(&v)?;
+        self.may_change(c, &v)?;
+        if control_file(from).is_some() || control_file(to).is_some() {
+            return Err(FsError::NotSupported("the control files are copied by reads and writes").into());
+        }
+        let fs = v.coll.fs();
+        if !fs.has(from) || !fs.has(to) {
+            return Err(FsError::NotSupported("a file of an earlier version is copied by reads and writes").into());
+        }
+        Ok(fs.copy_range(from, at_in, to, at_out, len)?)
+    }
+
     /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the kernel answers the other kinds itself): the offset of the next
     /// data or hole at or after `offset`. The control files are data through and through.
     pub fn lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64> {

@@ -1,0 +1,71 @@
+//! Copies that share blocks (`copy_file_range`): the destination is pointed at the source's stored pieces, so no
+//! byte is read, written or stored again, and the two files change independently afterwards (a later write to
+//! either makes its own extents). Bytes of the source still in a write buffer are stored first; a range with a
+//! hole is left to the kernel, which copies it by reads and writes (`EOPNOTSUPP`), since a hole cannot be
+//! journaled as a range of stored bytes.
+
+use super::*;
+
+/// The most one call copies: `copy_file_range` answers with a 32-bit count.
+const MAX_COPY: u64 = (u32::MAX as u64) & !0xfff;
+
+impl Filesystem {
+    /// Makes `len` bytes of `to` from `at_out` on the same bytes as `from` from `at_in` (clamped to `from`'s
+    /// size), sharing its stored blocks; returns how many. Overlapping ranges of one file are `EINVAL`.
+    pub fn copy_range(&self, from: Ino, at_in: u64, to: Ino, at_out: u64, len: u64) -> Result<u64, FsError> {
+        let len = len.min(MAX_COPY);
+        at_out.checked_add(len).ok_or(FsError::Invalid("a copy past the largest file offset"))?;
+        let mut synced = false;
+        loop {
+            let mut st = self.lock();
+            let plan = match &st.table.get(from)?.body {
+                Body::File(x) => x.read_plan(at_in, len),
+                Body::Dir(_) => return Err(FsError::IsDir),
+                Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
+            };
+            match &st.table.get(to)?.body {
+                Body::File(_) => {}
+                Body::Dir(_) => return Err(FsError::IsDir),
+                Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
+            }
+            let total: u64 = plan.iter().map(|p| p.len).sum();
+            if total == 0 {
+                return Ok(0);
+            }
+            if from == to && at_in < at_out + total && at_out < at_in + total {
+                return Err(FsError::Invalid("the ranges of a copy within one file overlap"));
+            }
+            if plan.iter().any(|p| p.src == Source::Hole) {
+                return Err(FsError::NotSupported("a range with a hole is copied by reads and writes"));
+            }
+            if plan.iter().any(|p| matches!(p.src, Source::Buffer { .. })) {
+                // Store the source's buffered bytes, once; a writer that buffers more meanwhile gets the
+                // kernel's copy.
+                if synced {
+                    return Err(FsError::NotSupported("the source keeps changing"));
+                }
+                drop(st);
+                self.fsync(from)?;
+                synced = true;
+                continue;
+            }
+            let mut ranges = Vec::with_capacity(plan.len());
+            let mut at = at_out;
+            let t = now();
+            let i = st.table.get_mut(to)?;
+            let Body::File(x) = &mut i.body else { unreachable!("checked above") };
+            for p in plan {
+                let Source::Stored { block, offset } = p.src else { unreachable!("only stored pieces are left") };
+                ranges.push(StoredRange { at, len: p.len, locator: block.stripped_string(), offset });
+                x.write(at, p.len, Source::Stored { block, offset });
+                at += p.len;
+            }
+            i.meta.mtime = t;
+            i.meta.ctime = t;
+            let mtime_ns = to_ns(t);
+            st.generation += 1;
+            self.shared.log(&st.table, |table| Some(Record::Stored { path: table.path(to)?, ranges, mtime_ns }));
+            return Ok(total);
+        }
+    }
+}
