@@ -326,6 +326,23 @@ impl fuser::Filesystem for CafsFuse {
         }
     }
 
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _live = self.vfs.enter("fallocate");
+        match self.vfs.fallocate(&caller(req), ino.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         let _live = self.vfs.enter("lseek");
         match self.vfs.lseek(ino.0, offset, whence) {

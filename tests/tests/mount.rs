@@ -455,3 +455,42 @@ fn copies_share_blocks_and_change_independently() {
     let (status, _) = cafsd.stop();
     assert!(status.success());
 }
+
+/// `fallocate`: plain allocation extends a file with a hole, `FALLOC_FL_KEEP_SIZE` changes nothing, and the modes
+/// a collection does not express are `EOPNOTSUPP` and change nothing; the size lasts through a commit.
+#[test]
+fn fallocate_extends_and_refuses_what_it_cannot_express() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "alloc", "--autocommit", "0"]);
+    let f = fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(mnt.join("f")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"head", 0).unwrap();
+    let alloc = |mode: i32, at: i64, len: i64| {
+        // SAFETY: fallocate on an fd the File keeps open; it touches no memory of ours.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, at, len) };
+        if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().raw_os_error().unwrap()) }
+    };
+    assert_eq!(alloc(0, 0, 1 << 20), Ok(()));
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20, "extended");
+    assert_eq!(alloc(libc::FALLOC_FL_KEEP_SIZE, 0, 4 << 20), Ok(()));
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20, "KEEP_SIZE keeps it");
+    assert_eq!(alloc(0, 0, 100), Ok(()), "inside the file: nothing to do");
+    for mode in [
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        libc::FALLOC_FL_ZERO_RANGE,
+        libc::FALLOC_FL_COLLAPSE_RANGE,
+    ] {
+        assert_eq!(alloc(mode, 0, 4096), Err(libc::EOPNOTSUPP), "mode {mode:#x}");
+    }
+    let mut want = vec![0u8; 1 << 20];
+    want[..4].copy_from_slice(b"head");
+    assert!(fs::read(mnt.join("f")).unwrap() == want, "the bytes are unchanged");
+    drop(f);
+    fs::write(mnt.join(".cafs/commit"), "allocated").unwrap();
+    let (status, _) = cafsd.stop();
+    assert!(status.success());
+    let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "alloc", "--autocommit", "0"]);
+    assert!(fs::read(mnt.join("f")).unwrap() == want, "after a remount");
+    cafsd.stop();
+}

@@ -236,6 +236,27 @@ impl Vfs {
         Ok(fs.copy_range(from, at_in, to, at_out, len)?)
     }
 
+    /// `fallocate`: a collection reserves no space, so an allocation only extends the file (with a hole) where it
+    /// reaches past the end, and one with `FALLOC_FL_KEEP_SIZE` changes nothing. The other modes (punching holes,
+    /// zeroing, collapsing or inserting ranges) are `EOPNOTSUPP`.
+    pub fn fallocate(&self, c: &Caller, ino: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(FsError::NotSupported("only plain allocation (with or without FALLOC_FL_KEEP_SIZE)").into());
+        }
+        let end = offset.checked_add(len).ok_or(FsError::Invalid("an allocation past the largest file offset"))?;
+        let (v, local) = self.inside(ino)?;
+        if control_file(local).is_some() {
+            return Err(FsError::NotPermitted("the control files cannot be allocated").into());
+        }
+        writable(&v)?;
+        self.may_change(c, &v)?;
+        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 || end <= v.coll.fs().getattr(local)?.size {
+            return Ok(());
+        }
+        self.setattr(c, ino, &SetAttr { size: Some(end), ..SetAttr::default() })?;
+        Ok(())
+    }
+
     /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` (the kernel answers the other kinds itself): the offset of the next
     /// data or hole at or after `offset`. The control files are data through and through.
     pub fn lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64> {
