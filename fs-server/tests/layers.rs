@@ -8,6 +8,7 @@ use std::path::Path;
 /// From the bottom up; the core's modules (re-exported by the crate) are below all of them.
 const LAYERS: &[&str] = &["socket", "metrics", "config", "vfs", "fuse", "daemon", "api"];
 const CORE: &[&str] = &[
+    "arvados",
     "bigbuf",
     "catalog",
     "collection",
