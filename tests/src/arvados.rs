@@ -300,6 +300,26 @@ impl Cluster {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// cafsd's configuration for a node on this cluster (Keep for blocks, found through the API; with `catalog`,
+    /// the project's collections for refs), with `token` written to `dir/arvados.token`, readable only by the
+    /// user cafsd runs as in the tests.
+    pub fn cafsd_config(&self, dir: &std::path::Path, token: &str, catalog: bool) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join("arvados.token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&file, Some(crate::stack::NOBODY), Some(crate::stack::NOBODY)).unwrap();
+        let mut config = format!(
+            "[store]\nkind = \"keep\"\napi_host = \"{}\"\ntoken_file = \"{}\"\ninsecure = true\n",
+            self.api_host(),
+            file.display()
+        );
+        if catalog {
+            config.push_str(&format!("[catalog]\nkind = \"arvados\"\nproject = \"{}\"\n", self.project()));
+        }
+        config
+    }
+
     /// The environment the Arvados tools read (`ARVADOS_API_HOST`, `ARVADOS_API_TOKEN`, insecure TLS).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

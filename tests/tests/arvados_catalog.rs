@@ -1,7 +1,6 @@
 //! The Arvados catalog against the test Arvados cluster (`cafs_tests::arvados`, itself checked against the
 //! Arvados SDK and tools in `keep.rs`).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use cafs::arvados::{Api, ApiConfig};
 use cafs::catalog::{ArvadosCatalog, Catalog};
 use cafs::store::{KeepConfig, KeepStore, Signatures};
 use cafs_tests::arvados::{Cluster, ClusterOptions};
-use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
+use cafs_tests::stack::{Stack, ok, sh_as};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
@@ -57,18 +56,7 @@ const JOB: u32 = 1000;
 /// A node on `cluster`: Keep for blocks, the cluster's collections in its project for refs; the token in a file
 /// only cafsd's user reads. `token` replaces the cluster's (a wrong one, for a test).
 fn arvados_node(tmp: &Path, cluster: &Cluster, token: &str) -> Stack {
-    let file = tmp.join("arvados.token");
-    std::fs::write(&file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::os::unix::fs::chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
-    let config = format!(
-        "[store]\nkind = \"keep\"\napi_host = \"{}\"\ntoken_file = \"{}\"\ninsecure = true\n\
-         [catalog]\nkind = \"arvados\"\nproject = \"{}\"\n",
-        cluster.api_host(),
-        file.display(),
-        cluster.project()
-    );
-    Stack::start_configured(tmp, &config, false)
+    Stack::start_configured(tmp, &cluster.cafsd_config(tmp, token, true), false)
 }
 
 /// `md5sum` of every file below `dir` (but `.cafs`), sorted: run as `uid`.
@@ -175,21 +163,8 @@ fn a_job_commits_arvados_collections_that_arvados_tools_read() {
 
 /// The configuration of a node on `cluster` with `token`, written under `dir`; returns the file.
 fn arvados_config(dir: &Path, cluster: &Cluster, token: &str) -> std::path::PathBuf {
-    let file = dir.join("arvados.token");
-    std::fs::write(&file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let conf = dir.join("cafsd.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[store]\nkind = \"keep\"\napi_host = \"{}\"\ntoken_file = \"{}\"\ninsecure = true\n\
-             [catalog]\nkind = \"arvados\"\nproject = \"{}\"\n",
-            cluster.api_host(),
-            file.display(),
-            cluster.project()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, cluster.cafsd_config(dir, token, true)).unwrap();
     conf
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use cafs::locator::{Locator, hex};
 use cafs::store::{Block, BlockStore, KeepConfig, KeepStore, Permit, Signatures, StoreError};
 use cafs_tests::arvados::{Cluster, ClusterOptions};
-use cafs_tests::stack::{NOBODY, Stack, ok, sh_as};
+use cafs_tests::stack::{Stack, ok, sh_as};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -231,17 +231,7 @@ const JOB: u32 = 1000;
 /// A node whose cafsd writes into `cluster`'s Keep (services from the API), its token in a file only cafsd's
 /// user can read.
 fn keep_node(tmp: &Path, cluster: &Cluster) -> Stack {
-    use std::os::unix::fs::PermissionsExt;
-    let token = tmp.join("arvados.token");
-    std::fs::write(&token, format!("{}\n", cluster.token)).unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::os::unix::fs::chown(&token, Some(NOBODY), Some(NOBODY)).unwrap();
-    let config = format!(
-        "[store]\nkind = \"keep\"\napi_host = \"{}\"\ntoken_file = \"{}\"\ninsecure = true\n",
-        cluster.api_host(),
-        token.display()
-    );
-    Stack::start_configured(tmp, &config, false)
+    Stack::start_configured(tmp, &cluster.cafsd_config(tmp, &cluster.token, false), false)
 }
 
 /// Every file below `dir` with its MD5, as the job user sees them.
