@@ -119,6 +119,9 @@ pub enum FsError {
     AttrNameTooLong,
     #[error("not supported: {0}")]
     NotSupported(&'static str),
+    /// A file already has as many names as one may have.
+    #[error("too many links")]
+    TooManyLinks,
     /// The ref's owner, group and mode do not allow the requester this use of it.
     #[error("permission denied: {0}")]
     Denied(String),
@@ -149,6 +152,7 @@ impl FsError {
             FsError::TooBig => libc::E2BIG,
             FsError::AttrNameTooLong => libc::ERANGE,
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
+            FsError::TooManyLinks => libc::EMLINK,
             FsError::Denied(_) => libc::EACCES,
         }
     }

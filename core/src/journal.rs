@@ -87,6 +87,9 @@ pub enum MadeKind {
     Dir,
     File,
     Symlink(Vec<u8>),
+    /// (Added after the format's first kinds, as the variants below; older journals decode unchanged.)
+    Fifo,
+    Socket,
 }
 
 /// Bytes of a file that are in a stored block: `len` bytes at `at` in the file are `len` bytes at `offset` in
@@ -159,6 +162,11 @@ pub enum Record {
         path: Vec<u8>,
         name: Vec<u8>,
         value: Option<Vec<u8>>,
+    },
+    /// The entry at `from` got the further name `to` (a hard link).
+    Link {
+        from: Vec<u8>,
+        to: Vec<u8>,
     },
 }
 

@@ -51,6 +51,8 @@ fn file_type(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
     }
 }
 
@@ -273,9 +275,9 @@ impl fuser::Filesystem for CafsFuse {
         empty(reply, mode.and_then(|mode| self.vfs.rename(&caller(req), from, to, mode)));
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let _live = self.vfs.enter("link");
-        entry(reply, self.vfs.link());
+        entry(reply, self.vfs.link(&caller(req), ino.0, newparent.0, newname.as_bytes()));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

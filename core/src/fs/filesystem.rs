@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use super::cache::BlockCache;
 use super::extents::{BufId, Extents, Source};
-use super::inode::{Body, Ino, Kind, Meta, ROOT, RenameMode, Table};
+use super::inode::{Body, Ino, Inode, Kind, Meta, ROOT, RenameMode, Special, Table};
 use super::sidecar::{self, EntryMeta, Sidecar};
 use super::xattr::{self, SetMode};
 use super::{FsError, SharedError};
@@ -422,6 +422,8 @@ impl Filesystem {
             Body::Dir(_) => MadeKind::Dir,
             Body::File(_) => MadeKind::File,
             Body::Symlink(target) => MadeKind::Symlink(target.to_vec()),
+            Body::Special(Special::Fifo) => MadeKind::Fifo,
+            Body::Special(Special::Socket) => MadeKind::Socket,
         };
         let mut st = self.lock();
         let meta = Meta { perm: perm & 0o7777, uid, gid, mtime: t, ctime: t, atime: t };
@@ -448,6 +450,29 @@ impl Filesystem {
             return Err(FsError::Invalid("symlink target must be 1 to 4096 bytes without NUL"));
         }
         self.make(parent, name, Body::Symlink(target.into()), 0o777, uid, gid)
+    }
+
+    /// Makes a FIFO or a socket (the kernel gives them their behaviour; cafs keeps the entry).
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        node: Special,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr, FsError> {
+        self.make(parent, name, Body::Special(node), perm, uid, gid)
+    }
+
+    /// Gives `ino` the further name `name` in `parent` (`link(2)`).
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr, FsError> {
+        let mut st = self.lock();
+        let from = st.table.path(ino);
+        st.table.link(ino, parent, name, now())?;
+        st.generation += 1;
+        self.shared.log(&st.table, |table| Some(Record::Link { from: from?, to: table.child_path(parent, name)? }));
+        Self::attr(&st, ino)
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>, FsError> {
@@ -605,7 +630,7 @@ impl Filesystem {
                     i.meta.mtime = t;
                 }
                 Body::Dir(_) => return Err(FsError::IsDir),
-                Body::Symlink(_) => return Err(FsError::Invalid("cannot truncate a symlink")),
+                Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("only a regular file has a size")),
             }
         }
         if let Some(p) = set.perm {

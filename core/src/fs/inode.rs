@@ -1,6 +1,11 @@
-//! The inode table: directories, regular files and symlinks with POSIX metadata, and the namespace operations
-//! (create, unlink, rmdir, rename with its flags) with POSIX's errors. No I/O and no locking here: the
-//! filesystem calls in with its lock held.
+//! The inode table: directories, regular files, symlinks, FIFOs and sockets with POSIX metadata, and the
+//! namespace operations (create, link, unlink, rmdir, rename with its flags) with POSIX's errors. No I/O and no
+//! locking here: the filesystem calls in with its lock held.
+//!
+//! An inode other than a directory may have several names (hard links). Each inode has one *first* name, the
+//! one its path is given by (journal records, inode numbering, the sidecar's link groups); the others are kept
+//! apart, only for the inodes that have them, so a tree without links pays nothing for them. When the first
+//! name goes, another takes its place.
 
 use std::collections::BTreeMap;
 
@@ -22,11 +27,24 @@ pub const INO_LIMIT: Ino = (1 << 40) - 64;
 /// Longest name a directory entry may have (Linux's `NAME_MAX`).
 pub const NAME_MAX: usize = 255;
 
+/// Most names one inode may have (ext4's limit): `link` past it fails with `EMLINK`.
+pub const LINK_MAX: u32 = 65_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+}
+
+/// A node that holds no data of its own: the kernel gives it its behaviour (a pipe, a socket's rendezvous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Special {
+    Fifo,
+    Socket,
 }
 
 /// POSIX metadata of an inode.
@@ -46,6 +64,7 @@ pub enum Body {
     File(Extents),
     Dir(BTreeMap<Box<[u8]>, Ino>),
     Symlink(Box<[u8]>),
+    Special(Special),
 }
 
 /// An entry for [`Table::create_sorted`]: name, body, metadata, the inode number to give it (if any) and its
@@ -70,6 +89,8 @@ impl Inode {
             Body::File(_) => Kind::File,
             Body::Dir(_) => Kind::Dir,
             Body::Symlink(_) => Kind::Symlink,
+            Body::Special(Special::Fifo) => Kind::Fifo,
+            Body::Special(Special::Socket) => Kind::Socket,
         }
     }
 
@@ -78,6 +99,7 @@ impl Inode {
             Body::File(x) => x.size(),
             Body::Dir(entries) => entries.len() as u64,
             Body::Symlink(t) => t.len() as u64,
+            Body::Special(_) => 0,
         }
     }
 }
@@ -112,8 +134,10 @@ pub struct Table {
     freed: Vec<Ino>,
     /// Parent of each directory (the root is its own parent), for `..` and the rename-into-itself check.
     parents: InoMap<Ino>,
-    /// The one entry naming each linked inode but the root (there are no hard links): for its path.
+    /// The first name of each linked inode but the root: for its path.
     names: InoMap<(Ino, Box<[u8]>)>,
+    /// The other names of inodes that have more than one.
+    links: InoMap<Vec<(Ino, Box<[u8]>)>>,
     next: Ino,
 }
 
@@ -129,6 +153,7 @@ impl Table {
             freed: Vec::new(),
             parents: InoMap::from_iter([(ROOT, ROOT)]),
             names: InoMap::default(),
+            links: InoMap::default(),
             next: ROOT + 1,
         }
     }
@@ -158,7 +183,14 @@ impl Table {
         Some(join(names.into_iter().rev()))
     }
 
-    /// Every linked inode's number by path, and the next number to give: what a restarted cafsd needs to answer
+    /// The paths of every name of `ino`, its first name's first (empty for an unlinked inode).
+    pub fn paths(&self, ino: Ino) -> Vec<Vec<u8>> {
+        let first = self.path(ino);
+        let others = self.links.get(&ino).into_iter().flatten();
+        first.into_iter().chain(others.filter_map(|(dir, name)| self.child_path(*dir, name))).collect()
+    }
+
+    /// Every linked inode's number by the path of its first name, and the next number to give: what a restarted cafsd needs to answer
     /// to the numbers the kernel holds.
     pub fn numbering(&self) -> (Vec<(Vec<u8>, Ino)>, Ino) {
         let inos = self.names.keys().filter_map(|&ino| Some((self.path(ino)?, ino))).collect();
@@ -340,10 +372,90 @@ impl Table {
             return Err(FsError::IsDir);
         }
         self.dir_mut(parent)?.remove(name);
-        self.names.remove(&ino);
+        self.forget_name(ino, parent, name);
         self.touch(parent, now);
         self.drop_link(ino, now);
         Ok(())
+    }
+
+    /// Gives the existing non-directory `ino` the further name `name` in `parent` (`link(2)`).
+    pub fn link(&mut self, ino: Ino, parent: Ino, name: &[u8], now: SystemTime) -> Result<(), FsError> {
+        check_name(name)?;
+        let inode = self.get(ino)?;
+        if inode.kind() == Kind::Dir {
+            return Err(FsError::NotPermitted("a directory cannot have a second name"));
+        }
+        if inode.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if inode.nlink >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        if self.dir(parent)?.contains_key(name) {
+            return Err(FsError::Exists);
+        }
+        self.dir_mut(parent)?.insert(name.into(), ino);
+        self.links.entry(ino).or_default().push((parent, name.into()));
+        let inode = self.get_mut(ino)?;
+        inode.nlink += 1;
+        inode.meta.ctime = now;
+        self.touch(parent, now);
+        Ok(())
+    }
+
+    /// Makes the entry `name` in `parent`, a file of one name, another name of `ino` instead (loading a
+    /// committed tree, whose manifest lists every name of a file as a file of its own). The file it named is
+    /// freed.
+    pub fn relink(&mut self, parent: Ino, name: &[u8], ino: Ino) -> Result<(), FsError> {
+        let old = self.lookup(parent, name)?;
+        if old == ino {
+            return Ok(());
+        }
+        let (old_inode, inode) = (self.get(old)?, self.get(ino)?);
+        if old_inode.kind() == Kind::Dir || old_inode.nlink != 1 || inode.kind() == Kind::Dir {
+            return Err(FsError::Invalid("only a file of one name can become a link"));
+        }
+        // The times given are the file's own: loading puts back the directory's afterwards.
+        let ctime = self.get(ino)?.meta.ctime;
+        self.unlink(parent, name, ctime)?;
+        self.link(ino, parent, name, ctime)
+    }
+
+    /// Forgets that `name` in `parent` names `ino`; if that was its first name, another becomes first.
+    fn forget_name(&mut self, ino: Ino, parent: Ino, name: &[u8]) {
+        let is_first = self.names.get(&ino).is_some_and(|(p, n)| *p == parent && &n[..] == name);
+        let Some(others) = self.links.get_mut(&ino) else {
+            if is_first {
+                self.names.remove(&ino);
+            }
+            return;
+        };
+        if is_first {
+            let next = others.pop().expect("kept only while not empty");
+            self.names.insert(ino, next);
+        } else if let Some(at) = others.iter().position(|(p, n)| *p == parent && &n[..] == name) {
+            others.swap_remove(at);
+        }
+        if others.is_empty() {
+            self.links.remove(&ino);
+        }
+    }
+
+    /// Records that the name `from` of `ino` is now `to`.
+    fn move_name(&mut self, ino: Ino, from: (Ino, &[u8]), to: (Ino, &[u8])) {
+        let first = self.names.get_mut(&ino);
+        if let Some(f) = first
+            && f.0 == from.0
+            && &f.1[..] == from.1
+        {
+            *f = (to.0, to.1.into());
+            return;
+        }
+        if let Some(n) =
+            self.links.get_mut(&ino).and_then(|v| v.iter_mut().find(|(p, n)| *p == from.0 && &n[..] == from.1))
+        {
+            *n = (to.0, to.1.into());
+        }
     }
 
     /// Removes an empty directory.
@@ -431,8 +543,8 @@ impl Table {
                 }
                 self.dir_mut(parent)?.insert(name.into(), t);
                 self.dir_mut(new_parent)?.insert(new_name.into(), src);
-                self.names.insert(t, (parent, name.into()));
-                self.names.insert(src, (new_parent, new_name.into()));
+                self.move_name(t, (new_parent, new_name), (parent, name));
+                self.move_name(src, (parent, name), (new_parent, new_name));
                 for (ino, is_dir, from, to) in
                     [(src, src_is_dir, parent, new_parent), (t, t_is_dir, new_parent, parent)]
                 {
@@ -461,13 +573,13 @@ impl Table {
                 self.rmdir(new_parent, new_name, now)?;
             } else {
                 self.dir_mut(new_parent)?.remove(new_name);
-                self.names.remove(&t);
+                self.forget_name(t, new_parent, new_name);
                 self.drop_link(t, now);
             }
         }
         self.dir_mut(parent)?.remove(name);
         self.dir_mut(new_parent)?.insert(new_name.into(), src);
-        self.names.insert(src, (new_parent, new_name.into()));
+        self.move_name(src, (parent, name), (new_parent, new_name));
         if src_is_dir && parent != new_parent {
             self.parents.insert(src, new_parent);
             self.get_mut(parent)?.nlink -= 1;
@@ -493,143 +605,4 @@ pub(crate) fn join<'a>(names: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn meta() -> Meta {
-        let t = SystemTime::UNIX_EPOCH;
-        Meta { perm: 0o755, uid: 0, gid: 0, mtime: t, ctime: t, atime: t }
-    }
-
-    fn now() -> SystemTime {
-        SystemTime::now()
-    }
-
-    fn file() -> Body {
-        Body::File(Extents::new())
-    }
-
-    fn dir() -> Body {
-        Body::Dir(BTreeMap::new())
-    }
-
-    #[test]
-    fn create_lookup_and_errors() {
-        let mut t = Table::new(meta());
-        let a = t.create(ROOT, b"a", dir(), meta()).unwrap();
-        let f = t.create(a, b"f", file(), meta()).unwrap();
-        assert_eq!(t.lookup(ROOT, b"a"), Ok(a));
-        assert_eq!(t.lookup(a, b"f"), Ok(f));
-        assert_eq!(t.get(ROOT).unwrap().nlink, 3);
-        assert_eq!(t.create(a, b"f", file(), meta()), Err(FsError::Exists));
-        assert_eq!(t.create(f, b"x", file(), meta()), Err(FsError::NotDir));
-        assert_eq!(t.lookup(f, b"x"), Err(FsError::NotDir));
-        assert_eq!(t.lookup(a, b"nope"), Err(FsError::NotFound));
-        assert_eq!(t.create(a, &[b'n'; 256], file(), meta()), Err(FsError::NameTooLong));
-        assert_eq!(t.lookup(a, &[b'n'; 256]), Err(FsError::NameTooLong));
-        assert!(t.create(a, &[b'n'; 255], file(), meta()).is_ok());
-        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0b"] {
-            assert!(matches!(t.create(a, bad, file(), meta()), Err(FsError::Invalid(_))), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn unlink_and_rmdir() {
-        let mut t = Table::new(meta());
-        let d = t.create(ROOT, b"d", dir(), meta()).unwrap();
-        let f = t.create(d, b"f", file(), meta()).unwrap();
-        assert_eq!(t.unlink(ROOT, b"d", now()), Err(FsError::IsDir));
-        assert_eq!(t.rmdir(ROOT, b"d", now()), Err(FsError::NotEmpty));
-        assert_eq!(t.rmdir(d, b"f", now()), Err(FsError::NotDir));
-        // An open file outlives its name.
-        t.get_mut(f).unwrap().opens = 1;
-        t.unlink(d, b"f", now()).unwrap();
-        assert_eq!(t.lookup(d, b"f"), Err(FsError::NotFound));
-        assert!(t.get(f).is_ok());
-        t.get_mut(f).unwrap().opens = 0;
-        assert!(t.release_if_unused(f).is_some());
-        t.rmdir(ROOT, b"d", now()).unwrap();
-        assert_eq!(t.get(ROOT).unwrap().nlink, 2);
-        assert!(t.get(d).is_err());
-        assert_eq!(t.unlink(ROOT, b"d", now()), Err(FsError::NotFound));
-    }
-
-    #[test]
-    fn rename_replaces_and_checks_types() {
-        let mut t = Table::new(meta());
-        let a = t.create(ROOT, b"a", file(), meta()).unwrap();
-        let b = t.create(ROOT, b"b", file(), meta()).unwrap();
-        let d = t.create(ROOT, b"d", dir(), meta()).unwrap();
-        let e = t.create(ROOT, b"e", dir(), meta()).unwrap();
-        t.create(e, b"x", file(), meta()).unwrap();
-        assert_eq!(t.rename(ROOT, b"a", ROOT, b"d", RenameMode::Replace, now()), Err(FsError::IsDir));
-        assert_eq!(t.rename(ROOT, b"d", ROOT, b"a", RenameMode::Replace, now()), Err(FsError::NotDir));
-        assert_eq!(t.rename(ROOT, b"d", ROOT, b"e", RenameMode::Replace, now()), Err(FsError::NotEmpty));
-        assert_eq!(t.rename(ROOT, b"a", ROOT, b"b", RenameMode::NoReplace, now()), Err(FsError::Exists));
-        assert_eq!(t.rename(ROOT, b"zz", ROOT, b"b", RenameMode::Replace, now()), Err(FsError::NotFound));
-        t.rename(ROOT, b"a", ROOT, b"b", RenameMode::Replace, now()).unwrap();
-        assert_eq!(t.lookup(ROOT, b"b"), Ok(a));
-        assert!(t.get(b).is_err(), "the replaced file is freed");
-        // A directory over an empty directory.
-        let f = t.create(ROOT, b"f", dir(), meta()).unwrap();
-        t.rename(ROOT, b"d", ROOT, b"f", RenameMode::Replace, now()).unwrap();
-        assert_eq!(t.lookup(ROOT, b"f"), Ok(d));
-        assert!(t.get(f).is_err());
-        // Into itself.
-        let inner = t.create(d, b"inner", dir(), meta()).unwrap();
-        assert!(matches!(t.rename(ROOT, b"f", inner, b"x", RenameMode::Replace, now()), Err(FsError::Invalid(_))));
-        assert!(matches!(t.rename(ROOT, b"f", d, b"x", RenameMode::Replace, now()), Err(FsError::Invalid(_))));
-        // Across directories: link counts follow.
-        t.rename(d, b"inner", e, b"moved", RenameMode::Replace, now()).unwrap();
-        assert_eq!(t.parent(inner), Some(e));
-        assert_eq!((t.get(d).unwrap().nlink, t.get(e).unwrap().nlink), (2, 3));
-        // To itself: nothing happens.
-        t.rename(ROOT, b"b", ROOT, b"b", RenameMode::Replace, now()).unwrap();
-        assert_eq!(t.lookup(ROOT, b"b"), Ok(a));
-    }
-
-    #[test]
-    fn rename_exchange() {
-        let mut t = Table::new(meta());
-        let a = t.create(ROOT, b"a", file(), meta()).unwrap();
-        let d = t.create(ROOT, b"d", dir(), meta()).unwrap();
-        let sub = t.create(d, b"sub", dir(), meta()).unwrap();
-        assert_eq!(t.rename(ROOT, b"a", ROOT, b"none", RenameMode::Exchange, now()), Err(FsError::NotFound));
-        t.rename(ROOT, b"a", d, b"sub", RenameMode::Exchange, now()).unwrap();
-        assert_eq!(t.lookup(d, b"sub"), Ok(a));
-        assert_eq!(t.lookup(ROOT, b"a"), Ok(sub));
-        assert_eq!(t.parent(sub), Some(ROOT));
-        assert_eq!((t.get(ROOT).unwrap().nlink, t.get(d).unwrap().nlink), (4, 2));
-        assert!(matches!(t.rename(ROOT, b"d", d, b"sub", RenameMode::Exchange, now()), Err(FsError::Invalid(_))));
-    }
-
-    #[test]
-    fn paths_follow_renames_exchanges_and_unlinks() {
-        let mut t = Table::new(meta());
-        let d = t.create(ROOT, b"d", dir(), meta()).unwrap();
-        let e = t.create(d, b"e", dir(), meta()).unwrap();
-        let f = t.create(e, b"f", file(), meta()).unwrap();
-        let g = t.create(ROOT, b"g", file(), meta()).unwrap();
-        assert_eq!(t.path(ROOT), Some(Vec::new()));
-        assert_eq!(t.path(f).unwrap(), b"d/e/f");
-        assert_eq!(t.child_path(ROOT, b"x").unwrap(), b"x");
-        assert_eq!(t.child_path(e, b"x").unwrap(), b"d/e/x");
-        assert_eq!(t.resolve(b"d/e/f").unwrap(), (f, e, b"f".to_vec()));
-        assert_eq!(t.resolve(b"").unwrap().0, ROOT);
-        assert_eq!(t.resolve(b"d/none/f"), Err(FsError::NotFound));
-        // Moving a directory moves every path below it.
-        t.rename(d, b"e", ROOT, b"top", RenameMode::Replace, now()).unwrap();
-        assert_eq!(t.path(f).unwrap(), b"top/f");
-        t.rename(ROOT, b"g", e, b"f", RenameMode::Exchange, now()).unwrap();
-        assert_eq!((t.path(f).unwrap(), t.path(g).unwrap()), (b"g".to_vec(), b"top/f".to_vec()));
-        // A replaced target and an unlinked open file have no path.
-        t.get_mut(g).unwrap().opens += 1;
-        t.rename(ROOT, b"g", e, b"f", RenameMode::Replace, now()).unwrap();
-        assert_eq!((t.path(f).unwrap(), t.path(g)), (b"top/f".to_vec(), None));
-        t.get_mut(f).unwrap().opens += 1;
-        t.unlink(e, b"f", now()).unwrap();
-        assert_eq!(t.path(f), None);
-        t.rmdir(ROOT, b"top", now()).unwrap();
-        assert_eq!(t.path(e), None);
-    }
-}
+mod tests;

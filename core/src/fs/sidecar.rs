@@ -1,16 +1,18 @@
 //! The sidecar: what a manifest cannot say, stored beside it with each committed version — permission bits,
-//! owner, modification time and extended attributes of every file and directory, and symlinks (which a manifest
-//! cannot hold at all). Entries are keyed by the escaped path (manifest escaping, so any byte in a name
-//! survives), `""` for the root.
+//! owner, modification time and extended attributes of every entry; symlinks, FIFOs and sockets (which a
+//! manifest cannot hold at all); and which names are one file (hard links: the manifest lists each name as a
+//! file of its own, with the same pieces). Entries are keyed by the escaped path (manifest escaping, so any byte
+//! in a name survives), `""` for the root.
 //!
-//! Two encodings, both read: format 1 is JSON; format 2, written since, is the line `cafs-sidecar 2` and then
-//! the entries in key order as postcard. A million-file tree's sidecar read as JSON took longer than its
-//! manifest, and mounting it waited for that.
+//! Three encodings, all read: format 1 is JSON; format 2 is the line `cafs-sidecar 2` and then the entries in
+//! key order as postcard; format 3, written now, is format 2 with each entry's node kind and link. A
+//! million-file tree's sidecar read as JSON took longer than its manifest, and mounting it waited for that.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fs::inode::Special;
 use crate::manifest::{escape_name, unescape};
 
 /// The JSON encoding's version field.
@@ -18,6 +20,11 @@ pub const VERSION: u32 = 1;
 
 /// What a format-2 sidecar starts with (never the start of JSON).
 const FORMAT_2: &[u8] = b"cafs-sidecar 2\n";
+/// What a format-3 sidecar starts with.
+const FORMAT_3: &[u8] = b"cafs-sidecar 3\n";
+
+/// An entry as format 3 holds it: format 2's fields, the node kind, the link.
+type Packed3 = (Packed, Option<Special>, Option<String>);
 
 /// An entry as format 2 holds it: every field present, since postcard does not describe its fields.
 #[derive(Serialize, Deserialize)]
@@ -40,7 +47,8 @@ impl From<&EntryMeta> for Packed {
 impl From<Packed> for EntryMeta {
     fn from(p: Packed) -> Self {
         let xattrs = p.xattrs.into_iter().collect();
-        Self { perm: p.perm, uid: p.uid, gid: p.gid, mtime_ns: p.mtime_ns, symlink: p.symlink, xattrs }
+        let (special, link) = (None, None);
+        Self { perm: p.perm, uid: p.uid, gid: p.gid, mtime_ns: p.mtime_ns, symlink: p.symlink, xattrs, special, link }
     }
 }
 
@@ -51,6 +59,14 @@ where
 {
     if bytes.is_empty() {
         return Ok(M::default());
+    }
+    if let Some(rest) = bytes.strip_prefix(FORMAT_3) {
+        let v: Vec<(String, Packed3)> =
+            postcard::from_bytes(rest).map_err(|e| SidecarError(format!("format 3: {e}")))?;
+        return Ok(v
+            .into_iter()
+            .map(|(k, (p, special, link))| (k, EntryMeta { special, link, ..EntryMeta::from(p) }))
+            .collect());
     }
     if let Some(rest) = bytes.strip_prefix(FORMAT_2) {
         let v: Vec<(String, Packed)> =
@@ -90,6 +106,13 @@ pub struct EntryMeta {
     /// written before cafs kept them, which read as none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
+    /// A FIFO or a socket (which the manifest does not list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub special: Option<Special>,
+    /// Another name of the file whose first name is this key (a hard link): in the manifest it is a file with
+    /// the same pieces; a symlink or special's further name is only here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 impl EntryMeta {
@@ -153,20 +176,25 @@ impl Index {
         self.entries.is_empty()
     }
 
-    /// The symlinks' keys and escaped targets, in key order (so that loading numbers them the same each time).
-    pub fn symlinks(&self) -> Vec<(&str, &str)> {
-        let mut v: Vec<(&str, &str)> =
-            self.entries.iter().filter_map(|(k, e)| Some((k.as_str(), e.symlink.as_deref()?))).collect();
-        v.sort_unstable();
-        v
+    /// The entries the manifest does not list (symlinks, FIFOs, sockets; first names only), in key order (so
+    /// that loading numbers them the same each time).
+    pub fn unlisted(&self) -> impl Iterator<Item = (&str, &EntryMeta)> {
+        let unlisted = |e: &EntryMeta| e.link.is_none() && (e.symlink.is_some() || e.special.is_some());
+        self.entries.iter().filter(move |(_, e)| unlisted(e)).map(|(k, e)| (k.as_str(), e))
+    }
+
+    /// The further names of files (key, key of the first name), in key order.
+    pub fn links(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().filter_map(|(k, e)| Some((k.as_str(), e.link.as_deref()?)))
     }
 }
 
 impl Sidecar {
-    /// Format 2 (see the module's doc).
+    /// Format 3 (see the module's doc).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let entries: Vec<(&String, Packed)> = self.entries.iter().map(|(k, e)| (k, Packed::from(e))).collect();
-        let mut out = FORMAT_2.to_vec();
+        let entries: Vec<(&String, Packed3)> =
+            self.entries.iter().map(|(k, e)| (k, (Packed::from(e), e.special, e.link.clone()))).collect();
+        let mut out = FORMAT_3.to_vec();
         out.extend(postcard::to_stdvec(&entries).expect("a sidecar serializes"));
         out
     }
@@ -216,19 +244,38 @@ mod tests {
             mtime_ns: -5,
             symlink: symlink.map(str::to_string),
             xattrs: xattrs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            special: None,
+            link: None,
         };
         sc.entries.insert(String::new(), meta(0o755, None, &[("user.prop.p", "v")]));
         sc.entries.insert("a\\040b".into(), meta(0o644, None, &[]));
         sc.entries.insert("l".into(), meta(0o777, Some("t\\000"), &[]));
-        for bytes in [sc.to_bytes(), sc.to_json()] {
+        // Format 2, as cafs wrote it before nodes and links.
+        let format_2 = {
+            let v: Vec<(&String, Packed)> = sc.entries.iter().map(|(k, e)| (k, Packed::from(e))).collect();
+            [FORMAT_2, &postcard::to_stdvec(&v).unwrap()].concat()
+        };
+        let unlisted = |idx: &Index| idx.unlisted().map(|(k, _)| k.to_string()).collect::<Vec<_>>();
+        for bytes in [sc.to_bytes(), sc.to_json(), format_2] {
             assert_eq!(Sidecar::from_bytes(&bytes).unwrap(), sc);
             let idx = Index::from_bytes(&bytes).unwrap();
             for (k, e) in &sc.entries {
                 assert_eq!(idx.get(k), Some(e));
             }
-            assert_eq!(idx.symlinks(), vec![("l", "t\\000")]);
+            assert_eq!(unlisted(&idx), ["l"]);
         }
-        assert!(sc.to_bytes().starts_with(FORMAT_2) && sc.to_json().starts_with(b"{"));
+        // Nodes and links: in formats 3 and 1.
+        sc.entries.insert("p".into(), EntryMeta { special: Some(Special::Fifo), ..meta(0o600, None, &[]) });
+        sc.entries.insert("q".into(), EntryMeta { link: Some("p".into()), ..meta(0o600, None, &[]) });
+        sc.entries.insert("s".into(), EntryMeta { special: Some(Special::Socket), ..meta(0o755, None, &[]) });
+        sc.entries.insert("z".into(), EntryMeta { link: Some("a\\040b".into()), ..meta(0o644, None, &[]) });
+        for bytes in [sc.to_bytes(), sc.to_json()] {
+            assert_eq!(Sidecar::from_bytes(&bytes).unwrap(), sc);
+            let idx = Index::from_bytes(&bytes).unwrap();
+            assert_eq!(unlisted(&idx), ["l", "p", "s"]);
+            assert_eq!(idx.links().collect::<Vec<_>>(), [("q", "p"), ("z", "a\\040b")]);
+        }
+        assert!(sc.to_bytes().starts_with(FORMAT_3) && sc.to_json().starts_with(b"{"));
         // Damaged bytes are an error, not an empty sidecar.
         let mut cut = sc.to_bytes();
         cut.truncate(cut.len() - 3);
@@ -237,7 +284,16 @@ mod tests {
 
     #[test]
     fn lookups_in_any_order_find_every_entry_and_the_last_of_a_key_wins() {
-        let meta = |perm| EntryMeta { perm, uid: 0, gid: 0, mtime_ns: 0, symlink: None, xattrs: BTreeMap::new() };
+        let meta = |perm| EntryMeta {
+            perm,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            symlink: None,
+            xattrs: BTreeMap::new(),
+            special: None,
+            link: None,
+        };
         // Written out of order, with a key twice (no cafs writes that; another writer might).
         let packed: Vec<(String, Packed)> = [("b", 1), ("a", 2), ("c/x", 3), ("b", 4), ("c", 5)]
             .into_iter()

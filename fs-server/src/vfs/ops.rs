@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::routing::{entry, is_control_name, killed_suidgid, may_create, ttl, writable};
 use super::*;
 use crate::catalog::Need;
-use crate::fs::inode::RenameMode;
+use crate::fs::inode::{RenameMode, Special};
 use crate::fs::{SetAttr, xattr};
 
 impl Vfs {
@@ -87,15 +87,27 @@ impl Vfs {
         Ok(v.coll.fs_for(local).readlink(local)?)
     }
 
-    /// `mknod` of a regular file (`mode` holds the type bits); other types are refused.
+    /// `mknod` of a regular file, a FIFO or a socket (`mode` holds the type bits). Device nodes are refused: a
+    /// collection carries its tree to other nodes and other users, where a device node made by whoever could
+    /// write the collection would open that node's devices (the mount is `nodev` as well).
     pub fn mknod(&self, c: &Caller, parent: u64, name: &[u8], mode: u32) -> Result<Entry> {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(FsError::NotPermitted("only regular files can be made with mknod").into());
-        }
+        let node = match mode & libc::S_IFMT {
+            libc::S_IFREG => None,
+            libc::S_IFIFO => Some(Special::Fifo),
+            libc::S_IFSOCK => Some(Special::Socket),
+            libc::S_IFCHR | libc::S_IFBLK => {
+                return Err(FsError::NotPermitted("device nodes are refused: a collection cannot carry one").into());
+            }
+            _ => return Err(FsError::Invalid("unknown file type").into()),
+        };
         let (v, parent) = self.inside(parent)?;
         may_create(&v, parent, name)?;
         self.may_change(c, &v)?;
-        let r = v.coll.fs().create(parent, name, mode, c.uid, c.gid);
+        let fs = v.coll.fs();
+        let r = match node {
+            None => fs.create(parent, name, mode, c.uid, c.gid),
+            Some(node) => fs.mknod(parent, name, node, mode, c.uid, c.gid),
+        };
         Ok(entry(&v, Self::made_again(&v, c, parent, name, r)?))
     }
 
@@ -166,8 +178,20 @@ impl Vfs {
         }
     }
 
-    pub fn link(&self) -> Result<Entry> {
-        Err(FsError::NotPermitted("hard links are not supported").into())
+    /// Gives `ino` the further name `newparent`/`newname`; both must be in one collection (else `EXDEV`).
+    pub fn link(&self, c: &Caller, ino: u64, newparent: u64, newname: &[u8]) -> Result<Entry> {
+        let (v, local) = self.inside(ino)?;
+        let (to, newparent) = self.inside(newparent)?;
+        if !v.is(&to) {
+            return Err(VfsError::CrossView);
+        }
+        if self.virtual_attr(&v, local).is_some() {
+            return Err(FsError::NotPermitted("the control files cannot have other names").into());
+        }
+        may_create(&v, newparent, newname)?;
+        self.may_change(c, &v)?;
+        let r = v.coll.fs().link(local, newparent, newname);
+        Ok(entry(&v, Self::made_again(&v, c, newparent, newname, r)?))
     }
 
     /// Opens `ino` to read, or to write as well.

@@ -55,7 +55,7 @@ impl Filesystem {
         match st.table.get(ino)?.body {
             Body::File(_) => {}
             Body::Dir(_) => return Err(FsError::IsDir),
-            Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
+            Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
         }
         offset.checked_add(data.len() as u64).ok_or(FsError::Invalid("write past the largest file offset"))?;
         self.buffer_bytes(&mut st, ino, offset, data)?;

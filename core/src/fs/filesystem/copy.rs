@@ -21,12 +21,12 @@ impl Filesystem {
             let plan = match &st.table.get(from)?.body {
                 Body::File(x) => x.read_plan(at_in, len),
                 Body::Dir(_) => return Err(FsError::IsDir),
-                Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
+                Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
             };
             match &st.table.get(to)?.body {
                 Body::File(_) => {}
                 Body::Dir(_) => return Err(FsError::IsDir),
-                Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
+                Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
             }
             let total: u64 = plan.iter().map(|p| p.len).sum();
             if total == 0 {

@@ -134,17 +134,53 @@ impl Filesystem {
                 }
             }
         }
-        // Symlinks live only in the sidecar.
-        for (key, target) in sidecar.symlinks() {
-            let comps = sidecar::components(key).map_err(|e| FsError::Corrupt(e.to_string()))?;
-            let Some((name, dirs)) = comps.split_last() else { continue };
+        let corrupt = |e: sidecar::SidecarError| FsError::Corrupt(e.to_string());
+        let place = |table: &Table, key: &str| {
+            let comps = sidecar::components(key).map_err(corrupt)?;
+            let Some((name, dirs)) = comps.split_last() else { return Err(FsError::Invalid("the root as an entry")) };
             let mut parent = ROOT;
             for d in dirs {
                 parent = table.lookup(parent, d)?;
             }
-            let target = sidecar::unescape_target(target).map_err(|e| FsError::Corrupt(e.to_string()))?;
+            Ok((parent, name.clone(), comps))
+        };
+        // Symlinks, FIFOs and sockets live only in the sidecar.
+        for (key, e) in sidecar.unlisted() {
+            let (parent, name, comps) = place(&table, key)?;
+            let body = match (&e.symlink, e.special) {
+                (Some(target), _) => Body::Symlink(sidecar::unescape_target(target).map_err(corrupt)?.into()),
+                (None, Some(node)) => Body::Special(node),
+                (None, None) => unreachable!("unlisted entries are symlinks or specials"),
+            };
             let comps: Vec<&[u8]> = comps.iter().map(|c| &c[..]).collect();
-            table.create_as(parent, name, Body::Symlink(target.into()), meta_for(key, 0o777), number(&comps))?;
+            table.create_as(parent, &name, body, meta_of(e), number(&comps))?;
+        }
+        // Further names of one file: the manifest lists each as a file of its own, which becomes a name of the
+        // first one's inode if it still has the same pieces (a manifest changed by a writer other than cafs
+        // may no longer say so; then the names stay separate files). A further name of a symlink or special is
+        // only in the sidecar.
+        for (key, first) in sidecar.links() {
+            let (Ok((dir, name, _)), Ok((first_dir, first_name, _))) = (place(&table, key), place(&table, first))
+            else {
+                continue;
+            };
+            let Ok(ino) = table.lookup(first_dir, &first_name) else { continue };
+            match table.lookup(dir, &name) {
+                Ok(other) => {
+                    let same = match (&table.get(ino)?.body, &table.get(other)?.body) {
+                        (Body::File(a), Body::File(b)) => a == b,
+                        _ => false,
+                    };
+                    if same {
+                        table.relink(dir, &name, ino)?;
+                    }
+                }
+                Err(FsError::NotFound) if table.get(ino)?.kind() != Kind::File => {
+                    let ctime = table.get(ino)?.meta.ctime;
+                    table.link(ino, dir, &name, ctime)?;
+                }
+                Err(_) => {}
+            }
         }
         // Creating entries touched their directories: put back the committed times.
         let dirs: Vec<(Ino, String)> = {

@@ -22,7 +22,7 @@ impl Filesystem {
             let x = match &table.get(ino)?.body {
                 Body::File(x) => x,
                 Body::Dir(_) => return Err(FsError::IsDir),
-                Body::Symlink(_) => return Err(FsError::Invalid("not a regular file")),
+                Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
             };
             for piece in x.read_plan(offset, len) {
                 total += piece.len;
@@ -89,7 +89,7 @@ impl Filesystem {
         match &st.table.get(ino)?.body {
             Body::File(x) => x.seek(offset, data).ok_or(FsError::NoSuchOffset),
             Body::Dir(_) => Err(FsError::IsDir),
-            Body::Symlink(_) => Err(FsError::Invalid("not a regular file")),
+            Body::Symlink(_) | Body::Special(_) => Err(FsError::Invalid("not a regular file")),
         }
     }
 

@@ -93,6 +93,8 @@ impl Filesystem {
                     MadeKind::Dir => Body::Dir(Default::default()),
                     MadeKind::File => Body::File(Extents::new()),
                     MadeKind::Symlink(target) => Body::Symlink(target.clone().into()),
+                    MadeKind::Fifo => Body::Special(Special::Fifo),
+                    MadeKind::Socket => Body::Special(Special::Socket),
                 };
                 let m = from_ns(meta.mtime_ns);
                 let meta =
@@ -102,6 +104,11 @@ impl Filesystem {
             Record::Unlink { path } => {
                 let (dir, name) = st.table.resolve_parent(path)?;
                 st.table.unlink(dir, &name, t)?;
+            }
+            Record::Link { from, to } => {
+                let (ino, ..) = st.table.resolve(from)?;
+                let (dir, name) = st.table.resolve_parent(to)?;
+                st.table.link(ino, dir, &name, t)?;
             }
             Record::Rmdir { path } => {
                 let (dir, name) = st.table.resolve_parent(path)?;

@@ -111,16 +111,17 @@ pub(super) fn garbage_pieces(st: &State, min_garbage: u64) -> Vec<LivePiece> {
     pieces
 }
 
-/// Every regular file in the tree (reachable from the root), with its extents.
+/// Every regular file in the tree (reachable from the root), with its extents; a file of several names once.
 pub(super) fn tree_files(st: &State) -> Vec<(Ino, &Extents)> {
     let mut files = Vec::new();
+    let mut linked = HashSet::new();
     let mut stack = vec![ROOT];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = st.table.entries(dir) else { continue };
         for (_, ino) in entries {
-            match st.table.get(ino).map(|i| &i.body) {
-                Ok(Body::Dir(_)) => stack.push(ino),
-                Ok(Body::File(x)) => files.push((ino, x)),
+            match st.table.get(ino) {
+                Ok(i) if matches!(i.body, Body::Dir(_)) => stack.push(ino),
+                Ok(i @ Inode { body: Body::File(x), .. }) if i.nlink < 2 || linked.insert(ino) => files.push((ino, x)),
                 _ => {}
             }
         }
@@ -143,17 +144,25 @@ pub(super) fn build(st: &State, zeros: Option<&Locator>) -> (Manifest, Vec<u8>) 
     let mut m = Manifest::new();
     let mut sc = Sidecar { version: sidecar::VERSION, entries: Default::default() };
     let zero_id = zeros.map(|z| m.add_block(z.clone()));
-    let meta = |i: &crate::fs::inode::Inode, symlink: Option<String>| EntryMeta {
+    let meta = |i: &Inode, symlink: Option<String>| EntryMeta {
         perm: i.meta.perm,
         uid: i.meta.uid,
         gid: i.meta.gid,
         mtime_ns: to_ns(i.meta.mtime),
         symlink,
         xattrs: EntryMeta::escape_xattrs(i.xattrs.as_deref()),
+        special: None,
+        link: None,
     };
     if let Ok(root) = st.table.get(ROOT) {
         sc.entries.insert(String::new(), meta(root, None));
     }
+    // The key of a file's first name, for each of its other names.
+    let first_key = |ino: Ino, key: &str| {
+        let path = st.table.path(ino)?;
+        let first = sidecar::key(path.split(|&b| b == b'/'));
+        (first != key).then_some(first)
+    };
     let mut stack: Vec<(Ino, Vec<Vec<u8>>)> = vec![(ROOT, Vec::new())];
     while let Some((dir, path)) = stack.pop() {
         let Ok(entries) = st.table.entries(dir) else { continue };
@@ -162,6 +171,7 @@ pub(super) fn build(st: &State, zeros: Option<&Locator>) -> (Manifest, Vec<u8>) 
             let mut p = path.clone();
             p.push(name.to_vec());
             let key = sidecar::key(p.iter().map(Vec::as_slice));
+            let link = if inode.nlink > 1 && inode.kind() != Kind::Dir { first_key(ino, &key) } else { None };
             let mut mdir = m.root_mut();
             for c in &path {
                 mdir = mdir.subdir(c).expect("directories of the tree are valid manifest directories");
@@ -201,10 +211,13 @@ pub(super) fn build(st: &State, zeros: Option<&Locator>) -> (Manifest, Vec<u8>) 
                     for (block, offset, len) in ids {
                         f.push(Segment { block, offset, len });
                     }
-                    sc.entries.insert(key, meta(inode, None));
+                    sc.entries.insert(key, EntryMeta { link, ..meta(inode, None) });
                 }
                 Body::Symlink(target) => {
-                    sc.entries.insert(key, meta(inode, Some(sidecar::escape_target(target))));
+                    sc.entries.insert(key, EntryMeta { link, ..meta(inode, Some(sidecar::escape_target(target))) });
+                }
+                Body::Special(node) => {
+                    sc.entries.insert(key, EntryMeta { link, special: Some(*node), ..meta(inode, None) });
                 }
             }
         }
@@ -250,6 +263,9 @@ pub(super) fn same_entry(table: &Table, ino: Ino, path: &[u8], manifest: &Manife
             let key = sidecar::key(comps.iter().copied());
             sidecar.get(&key).and_then(|e| e.symlink.as_deref()).and_then(|t| sidecar::unescape_target(t).ok())
                 == Some(target.to_vec())
+        }
+        (Body::Special(node), None) => {
+            sidecar.get(&sidecar::key(comps.iter().copied())).and_then(|e| e.special) == Some(*node)
         }
         _ => false,
     }
