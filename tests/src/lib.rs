@@ -46,8 +46,11 @@ pub fn lstat_tree(root: &Path) -> BTreeMap<String, (std::fs::Metadata, Vec<u8>)>
                 Vec::new()
             } else if m.file_type().is_symlink() {
                 std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
-            } else {
+            } else if m.is_file() {
                 std::fs::read(&p).unwrap()
+            } else {
+                // A FIFO or a socket holds no bytes (and opening a FIFO would wait for a writer).
+                Vec::new()
             };
             out.insert(rel, (m, content));
         }
@@ -132,5 +135,18 @@ pub struct Terminate(pub std::process::Child);
 impl Drop for Terminate {
     fn drop(&mut self) {
         let _ = terminate(&mut self.0, std::time::Duration::from_secs(20));
+    }
+}
+
+/// `copy_file_range(2)` from `src` to `dst` (whole file; `dst` made or truncated), as `cp` of coreutils 9
+/// does: returns what was copied.
+pub fn copy_file_range(src: &Path, dst: &Path) -> std::io::Result<u64> {
+    let (from, to) = (std::fs::File::open(src)?, std::fs::File::create(dst)?);
+    let mut total = 0u64;
+    loop {
+        match nix::fcntl::copy_file_range(&from, None, &to, None, 1 << 30)? {
+            0 => return Ok(total),
+            n => total += n as u64,
+        }
     }
 }

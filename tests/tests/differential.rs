@@ -1,15 +1,17 @@
 //! Differential test on a real mount: random sequences of file operations applied to a cafs mount and to a
 //! plain directory, with each operation's outcome (value or errno) and then the whole trees compared after every
 //! step. Commits followed by a remount are among the operations, so what survives a remount is checked too.
+//! Hard links, FIFOs and whole-file `copy_file_range` copies are among the operations as well, and the trees
+//! compare which names are one file and how many names each has.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use cafs::vfs::workload::{Op, PATHS, data, op};
+use cafs::vfs::workload::{Op, PATHS, data, op_with_links};
 use cafs_tests::mount::MountedCafsd;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -23,6 +25,18 @@ fn errno(e: std::io::Error) -> i32 {
 
 fn apply(root: &Path, op: &Op) -> Outcome {
     let at = |i: usize| root.join(PATHS[i]);
+    // Opening a FIFO waits for the other end: operations that open a path leave FIFOs alone, in both trees.
+    let fifo = |i: usize| fs::symlink_metadata(at(i)).is_ok_and(|m| m.file_type().is_fifo());
+    let opens = match op {
+        Op::Write { path, .. } | Op::Append { path, .. } | Op::Truncate { path, .. } | Op::Read { path, .. } => {
+            vec![*path]
+        }
+        Op::Copy { from, to } => vec![*from, *to],
+        _ => Vec::new(),
+    };
+    if opens.into_iter().any(fifo) {
+        return Ok(Vec::new());
+    }
     let r: std::io::Result<Vec<u8>> = (|| match op {
         Op::Write { path, offset, len, seed, truncate } => {
             let mut f = fs::OpenOptions::new().write(true).create(true).truncate(*truncate).open(at(*path))?;
@@ -73,23 +87,45 @@ fn apply(root: &Path, op: &Op) -> Outcome {
             Ok(names.join("\0").into_bytes())
         }
         Op::CommitAndRemount => Ok(Vec::new()),
+        Op::Link { from, to } => fs::hard_link(at(*from), at(*to)).map(|_| Vec::new()),
+        Op::Mkfifo { path } => {
+            nix::unistd::mkfifo(&at(*path), nix::sys::stat::Mode::from_bits_truncate(0o640))?;
+            Ok(Vec::new())
+        }
+        Op::Copy { from, to } => {
+            let copied = cafs_tests::copy_file_range(&at(*from), &at(*to))?;
+            Ok(copied.to_string().into_bytes())
+        }
     })();
     r.map_err(errno)
 }
 
-/// The tree: kind, permission bits, and content or symlink target, by path.
-fn tree(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
-    cafs_tests::lstat_tree(root)
-        .into_iter()
+/// An entry: kind, permission bits, content or symlink target, number of names, and the first path (in path
+/// order) of the file it is.
+type Shown = (char, u32, Vec<u8>, u64, String);
+
+/// The tree by path.
+fn tree(root: &Path) -> BTreeMap<String, Shown> {
+    let all = cafs_tests::lstat_tree(root);
+    let mut first: BTreeMap<u64, String> = BTreeMap::new();
+    for (p, (m, _)) in &all {
+        first.entry(m.ino()).or_insert_with(|| p.clone());
+    }
+    all.into_iter()
         .map(|(p, (m, content))| {
-            let entry = if m.is_dir() {
-                ('d', m.permissions().mode() & 0o7777, content)
-            } else if m.file_type().is_symlink() {
-                ('l', 0, content)
+            let t = m.file_type();
+            let (kind, perm) = if t.is_dir() {
+                ('d', m.permissions().mode() & 0o7777)
+            } else if t.is_symlink() {
+                ('l', 0)
+            } else if t.is_fifo() {
+                ('p', m.permissions().mode() & 0o7777)
             } else {
-                ('f', m.permissions().mode() & 0o7777, content)
+                ('f', m.permissions().mode() & 0o7777)
             };
-            (p, entry)
+            // A directory's link count differs between filesystems (btrfs counts 1); a file's must not.
+            let nlink = if t.is_dir() { 0 } else { m.nlink() };
+            (p, (kind, perm, content, nlink, first[&m.ino()].clone()))
         })
         .collect()
 }
@@ -137,7 +173,8 @@ fn a_mount_behaves_like_a_local_directory() {
     let cafsd = MountedCafsd::start(&state, &mnt, &["--ref", "diff", "--autocommit", "0"]);
     let world = RefCell::new(World { state, mnt, plain, cafsd: Some(cafsd), case: 0 });
     let mut runner = TestRunner::new(Config { cases: 64, max_shrink_iters: 300, ..Config::default() });
-    let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| world.borrow_mut().run_case(&ops));
+    let result =
+        runner.run(&proptest::collection::vec(op_with_links(), 1..60), |ops| world.borrow_mut().run_case(&ops));
     let w = world.into_inner();
     if let Some(cafsd) = w.cafsd {
         let (status, _) = cafsd.stop();

@@ -371,33 +371,6 @@ fn walk_files(dir: &Path) -> usize {
         .map_or(0, |d| d.flatten().map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 }).sum())
 }
 
-/// `copy_file_range(2)` from `src` to `dst` (whole file), as `cp` of coreutils 9 does: returns what was copied.
-fn copy_file_range(src: &Path, dst: &Path) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let (from, to) = (fs::File::open(src)?, fs::File::create(dst)?);
-    let mut total = 0u64;
-    loop {
-        // SAFETY: both fds are open for the call; null offsets use and advance the files' own positions.
-        let n = unsafe {
-            libc::copy_file_range(
-                from.as_raw_fd(),
-                std::ptr::null_mut(),
-                to.as_raw_fd(),
-                std::ptr::null_mut(),
-                1 << 30,
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if n == 0 {
-            return Ok(total);
-        }
-        total += n as u64;
-    }
-}
-
 /// A copy within a mount shares the source's blocks: no block is stored for it, even at the commit, and the copy
 /// and the original then change independently. A copy survives kill -9 once fsynced (its journal record), and
 /// bytes still buffered or a range with a hole are copied too (the first stored first, the second by the kernel).
@@ -412,7 +385,7 @@ fn copies_share_blocks_and_change_independently() {
     let blocks = block_files(&state);
 
     let t = std::time::Instant::now();
-    assert_eq!(copy_file_range(&mnt.join("orig.bin"), &mnt.join("copy.bin")).unwrap(), data.len() as u64);
+    assert_eq!(cafs_tests::copy_file_range(&mnt.join("orig.bin"), &mnt.join("copy.bin")).unwrap(), data.len() as u64);
     let took = t.elapsed();
     // Shared, not rewritten: nothing of it waits in a buffer (a copy by reads and writes would leave at least the
     // last, unsealed 22 MB there).
@@ -435,17 +408,17 @@ fn copies_share_blocks_and_change_independently() {
 
     // Bytes still in a write buffer are copied (stored first), and so is a file with a hole.
     fs::write(mnt.join("fresh.txt"), b"not yet stored").unwrap();
-    copy_file_range(&mnt.join("fresh.txt"), &mnt.join("fresh.copy")).unwrap();
+    cafs_tests::copy_file_range(&mnt.join("fresh.txt"), &mnt.join("fresh.copy")).unwrap();
     assert_eq!(fs::read(mnt.join("fresh.copy")).unwrap(), b"not yet stored");
     let sparse = fs::File::create(mnt.join("sparse")).unwrap();
     sparse.set_len(1 << 20).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (1 << 20) - 3).unwrap();
     drop(sparse);
-    copy_file_range(&mnt.join("sparse"), &mnt.join("sparse.copy")).unwrap();
+    cafs_tests::copy_file_range(&mnt.join("sparse"), &mnt.join("sparse.copy")).unwrap();
     assert_eq!(fs::read(mnt.join("sparse.copy")).unwrap(), fs::read(mnt.join("sparse")).unwrap());
 
     // A copy fsynced, then cafsd killed: the copy is there after recovery, sharing the blocks still.
-    copy_file_range(&mnt.join("orig.bin"), &mnt.join("late.bin")).unwrap();
+    cafs_tests::copy_file_range(&mnt.join("orig.bin"), &mnt.join("late.bin")).unwrap();
     fs::File::open(mnt.join("late.bin")).unwrap().sync_all().unwrap();
     cafsd.kill(|| {});
     let cafsd = MountedCafsd::start_dev(&state, &mnt, &["--ref", "copies", "--autocommit", "0"]);

@@ -1,6 +1,6 @@
 //! pjdfstest (the POSIX filesystem test suite, from crates.io) on a real writable mount. Every test must pass or
-//! be one of the expected failures that `tests/pjdfstest.toml` lists with its reason (hard links and special
-//! files, which collections cannot hold); an expected failure that passes fails this test too, so the list
+//! be one of the expected failures that `tests/pjdfstest.toml` lists with its reason (device nodes, which cafs
+//! refuses on purpose); an expected failure that passes fails this test too, so the list
 //! stays true. Needs root (the suite switches users) and /dev/fuse.
 
 use std::os::unix::fs::PermissionsExt;

@@ -165,6 +165,7 @@ impl Model {
                 Some(_) => Err(libc::ENOTDIR),
             },
             Op::CommitAndRemount => Ok(Vec::new()),
+            Op::Link { .. } | Op::Mkfifo { .. } | Op::Copy { .. } => unreachable!("not in this mix"),
         }
     }
 
@@ -363,6 +364,7 @@ fn apply(vfs: &Vfs, op: &Op) -> Outcome {
             a => list(vfs, a.ino),
         },
         Op::CommitAndRemount => Ok(Vec::new()),
+        Op::Link { .. } | Op::Mkfifo { .. } | Op::Copy { .. } => unreachable!("not in this mix"),
     }
 }
 
