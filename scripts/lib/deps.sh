@@ -40,7 +40,8 @@ cafs_cargo() {
 }
 
 # Everything the test suite needs on top: the SDK oracle's virtualenv, openssl for the TLS test, systemd-analyze,
-# PostgreSQL, Prometheus's Python client, attr, dpkg-dev, rustfmt and clippy, the POSIX suites and Garage.
+# PostgreSQL, Prometheus's Python client, attr, dpkg-dev, git and rsync, rustfmt and clippy, the POSIX suites
+# and Garage.
 cafs_install_deps() {
   cafs_install_run_deps
   local pkgs=()
@@ -60,6 +61,9 @@ cafs_install_deps() {
   command -v setfattr >/dev/null 2>&1 || pkgs+=(attr)
   # The Debian package is built (scripts/package.sh: dpkg-shlibdeps) and installed in a test.
   command -v dpkg-shlibdeps >/dev/null 2>&1 || pkgs+=(dpkg-dev)
+  # Hard links on a mount are tested with the tools that make them in jobs: git clone, cp -al, rsync -aH.
+  command -v git >/dev/null 2>&1 || pkgs+=(git)
+  command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
   if [ ${#pkgs[@]} -gt 0 ]; then cafs_apt_install "${pkgs[@]}"; fi
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -10,8 +10,8 @@ use cafs_tests::stack::{Stack, ok, sh_as};
 const JOB: u32 = 1000;
 
 /// Writes and fsyncs, as the job user, in the mount `dir`: a 5 MB file, small files in a subdirectory, a
-/// symlink, a chmod and an explicit mtime; then prints the view of what was fsynced. Writes `unsynced` without
-/// fsync last.
+/// symlink, a chmod and an explicit mtime, hard links (one written through after linking) and a FIFO; then
+/// prints the view of what was fsynced. Writes `unsynced` without fsync last.
 const WRITER: &str = r#"
 import os, sys, hashlib
 d = sys.argv[1]
@@ -31,6 +31,15 @@ for i in range(50):
 put("dated", b"old", mtime=1_600_000_000_123_456_789)
 os.symlink("sub/f1", os.path.join(d, "link"))
 os.rename(os.path.join(d, "sub/f0"), os.path.join(d, "moved"))
+os.link(os.path.join(d, "sub/f2"), os.path.join(d, "hard"))
+os.link(os.path.join(d, "big"), os.path.join(d, "sub/big2"))
+os.link(os.path.join(d, "sub/f3"), os.path.join(d, "sub/f3b"))
+os.unlink(os.path.join(d, "sub/f3"))
+fd = os.open(os.path.join(d, "hard"), os.O_WRONLY | os.O_APPEND)
+os.write(fd, b"through the second name\n")
+os.fsync(fd)
+os.close(fd)
+os.mkfifo(os.path.join(d, "sub/pipe"), 0o640)
 fd = os.open(os.path.join(d, "sub"), os.O_RDONLY)
 os.fsync(fd)
 os.close(fd)
@@ -38,10 +47,18 @@ with open(os.path.join(d, "unsynced"), "wb") as f:
     f.write(b"maybe")
 "#;
 
-/// Prints path, kind, size, mode, mtime and content hash of everything in the tree but `unsynced`, sorted.
+/// Prints path, kind, size, mode, mtime, content hash, number of names and first name of the same file of
+/// everything in the tree but `unsynced`, sorted.
 const VIEW: &str = r#"
-import os, sys, hashlib
+import os, sys, hashlib, stat
 d = sys.argv[1]
+first = {}
+for root, dirs, files in os.walk(d):
+    for n in dirs + files:
+        p = os.path.join(root, n)
+        rel = os.path.relpath(p, d)
+        ino = os.lstat(p).st_ino
+        first[ino] = min(first.get(ino, rel), rel)
 out = []
 for root, dirs, files in os.walk(d):
     for n in sorted(dirs + files):
@@ -54,9 +71,12 @@ for root, dirs, files in os.walk(d):
             out.append(f"{rel} link {os.readlink(p)}")
         elif os.path.isdir(p):
             out.append(f"{rel} dir {oct(st.st_mode & 0o7777)}")
+        elif stat.S_ISFIFO(st.st_mode):
+            out.append(f"{rel} fifo {oct(st.st_mode & 0o7777)} {st.st_nlink}")
         else:
             h = hashlib.md5(open(p, "rb").read()).hexdigest()
-            out.append(f"{rel} file {st.st_size} {oct(st.st_mode & 0o7777)} {st.st_mtime_ns} {h}")
+            names = f"{st.st_nlink} {first[st.st_ino]}"
+            out.append(f"{rel} file {st.st_size} {oct(st.st_mode & 0o7777)} {st.st_mtime_ns} {h} {names}")
 print("\n".join(sorted(out)))
 "#;
 
@@ -79,7 +99,11 @@ fn fsynced_files_survive_kill_9_and_a_node_crash() {
     ok(&stack.fsctl(JOB, &["mount", "crashy", d]));
     python(&dir, WRITER);
     let expected = python(&dir, VIEW);
-    assert!(expected.lines().count() >= 54, "{expected}");
+    assert!(expected.lines().count() >= 57, "{expected}");
+    for line in ["hard file 31 0o644", "sub/big2 file 5000000", "sub/f3b file", "sub/pipe fifo 0o640 1"] {
+        assert!(expected.contains(line), "{line} in {expected}");
+    }
+    assert!(expected.contains(" 2 hard\n") && expected.contains(" 2 big\n"), "{expected}");
 
     // kill -9: a new cafsd, the same ref at the same place: the fsynced tree, uncommitted.
     stack.kill_cafsd();

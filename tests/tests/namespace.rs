@@ -72,6 +72,10 @@ fn the_namespace_shows_refs_hashes_and_history_and_commits_writable_refs() {
     // A writable ref commits through fsctl by its path, and through its control file.
     let w = ns.join("by_ref/scratch%2Fjob1");
     ok(&sh_as(JOB, &w, "echo b > b.txt && cat a.txt"));
+    // Hard links within one collection; between two, EXDEV.
+    ok(&sh_as(JOB, &w, "ln a.txt a-linked.txt && test \"$(stat -c %h a.txt)\" = 2"));
+    let cross = sh_as(JOB, &ns, "ln by_ref/scratch%2Fjob1/a.txt by_ref/results/a.txt");
+    assert!(String::from_utf8_lossy(&cross.stderr).contains("cross-device"), "{cross:?}");
     let c = commit(&stack, &w, "in the namespace");
     let status = ok(&stack.fsctl(JOB, &["status", n]));
     assert!(status.contains("by_ref/scratch%2Fjob1") && status.contains("by_ref/results"), "{status}");

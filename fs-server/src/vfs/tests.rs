@@ -532,6 +532,9 @@ fn a_namespace_mount_routes_and_checks_each_request() {
     assert!(matches!(cross, Err(VfsError::CrossView)), "{cross:?}");
     assert_eq!(errno(cross), libc::EXDEV);
     vfs.rename(&ME, (w1, b"f"), (w1, b"g"), RenameMode::Replace).unwrap();
+    // A hard link likewise: within a collection, not between two.
+    assert_eq!(errno(vfs.link(&ME, f, w2, b"h")), libc::EXDEV);
+    assert_eq!(vfs.link(&ME, f, w1, b"h").unwrap().attr.nlink, 2);
     assert_eq!(errno(vfs.mkdir(&ME, ROOT, b"mine", 0o755)), libc::EPERM);
     assert_eq!(errno(vfs.unlink(&ME, by_ref, b"w1")), libc::EPERM);
     assert_eq!(vfs.listxattr(by_ref).unwrap(), b"");
