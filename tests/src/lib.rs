@@ -58,6 +58,37 @@ pub fn lstat_tree(root: &Path) -> BTreeMap<String, (std::fs::Metadata, Vec<u8>)>
     out
 }
 
+/// An entry as [`names_tree`] shows it: kind (`d`, `f`, `l`, `p` for a FIFO, `s` for a socket), permission bits,
+/// content or symlink target, number of names (0 for a directory, whose count differs between filesystems),
+/// and the first path (in path order) of the file it is.
+pub type Named = (char, u32, Vec<u8>, u64, String);
+
+/// Every entry below `root`, with which names are one file: two trees with equal views have the same names,
+/// kinds, modes, bytes and hard links.
+pub fn names_tree(root: &Path) -> BTreeMap<String, Named> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let all = lstat_tree(root);
+    let mut first: BTreeMap<u64, String> = BTreeMap::new();
+    for (p, (m, _)) in &all {
+        first.entry(m.ino()).or_insert_with(|| p.clone());
+    }
+    all.into_iter()
+        .map(|(p, (m, content))| {
+            let t = m.file_type();
+            let kind = match () {
+                _ if t.is_dir() => 'd',
+                _ if t.is_symlink() => 'l',
+                _ if t.is_fifo() => 'p',
+                _ if t.is_socket() => 's',
+                _ => 'f',
+            };
+            let perm = if t.is_symlink() { 0 } else { m.permissions().mode() & 0o7777 };
+            let nlink = if t.is_dir() { 0 } else { m.nlink() };
+            (p, (kind, perm, content, nlink, first[&m.ino()].clone()))
+        })
+        .collect()
+}
+
 /// Every entry below `root`: relative path → `Some(bytes)` for a file, `None` for a directory. Two trees with
 /// equal snapshots have the same names, kinds and bytes.
 pub fn snapshot(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {

@@ -107,6 +107,10 @@ pub async fn import_sdk_blocks(keep_dir: &Path, store: &LocalDirStore) {
 pub fn export_blocks_for_sdk(store: &LocalDirStore, manifest: &Manifest, keep_dir: &Path) {
     fs::create_dir_all(keep_dir).unwrap();
     for loc in manifest.blocks() {
+        if loc.size() == 0 {
+            // The empty block (of empty files): the SDK knows it without asking Keep, and no store keeps it.
+            continue;
+        }
         let target = keep_dir.join(cafs::locator::hex(loc.md5()));
         if !target.exists() {
             fs::hard_link(store.block_path(loc), &target).unwrap();

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use cafs::vfs::workload::{Op, PATHS, data, op_with_links};
@@ -100,36 +100,6 @@ fn apply(root: &Path, op: &Op) -> Outcome {
     r.map_err(errno)
 }
 
-/// An entry: kind, permission bits, content or symlink target, number of names, and the first path (in path
-/// order) of the file it is.
-type Shown = (char, u32, Vec<u8>, u64, String);
-
-/// The tree by path.
-fn tree(root: &Path) -> BTreeMap<String, Shown> {
-    let all = cafs_tests::lstat_tree(root);
-    let mut first: BTreeMap<u64, String> = BTreeMap::new();
-    for (p, (m, _)) in &all {
-        first.entry(m.ino()).or_insert_with(|| p.clone());
-    }
-    all.into_iter()
-        .map(|(p, (m, content))| {
-            let t = m.file_type();
-            let (kind, perm) = if t.is_dir() {
-                ('d', m.permissions().mode() & 0o7777)
-            } else if t.is_symlink() {
-                ('l', 0)
-            } else if t.is_fifo() {
-                ('p', m.permissions().mode() & 0o7777)
-            } else {
-                ('f', m.permissions().mode() & 0o7777)
-            };
-            // A directory's link count differs between filesystems (btrfs counts 1); a file's must not.
-            let nlink = if t.is_dir() { 0 } else { m.nlink() };
-            (p, (kind, perm, content, nlink, first[&m.ino()].clone()))
-        })
-        .collect()
-}
-
 struct World {
     state: PathBuf,
     mnt: PathBuf,
@@ -156,7 +126,7 @@ impl World {
             let got = apply(&m, op);
             let want = apply(&p, op);
             prop_assert_eq!(&got, &want, "outcome of {:?}", op);
-            prop_assert_eq!(tree(&m), tree(&p), "trees after {:?}", op);
+            prop_assert_eq!(cafs_tests::names_tree(&m), cafs_tests::names_tree(&p), "trees after {:?}", op);
         }
         Ok(())
     }
