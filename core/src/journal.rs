@@ -168,6 +168,13 @@ pub enum Record {
         from: Vec<u8>,
         to: Vec<u8>,
     },
+    /// `len` bytes of the file at `path` from `at` became a hole (punched or zeroed), and its mtime then.
+    Zeroed {
+        path: Vec<u8>,
+        at: u64,
+        len: u64,
+        mtime_ns: i64,
+    },
 }
 
 /// What recovery replays and which version the result starts clean at.

@@ -5,7 +5,6 @@
 //! compare which names are one file and how many names each has.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

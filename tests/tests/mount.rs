@@ -429,10 +429,11 @@ fn copies_share_blocks_and_change_independently() {
     assert!(status.success());
 }
 
-/// `fallocate`: plain allocation extends a file with a hole, `FALLOC_FL_KEEP_SIZE` changes nothing, and the modes
-/// a collection does not express are `EOPNOTSUPP` and change nothing; the size lasts through a commit.
+/// `fallocate`: plain allocation extends a file with a hole, `FALLOC_FL_KEEP_SIZE` changes nothing, punching and
+/// zeroing make holes `SEEK_HOLE` finds, and the modes a collection does not express are `EOPNOTSUPP` and change
+/// nothing; sizes and bytes last through a commit.
 #[test]
-fn fallocate_extends_and_refuses_what_it_cannot_express() {
+fn fallocate_extends_punches_zeroes_and_refuses_what_it_cannot_express() {
     use std::os::fd::AsRawFd;
     let tmp = tempfile::tempdir().unwrap();
     let (state, mnt) = (tmp.path().join("state"), tmp.path().join("mnt"));
@@ -449,16 +450,28 @@ fn fallocate_extends_and_refuses_what_it_cannot_express() {
     assert_eq!(alloc(libc::FALLOC_FL_KEEP_SIZE, 0, 4 << 20), Ok(()));
     assert_eq!(f.metadata().unwrap().len(), 1 << 20, "KEEP_SIZE keeps it");
     assert_eq!(alloc(0, 0, 100), Ok(()), "inside the file: nothing to do");
-    for mode in [
-        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-        libc::FALLOC_FL_ZERO_RANGE,
-        libc::FALLOC_FL_COLLAPSE_RANGE,
-    ] {
+    // Punching a hole into written bytes, and zeroing a range past the end (which extends the file).
+    std::os::unix::fs::FileExt::write_all_at(&f, &[7u8; 300_000], 100_000).unwrap();
+    assert_eq!(alloc(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 150_000, 50_000), Ok(()));
+    assert_eq!(alloc(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20), Ok(()));
+    assert_eq!(alloc(libc::FALLOC_FL_ZERO_RANGE, 390_000, (1 << 20) + 10_000 - 390_000), Ok(()));
+    assert_eq!(f.metadata().unwrap().len(), (1 << 20) + 10_000, "ZERO_RANGE extends, a punch past the end does not");
+    let seek = |at: i64, whence: i32| {
+        // SAFETY: lseek on an fd the File keeps open.
+        unsafe { libc::lseek(f.as_raw_fd(), at, whence) }
+    };
+    assert_eq!(seek(100_000, libc::SEEK_HOLE), 150_000, "the punched range is a hole");
+    assert_eq!(seek(150_000, libc::SEEK_DATA), 200_000);
+    assert_eq!(seek(200_000, libc::SEEK_HOLE), 390_000, "the zeroed range is a hole");
+    for mode in [libc::FALLOC_FL_COLLAPSE_RANGE, libc::FALLOC_FL_INSERT_RANGE] {
         assert_eq!(alloc(mode, 0, 4096), Err(libc::EOPNOTSUPP), "mode {mode:#x}");
     }
-    let mut want = vec![0u8; 1 << 20];
+    assert_eq!(alloc(libc::FALLOC_FL_PUNCH_HOLE, 0, 4096), Err(libc::EOPNOTSUPP), "a punch needs KEEP_SIZE");
+    let mut want = vec![0u8; (1 << 20) + 10_000];
     want[..4].copy_from_slice(b"head");
-    assert!(fs::read(mnt.join("f")).unwrap() == want, "the bytes are unchanged");
+    want[100_000..150_000].fill(7);
+    want[200_000..390_000].fill(7);
+    assert!(fs::read(mnt.join("f")).unwrap() == want, "the bytes are as punched and zeroed");
     drop(f);
     fs::write(mnt.join(".cafs/commit"), "allocated").unwrap();
     let (status, _) = cafsd.stop();

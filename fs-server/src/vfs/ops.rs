@@ -261,12 +261,19 @@ impl Vfs {
     }
 
     /// `fallocate`: a collection reserves no space, so an allocation only extends the file (with a hole) where it
-    /// reaches past the end, and one with `FALLOC_FL_KEEP_SIZE` changes nothing. The other modes (punching holes,
-    /// zeroing, collapsing or inserting ranges) are `EOPNOTSUPP`.
+    /// reaches past the end, and one with `FALLOC_FL_KEEP_SIZE` changes nothing. Punching a hole and zeroing a
+    /// range make the range a hole. Collapsing and inserting ranges are `EOPNOTSUPP` (the kernel passes no other
+    /// mode to a FUSE filesystem).
     pub fn fallocate(&self, c: &Caller, ino: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
-        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
-            return Err(FsError::NotSupported("only plain allocation (with or without FALLOC_FL_KEEP_SIZE)").into());
-        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let zero = match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => false,
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => true,
+            // As Linux answers it.
+            libc::FALLOC_FL_PUNCH_HOLE => return Err(FsError::NotSupported("a hole is punched with KEEP_SIZE").into()),
+            libc::FALLOC_FL_ZERO_RANGE => true,
+            _ => return Err(FsError::NotSupported("collapsing and inserting ranges").into()),
+        };
         let end = offset.checked_add(len).ok_or(FsError::Invalid("an allocation past the largest file offset"))?;
         let (v, local) = self.inside(ino)?;
         if control_file(local).is_some() {
@@ -274,7 +281,10 @@ impl Vfs {
         }
         writable(&v)?;
         self.may_change(c, &v)?;
-        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 || end <= v.coll.fs().getattr(local)?.size {
+        if zero {
+            return Ok(v.coll.fs().zero_range(local, offset, len, keep_size)?);
+        }
+        if keep_size || end <= v.coll.fs().getattr(local)?.size {
             return Ok(());
         }
         self.setattr(c, ino, &SetAttr { size: Some(end), ..SetAttr::default() })?;

@@ -2,7 +2,8 @@
 //! byte is read, written or stored again, and the two files change independently afterwards (a later write to
 //! either makes its own extents). Bytes of the source still in a write buffer are stored first; a range with a
 //! hole is left to the kernel, which copies it by reads and writes (`EOPNOTSUPP`), since a hole cannot be
-//! journaled as a range of stored bytes.
+//! journaled as a range of stored bytes. And ranges made holes (`fallocate`'s punching and zeroing): the other
+//! way to change a file's bytes without writing any.
 
 use super::*;
 
@@ -67,5 +68,31 @@ impl Filesystem {
             self.shared.log(&st.table, |table| Some(Record::Stored { path: table.path(to)?, ranges, mtime_ns }));
             return Ok(total);
         }
+    }
+
+    /// Makes `len` bytes of `ino` from `offset` a hole (zeros no block holds), as `fallocate`'s
+    /// `FALLOC_FL_PUNCH_HOLE` (with `keep_size`: the range is clipped to the file) and `FALLOC_FL_ZERO_RANGE`
+    /// (which extends the file unless `keep_size`) do.
+    pub fn zero_range(&self, ino: Ino, offset: u64, len: u64, keep_size: bool) -> Result<(), FsError> {
+        let end = offset.checked_add(len).ok_or(FsError::Invalid("a range past the largest file offset"))?;
+        let mut st = self.lock();
+        let t = now();
+        let i = st.table.get_mut(ino)?;
+        let x = match &mut i.body {
+            Body::File(x) => x,
+            Body::Dir(_) => return Err(FsError::IsDir),
+            Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
+        };
+        let end = if keep_size { end.min(x.size()) } else { end };
+        if end <= offset {
+            return Ok(());
+        }
+        x.write(offset, end - offset, Source::Hole);
+        i.meta.mtime = t;
+        i.meta.ctime = t;
+        st.generation += 1;
+        let (at, len, mtime_ns) = (offset, end - offset, to_ns(t));
+        self.shared.log(&st.table, |table| Some(Record::Zeroed { path: table.path(ino)?, at, len, mtime_ns }));
+        Ok(())
     }
 }

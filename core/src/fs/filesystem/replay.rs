@@ -110,6 +110,14 @@ impl Filesystem {
                 let (dir, name) = st.table.resolve_parent(to)?;
                 st.table.link(ino, dir, &name, t)?;
             }
+            Record::Zeroed { path, at, len, mtime_ns } => {
+                let (ino, ..) = st.table.resolve(path)?;
+                let i = st.table.get_mut(ino)?;
+                let Body::File(x) = &mut i.body else { return Err(FsError::Invalid("zeros for a non-file")) };
+                at.checked_add(*len).ok_or(FsError::Invalid("zeros past the largest offset"))?;
+                x.write(*at, *len, Source::Hole);
+                i.meta.mtime = from_ns(*mtime_ns);
+            }
             Record::Rmdir { path } => {
                 let (dir, name) = st.table.resolve_parent(path)?;
                 st.table.rmdir(dir, &name, t)?;

@@ -611,6 +611,7 @@ enum NsOp {
     Fsync(usize),
     Link(usize, usize, u8),
     Fifo(usize, u8),
+    Zero(usize, u64, u64, bool),
 }
 
 fn ns_op() -> impl Strategy<Value = NsOp> {
@@ -628,7 +629,8 @@ fn ns_op() -> impl Strategy<Value = NsOp> {
         1 => (pick.clone(), any::<u32>()).prop_map(|(p, t)| NsOp::Touch(p, t)),
         1 => pick.clone().prop_map(NsOp::Fsync),
         2 => (pick.clone(), pick.clone(), 0u8..6).prop_map(|(a, d, n)| NsOp::Link(a, d, n)),
-        1 => (pick, 0u8..6).prop_map(|(d, n)| NsOp::Fifo(d, n)),
+        1 => (pick.clone(), 0u8..6).prop_map(|(d, n)| NsOp::Fifo(d, n)),
+        1 => (pick, 0u64..12_000, 0u64..6_000, any::<bool>()).prop_map(|(f, o, l, k)| NsOp::Zero(f, o, l, k)),
     ]
 }
 
@@ -686,6 +688,7 @@ fn apply_ns(f: &Filesystem, op: &NsOp) {
         NsOp::Fsync(i) => f.fsync(at(*i).1),
         NsOp::Link(a, d, n) => f.link(at(*a).1, dir_at(*d), &name(*n)).map(drop),
         NsOp::Fifo(d, n) => f.mknod(dir_at(*d), &name(*n), Special::Fifo, 0o640, 7, 8).map(drop),
+        NsOp::Zero(i, off, len, keep) => f.zero_range(at(*i).1, *off, *len, *keep),
     };
 }
 
