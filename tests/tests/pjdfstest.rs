@@ -34,6 +34,9 @@ fn pjdfstest_passes_on_a_writable_mount() {
         .find(|l| l.starts_with("Summary:"))
         .unwrap_or_else(|| panic!("no summary from pjdfstest:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     eprintln!("pjdfstest on cafs: {summary}");
+    for skipped in stdout.lines().filter(|l| l.to_lowercase().contains("skip")) {
+        eprintln!("  {skipped}");
+    }
     let failed: Vec<&str> = stdout.lines().filter(|l| l.trim_end().ends_with(" FAILED")).collect();
     let unexpected: Vec<&str> = stdout.lines().filter(|l| l.contains("PASSED UNEXPECTEDLY")).collect();
     assert!(failed.is_empty(), "unexpected pjdfstest failures:\n{}\n\n{stdout}", failed.join("\n"));

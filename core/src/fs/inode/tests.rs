@@ -171,3 +171,13 @@ fn links_count_names_and_paths_follow_every_name() {
     assert_eq!(t.link(other, ROOT, b"n", now()), Ok(()));
     assert!(t.links.values().all(|v| !v.is_empty()));
 }
+
+#[test]
+fn a_file_with_the_most_names_takes_no_more() {
+    let mut t = Table::new(meta());
+    let f = t.create(ROOT, b"f", file(), meta()).unwrap();
+    t.get_mut(f).unwrap().nlink = LINK_MAX - 1;
+    t.link(f, ROOT, b"last", now()).unwrap();
+    assert_eq!(t.link(f, ROOT, b"one too many", now()).unwrap_err().errno(), libc::EMLINK);
+    assert_eq!(t.lookup(ROOT, b"one too many"), Err(FsError::NotFound));
+}
