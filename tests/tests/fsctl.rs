@@ -427,11 +427,25 @@ fn put_and_get_copy_trees_and_refs_lists_what_a_user_may_read() {
     ok(&copy_verb(&stack, JOB, &scratch, &["get", "data", s(&got2)]));
     ok(&sh_as(JOB, &got2, "test ! -e big && test \"$(cat a/new)\" = new && diff -r --no-dereference ../../src ."));
 
-    // A FIFO is refused by name before anything changes.
-    ok(&sh_as(JOB, &src, "mkfifo a/pipe"));
+    // A device node is refused by name before anything changes.
+    let dev = src.join("a/null");
+    assert!(std::process::Command::new("mknod").arg(&dev).args(["c", "1", "3"]).status().unwrap().success());
     let err = fails(&copy_verb(&stack, JOB, &scratch, &["put", s(&src), "data"]), 1);
-    assert!(err.contains("a/pipe") && err.contains("only regular files"), "{err}");
+    assert!(err.contains("a/null") && err.contains("a device node"), "{err}");
     assert_eq!(json(&stack.fsctl(JOB, &["log", "data", "--json"])).as_array().unwrap().len(), 2);
+    std::fs::remove_file(&dev).unwrap();
+    // FIFOs, sockets and hard links go in and come out as they were (modes and times of the nodes too).
+    ok(&sh_as(
+        JOB,
+        &src,
+        "mkfifo -m 0620 a/pipe && touch -h -d @1200000000 a/pipe && ln a/b/x a/x-again && ln a/pipe pipe-again && \
+         python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"a/sock\")'",
+    ));
+    let third = ok(&copy_verb(&stack, JOB, &scratch, &["put", s(&src), "data"])).trim().to_string();
+    let got3 = out.join("three");
+    ok(&copy_verb(&stack, JOB, &scratch, &["get", "data", s(&got3)]));
+    assert_eq!(cafs_tests::names_tree(&got3), cafs_tests::names_tree(&src));
+    ok(&sh_as(JOB, &got3, "test \"$(stat -c %Y a/pipe)\" = 1200000000 && test -S a/sock"));
     // The scratch mounts are gone, and so are their directories.
     assert!(stack.mounts().is_empty());
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch directories left behind");
@@ -454,9 +468,9 @@ fn put_and_get_copy_trees_and_refs_lists_what_a_user_may_read() {
     let one = &json(&stack.fsctl(JOB, &["refs", "--json"]))[0];
     assert_eq!(
         (one["owner_uid"].as_u64(), one["version"].as_u64(), one["pdh"].as_str()),
-        (Some(1000), Some(2), Some(second.as_str()))
+        (Some(1000), Some(3), Some(third.as_str()))
     );
-    assert!(ok(&stack.fsctl(JOB, &["refs"])).contains("version 2"));
+    assert!(ok(&stack.fsctl(JOB, &["refs"])).contains("version 3"));
 
     // CAFS_SERVER stands for --server; --read-only (alias --ro); umount --json.
     let d = out.join("view");
@@ -468,12 +482,12 @@ fn put_and_get_copy_trees_and_refs_lists_what_a_user_may_read() {
     let m = json(&cafs_tests::run_bounded(&mut cmd, Duration::from_secs(60)));
     assert_eq!(m["read_only"], true);
     // Unmounting prints the hash the mount ended at: for a read-only view, the one it showed.
-    assert_eq!(json(&stack.fsctl(JOB, &["umount", s(&d), "--json"]))["pdh"].as_str(), Some(second.as_str()));
+    assert_eq!(json(&stack.fsctl(JOB, &["umount", s(&d), "--json"]))["pdh"].as_str(), Some(third.as_str()));
     ok(&stack.fsctl(JOB, &["mount", "data", s(&d)]));
-    ok(&sh_as(JOB, &d, "echo third > third"));
+    ok(&sh_as(JOB, &d, "echo fourth > fourth"));
     let u = json(&stack.fsctl(JOB, &["umount", s(&d), "--json"]));
     let log = json(&stack.fsctl(JOB, &["log", "data", "--json"]));
-    let third = log.as_array().unwrap().iter().find(|v| v["version"] == 3).expect("version 3");
-    assert_eq!(u["pdh"].as_str(), third["pdh"].as_str());
+    let fourth = log.as_array().unwrap().iter().find(|v| v["version"] == 4).expect("version 4");
+    assert_eq!(u["pdh"].as_str(), fourth["pdh"].as_str());
     assert!(stack.mounts().is_empty());
 }

@@ -3,20 +3,22 @@
 //!
 //! Both go through a mount of the caller's own (made by cafsd and the helper, as any mount is, in a fresh
 //! directory under `$TMPDIR`), so they need no access to the block store or the catalog beyond what the
-//! caller's mounts have, and they obey the same ref permissions. Regular files, directories and symlinks are
-//! copied with their modes and modification times; anything else in a tree to put is refused by name before
-//! anything is changed. A progress bar shows the bytes on a terminal.
+//! caller's mounts have, and they obey the same ref permissions. Regular files, directories, symlinks, FIFOs and
+//! sockets are copied with their modes and modification times, and names of one file (hard links) stay one
+//! file; a device node in a tree to put is refused by name before anything is changed. A progress bar shows the
+//! bytes on a terminal.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};
 
 use super::*;
 
 /// The buffer of one copy: the FUSE mount takes writes of up to 1 MiB at a time.
 const CHUNK: usize = 1 << 20;
 
-/// A tree's regular files, directories and symlinks, parents before children; what else it holds is an error.
+/// A tree's entries, parents before children; a device node in it is an error.
 struct Tree {
     entries: Vec<(PathBuf, fs::Metadata)>,
     bytes: u64,
@@ -42,8 +44,8 @@ fn scan(root: &Path) -> anyhow::Result<Tree> {
                 todo.push(rel.clone());
             } else if kind.is_file() {
                 tree.bytes += meta.len();
-            } else if !kind.is_symlink() {
-                bail!("{}: only regular files, directories and symlinks can be copied", path.display());
+            } else if kind.is_char_device() || kind.is_block_device() {
+                bail!("{}: a device node cannot be copied into a collection", path.display());
             }
             tree.entries.push((rel, meta));
         }
@@ -66,14 +68,35 @@ fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
 /// Copies `tree` from `from` into the existing directory `to`.
 fn copy_tree(tree: &Tree, from: &Path, to: &Path, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
     let mut buf = vec![0u8; CHUNK];
+    // The first copy of each file with several names, by the source's (device, inode).
+    let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
     for (rel, meta) in &tree.entries {
         let (src, dst) = (from.join(rel), to.join(rel));
         let kind = meta.file_type();
         let fail = || format!("{} -> {}", src.display(), dst.display());
+        if !kind.is_dir() && meta.nlink() > 1 {
+            if let Some(first) = linked.get(&(meta.dev(), meta.ino())) {
+                fs::hard_link(first, &dst).with_context(fail)?;
+                continue;
+            }
+            linked.insert((meta.dev(), meta.ino()), dst.clone());
+        }
         if kind.is_dir() {
             fs::create_dir(&dst).with_context(fail)?;
         } else if kind.is_symlink() {
             symlink(fs::read_link(&src).with_context(fail)?, &dst).with_context(fail)?;
+        } else if kind.is_fifo() || kind.is_socket() {
+            use nix::sys::stat::{Mode, SFlag, mknod};
+            let node = if kind.is_fifo() { SFlag::S_IFIFO } else { SFlag::S_IFSOCK };
+            let mode = Mode::from_bits_truncate(meta.permissions().mode() & 0o7777);
+            mknod(&dst, node, mode, 0).with_context(fail)?;
+            // mknod's mode passed the umask: set it as it was.
+            fs::set_permissions(&dst, fs::Permissions::from_mode(mode.bits())).with_context(fail)?;
+            // Not through an open (a FIFO's would wait for the other end).
+            let mtime = nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+            let at = nix::sys::stat::UtimensatFlags::NoFollowSymlink;
+            nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &dst, &nix::sys::time::TimeSpec::UTIME_OMIT, &mtime, at)
+                .with_context(fail)?;
         } else {
             let mut r = fs::File::open(&src).with_context(fail)?;
             let mut w = fs::File::create_new(&dst).with_context(fail)?;
