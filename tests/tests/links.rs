@@ -17,22 +17,15 @@ use cafs::Manifest;
 use cafs::store::LocalDirStore;
 use cafs_tests::mount::MountedCafsd;
 use cafs_tests::sdk;
+use cafs_tests::stack::ok;
 
 /// Runs `script` with `sh` in `dir` (bounded); fails the test, with the output, unless it succeeds. Returns its
 /// standard output.
 fn sh(dir: &Path, script: &str) -> String {
-    let out = cafs_tests::run_bounded(
+    ok(&cafs_tests::run_bounded(
         Command::new("sh").arg("-ec").arg(script).current_dir(dir).env("GIT_CONFIG_NOSYSTEM", "1").env("HOME", dir),
         Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "{script}: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ))
 }
 
 fn ino(p: &Path) -> u64 {
