@@ -530,11 +530,15 @@ impl Table {
         if src_is_dir && self.is_ancestor(src, new_parent) {
             return Err(FsError::Invalid("cannot move a directory into itself"));
         }
+        // Linux refuses a no-replace rename onto any entry, another name of the same file included, before it
+        // finds a rename onto the same file a no-op.
+        if let (RenameMode::NoReplace, Some(_)) = (mode, target) {
+            return Err(FsError::Exists);
+        }
         if target == Some(src) {
             return Ok(());
         }
         match (mode, target) {
-            (RenameMode::NoReplace, Some(_)) => return Err(FsError::Exists),
             (RenameMode::Exchange, None) => return Err(FsError::NotFound),
             (RenameMode::Exchange, Some(t)) => {
                 let t_is_dir = self.get(t)?.kind() == Kind::Dir;

@@ -5,8 +5,10 @@
 //! in a name survives), `""` for the root.
 //!
 //! Three encodings, all read: format 1 is JSON; format 2 is the line `cafs-sidecar 2` and then the entries in
-//! key order as postcard; format 3, written now, is format 2 with each entry's node kind and link. A
-//! million-file tree's sidecar read as JSON took longer than its manifest, and mounting it waited for that.
+//! key order as postcard; format 3 is format 2 with each entry's node kind and link. A tree written now is format
+//! 3 if it has FIFOs, sockets or hard links and format 2 otherwise, so that a node still running a cafs from
+//! before them reads every tree that has none. A million-file tree's sidecar read as JSON took longer than its
+//! manifest, and mounting it waited for that.
 
 use std::collections::BTreeMap;
 
@@ -190,12 +192,19 @@ impl Index {
 }
 
 impl Sidecar {
-    /// Format 3 (see the module's doc).
+    /// Format 3 when an entry is a FIFO, a socket or a further name of a file; else format 2, which cafs
+    /// versions from before those read too (a node not upgraded yet reads every tree that has none).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let entries: Vec<(&String, Packed3)> =
-            self.entries.iter().map(|(k, e)| (k, (Packed::from(e), e.special, e.link.clone()))).collect();
-        let mut out = FORMAT_3.to_vec();
-        out.extend(postcard::to_stdvec(&entries).expect("a sidecar serializes"));
+        let needs_3 = self.entries.values().any(|e| e.special.is_some() || e.link.is_some());
+        let (mut out, packed) = if needs_3 {
+            let entries: Vec<(&String, Packed3)> =
+                self.entries.iter().map(|(k, e)| (k, (Packed::from(e), e.special, e.link.clone()))).collect();
+            (FORMAT_3.to_vec(), postcard::to_stdvec(&entries))
+        } else {
+            let entries: Vec<(&String, Packed)> = self.entries.iter().map(|(k, e)| (k, Packed::from(e))).collect();
+            (FORMAT_2.to_vec(), postcard::to_stdvec(&entries))
+        };
+        out.extend(packed.expect("a sidecar serializes"));
         out
     }
 
@@ -250,13 +259,10 @@ mod tests {
         sc.entries.insert(String::new(), meta(0o755, None, &[("user.prop.p", "v")]));
         sc.entries.insert("a\\040b".into(), meta(0o644, None, &[]));
         sc.entries.insert("l".into(), meta(0o777, Some("t\\000"), &[]));
-        // Format 2, as cafs wrote it before nodes and links.
-        let format_2 = {
-            let v: Vec<(&String, Packed)> = sc.entries.iter().map(|(k, e)| (k, Packed::from(e))).collect();
-            [FORMAT_2, &postcard::to_stdvec(&v).unwrap()].concat()
-        };
+        // Without nodes and links: format 2, which cafs versions from before them read too.
+        assert!(sc.to_bytes().starts_with(FORMAT_2));
         let unlisted = |idx: &Index| idx.unlisted().map(|(k, _)| k.to_string()).collect::<Vec<_>>();
-        for bytes in [sc.to_bytes(), sc.to_json(), format_2] {
+        for bytes in [sc.to_bytes(), sc.to_json()] {
             assert_eq!(Sidecar::from_bytes(&bytes).unwrap(), sc);
             let idx = Index::from_bytes(&bytes).unwrap();
             for (k, e) in &sc.entries {
@@ -264,7 +270,7 @@ mod tests {
             }
             assert_eq!(unlisted(&idx), ["l"]);
         }
-        // Nodes and links: in formats 3 and 1.
+        // With nodes and links: format 3 (and 1).
         sc.entries.insert("p".into(), EntryMeta { special: Some(Special::Fifo), ..meta(0o600, None, &[]) });
         sc.entries.insert("q".into(), EntryMeta { link: Some("p".into()), ..meta(0o600, None, &[]) });
         sc.entries.insert("s".into(), EntryMeta { special: Some(Special::Socket), ..meta(0o755, None, &[]) });

@@ -190,8 +190,15 @@ impl Vfs {
         }
         may_create(&v, newparent, newname)?;
         self.may_change(c, &v)?;
-        let r = v.coll.fs().link(local, newparent, newname);
-        Ok(entry(&v, Self::made_again(&v, c, newparent, newname, r)?))
+        let fs = v.coll.fs();
+        match fs.link(local, newparent, newname) {
+            // Sent again, and the name is there: the first attempt made it, if it names this file.
+            Err(FsError::Exists) if c.resent => match fs.lookup(newparent, newname) {
+                Ok(a) if a.ino == local => Ok(entry(&v, a)),
+                _ => Err(FsError::Exists.into()),
+            },
+            r => Ok(entry(&v, r?)),
+        }
     }
 
     /// Opens `ino` to read, or to write as well.

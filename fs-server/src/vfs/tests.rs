@@ -535,6 +535,10 @@ fn a_namespace_mount_routes_and_checks_each_request() {
     // A hard link likewise: within a collection, not between two.
     assert_eq!(errno(vfs.link(&ME, f, w2, b"h")), libc::EXDEV);
     assert_eq!(vfs.link(&ME, f, w1, b"h").unwrap().attr.nlink, 2);
+    // Sent again, the link finds its own work done; a link onto another file's name is still refused.
+    assert_eq!(vfs.link(&AGAIN, f, w1, b"h").unwrap().attr.nlink, 2);
+    let (other, _) = vfs.create(&ME, w1, b"other", 0o644).unwrap();
+    assert_eq!(errno(vfs.link(&AGAIN, other.attr.ino, w1, b"h")), libc::EEXIST);
     assert_eq!(errno(vfs.mkdir(&ME, ROOT, b"mine", 0o755)), libc::EPERM);
     assert_eq!(errno(vfs.unlink(&ME, by_ref, b"w1")), libc::EPERM);
     assert_eq!(vfs.listxattr(by_ref).unwrap(), b"");

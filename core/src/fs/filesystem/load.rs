@@ -59,11 +59,29 @@ impl Filesystem {
     ) -> Result<Self, FsError> {
         let (uid, gid) = (setup.uid, setup.gid);
         let numbers: HashMap<&[u8], Ino> = numbering.inos.iter().map(|(p, i)| (&p[..], *i)).collect();
+        // A file of several names has one number, given by `numbering` under one of its names, which need not be
+        // the name this sidecar calls first (the live tree's first name went, or another tree wrote the
+        // sidecar): the first name, which the file is made under, takes it, and the further names, which become
+        // names of that file, take none.
+        let mut moved: HashMap<Vec<u8>, Option<Ino>> = HashMap::new();
+        if !numbers.is_empty() {
+            let path = |key: &str| sidecar::components(key).map(|c| crate::fs::inode::join(c.iter().map(|c| &c[..])));
+            for (key, first) in sidecar.links() {
+                let (Ok(key), Ok(first)) = (path(key), path(first)) else { continue };
+                if let Some(&n) = numbers.get(&key[..])
+                    && !numbers.contains_key(&first[..])
+                {
+                    moved.entry(first).or_insert(Some(n));
+                }
+                moved.insert(key, None);
+            }
+        }
         let number = |comps: &[&[u8]]| {
             if numbers.is_empty() {
                 return None;
             }
-            numbers.get(&crate::fs::inode::join(comps.iter().copied())[..]).copied()
+            let path = crate::fs::inode::join(comps.iter().copied());
+            moved.get(&path).copied().unwrap_or_else(|| numbers.get(&path[..]).copied())
         };
         let t = now();
         let meta_of = |e: &EntryMeta| {

@@ -344,74 +344,6 @@ fn snapshot_and_load_keep_bytes_modes_times_symlinks_and_holes() {
     assert_eq!(sidecar2, sidecar);
 }
 
-/// Hard links, FIFOs and sockets through a commit: every name of a file is in the manifest with the same pieces
-/// (its bytes stored once), the sidecar says which names are one file, and loading restores one inode with
-/// every name, also after the first name was removed. A manifest whose names no longer hold the same bytes (a
-/// writer other than cafs changed one) loads them as separate files.
-#[test]
-fn hard_links_fifos_and_sockets_survive_snapshot_and_load() {
-    let e = env();
-    let f = fs(&e, small(4096));
-    let d = f.mkdir(ROOT, b"d", 0o755, 1000, 1000).unwrap().ino;
-    let a = f.create(ROOT, b"a", 0o640, 1000, 1000).unwrap().ino;
-    f.write(a, 0, &[7u8; 10_000]).unwrap();
-    for (dir, name) in [(d, &b"b"[..]), (ROOT, b"c"), (d, b"gone")] {
-        assert_eq!(f.link(a, dir, name).unwrap().ino, a);
-    }
-    assert_eq!(f.getattr(a).unwrap().nlink, 4);
-    // The first name goes: another takes its place.
-    f.unlink(ROOT, b"a").unwrap();
-    f.unlink(d, b"gone").unwrap();
-    assert_eq!(f.getattr(a).unwrap().nlink, 2);
-    let p = f.mknod(ROOT, b"pipe", Special::Fifo, 0o600, 1000, 1000).unwrap().ino;
-    f.link(p, d, b"pipe2").unwrap();
-    f.mknod(d, b"sock", Special::Socket, 0o755, 1000, 1000).unwrap();
-    let l = f.symlink(ROOT, b"l", b"c", 1000, 1000).unwrap().ino;
-    f.link(l, d, b"l2").unwrap();
-    // Errors: a directory, an existing name, an invalid name.
-    assert_eq!(f.link(d, ROOT, b"dd").unwrap_err().errno(), libc::EPERM);
-    assert_eq!(f.link(a, ROOT, b"pipe").unwrap_err(), FsError::Exists);
-    assert!(matches!(f.link(a, ROOT, b"x/y"), Err(FsError::Invalid(_))));
-    assert_eq!(f.link(a, a, b"x").unwrap_err(), FsError::NotDir);
-    let before = (describe(&f), link_groups(&f));
-    assert_eq!(before.1.len(), 3, "{:?}", before.1);
-
-    let (manifest, sidecar) = f.snapshot().unwrap();
-    let text = manifest.to_text();
-    // 10 000 bytes of 7s in 4 KiB buffers: two distinct blocks, whichever name is listed.
-    assert_eq!(manifest.blocks().len(), 2, "the linked bytes are stored once: {text}");
-    assert!(text.contains(":c") && text.contains(":b") && !text.contains("pipe") && !text.contains("sock"), "{text}");
-    let g = Filesystem::load(&manifest, &sidecar, setup(&e, small(4096), 0)).unwrap();
-    assert_eq!((describe(&g), link_groups(&g)), before);
-    assert_eq!(g.snapshot().unwrap().1, sidecar, "the loaded tree commits the same sidecar");
-    // Loaded, the names are one file: a write through one shows through the other, and unlinking one keeps it.
-    let c = g.lookup(ROOT, b"c").unwrap().ino;
-    g.write(c, 0, b"changed").unwrap();
-    assert_eq!(g.read(g.lookup(d_of(&g), b"b").unwrap().ino, 0, 7).unwrap().to_vec(), b"changed");
-    g.unlink(ROOT, b"c").unwrap();
-    assert_eq!(g.getattr(g.lookup(d_of(&g), b"b").unwrap().ino).unwrap().nlink, 1);
-
-    // A manifest in which `c` was changed by another writer: `c` and `d/b` load as two files.
-    let other = f.create(ROOT, b"other", 0o644, 1000, 1000).unwrap().ino;
-    f.write(other, 0, b"other bytes").unwrap();
-    let (m2, _) = f.snapshot().unwrap();
-    let text = m2.to_text();
-    let (root, rest) = text.split_once('\n').unwrap();
-    let mut root: Vec<String> = root.split(' ').filter(|t| !t.ends_with(":c")).map(str::to_string).collect();
-    let as_c: Vec<String> = root.iter().filter(|t| t.ends_with(":other")).map(|t| t.replace(":other", ":c")).collect();
-    root.extend(as_c);
-    let changed = format!("{}\n{rest}", root.join(" "));
-    let changed = Manifest::parse(changed.as_bytes()).unwrap();
-    let h = Filesystem::load(&changed, &sidecar, setup(&e, small(4096), 0)).unwrap();
-    assert_eq!(h.read(h.lookup(ROOT, b"c").unwrap().ino, 0, 100).unwrap().to_vec(), b"other bytes");
-    assert_eq!(h.getattr(h.lookup(ROOT, b"c").unwrap().ino).unwrap().nlink, 1);
-    assert_eq!(link_groups(&h).len(), 2, "the FIFO's and the symlink's names stay linked");
-}
-
-fn d_of(f: &Filesystem) -> Ino {
-    f.lookup(ROOT, b"d").unwrap().ino
-}
-
 #[test]
 fn namespace_errors_reach_the_caller() {
     let e = env();
@@ -773,3 +705,5 @@ fn retry_waits_are_jittered_within_half_the_delay() {
     let distinct: std::collections::HashSet<_> = waits.iter().collect();
     assert!(distinct.len() > 100, "not spread: {} distinct of 200", distinct.len());
 }
+
+mod links;

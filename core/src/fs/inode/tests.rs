@@ -148,6 +148,8 @@ fn links_count_names_and_paths_follow_every_name() {
     assert_eq!(t.paths(f), [b"f".to_vec(), b"d/g".to_vec(), b"h".to_vec()]);
     assert_eq!(t.link(d, ROOT, b"d2", now()).unwrap_err().errno(), libc::EPERM);
     assert_eq!(t.link(f, ROOT, b"h", now()), Err(FsError::Exists));
+    // A no-replace rename onto another name of the same file is refused, as Linux refuses it.
+    assert_eq!(t.rename(ROOT, b"f", ROOT, b"h", RenameMode::NoReplace, now()), Err(FsError::Exists));
     // Renaming a further name moves that name only; renaming one name onto another of the same file does
     // nothing (as POSIX says).
     t.rename(d, b"g", ROOT, b"g", RenameMode::Replace, now()).unwrap();
@@ -180,4 +182,179 @@ fn a_file_with_the_most_names_takes_no_more() {
     t.link(f, ROOT, b"last", now()).unwrap();
     assert_eq!(t.link(f, ROOT, b"one too many", now()).unwrap_err().errno(), libc::EMLINK);
     assert_eq!(t.lookup(ROOT, b"one too many"), Err(FsError::NotFound));
+}
+
+// Invariants between directory entries, `names`, `links` and `nlink`, after any sequence of operations.
+
+#[derive(Debug, Clone)]
+enum Op {
+    Mkdir(usize, u8),
+    Create(usize, u8),
+    Link(usize, usize, u8),
+    Unlink(usize),
+    Rmdir(usize),
+    Rename(usize, usize, u8, u8),
+    RenameOnto(usize, usize, u8),
+    Open(usize),
+    Close(usize),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let pick = 0usize..64;
+    prop_oneof![
+        2 => (pick.clone(), 0u8..4).prop_map(|(d, n)| Op::Mkdir(d, n)),
+        3 => (pick.clone(), 0u8..4).prop_map(|(d, n)| Op::Create(d, n)),
+        4 => (pick.clone(), pick.clone(), 0u8..4).prop_map(|(a, d, n)| Op::Link(a, d, n)),
+        2 => pick.clone().prop_map(Op::Unlink),
+        1 => pick.clone().prop_map(Op::Rmdir),
+        4 => (pick.clone(), pick.clone(), 0u8..4, 0u8..3).prop_map(|(a, d, n, m)| Op::Rename(a, d, n, m)),
+        3 => (pick.clone(), pick.clone(), 0u8..3).prop_map(|(a, b, m)| Op::RenameOnto(a, b, m)),
+        1 => pick.clone().prop_map(Op::Open),
+        1 => pick.prop_map(Op::Close),
+    ]
+}
+
+/// Every entry reachable from the root: (path, ino, parent, name).
+fn walk(t: &Table) -> Vec<(Vec<u8>, Ino, Ino, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![(ROOT, Vec::new())];
+    while let Some((d, p)) = stack.pop() {
+        for (name, ino) in t.entries(d).unwrap() {
+            let mut path = p.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            if t.get(ino).unwrap().kind() == Kind::Dir {
+                stack.push((ino, path.clone()));
+            }
+            out.push((path, ino, d, name.to_vec()));
+        }
+    }
+    out
+}
+
+fn check(t: &Table) -> Result<(), String> {
+    use std::collections::{BTreeMap as M, BTreeSet};
+    let all = walk(t);
+    let mut by_ino: M<Ino, Vec<Vec<u8>>> = M::new();
+    for (p, ino, parent, _) in &all {
+        by_ino.entry(*ino).or_default().push(p.clone());
+        if t.get(*ino).unwrap().kind() == Kind::Dir && t.parent(*ino) != Some(*parent) {
+            return Err(format!("parent of dir {ino}"));
+        }
+    }
+    for (&ino, ps) in &by_ino {
+        let i = t.get(ino).unwrap();
+        let expect: BTreeSet<_> = ps.iter().cloned().collect();
+        let got = t.paths(ino);
+        let got_set: BTreeSet<_> = got.iter().cloned().collect();
+        if got.len() != got_set.len() {
+            return Err(format!("ino {ino}: duplicate paths {got:?}"));
+        }
+        if got_set != expect {
+            return Err(format!("ino {ino}: paths() {got:?} but entries {ps:?}"));
+        }
+        let first = t.path(ino).ok_or(format!("ino {ino}: no path"))?;
+        if !expect.contains(&first) {
+            return Err(format!("ino {ino}: path() {first:?} not among {ps:?}"));
+        }
+        if i.kind() == Kind::Dir {
+            if ps.len() != 1 {
+                return Err(format!("dir {ino} with names {ps:?}"));
+            }
+            let subdirs = t.entries(ino).unwrap().filter(|(_, c)| t.get(*c).unwrap().kind() == Kind::Dir).count();
+            if i.nlink as usize != 2 + subdirs {
+                return Err(format!("dir {ino}: nlink {} subdirs {subdirs}", i.nlink));
+            }
+        } else if i.nlink as usize != ps.len() {
+            return Err(format!("ino {ino}: nlink {} but names {ps:?}", i.nlink));
+        }
+    }
+    for (&ino, i) in &t.inodes {
+        if ino == ROOT || by_ino.contains_key(&ino) {
+            continue;
+        }
+        if i.nlink != 0 || i.opens == 0 {
+            return Err(format!("unreachable ino {ino} kept: nlink {} opens {}", i.nlink, i.opens));
+        }
+        if t.path(ino).is_some() || !t.paths(ino).is_empty() {
+            return Err(format!("unreachable ino {ino} has a path"));
+        }
+    }
+    for ino in t.names.keys().chain(t.links.keys()) {
+        if !by_ino.contains_key(ino) {
+            return Err(format!("names/links keep the unreachable ino {ino}"));
+        }
+    }
+    if t.links.values().any(|v| v.is_empty()) {
+        return Err("an empty links list".into());
+    }
+    Ok(())
+}
+
+fn apply(t: &mut Table, op: &Op) -> Result<(), FsError> {
+    let all = walk(t);
+    let mut dirs: Vec<Ino> = vec![ROOT];
+    dirs.extend(all.iter().filter(|e| t.get(e.1).unwrap().kind() == Kind::Dir).map(|e| e.1));
+    let at = |i: usize| all.get(i % all.len().max(1)).cloned();
+    let dir_at = |i: usize| dirs[i % dirs.len()];
+    let name = |n: u8| format!("n{n}").into_bytes();
+    let modes = [RenameMode::Replace, RenameMode::NoReplace, RenameMode::Exchange];
+    match op {
+        Op::Mkdir(d, n) => t.create(dir_at(*d), &name(*n), dir(), meta()).map(drop),
+        Op::Create(d, n) => t.create(dir_at(*d), &name(*n), file(), meta()).map(drop),
+        Op::Link(a, d, n) => {
+            let Some(e) = at(*a) else { return Ok(()) };
+            t.link(e.1, dir_at(*d), &name(*n), now())
+        }
+        Op::Unlink(a) => {
+            let Some(e) = at(*a) else { return Ok(()) };
+            t.unlink(e.2, &e.3, now())
+        }
+        Op::Rmdir(a) => {
+            let Some(e) = at(*a) else { return Ok(()) };
+            t.rmdir(e.2, &e.3, now())
+        }
+        Op::Rename(a, d, n, m) => {
+            let Some(e) = at(*a) else { return Ok(()) };
+            t.rename(e.2, &e.3, dir_at(*d), &name(*n), modes[*m as usize], now())
+        }
+        Op::RenameOnto(a, b, m) => {
+            let (Some(e), Some(f)) = (at(*a), at(*b)) else { return Ok(()) };
+            t.rename(e.2, &e.3, f.2, &f.3, modes[*m as usize], now())
+        }
+        Op::Open(a) => {
+            let Some(e) = at(*a) else { return Ok(()) };
+            t.get_mut(e.1)?.opens += 1;
+            Ok(())
+        }
+        Op::Close(a) => {
+            // Close some open inode (possibly unlinked).
+            let mut open: Vec<Ino> = t.inodes.iter().filter(|(_, i)| i.opens > 0).map(|(&n, _)| n).collect();
+            open.sort();
+            if open.is_empty() {
+                return Ok(());
+            }
+            let ino = open[*a % open.len()];
+            t.get_mut(ino)?.opens -= 1;
+            t.release_if_unused(ino);
+            Ok(())
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+    #[test]
+    fn the_tables_names_and_counts_agree_after_any_operations(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut t = Table::new(meta());
+        for (k, o) in ops.iter().enumerate() {
+            let _ = apply(&mut t, o);
+            if let Err(e) = check(&t) {
+                proptest::prop_assert!(false, "after op {k} {o:?}: {e}\nops: {:?}", &ops[..=k]);
+            }
+        }
+    }
 }
