@@ -154,7 +154,11 @@ fn errors_are_the_right_errnos() {
     assert_eq!(errno(fs::remove_file(mnt.join("d"))), Some(libc::EISDIR));
     assert_eq!(errno(fs::remove_file(mnt.join("nope"))), Some(libc::ENOENT));
     assert_eq!(errno(fs::create_dir(mnt.join("d/f/x"))), Some(libc::ENOTDIR));
-    assert_eq!(errno(fs::hard_link(mnt.join("d/f"), mnt.join("h"))), Some(libc::EPERM));
+    assert_eq!(errno(fs::hard_link(mnt.join("d"), mnt.join("h"))), Some(libc::EPERM));
+    assert_eq!(errno(fs::hard_link(mnt.join("d/f"), mnt.join("d/f"))), Some(libc::EEXIST));
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let dev = mknod(&mnt.join("null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), makedev(1, 3));
+    assert_eq!(dev, Err(nix::errno::Errno::EPERM), "a device node is refused, even to root");
     assert_eq!(errno(fs::write(mnt.join("n".repeat(256)), b"x")), Some(libc::ENAMETOOLONG));
     assert_eq!(errno(fs::write(mnt.join(".cafs/hash"), b"x")), Some(libc::EACCES));
     assert_eq!(errno(fs::create_dir(mnt.join(".cafs"))), Some(libc::EEXIST));
