@@ -624,6 +624,33 @@ fn apply_ns(f: &Filesystem, op: &NsOp) {
     };
 }
 
+/// Attaches a journal (its header carrying `numbering`) to `live`, applies `ops`, fsyncs every file, and returns
+/// the journal's records as a restart reads them.
+fn journaled(e: &Env, live: &Filesystem, numbering: &Numbering, ops: &[NsOp]) -> Vec<Record> {
+    let path = e._dir.path().join("j.journal");
+    let header = crate::journal::Header {
+        format: crate::journal::Header::FORMAT,
+        ref_name: "r".into(),
+        mount_point: b"/m".to_vec(),
+        base_version: 1,
+        inos: numbering.inos.clone(),
+        next_ino: numbering.next,
+    };
+    live.attach_journal(Arc::new(Journal::create(&path, &header).unwrap()));
+    for op in ops {
+        apply_ns(live, op);
+    }
+    for (_, ino, _, _, kind) in entries(live) {
+        if kind == Kind::File {
+            live.fsync(ino).unwrap();
+        }
+    }
+    live.sync_journal().unwrap();
+    let (_, h, records) = Journal::open(&path).unwrap().unwrap();
+    assert_eq!(h, header);
+    records
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     /// The journal reproduces the tree: random namespace changes and writes on top of a committed base, every
@@ -638,21 +665,8 @@ proptest! {
         let (manifest, sidecar) = base.snapshot().unwrap();
         let load = || Filesystem::load(&manifest, &sidecar, setup(&e, small(4096), 1)).unwrap();
 
-        let path = e._dir.path().join("j.journal");
-        let header = crate::journal::Header { format: crate::journal::Header::FORMAT, ref_name: "r".into(), mount_point: b"/m".to_vec(), base_version: 1, inos: Vec::new(), next_ino: 0 };
         let live = load();
-        live.attach_journal(Arc::new(Journal::create(&path, &header).unwrap()));
-        for op in &ops {
-            apply_ns(&live, op);
-        }
-        for (_, ino, _, _, kind) in entries(&live) {
-            if kind == Kind::File {
-                live.fsync(ino).unwrap();
-            }
-        }
-        live.sync_journal().unwrap();
-        let (_, h, records) = Journal::open(&path).unwrap().unwrap();
-        prop_assert_eq!(h, header);
+        let records = journaled(&e, &live, &Numbering::default(), &ops);
         let replayed = load();
         replayed.replay(&records).unwrap();
         prop_assert_eq!(replay_view(&replayed), replay_view(&live));

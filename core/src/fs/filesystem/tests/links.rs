@@ -116,19 +116,7 @@ proptest! {
             apply_ns(&live, op);
         }
         let s = live.snapshot_at().unwrap();
-        let path = e._dir.path().join("j.journal");
-        let header = crate::journal::Header { format: crate::journal::Header::FORMAT, ref_name: "r".into(), mount_point: b"/m".to_vec(), base_version: 1, inos: s.numbering.inos.clone(), next_ino: s.numbering.next };
-        live.attach_journal(Arc::new(Journal::create(&path, &header).unwrap()));
-        for op in &after {
-            apply_ns(&live, op);
-        }
-        for (_, ino, _, _, kind) in entries(&live) {
-            if kind == Kind::File {
-                live.fsync(ino).unwrap();
-            }
-        }
-        live.sync_journal().unwrap();
-        let (_, _, records) = Journal::open(&path).unwrap().unwrap();
+        let records = journaled(&e, &live, &s.numbering, &after);
         let idx = sidecar::Index::from_bytes(&s.sidecar).unwrap();
         let manifest = Manifest::parse(s.manifest.to_text().as_bytes()).unwrap();
         let replayed = Filesystem::load_numbered(&manifest, &idx, &s.numbering, setup(&e, small(4096), 1000)).unwrap();
