@@ -415,6 +415,10 @@ impl Table {
         if old_inode.kind() == Kind::Dir || old_inode.nlink != 1 || inode.kind() == Kind::Dir {
             return Err(FsError::Invalid("only a file of one name can become a link"));
         }
+        // Checked before anything changes: past here, the link cannot fail.
+        if inode.nlink == 0 || inode.nlink >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
         // The times given are the file's own: loading puts back the directory's afterwards.
         let ctime = self.get(ino)?.meta.ctime;
         self.unlink(parent, name, ctime)?;

@@ -189,8 +189,10 @@ impl Filesystem {
                         (Body::File(a), Body::File(b)) => a == b,
                         _ => false,
                     };
+                    // A sidecar cafs did not write may chain links, or link past the limit: those names stay
+                    // separate files (a refused relink changes nothing).
                     if same {
-                        table.relink(dir, &name, ino)?;
+                        let _ = table.relink(dir, &name, ino);
                     }
                 }
                 Err(FsError::NotFound) if table.get(ino)?.kind() != Kind::File => {

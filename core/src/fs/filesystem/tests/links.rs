@@ -179,3 +179,26 @@ fn links_with_names_that_need_escaping_survive_a_commit() {
     assert_eq!((describe(&g), link_groups(&g)), before);
     assert_eq!(numbers(&g), numbers(&f));
 }
+
+/// A sidecar cafs never writes, chaining links (`a` a link to `b`, itself a link to `c`): the mount loads, every
+/// name keeps its bytes, and the names it cannot join stay separate files.
+#[test]
+fn a_sidecar_that_chains_links_still_loads_every_name() {
+    let e = env();
+    let f = fs(&e, small(4096));
+    let c = f.create(ROOT, b"c", 0o644, 1000, 1000).unwrap().ino;
+    f.write(c, 0, b"one file").unwrap();
+    f.link(c, ROOT, b"a").unwrap();
+    f.link(c, ROOT, b"b").unwrap();
+    let (manifest, sidecar) = f.snapshot().unwrap();
+    let mut sc = Sidecar::from_bytes(&sidecar).unwrap();
+    for (name, first) in [("a", Some("b")), ("b", Some("c")), ("c", None)] {
+        sc.entries.get_mut(name).unwrap().link = first.map(str::to_string);
+    }
+    let g = Filesystem::load(&manifest, &sc.to_bytes(), setup(&e, small(4096), 0)).unwrap();
+    for name in [&b"a"[..], b"b", b"c"] {
+        assert_eq!(g.read(g.lookup(ROOT, name).unwrap().ino, 0, 100).unwrap().to_vec(), b"one file");
+    }
+    assert_eq!(g.lookup(ROOT, b"a").unwrap().ino, g.lookup(ROOT, b"b").unwrap().ino, "a joined to b");
+    assert_ne!(g.lookup(ROOT, b"b").unwrap().ino, g.lookup(ROOT, b"c").unwrap().ino, "b, linked already, is not");
+}
