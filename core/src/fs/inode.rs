@@ -67,6 +67,26 @@ pub enum Body {
     Special(Special),
 }
 
+impl Body {
+    /// A regular file's extents; `EISDIR` for a directory, `EINVAL` for anything else.
+    pub fn file(&self) -> Result<&Extents, FsError> {
+        match self {
+            Body::File(x) => Ok(x),
+            Body::Dir(_) => Err(FsError::IsDir),
+            Body::Symlink(_) | Body::Special(_) => Err(FsError::Invalid("not a regular file")),
+        }
+    }
+
+    /// [`Body::file`], to change.
+    pub fn file_mut(&mut self) -> Result<&mut Extents, FsError> {
+        match self {
+            Body::File(x) => Ok(x),
+            Body::Dir(_) => Err(FsError::IsDir),
+            Body::Symlink(_) | Body::Special(_) => Err(FsError::Invalid("not a regular file")),
+        }
+    }
+}
+
 /// An entry for [`Table::create_sorted`]: name, body, metadata, the inode number to give it (if any) and its
 /// extended attributes.
 pub type NewEntry<'a> = (&'a [u8], Body, Meta, Option<Ino>, Option<Box<super::xattr::Xattrs>>);

@@ -52,11 +52,7 @@ impl Filesystem {
     /// [`Filesystem::fsync`]); waits while buffers are over the memory budget.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize, FsError> {
         let mut st = self.lock();
-        match st.table.get(ino)?.body {
-            Body::File(_) => {}
-            Body::Dir(_) => return Err(FsError::IsDir),
-            Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
-        }
+        st.table.get(ino)?.body.file()?;
         offset.checked_add(data.len() as u64).ok_or(FsError::Invalid("write past the largest file offset"))?;
         self.buffer_bytes(&mut st, ino, offset, data)?;
         if self.shared.journal.get().is_some() && st.unsynced.insert(ino) {

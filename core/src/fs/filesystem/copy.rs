@@ -19,16 +19,8 @@ impl Filesystem {
         let mut synced = false;
         loop {
             let mut st = self.lock();
-            let plan = match &st.table.get(from)?.body {
-                Body::File(x) => x.read_plan(at_in, len),
-                Body::Dir(_) => return Err(FsError::IsDir),
-                Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
-            };
-            match &st.table.get(to)?.body {
-                Body::File(_) => {}
-                Body::Dir(_) => return Err(FsError::IsDir),
-                Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
-            }
+            let plan = st.table.get(from)?.body.file()?.read_plan(at_in, len);
+            st.table.get(to)?.body.file()?;
             let total: u64 = plan.iter().map(|p| p.len).sum();
             if total == 0 {
                 return Ok(0);
@@ -54,7 +46,7 @@ impl Filesystem {
             let mut at = at_out;
             let t = now();
             let i = st.table.get_mut(to)?;
-            let Body::File(x) = &mut i.body else { unreachable!("checked above") };
+            let x = i.body.file_mut()?;
             for p in plan {
                 let Source::Stored { block, offset } = p.src else { unreachable!("only stored pieces are left") };
                 ranges.push(StoredRange { at, len: p.len, locator: block.stripped_string(), offset });
@@ -78,11 +70,7 @@ impl Filesystem {
         let mut st = self.lock();
         let t = now();
         let i = st.table.get_mut(ino)?;
-        let x = match &mut i.body {
-            Body::File(x) => x,
-            Body::Dir(_) => return Err(FsError::IsDir),
-            Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
-        };
+        let x = i.body.file_mut()?;
         let end = if keep_size { end.min(x.size()) } else { end };
         if end <= offset {
             return Ok(());

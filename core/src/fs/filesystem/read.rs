@@ -19,11 +19,7 @@ impl Filesystem {
         {
             let mut st = self.lock();
             let State { table, buffers, read_ends, .. } = &mut *st;
-            let x = match &table.get(ino)?.body {
-                Body::File(x) => x,
-                Body::Dir(_) => return Err(FsError::IsDir),
-                Body::Symlink(_) | Body::Special(_) => return Err(FsError::Invalid("not a regular file")),
-            };
+            let x = table.get(ino)?.body.file()?;
             for piece in x.read_plan(offset, len) {
                 total += piece.len;
                 pieces.push(match piece.src {
@@ -86,11 +82,7 @@ impl Filesystem {
     /// or hole starts; [`FsError::NoSuchOffset`] at or past the end.
     pub fn seek(&self, ino: Ino, offset: u64, data: bool) -> Result<u64, FsError> {
         let st = self.lock();
-        match &st.table.get(ino)?.body {
-            Body::File(x) => x.seek(offset, data).ok_or(FsError::NoSuchOffset),
-            Body::Dir(_) => Err(FsError::IsDir),
-            Body::Symlink(_) | Body::Special(_) => Err(FsError::Invalid("not a regular file")),
-        }
+        st.table.get(ino)?.body.file()?.seek(offset, data).ok_or(FsError::NoSuchOffset)
     }
 
     /// Rewrites stored pieces into new buffers (which the next flush packs into new blocks), so that a commit
